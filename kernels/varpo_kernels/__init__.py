@@ -1,0 +1,1 @@
+"""Fused Triton kernels with chunked PyTorch twins."""

@@ -1,0 +1,2 @@
+"""varpo: variance-aware RLHF."""
+__version__ = "0.1.0"

@@ -1,0 +1,51 @@
+"""The `varpo` command line. Each subcommand lives in varpo/commands/<name>.py and exposes
+`register(app)`; heavy imports (torch, deepspeed) happen inside the commands, so `--help` is instant."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from .config import ConfigError
+
+app = typer.Typer(
+    name="varpo",
+    help="Variance-aware RLHF: reward ensembles, interval judges, uncertainty-weighted PPO.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# One module per subcommand (or group of subcommands).
+COMMAND_MODULES = [
+    "config_cmd",
+    "testbed",
+    "train_rm",
+    "train_ppo",
+    "quickstart",
+    "population",
+    "stats",
+    "theory",
+    "score",
+    "estimate_memory",
+]
+
+for _name in COMMAND_MODULES:
+    _spec = importlib.util.find_spec(f"varpo.commands.{_name}")
+    if _spec is not None:
+        importlib.import_module(f"varpo.commands.{_name}").register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

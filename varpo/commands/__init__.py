@@ -1,0 +1,1 @@
+"""Subcommands of the `varpo` CLI (see varpo/cli.py)."""

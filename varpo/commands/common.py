@@ -1,0 +1,19 @@
+"""Options shared by subcommands: a config file plus dotted overrides."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (defaults: the embedded task)")
+SetOpt = typer.Option(
+    None, "--set", "-s", help="dotted override KEY=VALUE, repeatable (e.g. --set ppo.kl.beta=0.05)"
+)
+OutOpt = typer.Option(..., "--out", "-o", help="output folder (created if missing)")
+
+
+def load(config: Optional[Path], overrides: Optional[list[str]]):
+    from ..config import load_config
+
+    return load_config(config, overrides or [])

@@ -1,0 +1,30 @@
+"""`varpo config show|check`: print the resolved configuration or validate a file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import ConfigOpt, SetOpt, load
+
+
+def register(app: typer.Typer) -> None:
+    grp = typer.Typer(help="Inspect and validate configurations.", no_args_is_help=True)
+
+    @grp.command("show")
+    def show(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt) -> None:
+        """Print the fully resolved config (defaults + file + overrides) as YAML, secrets redacted."""
+        import yaml
+
+        from ..config import redacted_dict
+
+        typer.echo(yaml.safe_dump(redacted_dict(load(config, set_)), sort_keys=False))
+
+    @grp.command("check")
+    def check(config: Path = typer.Argument(..., help="YAML config file"), set_: Optional[list[str]] = SetOpt) -> None:
+        """Validate a config file; exit 2 with the failing field paths if it is wrong."""
+        load(config, set_)
+        typer.echo(f"{config}: ok")
+
+    app.add_typer(grp, name="config")

@@ -1,0 +1,35 @@
+"""How each role (actor, critic, reference, reward) is wrapped in a DeepSpeed engine."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .core import Section
+
+
+class RoleEngineConfig(Section):
+    zero_stage: Literal[0, 1, 2, 3] | None = Field(
+        None, description="ZeRO stage for this role; None inherits deepspeed.zero_stage (frozen roles: 0 or 3)"
+    )
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload of optimizer states to CPU (trainable roles)")
+    offload_param: bool = Field(False, description="offload parameters to CPU (ZeRO-3 only)")
+
+
+class DeepSpeedConfig(Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="default ZeRO stage of every role")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="engine precision; CPU runs use fp32")
+    gradient_clipping: float = Field(1.0, ge=0.0, description="global grad-norm clip (0 disables)")
+    actor: RoleEngineConfig = RoleEngineConfig()
+    critic: RoleEngineConfig = RoleEngineConfig()
+    reference: RoleEngineConfig = RoleEngineConfig()
+    reward: RoleEngineConfig = RoleEngineConfig()
+    param_persistence_threshold: int = Field(
+        0, ge=0, description="ZeRO-3: params smaller than this stay unpartitioned (0 = partition all, needed for tiny models)"
+    )
+    dist_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
+    timeout_minutes: int = Field(30, ge=1, description="collective timeout")
+
+    def stage_of(self, role: str) -> int:
+        own = getattr(self, role).zero_stage
+        return self.zero_stage if own is None else own

@@ -1,0 +1,84 @@
+"""PPO hyper-parameters (DESIGN.md §1 "Variance-aware PPO") and rollout sampling knobs."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .core import Section
+
+
+class KLConfig(Section):
+    estimator: Literal["k1", "k2", "k3"] = Field("k1", description="per-token KL estimator in the shaped reward")
+    beta: float = Field(0.1, ge=0.0, description="initial KL coefficient (β)")
+    controller: Literal["fixed", "adaptive"] = Field("fixed", description="fixed β, or Ziegler et al.'s adaptive controller")
+    target: float = Field(6.0, gt=0.0, description="adaptive controller: target KL per sequence (nats)")
+    horizon: int = Field(10000, gt=0, description="adaptive controller: horizon in episodes")
+
+
+class VarianceWeightConfig(Section):
+    """w(x,y) multiplying each sequence's KL penalty; `none` is vanilla PPO."""
+
+    weighting: Literal["none", "raw", "batch_mean", "running_mean"] = Field(
+        "none", description="none: w=1 (vanilla); raw: w=σ²; batch_mean/running_mean: w=σ²/mean(σ²)"
+    )
+    floor: float | None = Field(None, ge=0.0, description="lower clamp of w")
+    ceiling: float | None = Field(None, gt=0.0, description="upper clamp of w")
+    running_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="EMA momentum of the running mean of σ²")
+    eps: float = Field(1e-8, gt=0.0, description="guards the division by the mean σ²")
+
+    @model_validator(mode="after")
+    def _floor_below_ceiling(self):
+        if self.floor is not None and self.ceiling is not None and self.floor > self.ceiling:
+            raise ValueError(f"floor ({self.floor}) must not exceed ceiling ({self.ceiling})")
+        return self
+
+
+class PPOConfig(Section):
+    steps: int = Field(20, ge=1, description="PPO iterations (rollout + update)")
+    batch_size: int = Field(16, ge=1, description="prompts per iteration, global across ranks")
+    mini_batch_size: int = Field(8, ge=1, description="sequences per optimizer step, global across ranks")
+    ppo_epochs: int = Field(2, ge=1, description="passes over each rollout batch")
+    actor_lr: float = Field(1e-5, gt=0.0)
+    critic_lr: float = Field(1e-5, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="GAE discount")
+    lam: float = Field(0.95, ge=0.0, le=1.0, description="GAE λ")
+    clip_range: float = Field(0.2, gt=0.0, description="policy ratio clip ε")
+    clip_range_value: float = Field(0.2, gt=0.0, description="value clip around the old values")
+    vf_coef: float = Field(0.1, ge=0.0, description="value-loss weight (separate critic: scales its loss)")
+    entropy_coef: float = Field(0.0, ge=0.0, description="entropy bonus weight")
+    whiten_advantages: bool = True
+    whiten_rewards: bool = False
+    score_clip: float | None = Field(None, gt=0.0, description="clamp the score s to ±score_clip")
+    missing_eos_penalty: float | None = Field(None, description="subtracted from s when a response has no EOS")
+    kl: KLConfig = KLConfig()
+    variance: VarianceWeightConfig = VarianceWeightConfig()
+    checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: only at the end)")
+    max_consecutive_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before the run stops")
+
+    @model_validator(mode="after")
+    def _minibatches_divide(self):
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError(
+                f"mini_batch_size ({self.mini_batch_size}) must divide batch_size ({self.batch_size})"
+            )
+        return self
+
+
+class GenerationConfig(Section):
+    backend: Literal["hf", "vllm"] = Field("hf", description="rollout engine: HF generate (everywhere) or vLLM (CUDA)")
+    max_new_tokens: int = Field(24, ge=1)
+    min_new_tokens: int = Field(1, ge=0)
+    temperature: float = Field(1.0, gt=0.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_prompt_len: int = Field(32, ge=1, description="prompts are left-truncated to this many tokens (counted)")
+
+
+class ModelConfig(Section):
+    policy_path: str | None = Field(None, description="HF folder of the initial policy; None: the embedded testbed LM")
+    critic_path: str | None = Field(None, description="backbone of the critic; None: same as the policy")
+    tokenizer_path: str | None = Field(None, description="None: the policy's folder")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False

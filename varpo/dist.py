@@ -1,0 +1,105 @@
+"""Process group setup and cross-rank reductions. World size 1 on a laptop, N under a launcher:
+one code path. Everything that touches DeepSpeed imports it through `import_deepspeed()` so the
+CPU accelerator is selected before DeepSpeed reads it."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as torch_dist
+
+
+def import_deepspeed():
+    """Import deepspeed with the right accelerator: without CUDA, DeepSpeed must be told `cpu`
+    before its first import, or it probes for GPUs and fails."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed
+
+    return deepspeed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> DistInfo:
+    """Join (or create) the process group. Without a launcher this becomes a world of one."""
+    for key, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, default)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    cuda = torch.cuda.is_available()
+    if backend == "auto":
+        backend = "nccl" if cuda else "gloo"
+    deepspeed = import_deepspeed()
+    if not torch_dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistInfo(torch_dist.get_rank(), local_rank, torch_dist.get_world_size(), device)
+
+
+def world_size() -> int:
+    return torch_dist.get_world_size() if torch_dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return torch_dist.get_rank() if torch_dist.is_initialized() else 0
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (identity in a world of one); returns a new tensor."""
+    t = t.clone()
+    if world_size() > 1:
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    if world_size() > 1:
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return t
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a dim-0 tensor across ranks (equal shapes on every rank)."""
+    if world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    torch_dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, 0)
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        torch_dist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's Python object on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
