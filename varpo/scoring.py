@@ -27,3 +27,26 @@ class Scorer(Protocol):
     (varpo.judge), and the testbed's gold reward (σ² = 0)."""
 
     def score(self, prompts: list[str], responses: list[str]) -> Scores: ...
+
+
+def build_scorer(cfg) -> Scorer:
+    """The reward source named by `cfg.reward.type`, ready to score texts."""
+    kind = cfg.reward.type
+    if kind == "gold":
+        from .testbed import GoldScorer
+
+        return GoldScorer()
+    if kind == "judge":
+        from .judge import JudgeScorer
+
+        return JudgeScorer.from_config(cfg.judge)
+    if cfg.reward.path is None:
+        from .config import ConfigError
+
+        raise ConfigError(
+            "reward.path: a trained reward-ensemble folder is required for reward.type=ensemble "
+            "(train one with `varpo train-rm --out DIR`, then pass --set reward.path=DIR/reward_model)"
+        )
+    from .reward.scorer import load_scorer
+
+    return load_scorer(cfg.reward.path, cfg=cfg.reward)

@@ -1,0 +1,33 @@
+"""`varpo train-ppo`: one PPO run in-process (the same code `launch/train_ppo.py` runs per rank)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import ConfigOpt, OutOpt, SetOpt, load
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-ppo")
+    def train_ppo_cmd(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Path = OutOpt) -> None:
+        """Train a policy with PPO (vanilla, or variance-aware with ppo.variance.weighting != none).
+
+        Writes OUT/metrics.jsonl (one row per step), OUT/tensorboard, OUT/checkpoints,
+        OUT/policy (HF folder) and OUT/summary.json; resumes from OUT/checkpoints if present."""
+        cfg = load(config, set_)
+        run(cfg, out)
+
+
+def run(cfg, out: Path) -> dict:
+    from ..outputs import print_table
+    from ..ppo import train_ppo
+
+    summary = train_ppo(cfg, out)
+    final = summary.get("final", {})
+    keys = ["score_mean", "variance_mean", "kl_mean", "weighted_kl_mean", "kl_coef", "entropy", "gold_mean",
+            "episodes_per_s", "tokens_per_s"]
+    print_table(f"PPO after {summary['steps']} steps ({out}/summary.json)",
+                [{"metric": k, "value": float(final[k])} for k in keys if k in final])
+    return summary

@@ -1,0 +1,44 @@
+"""PPO for language models, vanilla and variance-aware. `train_ppo(cfg, out_dir)` is the one
+entry point used by `varpo train-ppo`, `launch/train_ppo.py`, populations and benchmarks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def resolve_sources(cfg):
+    """Policy folder, training prompts and gold-reward function from the config: user paths
+    when given, the embedded testbed otherwise."""
+    policy_path, gold_fn = cfg.model.policy_path, None
+    testbed = None
+    if policy_path is None or cfg.data.prompts_path is None:
+        from ..testbed import build_testbed
+
+        testbed = build_testbed(cfg.testbed, progress=False)
+    if policy_path is None:
+        policy_path = str(testbed.model_path)
+    if cfg.data.prompts_path is not None:
+        from ..data import load_prompts
+
+        prompts = load_prompts(cfg.data.prompts_path, column=cfg.data.prompt_column, skip_bad_rows=cfg.data.skip_bad_rows).rows
+    else:
+        from ..testbed import gold_reward
+
+        prompts, gold_fn = list(testbed.train_prompts), gold_reward
+    return policy_path, prompts, gold_fn, testbed
+
+
+def train_ppo(cfg, out_dir: str | Path, *, scorer=None) -> dict:
+    """Train one policy; writes metrics.jsonl, tensorboard/, checkpoints/, policy/, summary.json
+    and config.yaml under out_dir. Resumes from the last complete checkpoint there."""
+    from ..scoring import build_scorer
+    from .trainer import PPOTrainer
+
+    policy_path, prompts, gold_fn, _ = resolve_sources(cfg)
+    if scorer is None:
+        scorer = build_scorer(cfg)
+    trainer = PPOTrainer(cfg, out_dir, prompts=prompts, policy_path=policy_path, scorer=scorer,
+                         critic_path=cfg.model.critic_path, gold_fn=gold_fn)
+    return trainer.train()
+
+
+__all__ = ["train_ppo", "resolve_sources"]
