@@ -1,0 +1,8 @@
+"""The embedded default task (DESIGN.md §3): a generated review corpus, a word-level tokenizer and a
+tiny Llama pretrained on it, a programmatic gold reward (sentiment, guarded against repetition and
+empty output), prompt sets and Bradley–Terry-labelled preference pairs, all cached by config."""
+from .build import Testbed, build_testbed, cache_key, cache_root
+from .gold import GOLD_MAX, GOLD_MIN, GoldScorer, gold_reward, gold_score
+
+__all__ = ["Testbed", "build_testbed", "cache_key", "cache_root", "GoldScorer", "gold_reward", "gold_score",
+           "GOLD_MIN", "GOLD_MAX"]
