@@ -1,0 +1,83 @@
+"""`varpo estimate-memory`: per-rank GPU/CPU memory of each PPO role for a config and a cluster
+(DeepSpeed's ZeRO estimators + activation/KV estimates; see varpo/memory.py for the formulas)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import ConfigOpt, SetOpt, load
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("estimate-memory")
+    def estimate_memory_cmd(
+        config: Optional[Path] = ConfigOpt,
+        set_: Optional[list[str]] = SetOpt,
+        num_gpus_per_node: int = typer.Option(1, "--num-gpus-per-node", min=1, help="GPUs (ranks) per node"),
+        num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="nodes"),
+        hostfile: Optional[Path] = typer.Option(
+            None, "--hostfile", help="DeepSpeed hostfile ('host slots=N' lines); replaces --num-nodes/--num-gpus-per-node"),
+        reward_model_config: Optional[Path] = typer.Option(
+            None, "--reward-model-config", help="HF config.json (or folder) of the reward backbone, instead of reward.path"),
+        gpu_memory_gib: Optional[float] = typer.Option(
+            None, "--gpu-memory-gib", help="memory of one GPU (e.g. 80): adds a fits/does-not-fit verdict"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="write OUT/memory.json"),
+        as_json: bool = typer.Option(False, "--json", help="print the JSON plan on stdout"),
+    ) -> None:
+        """Per-rank memory for actor, critic (trainable), reference and reward (frozen).
+
+        Parameter counts come from the model configs (built on the meta device, no weights);
+        model states from DeepSpeed's ZeRO estimators; activations and KV cache are estimates
+        (formulas in varpo/memory.py). The table is also written as JSON (--out or --json)."""
+        from ..memory import Cluster, plan, read_hostfile
+
+        cfg = load(config, set_)
+        cluster = read_hostfile(hostfile) if hostfile else Cluster(num_nodes, num_gpus_per_node)
+        result = plan(cfg, cluster, reward_model_config, gpu_memory_gib)
+        result["config"] = str(config) if config else "defaults"
+        result["overrides"] = list(set_ or [])
+        show(result)
+        if out is not None:
+            from ..outputs import write_json
+
+            path = write_json(Path(out) / "memory.json", result)
+            typer.echo(f"wrote {path}", err=True)
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+
+
+def _gib(x: int) -> float:
+    return x / 2**30
+
+
+def show(result: dict) -> None:
+    from ..outputs import console, print_table
+
+    c = result["cluster"]
+    rows = []
+    for r in result["roles"]:
+        off = ",".join(k for k, v in (("opt", r["offload_optimizer"]), ("param", r["offload_param"])) if v) or "-"
+        rows.append({
+            "role": r["role"], "trainable": "yes" if r["trainable"] else "no", "zero": r["zero_stage"], "offload": off,
+            "params (M)": r["total_params"] / 1e6, "states GPU GiB": _gib(r["model_states_gpu"]),
+            "activ. GPU GiB": _gib(r["activations_gpu"]), "GPU GiB": _gib(r["gpu_bytes"]), "CPU GiB": _gib(r["cpu_bytes"]),
+        })
+    t = result["total_per_rank"]
+    rows.append({"role": "total (sum)", "trainable": "", "zero": "", "offload": "", "params (M)": "",
+                 "states GPU GiB": _gib(t["gpu_bytes_model_states"]), "activ. GPU GiB": "",
+                 "GPU GiB": _gib(t["gpu_bytes_upper"]), "CPU GiB": _gib(t["cpu_bytes"])})
+    print_table(f"Estimated memory per rank ({c['num_nodes']} node(s) × {c['gpus_per_node']} GPU(s) = world "
+                f"{c['world_size']}, {result['precision']})", rows, fmt="{:.3f}")
+    console.print(f"peak-phase GPU per rank (resident states + largest phase's activations): "
+                  f"{_gib(t['gpu_bytes_peak_phase']):.3f} GiB", highlight=False)
+    if "fits" in result:
+        verdict = "fits" if result["fits"] else "does NOT fit"
+        console.print(f"{verdict} in {result['gpu_memory_gib']} GiB per GPU (before CUDA context and fragmentation)",
+                      highlight=False)
+    if result["omitted_roles"]:
+        console.print(f"roles without a model in the process group: {', '.join(result['omitted_roles'])}", highlight=False)
+    console.print("activations and KV cache are estimates; CPU bytes = DeepSpeed's per-node figure / GPUs per node",
+                  highlight=False)

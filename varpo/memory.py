@@ -1,0 +1,462 @@
+"""Per-rank memory planning for the four PPO roles (DESIGN.md §2, §4): how many bytes of GPU and
+CPU memory each rank needs for actor, critic (trainable), reference and reward (frozen), under the
+ZeRO stage, offload options, precision and world size of a config.
+
+Sources of each figure (reported per role in the output's `method` fields):
+- Parameter counts: the models' HF configs, instantiated on the `meta` device (no weights are
+  allocated), counted the way DeepSpeed counts them (shared parameters once; the largest layer is
+  the module with the most parameters of its own).
+- Trainable model states (parameters, gradients, Adam states): DeepSpeed's own estimators,
+  `estimate_zero3_model_states_mem_needs` / `estimate_zero2_model_states_mem_needs` (the functions
+  behind the `..._all_live` / `..._all_cold` printers, which only print). They assume mixed
+  precision: 2 B 16-bit params + 18 B/param of (16-bit grads, fp32 grads, fp32 master params,
+  fp32 Adam m and v), with `additional_buffer_factor` on CPU. Stages 0 and 1, which DeepSpeed
+  has no estimator for, use the same byte counts: stage 0 nothing sharded (20 B/param), stage 1
+  16-bit params and grads whole, the other 16 B/param sharded. DeepSpeed's CPU figure is per node;
+  per rank is that divided by the GPUs per node.
+- Frozen model parameters (no DeepSpeed estimator exists for inference): b·P whole (stage 0), or
+  b·P/N sharded plus the gathered working set b·(largest layer + prefetch bucket) under ZeRO-3;
+  with parameter offload the shard lives in CPU memory. b = 2 bytes (bf16/fp16) or 4 (fp32).
+- Activations and KV cache: **estimates** from batch B, sequence length S, hidden size h, layers L,
+  heads a, MLP width, vocabulary V (formulas in the functions below). They ignore allocator
+  fragmentation, communication buckets, CUDA context (~0.5-1 GiB per GPU) and framework overhead.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import ConfigError
+
+GIB = 2**30
+ROLES = ("actor", "critic", "reference", "reward")
+TRAINABLE = {"actor": True, "critic": True, "reference": False, "reward": False}
+
+
+class MemoryPlanError(ConfigError):
+    """A planning input is missing or wrong, phrased for the user (which field, what was expected)."""
+
+
+# ----------------------------------------------------------------------------- model shapes
+@dataclass
+class ModelShape:
+    """What the estimates need to know about one role's model."""
+
+    total_params: int
+    largest_layer_params: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    lm_head: bool  # causal LM (logits over the vocabulary) or a backbone with a small head
+    source: str
+
+
+def count_params(model) -> tuple[int, int]:
+    """(total parameters, largest layer's own parameters), as DeepSpeed's `model_to_params`
+    counts them. `model.parameters()` yields a tied/shared parameter once (DeepSpeed dedupes by
+    data_ptr, which on the meta device is 0 for every tensor, so it cannot be reused here)."""
+    total = sum(p.numel() for p in model.parameters())
+    largest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
+    return total, largest
+
+
+def on_meta(build: Callable[[], object]):
+    """Run `build()` with the meta device as the default: modules get shapes, no storage."""
+    import torch
+
+    with torch.device("meta"):
+        return build()
+
+
+def load_hf_config(path: str | Path, field_name: str):
+    """AutoConfig of an HF model folder, a config.json file, or a name in the local HF cache;
+    `field_name` is the config field the path came from, for the error message."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    p = Path(path).expanduser()
+    if p.is_file():
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise MemoryPlanError(f"{field_name}: {p} is not a readable JSON model config ({exc})") from None
+        if "model_type" not in data:
+            raise MemoryPlanError(f"{field_name}: {p} has no 'model_type' key; expected an HF config.json")
+        try:
+            return AutoConfig.for_model(**data)
+        except (ValueError, KeyError) as exc:
+            raise MemoryPlanError(f"{field_name}: {p}: {exc}") from None
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise MemoryPlanError(f"{field_name}: folder {p} has no config.json; expected an HF model folder")
+    try:
+        conf = AutoConfig.from_pretrained(str(p) if p.is_dir() else str(path))
+    except (OSError, ValueError) as exc:
+        raise MemoryPlanError(
+            f"{field_name}: {path!s} not found (expected an HF model folder with config.json, a config.json "
+            f"file, or a model name in the local HF cache): {str(exc).splitlines()[0]}"
+        ) from None
+    assert isinstance(conf, PretrainedConfig)
+    return conf
+
+
+def _text_config(conf):
+    # multimodal configs keep the language model's sizes in a sub-config
+    get = getattr(conf, "get_text_config", None)
+    return get() if callable(get) else conf
+
+
+def shape_of(conf, kind: str, num_heads_extra: int = 0, source: str = "") -> ModelShape:
+    """Count a model built from `conf` on the meta device.
+
+    kind: "causal_lm" (actor, reference), "value" (critic: backbone + 1 linear head) or
+    "ensemble" (reward: backbone + `num_heads_extra` linear heads with bias)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    build = AutoModelForCausalLM.from_config if kind == "causal_lm" else AutoModel.from_config
+    try:
+        model = on_meta(lambda: build(conf))
+    except (ValueError, KeyError) as exc:
+        raise MemoryPlanError(f"{source or 'model'}: cannot build a {kind} model from its config: {exc}") from None
+    total, largest = count_params(model)
+    return _shape(conf, total, largest, kind, num_heads_extra, source)
+
+
+def _shape(conf, total: int, largest: int, kind: str, num_heads_extra: int, source: str) -> ModelShape:
+    t = _text_config(conf)
+    h = int(t.hidden_size)
+    if kind == "value":
+        total, largest = total + h + 1, max(largest, h + 1)
+    elif kind == "ensemble":
+        heads = num_heads_extra * (h + 1)
+        total, largest = total + heads, max(largest, heads)  # K heads are one module (or K small ones)
+    a = int(t.num_attention_heads)
+    kv = int(getattr(t, "num_key_value_heads", None) or a)
+    hd = int(getattr(t, "head_dim", None) or h // a)
+    inter = int(getattr(t, "intermediate_size", None) or getattr(t, "n_inner", None) or 4 * h)
+    return ModelShape(
+        total_params=total, largest_layer_params=largest, hidden_size=h, num_layers=int(t.num_hidden_layers),
+        num_heads=a, num_kv_heads=kv, head_dim=hd, intermediate_size=inter, vocab_size=int(t.vocab_size),
+        lm_head=kind == "causal_lm", source=source,
+    )
+
+
+def testbed_shape(tb_cfg, kind: str, num_heads_extra: int = 0) -> ModelShape:
+    """The embedded default's LM, built by the testbed's own `build_model` on the meta device.
+    Its vocabulary is `testbed.vocab_size`, the upper bound of the trained tokenizer's."""
+    try:
+        from .testbed.lm import build_model
+    except ImportError:
+        raise MemoryPlanError(
+            "no model paths given (model.policy_path is null) and the embedded testbed is not available: "
+            "set model.policy_path (and reward.path, or --reward-model-config) to HF model folders"
+        ) from None
+
+    class _VocabOnly:  # build_model reads only the vocabulary size and special ids
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+        def __len__(self):
+            return tb_cfg.vocab_size
+
+    lm = on_meta(lambda: build_model(tb_cfg, _VocabOnly()))
+    src = "embedded testbed LM (testbed.* sizes)"
+    if kind == "causal_lm":
+        total, largest = count_params(lm)
+    else:
+        total, largest = count_params(lm.model)  # the backbone without the LM head
+    return _shape(lm.config, total, largest, kind, num_heads_extra, src)
+
+
+def reward_config_path(reward_path: str | Path) -> Path:
+    """The backbone config inside a reward-ensemble folder: `backbone/config.json` if present
+    (ensemble layout), else the folder's own `config.json` (a plain HF folder)."""
+    p = Path(reward_path).expanduser()
+    for cand in (p / "backbone" / "config.json", p / "config.json"):
+        if cand.is_file():
+            return cand.parent
+    if p.is_file():
+        return p
+    raise MemoryPlanError(
+        f"reward.path: {p} has neither backbone/config.json nor config.json "
+        "(expected a trained ensemble folder or an HF model folder); or pass --reward-model-config"
+    )
+
+
+def role_shapes(cfg, reward_model_config: str | Path | None = None) -> dict[str, ModelShape | None]:
+    """Model shapes of the four roles from the config (None: the role holds no model, e.g. a
+    judge or gold reward runs outside the process group)."""
+    K = cfg.reward_training.num_heads
+    policy = cfg.model.policy_path
+    if policy is None:
+        actor = testbed_shape(cfg.testbed, "causal_lm")
+        critic = (shape_of(load_hf_config(cfg.model.critic_path, "model.critic_path"), "value",
+                           source=str(cfg.model.critic_path))
+                  if cfg.model.critic_path else testbed_shape(cfg.testbed, "value"))
+    else:
+        pconf = load_hf_config(policy, "model.policy_path")
+        actor = shape_of(pconf, "causal_lm", source=str(policy))
+        cpath = cfg.model.critic_path
+        critic = shape_of(load_hf_config(cpath, "model.critic_path") if cpath else pconf, "value",
+                          source=str(cpath or policy))
+    reward: ModelShape | None
+    if reward_model_config is not None:
+        reward = shape_of(load_hf_config(reward_model_config, "--reward-model-config"), "ensemble", K,
+                          source=str(reward_model_config))
+    elif cfg.reward.type != "ensemble":
+        reward = None
+    elif cfg.reward.path:
+        rp = reward_config_path(cfg.reward.path)
+        reward = shape_of(load_hf_config(rp, "reward.path"), "ensemble", K, source=str(rp))
+    elif policy is None:
+        reward = testbed_shape(cfg.testbed, "ensemble", K)
+    else:
+        raise MemoryPlanError(
+            "reward.path is null with a user policy (model.policy_path): the default ensemble is trained on "
+            "the embedded testbed's LM, which is not this policy; set reward.path or pass --reward-model-config"
+        )
+    return {"actor": actor, "critic": critic, "reference": actor, "reward": reward}
+
+
+# ----------------------------------------------------------------------------- byte formulas
+@dataclass(frozen=True)
+class Cluster:
+    num_nodes: int = 1
+    gpus_per_node: int = 1
+
+    def __post_init__(self):
+        if self.num_nodes < 1 or self.gpus_per_node < 1:
+            raise MemoryPlanError(f"need ≥ 1 node and ≥ 1 GPU per node, got {self.num_nodes} × {self.gpus_per_node}")
+
+    @property
+    def world(self) -> int:
+        return self.num_nodes * self.gpus_per_node
+
+
+def read_hostfile(path: str | Path) -> Cluster:
+    """DeepSpeed hostfile (`host slots=N` per line, # comments) -> Cluster. Slot counts must agree
+    (one GPU count per node is what DeepSpeed's estimators model)."""
+    p = Path(path)
+    if not p.is_file():
+        raise MemoryPlanError(f"hostfile not found: {p}")
+    slots = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        kv = dict(x.split("=", 1) for x in parts[1:] if "=" in x)
+        if len(parts) != 2 or "slots" not in kv or not kv["slots"].isdigit():
+            raise MemoryPlanError(f"{p}:{n}: expected 'HOSTNAME slots=N', got {line!r}")
+        slots.append(int(kv["slots"]))
+    if not slots:
+        raise MemoryPlanError(f"{p}: no hosts listed")
+    if len(set(slots)) > 1:
+        raise MemoryPlanError(f"{p}: hosts have different slot counts {sorted(set(slots))}; the estimate assumes one")
+    return Cluster(len(slots), slots[0])
+
+
+def trainable_model_states(P: int, largest: int, stage: int, cluster: Cluster, offload_optimizer: bool,
+                           offload_param: bool, buffer_factor: float = 1.5) -> dict:
+    """Parameters + gradients + Adam states of a trainable model, per rank, from DeepSpeed's
+    estimators (stages 2, 3) or the same byte counts (stages 0, 1; see the module docstring)."""
+    from .dist import import_deepspeed
+
+    import_deepspeed()
+    N, G = cluster.world, cluster.gpus_per_node
+    note = ""
+    if stage == 3:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        both = offload_optimizer or offload_param
+        cpu_node, gpu, _ = estimate_zero3_model_states_mem_needs(
+            total_params=P, largest_layer_params=largest, num_gpus_per_node=G, num_nodes=cluster.num_nodes,
+            cpu_offload=both, cpu_offload_params=offload_param and offload_optimizer, zero_init=True,
+            additional_buffer_factor=buffer_factor)
+        method = "deepspeed estimate_zero3_model_states_mem_needs"
+        if offload_param and not offload_optimizer:
+            # DeepSpeed's estimator has no "params offloaded, optimizer on GPU" case: take the
+            # no-offload figure and move the 16-bit parameter shard to CPU
+            cpu_node, gpu, _ = estimate_zero3_model_states_mem_needs(
+                total_params=P, largest_layer_params=largest, num_gpus_per_node=G, num_nodes=cluster.num_nodes,
+                cpu_offload=False, cpu_offload_params=False, zero_init=True, additional_buffer_factor=buffer_factor)
+            shard = int(2 * P / N)
+            gpu, cpu_node = gpu - shard, cpu_node + shard * G
+            note = "offload_param without offload_optimizer: DeepSpeed's no-offload figure with the 16-bit shard moved to CPU"
+    elif stage == 2:
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        cpu_node, gpu = estimate_zero2_model_states_mem_needs(
+            total_params=P, num_gpus_per_node=G, num_nodes=cluster.num_nodes, cpu_offload=offload_optimizer,
+            additional_buffer_factor=buffer_factor)
+        method = "deepspeed estimate_zero2_model_states_mem_needs"
+    else:
+        # no DeepSpeed estimator: its byte counts, stage 1 shards the 16 B/param of fp32 state
+        sharded = 16 * P / N if stage == 1 else 16 * P
+        if offload_optimizer and stage == 1:
+            gpu, cpu_node = 4 * P, int(sharded * G * buffer_factor)
+        else:
+            gpu, cpu_node = int(4 * P + sharded), int(4 * P * G * buffer_factor)
+        method = f"stage {stage}: DeepSpeed's mixed-precision byte counts (2+2 B/param whole, 16 B/param " + \
+                 ("sharded)" if stage == 1 else "whole)")
+    return {"gpu": int(gpu), "cpu_node": int(cpu_node), "cpu": int(cpu_node / G), "method": method, "note": note}
+
+
+def frozen_params(P: int, largest: int, stage: int, world: int, offload_param: bool, bytes_per_param: int,
+                  prefetch_bucket: int = 0) -> dict:
+    """Parameters of a frozen model, per rank. ZeRO-3: a 1/world shard (on CPU if offloaded)
+    plus the gathered working set of the layer being computed and the prefetch bucket."""
+    b = bytes_per_param
+    if stage != 3:
+        return {"gpu": b * P, "cpu": 0, "method": f"whole model, {b} B/param (stage {stage})"}
+    shard = int(b * P / world)
+    live = b * min(P, largest + prefetch_bucket)
+    if offload_param:
+        return {"gpu": live, "cpu": shard,
+                "method": f"ZeRO-3 shard {b}·P/{world} on CPU + gathered layer/prefetch {b}·(largest+bucket) on GPU"}
+    return {"gpu": shard + live, "cpu": 0,
+            "method": f"ZeRO-3 shard {b}·P/{world} + gathered layer/prefetch {b}·(largest+bucket)"}
+
+
+def training_activations(s: ModelShape, batch: int, seq: int, act_bytes: int, checkpointing: bool) -> int:
+    """Activation memory of a forward+backward (estimate). Per layer, Korthikanti et al. 2022
+    ("Reducing Activation Recomputation in Large Transformer Models", eq. 1), written for 2-byte
+    activations and a 4h MLP: S·B·h·(34 + 5·a·S/h) bytes; scaled by act_bytes/2 and by the MLP
+    width (the MLP's 19 of the 34 scale with intermediate/4h). With gradient checkpointing only each
+    layer's input (act_bytes·S·B·h) is kept, plus one layer recomputed in full. Causal LMs add the
+    logits in the activation dtype and an fp32 log-softmax with its gradient: (act_bytes+8)·B·S·V."""
+    h, a, L = s.hidden_size, s.num_heads, s.num_layers
+    per_layer_coeff = 15 + 19 * s.intermediate_size / (4 * h) + 5 * a * seq / h
+    per_layer = seq * batch * h * per_layer_coeff * act_bytes / 2
+    body = (L * act_bytes * seq * batch * h + per_layer) if checkpointing else L * per_layer
+    head = (act_bytes + 8) * batch * seq * s.vocab_size if s.lm_head else 0
+    return int(body + head)
+
+
+def inference_activations(s: ModelShape, batch: int, seq: int, act_bytes: int) -> int:
+    """Peak transient memory of a no-grad forward (estimate): one layer's hidden state, attention
+    q/k/v/out and MLP intermediates, act_bytes·B·S·(4h + 2·intermediate), plus eager attention
+    scores act_bytes·B·a·S² (SDPA/flash attention avoid them), plus for causal LMs the logits
+    in the activation dtype and in fp32 (log-probs are taken in fp32): (act_bytes+4)·B·S·V."""
+    h = s.hidden_size
+    layer = act_bytes * batch * seq * (4 * h + 2 * s.intermediate_size) + act_bytes * batch * s.num_heads * seq * seq
+    head = (act_bytes + 4) * batch * seq * s.vocab_size if s.lm_head else 0
+    return int(layer + head)
+
+
+def kv_cache(s: ModelShape, batch: int, seq: int, act_bytes: int) -> int:
+    """KV cache of generation at full length: 2 (K and V) · L · B · S · kv_heads · head_dim · bytes."""
+    return int(2 * s.num_layers * batch * seq * s.num_kv_heads * s.head_dim * act_bytes)
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class RolePlan:
+    role: str
+    trainable: bool
+    zero_stage: int
+    offload_optimizer: bool
+    offload_param: bool
+    total_params: int
+    largest_layer_params: int
+    model_states_gpu: int
+    model_states_cpu: int
+    activations_gpu: int
+    gpu_bytes: int
+    cpu_bytes: int
+    method: str
+    model_source: str
+    details: dict = field(default_factory=dict)
+
+
+def _precision_bytes(conf: dict) -> int:
+    return 2 if ("bf16" in conf or "fp16" in conf) else 4
+
+
+def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
+    """Per-rank memory of one role, using the exact DeepSpeed config the engines will build."""
+    from .engines import ds_config
+
+    N = cluster.world
+    local_batch = max(1, cfg.ppo.batch_size // N)  # prompts each rank generates and scores
+    local_mini = max(1, cfg.ppo.mini_batch_size // N)  # sequences per forward chunk / optimizer step
+    seq = cfg.generation.max_prompt_len + cfg.generation.max_new_tokens
+    trainable = TRAINABLE[role]
+    conf = ds_config(cfg.deepspeed, role, local_mini, trainable=trainable)
+    zero = conf["zero_optimization"]
+    stage = zero["stage"]
+    off_opt, off_par = "offload_optimizer" in zero, "offload_param" in zero
+    b = _precision_bytes(conf)
+    P, largest = shape.total_params, shape.largest_layer_params
+    details: dict = {"seq_len": seq, "act_bytes": b}
+    if trainable:
+        ms = trainable_model_states(P, largest, stage, cluster, off_opt, off_par)
+        ms_gpu, ms_cpu, method = ms["gpu"], ms["cpu"], ms["method"]
+        details.update(cpu_bytes_per_node=ms["cpu_node"], note=ms["note"])
+        if b == 4:
+            details["precision_note"] = ("fp32 training: DeepSpeed's estimator assumes mixed precision "
+                                         "(18-20 B/param); pure fp32 with Adam needs 16 B/param")
+        train_act = training_activations(shape, local_mini, seq, b, cfg.model.gradient_checkpointing)
+        details.update(train_batch=local_mini, train_activations=train_act)
+        act = train_act
+        if role == "actor":
+            # rollout: the actor generates for all local prompts with a KV cache; under ZeRO-3 the
+            # default hybrid path gathers the whole model for the rollout phase
+            kv = kv_cache(shape, local_batch, seq, b)
+            gen_act = inference_activations(shape, local_batch, 1, b) + kv  # decode: one new token per step
+            gathered = b * P if stage == 3 else 0
+            details.update(gen_batch=local_batch, kv_cache=kv, generation_gathered_params=gathered,
+                           generation_peak_extra=gathered + gen_act,
+                           generation_per_layer_gather_extra=b * largest + gen_act)
+            act = max(train_act, gathered + gen_act)
+    else:
+        bucket = zero.get("stage3_prefetch_bucket_size", 0) if stage == 3 else 0
+        fp = frozen_params(P, largest, stage, N, off_par, b, bucket)
+        ms_gpu, ms_cpu, method = fp["gpu"], fp["cpu"], fp["method"]
+        batch = local_mini if role == "reference" else local_batch
+        act = inference_activations(shape, batch, seq, b)
+        details.update(forward_batch=batch)
+    return RolePlan(role=role, trainable=trainable, zero_stage=stage, offload_optimizer=off_opt,
+                    offload_param=off_par, total_params=P, largest_layer_params=largest,
+                    model_states_gpu=int(ms_gpu), model_states_cpu=int(ms_cpu), activations_gpu=int(act),
+                    gpu_bytes=int(ms_gpu + act), cpu_bytes=int(ms_cpu), method=method,
+                    model_source=shape.source, details=details)
+
+
+def plan(cfg, cluster: Cluster, reward_model_config: str | Path | None = None,
+         gpu_memory_gib: float | None = None) -> dict:
+    """The JSON-ready memory plan: one entry per role plus the per-rank totals.
+
+    The total adds every role: all four engines stay resident in one process (DESIGN.md §2), and
+    the activation figures are peaks of phases that do not overlap, so the sum of the per-role
+    peaks is an upper bound for activations and exact for resident model states."""
+    shapes = role_shapes(cfg, reward_model_config)
+    roles = []
+    for role in ROLES:
+        s = shapes[role]
+        if s is None:
+            continue
+        roles.append(asdict(plan_role(cfg, role, s, cluster)))
+    states_gpu = sum(r["model_states_gpu"] for r in roles)
+    peak_act = max((r["activations_gpu"] for r in roles), default=0)
+    total = {
+        "gpu_bytes_upper": sum(r["gpu_bytes"] for r in roles),
+        "gpu_bytes_model_states": states_gpu,
+        "gpu_bytes_peak_phase": states_gpu + peak_act,
+        "cpu_bytes": sum(r["cpu_bytes"] for r in roles),
+    }
+    out = {
+        "cluster": {"num_nodes": cluster.num_nodes, "gpus_per_node": cluster.gpus_per_node, "world_size": cluster.world},
+        "precision": cfg.deepspeed.precision,
+        "roles": roles,
+        "omitted_roles": [r for r in ROLES if shapes[r] is None],
+        "total_per_rank": total,
+        "assumptions": __doc__.split("Sources of each figure", 1)[1].strip() if __doc__ else "",
+    }
+    if gpu_memory_gib is not None:
+        out["gpu_memory_gib"] = gpu_memory_gib
+        out["fits"] = total["gpu_bytes_peak_phase"] <= gpu_memory_gib * GIB
+    return out
