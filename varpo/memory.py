@@ -11,9 +11,9 @@ Sources of each figure (reported per role in the output's `method` fields):
   behind the `..._all_live` / `..._all_cold` printers, which only print). They assume mixed
   precision: 2 B 16-bit params + 18 B/param of (16-bit grads, fp32 grads, fp32 master params,
   fp32 Adam m and v), with `additional_buffer_factor` on CPU. Stages 0 and 1, which DeepSpeed
-  has no estimator for, use the same byte counts: stage 0 nothing sharded (20 B/param), stage 1
-  16-bit params and grads whole, the other 16 B/param sharded. DeepSpeed's CPU figure is per node;
-  per rank is that divided by the GPUs per node.
+  has no estimator for, use explicit byte counts (mixed: 2+2 B/param whole + 16 B/param of fp32
+  state, whole at stage 0, sharded at stage 1; fp32: 4+4 whole + 8 B/param Adam). DeepSpeed's CPU
+  figure is per node; per rank is that divided by the GPUs per node.
 - Frozen model parameters (no DeepSpeed estimator exists for inference): b·P whole (stage 0), or
   b·P/N sharded plus the gathered working set b·(largest layer + prefetch bucket) under ZeRO-3;
   with parameter offload the shard lives in CPU memory. b = 2 bytes (bf16/fp16) or 4 (fp32).
@@ -260,9 +260,10 @@ def read_hostfile(path: str | Path) -> Cluster:
 
 
 def trainable_model_states(P: int, largest: int, stage: int, cluster: Cluster, offload_optimizer: bool,
-                           offload_param: bool, buffer_factor: float = 1.5) -> dict:
+                           offload_param: bool, fp32: bool = False, buffer_factor: float = 1.5) -> dict:
     """Parameters + gradients + Adam states of a trainable model, per rank, from DeepSpeed's
-    estimators (stages 2, 3) or the same byte counts (stages 0, 1; see the module docstring)."""
+    estimators (stages 2, 3; they assume mixed precision whatever `fp32` says) or explicit byte
+    counts (stages 0, 1). `cpu` is per rank, `cpu_node` DeepSpeed's per-node figure."""
     from .dist import import_deepspeed
 
     import_deepspeed()
@@ -294,14 +295,18 @@ def trainable_model_states(P: int, largest: int, stage: int, cluster: Cluster, o
             additional_buffer_factor=buffer_factor)
         method = "deepspeed estimate_zero2_model_states_mem_needs"
     else:
-        # no DeepSpeed estimator: its byte counts, stage 1 shards the 16 B/param of fp32 state
-        sharded = 16 * P / N if stage == 1 else 16 * P
+        # DeepSpeed has no stage 0/1 estimator. Byte counts per parameter: mixed precision keeps
+        # 16-bit params and grads whole (2+2) and 16 B of fp32 state (master params, fp32 grads
+        # copy folded into DeepSpeed's 18, Adam m and v) whole at stage 0, sharded at stage 1;
+        # fp32 keeps params and grads whole (4+4) and Adam m, v (8) whole/sharded.
+        whole, state = (4 + 4, 8) if fp32 else (2 + 2, 16)
+        sharded = state * P / N if stage == 1 else state * P
         if offload_optimizer and stage == 1:
-            gpu, cpu_node = 4 * P, int(sharded * G * buffer_factor)
+            gpu, cpu_node = whole * P, int(sharded * G * buffer_factor)
         else:
-            gpu, cpu_node = int(4 * P + sharded), int(4 * P * G * buffer_factor)
-        method = f"stage {stage}: DeepSpeed's mixed-precision byte counts (2+2 B/param whole, 16 B/param " + \
-                 ("sharded)" if stage == 1 else "whole)")
+            gpu, cpu_node = int(whole * P + sharded), int(4 * P * G * buffer_factor)  # CPU: load-time fp32 copy
+        method = (f"stage {stage} (no DeepSpeed estimator): {whole} B/param whole + {state} B/param "
+                  + ("sharded over ranks" if stage == 1 else "whole") + (", fp32" if fp32 else ", mixed precision"))
     return {"gpu": int(gpu), "cpu_node": int(cpu_node), "cpu": int(cpu_node / G), "method": method, "note": note}
 
 
@@ -393,10 +398,10 @@ def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
     P, largest = shape.total_params, shape.largest_layer_params
     details: dict = {"seq_len": seq, "act_bytes": b}
     if trainable:
-        ms = trainable_model_states(P, largest, stage, cluster, off_opt, off_par)
+        ms = trainable_model_states(P, largest, stage, cluster, off_opt, off_par, fp32=b == 4)
         ms_gpu, ms_cpu, method = ms["gpu"], ms["cpu"], ms["method"]
         details.update(cpu_bytes_per_node=ms["cpu_node"], note=ms["note"])
-        if b == 4:
+        if b == 4 and stage >= 2:
             details["precision_note"] = ("fp32 training: DeepSpeed's estimator assumes mixed precision "
                                          "(18-20 B/param); pure fp32 with Adam needs 16 B/param")
         train_act = training_activations(shape, local_mini, seq, b, cfg.model.gradient_checkpointing)

@@ -49,30 +49,31 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(result, indent=2))
 
 
-def _gib(x: int) -> float:
-    return x / 2**30
-
-
 def show(result: dict) -> None:
     from ..outputs import console, print_table
 
     c = result["cluster"]
+    t = result["total_per_rank"]
+    unit, scale = ("GiB", 2**30) if t["gpu_bytes_upper"] >= 2**30 else ("MiB", 2**20)
+
+    def _gib(x: int) -> float:
+        return x / scale
+
     rows = []
     for r in result["roles"]:
         off = ",".join(k for k, v in (("opt", r["offload_optimizer"]), ("param", r["offload_param"])) if v) or "-"
         rows.append({
-            "role": r["role"], "trainable": "yes" if r["trainable"] else "no", "zero": r["zero_stage"], "offload": off,
-            "params (M)": r["total_params"] / 1e6, "states GPU GiB": _gib(r["model_states_gpu"]),
-            "activ. GPU GiB": _gib(r["activations_gpu"]), "GPU GiB": _gib(r["gpu_bytes"]), "CPU GiB": _gib(r["cpu_bytes"]),
+            "role": r["role"], "train": "yes" if r["trainable"] else "no", "ZeRO": r["zero_stage"], "offload": off,
+            "params M": r["total_params"] / 1e6, "states GPU": _gib(r["model_states_gpu"]),
+            "activ GPU": _gib(r["activations_gpu"]), f"GPU {unit}": _gib(r["gpu_bytes"]), f"CPU {unit}": _gib(r["cpu_bytes"]),
         })
-    t = result["total_per_rank"]
-    rows.append({"role": "total (sum)", "trainable": "", "zero": "", "offload": "", "params (M)": "",
-                 "states GPU GiB": _gib(t["gpu_bytes_model_states"]), "activ. GPU GiB": "",
-                 "GPU GiB": _gib(t["gpu_bytes_upper"]), "CPU GiB": _gib(t["cpu_bytes"])})
+    rows.append({"role": "total", "train": "", "ZeRO": "", "offload": "", "params M": "",
+                 "states GPU": _gib(t["gpu_bytes_model_states"]), "activ GPU": "",
+                 f"GPU {unit}": _gib(t["gpu_bytes_upper"]), f"CPU {unit}": _gib(t["cpu_bytes"])})
     print_table(f"Estimated memory per rank ({c['num_nodes']} node(s) × {c['gpus_per_node']} GPU(s) = world "
                 f"{c['world_size']}, {result['precision']})", rows, fmt="{:.3f}")
     console.print(f"peak-phase GPU per rank (resident states + largest phase's activations): "
-                  f"{_gib(t['gpu_bytes_peak_phase']):.3f} GiB", highlight=False)
+                  f"{_gib(t['gpu_bytes_peak_phase']):.3f} {unit}", highlight=False)
     if "fits" in result:
         verdict = "fits" if result["fits"] else "does NOT fit"
         console.print(f"{verdict} in {result['gpu_memory_gib']} GiB per GPU (before CUDA context and fragmentation)",
