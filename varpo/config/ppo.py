@@ -74,6 +74,10 @@ class GenerationConfig(Section):
     top_k: int = Field(0, ge=0, description="0 disables top-k")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_prompt_len: int = Field(32, ge=1, description="prompts are left-truncated to this many tokens (counted)")
+    zero3_gather: Literal["full", "per_layer"] = Field(
+        "full", description="ZeRO-3 actor during rollouts: gather all parameters once per rollout phase (fast), "
+        "or per layer with synced_gpus (slow, memory-bounded)"
+    )
 
 
 class ModelConfig(Section):

@@ -50,12 +50,43 @@ def latest(ckpt_root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load(path: Path, engines: dict) -> dict:
+def _to_universal(path: Path, tag: str) -> str:
+    """Convert one role's ZeRO checkpoint to DeepSpeed's universal format (world-size free).
+    Rank 0 converts once; the other ranks wait."""
+    from types import SimpleNamespace
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    out_tag = f"{tag}_universal"
+    if rank() == 0 and not (path / out_tag / MARKER).exists():
+        shutil.rmtree(path / out_tag, ignore_errors=True)
+        ds_to_universal(SimpleNamespace(
+            input_folder=str(path / tag), output_folder=str(path / out_tag), num_extract_workers=1,
+            num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False,
+        ))
+        (path / out_tag / MARKER).write_text("")
+    barrier()
+    return out_tag
+
+
+def load(path: Path, engines: dict, saved_world_size: int | None = None) -> dict:
+    """Restore engines and RNG states. A checkpoint written at another world size (e.g. 2 ranks
+    resumed on 1) goes through DeepSpeed's universal checkpoint, which re-partitions the ZeRO
+    shards of weights and optimizer states for the current ranks."""
+    from ..dist import world_size
+
+    elastic = saved_world_size is not None and saved_world_size != world_size()
     for name, engine in engines.items():
-        load_path, _ = engine.load_checkpoint(str(path), tag=name, load_module_strict=True)
+        tag = name
+        if elastic:
+            tag = _to_universal(path, name)
+            engine._config.load_universal_checkpoint = True  # read by load_checkpoint only
+        load_path, _ = engine.load_checkpoint(str(path), tag=tag, load_module_strict=True)
+        if elastic:
+            engine._config.load_universal_checkpoint = False
         if load_path is None:
             raise RuntimeError(f"checkpoint {path}: no state for role {name!r}")
     rng = path / f"rng_rank{rank()}.pt"
-    if rng.exists():
+    if rng.exists() and not elastic:
         _set_rng_state(torch.load(rng, weights_only=False))
     return json.loads((path / "trainer_state.json").read_text())

@@ -22,6 +22,7 @@ import torch
 
 from .. import dist
 from ..config import VarpoConfig, save_resolved
+from ..engines import gathered_params, is_zero3
 from ..outputs import append_jsonl, console, progress, read_jsonl, write_json
 from ..scoring import Scorer
 from . import checkpoint, core
@@ -112,7 +113,8 @@ class PPOTrainer:
         t0 = time.perf_counter()
         ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, cfg.generation.max_prompt_len, self.device)
         self.counters["truncated_prompts"] += n_trunc
-        ro = generate(self.actor.module, self.tokenizer, ids, mask, cfg.generation)
+        per_layer = cfg.generation.zero3_gather == "per_layer" and is_zero3(self.actor.module)
+        ro = generate(self.actor.module, self.tokenizer, ids, mask, cfg.generation, synced_gpus=per_layer)
         timings["generate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -200,7 +202,7 @@ class PPOTrainer:
                 self.critic.backward(v_loss)
                 self.critic.step()
                 for k, v in {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, **pg_stats, **v_stats}.items():
-                    acc.setdefault(k, []).append(float(v))
+                    acc.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
         return {k: self._global_mean(torch.tensor(v)) for k, v in acc.items()}
 
     # ------------------------------------------------------------------ loop
@@ -278,7 +280,8 @@ class PPOTrainer:
             if self.info.is_main and (self.out / "metrics.jsonl").exists():
                 (self.out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
             return
-        st = checkpoint.load(last, {"actor": self.actor, "critic": self.critic})
+        saved = json.loads((last / "trainer_state.json").read_text())
+        st = checkpoint.load(last, {"actor": self.actor, "critic": self.critic}, saved_world_size=saved["world_size"])
         self.step = st["step"]
         self.kl_ctl.load_state_dict(st["kl_ctl"])
         self.sigma_mean.load_state_dict(st["sigma_mean"])
@@ -323,8 +326,6 @@ class PPOTrainer:
 
     def export_policy(self, path: Path) -> Path:
         """The trained actor as one HF folder (safetensors), gathered from ZeRO-3 shards if any."""
-        from ..engines import gathered_params, is_zero3
-
         module = self.actor.module
         with gathered_params(module, enabled=is_zero3(module)):
             if self.info.is_main:

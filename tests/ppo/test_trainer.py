@@ -1,0 +1,99 @@
+"""The PPO trainer end to end on tiny real models and real DeepSpeed engines (CPU, world size 1)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from varpo.ppo.rollout import position_ids_from_mask, response_mask_from_ids
+
+
+TIMING = ("time/", "episodes_per_s", "tokens_per_s")
+
+
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _strip(row):
+    return {k: v for k, v in row.items() if not k.startswith(TIMING)}
+
+
+def _train(cfg, out, prompts, scorer):
+    from varpo.ppo.trainer import PPOTrainer
+
+    return PPOTrainer(cfg, out, prompts=prompts, policy_path=cfg.model.policy_path, scorer=scorer).train()
+
+
+def test_response_mask_matches_loop():
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        B, T, eos = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 9, (1,), generator=g)), 2
+        ids = torch.randint(0, 5, (B, T), generator=g)
+        mask, has_eos = response_mask_from_ids(ids, eos)
+        for b in range(B):
+            row = ids[b].tolist()
+            end = row.index(eos) + 1 if eos in row else T
+            assert mask[b].tolist() == [1] * end + [0] * (T - end)
+            assert bool(has_eos[b]) == (eos in row)
+
+
+def test_position_ids_skip_left_padding():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_training_writes_metrics_and_policy(make_cfg, prompts, tmp_path, word_scorer):
+    cfg = make_cfg("ppo.variance.weighting=batch_mean")
+    summary = _train(cfg, tmp_path, prompts, word_scorer())
+    rows = _rows(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for key in ("score_mean", "variance_mean", "kl_mean", "weighted_kl_mean", "kl_coef", "entropy", "clipfrac",
+                "approx_kl", "value_loss", "returns_mean", "response_length", "episodes_per_s", "tokens_per_s",
+                "time/generate", "time/score", "time/reference", "time/value", "time/update"):
+        assert key in rows[-1] and rows[-1][key] == rows[-1][key], key
+    assert rows[0]["kl_mean"] == pytest.approx(0.0, abs=1e-5)  # actor == reference before any update
+    assert rows[-1]["kl_mean"] != 0.0
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(summary["policy_path"])  # exported HF folder loads
+    assert (tmp_path / "policy" / "model.safetensors").exists()
+    assert (tmp_path / "config.yaml").exists()
+
+
+def test_variance_aware_equals_vanilla_when_variance_is_one(make_cfg, prompts, tmp_path, word_scorer):
+    a = _train(make_cfg("ppo.variance.weighting=none"), tmp_path / "a", prompts, word_scorer(constant_variance=1.0))
+    b = _train(make_cfg("ppo.variance.weighting=raw"), tmp_path / "b", prompts, word_scorer(constant_variance=1.0))
+    ra, rb = _rows(tmp_path / "a" / "metrics.jsonl"), _rows(tmp_path / "b" / "metrics.jsonl")
+    assert [_strip(r) for r in ra] == [_strip(r) for r in rb]
+    c = _train(make_cfg("ppo.variance.weighting=raw"), tmp_path / "c", prompts, word_scorer(constant_variance=3.0))
+    rc = _rows(tmp_path / "c" / "metrics.jsonl")
+    assert rc[-1]["weighted_kl_mean"] != pytest.approx(ra[-1]["weighted_kl_mean"])  # σ² ≠ 1 changes the penalty
+    assert a["steps"] == b["steps"] == c["steps"] == 3
+
+
+def test_resume_is_exact(make_cfg, prompts, tmp_path, word_scorer):
+    full = make_cfg("ppo.steps=4", "ppo.checkpoint_every=2", "ppo.variance.weighting=running_mean", "ppo.kl.controller=adaptive")
+    _train(full, tmp_path / "full", prompts, word_scorer())
+    # an interrupted run: stops after 2 steps (checkpoint at 2), then resumes to 4
+    part = make_cfg("ppo.steps=2", "ppo.checkpoint_every=2", "ppo.variance.weighting=running_mean", "ppo.kl.controller=adaptive")
+    _train(part, tmp_path / "part", prompts, word_scorer())
+    _train(full, tmp_path / "part", prompts, word_scorer())
+    ref, got = _rows(tmp_path / "full" / "metrics.jsonl"), _rows(tmp_path / "part" / "metrics.jsonl")
+    assert [r["step"] for r in got] == [0, 1, 2, 3]
+    for x, y in zip(ref, got):
+        sx, sy = _strip(x), _strip(y)
+        assert sx.keys() == sy.keys()
+        for k in sx:
+            assert sx[k] == pytest.approx(sy[k], rel=1e-5, abs=1e-6), k
+
+
+def test_non_finite_scores_skip_then_stop(make_cfg, prompts, tmp_path, word_scorer):
+    from varpo.ppo.trainer import NonFiniteError
+
+    cfg = make_cfg("ppo.steps=6", "ppo.max_consecutive_bad_steps=2")
+    with pytest.raises(NonFiniteError, match="2 consecutive steps"):
+        _train(cfg, tmp_path, prompts, word_scorer(nan_from_call=2))
+    rows = _rows(tmp_path / "metrics.jsonl")
+    assert "score_mean" in rows[0] and rows[1].get("skipped") is True and rows[1]["skipped_steps"] == 1
