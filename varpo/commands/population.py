@@ -1,0 +1,30 @@
+"""`varpo population`: N seeded policies per method + N reference runs, evaluated with the true reward."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import ConfigOpt, OutOpt, SetOpt
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("population")
+    def population(
+        out: Path = OutOpt,
+        seeds: int = typer.Option(20, "--seeds", "-n", min=1, help="policies per method (the paper: 80)"),
+        config: Optional[Path] = ConfigOpt,
+        set_: Optional[list[str]] = SetOpt,
+        workers: Optional[int] = typer.Option(None, "--workers", min=1, help="worker processes (default: cores)"),
+        methods: Optional[list[str]] = typer.Option(None, "--method", help="only these methods (repeatable)"),
+    ) -> None:
+        """Train and evaluate a population; results land in OUT/policies/<method>/seed_<k>.json as they
+        finish (a killed run resumes). Then `varpo stats OUT` computes the paper's tables."""
+        from ..evaluation.population import run_population, summarize
+        from ..outputs import print_table, write_json
+
+        rows = run_population(config, set_ or [], seeds, out, workers=workers, methods=methods)
+        summary = summarize(rows)
+        write_json(out / "population.json", summary)
+        print_table(f"population ({out}/population.json)", [{"method": m, **v} for m, v in summary.items()])
