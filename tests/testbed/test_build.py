@@ -13,9 +13,10 @@ from varpo.config import TestbedConfig
 from varpo.data import load_pairs, load_prompts
 from varpo.testbed import build_testbed, cache_key, gold_reward
 
-TINY = dict(corpus_size=300, heldout_size=20, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-            train_steps=15, batch_size=8, warmup_steps=2, num_train_prompts=30, num_eval_prompts=10,
-            num_train_pairs=24, num_eval_pairs=6, gen_batch_size=32, sample_max_new_tokens=12)
+TINY = {"corpus_size": 300, "heldout_size": 20, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+        "intermediate_size": 64, "train_steps": 15, "batch_size": 8, "warmup_steps": 2, "num_train_prompts": 30,
+        "num_eval_prompts": 10, "num_train_pairs": 24, "num_eval_pairs": 6, "gen_batch_size": 32,
+        "sample_max_new_tokens": 12}
 
 
 def tiny(tmp_path, **kw) -> TestbedConfig:
@@ -109,10 +110,10 @@ def test_concurrent_builds_build_once(tmp_path):
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(hidden_size=30, num_heads=4), "must divide hidden_size"),
-    (dict(min_response_tokens=30), "exceeds max_response_tokens"),
-    (dict(bt_temperature=-1.0), "greater than or equal to 0"),
-    (dict(max_length=30), "max_length"),
+    ({"hidden_size": 30, "num_heads": 4}, "must divide hidden_size"),
+    ({"min_response_tokens": 30}, "exceeds max_response_tokens"),
+    ({"bt_temperature": -1.0}, "greater than or equal to 0"),
+    ({"max_length": 30}, "max_length"),
 ])
 def test_config_validation(bad, match):
     from varpo.config import ConfigError, build_config

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,7 +14,7 @@ def register(app: typer.Typer) -> None:
                       no_args_is_help=True)
 
     @grp.command("build")
-    def build(out: Path = OutOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    def build(out: Path = OutOpt, config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt) -> None:
         """Build or reuse the testbed; write DIR/testbed.json (perplexities, sample gold reward,
         timings, paths) and DIR/config.yaml, and print a summary table."""
         from ..config import save_resolved

@@ -3,4 +3,4 @@ HF `datasets` folders (save_to_disk), with column mapping and row-precise errors
 from .load import PAIR_FIELDS, LoadResult, load_pairs, load_prompts
 from .readers import DataError
 
-__all__ = ["DataError", "LoadResult", "PAIR_FIELDS", "load_pairs", "load_prompts"]
+__all__ = ["PAIR_FIELDS", "DataError", "LoadResult", "load_pairs", "load_prompts"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..config.core import ConfigError
 
@@ -90,11 +90,12 @@ def _table_rows(path: Path, table_columns: list[str], rows: Iterator[dict], need
 
 
 def _parquet(path: Path, needed: list[str]):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
+    except (pa.ArrowException, OSError) as exc:
         raise DataError(path, f"not a readable Parquet file ({exc})") from None
     return _table_rows(path, table.column_names, iter(table.to_pylist()), needed)
 
@@ -104,11 +105,11 @@ def _hf_dataset(path: Path, needed: list[str]):
 
     try:
         ds = load_from_disk(str(path))
-    except Exception as exc:  # datasets raises FileNotFoundError for folders that are not datasets
+    except (FileNotFoundError, ValueError) as exc:  # datasets' errors for folders that are not datasets
         raise DataError(path, f"a folder must be an HF dataset saved with save_to_disk ({exc})") from None
     if isinstance(ds, DatasetDict):
         if len(ds) != 1:
-            raise DataError(path, f"a DatasetDict with splits {sorted(ds)}: point at one split folder, e.g. {path / sorted(ds)[0]}")
+            raise DataError(path, f"a DatasetDict with splits {sorted(ds)}: point at one split folder, e.g. {path / min(ds)}")
         ds = next(iter(ds.values()))
     assert isinstance(ds, Dataset)
     return _table_rows(path, list(ds.column_names), iter(ds), needed)

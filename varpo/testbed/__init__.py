@@ -4,5 +4,5 @@ empty output), prompt sets and Bradley–Terry-labelled preference pairs, all ca
 from .build import Testbed, build_testbed, cache_key, cache_root
 from .gold import GOLD_MAX, GOLD_MIN, GoldScorer, gold_reward, gold_score
 
-__all__ = ["Testbed", "build_testbed", "cache_key", "cache_root", "GoldScorer", "gold_reward", "gold_score",
-           "GOLD_MIN", "GOLD_MAX"]
+__all__ = ["GOLD_MAX", "GOLD_MIN", "GoldScorer", "Testbed", "build_testbed", "cache_key", "cache_root",
+           "gold_reward", "gold_score"]

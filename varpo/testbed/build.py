@@ -66,7 +66,7 @@ class Testbed:
         return read_jsonl(self.pairs_path(split))
 
     @classmethod
-    def load(cls, path: str | Path, cache_hit: bool = True) -> "Testbed":
+    def load(cls, path: str | Path, cache_hit: bool = True) -> Testbed:
         import yaml
 
         path = Path(path)

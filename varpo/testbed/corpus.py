@@ -133,5 +133,5 @@ def corpus_vocabulary() -> list[str]:
     for topic, aspects in L.TOPICS.items():
         words.add(topic)
         words.update(aspects)
-    words.update("on we the near and i at by this is about new our trip to with were was but spent".split())
+    words.update(["on", "we", "the", "near", "and", "i", "at", "by", "this", "is", "about", "new", "our", "trip", "to", "with", "were", "was", "but", "spent"])
     return sorted(words)

@@ -65,8 +65,7 @@ ENDINGS_NEG = ("i would not go back", "we will not return", "not recommended", "
                "we had a bad time", "a waste of money")
 
 FUNCTION_WORDS = frozenset(
-    "the a an and but or so was were is are it its they we i my our there to of at in on for with by "
-    "from near next also not would will had have has be been this that very really quite".split()
+    ["the", "a", "an", "and", "but", "or", "so", "was", "were", "is", "are", "it", "its", "they", "we", "i", "my", "our", "there", "to", "of", "at", "in", "on", "for", "with", "by", "from", "near", "next", "also", "not", "would", "will", "had", "have", "has", "be", "been", "this", "that", "very", "really", "quite"]
 )
 
 POSITIVE_SET = frozenset(POSITIVE)
