@@ -162,6 +162,7 @@ def main(argv=None) -> int:
         "side": "trl", "variant": "trl", "steps": steps, "setup_s": setup_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "threads": torch.get_num_threads(), "device": device,
+        "optimizer_steps_per_ppo_step": steps[-1]["optimizer_steps"] if steps else None,
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
                      "python": sys.version.split()[0]},
         "settings": {"batch_size": B, "mini_batch_size": M, "ppo_epochs": p["ppo_epochs"], "response_len": T,

@@ -1,0 +1,566 @@
+"""PPO throughput, side by side: varpo against TRL 1.12.0's `trl.experimental.ppo.PPOTrainer`.
+
+    python benchmarks/ppo_vs_trl.py --quick --out DIR          # ~5 min on 2 CPU cores
+    python benchmarks/ppo_vs_trl.py --size gpt2-small --out DIR  # GPT-2 small, meant for a GPU
+
+Both trainers get the same inputs (benchmarks/bench_models.py): one randomly initialised policy
+checkpoint (also the reference, and the backbone of the value model and of the reward model), one
+word-level tokenizer (pad = eos), the same fixed-length prompts, batch size, minibatch size, PPO
+epochs, learning rates, KL estimator (k1) and coefficient, GAE (γ=1, λ=0.95), clip ranges, and
+sampling (temperature 1, top_k 0, top_p 1, min_new_tokens = max_new_tokens, so every response has
+exactly the same number of tokens on both sides). TRL's reward and value models are
+AutoModelForSequenceClassification(num_labels=1) on the backbone; varpo's reward is a K-head
+ensemble on the same backbone (varpo.reward.EnsembleRewardModel) and its critic a value head on it.
+
+Variants, one fresh subprocess per run, alternating trl, vanilla, variance-aware, 1-head, trl, ...:
+  trl                    TRL PPOTrainer (in the isolated env benchmarks/.venv-trl, prepared here)
+  varpo_vanilla          varpo PPO, 10-head ensemble, w = 1
+  varpo_variance_aware   varpo PPO, 10-head ensemble, w = σ²/mean(σ²) (batch_mean)
+  varpo_1head            varpo PPO, 1-head ensemble, w = 1 (the reward model TRL has)
+
+Throughput of one run = episodes (tokens) of its steps after warm-up / their wall time, where a
+step's wall time runs from the end of the previous step to the end of this one (both trainers'
+per-step logging and bookkeeping included). `ratio_vs_trl` = median over rounds of
+varpo_vanilla / trl from the same round. Results: DIR/results.json, DIR/results.md, DIR/throughput.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+TRL_VERSION = "1.12.0"
+PHASES = ("generate", "score", "reference", "value", "update", "other")
+VARIANTS = {
+    "trl": {"side": "trl", "heads": 1, "weighting": None},
+    "varpo_vanilla": {"side": "varpo", "heads": 10, "weighting": "none"},
+    "varpo_variance_aware": {"side": "varpo", "heads": 10, "weighting": "batch_mean"},
+    "varpo_1head": {"side": "varpo", "heads": 1, "weighting": "none"},
+}
+# quick: ~5 min on 2 busy cores; full: more rounds and steps for tighter medians
+MODES = {"quick": {"rounds": 3, "steps": 4, "warmup": 1}, "full": {"rounds": 5, "steps": 10, "warmup": 2}}
+REQUIRED_KEYS = ("trl", "varpo_vanilla", "varpo_variance_aware", "ratio_vs_trl", "machine")
+
+
+# ---------------------------------------------------------------------------------------- statistics
+def summarize(values: list[float]) -> dict:
+    """min / median / max / n of a list of numbers; all None for an empty list."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"min": None, "median": None, "max": None, "n": 0}
+    return {"min": min(vals), "median": statistics.median(vals), "max": max(vals), "n": len(vals)}
+
+
+def run_throughput(run: dict, warmup: int) -> dict:
+    """Throughput and mean per-step phase seconds of one run, over the steps after `warmup`.
+
+    Each step row has wall_s, episodes, tokens and time/<phase> seconds; `other` is whatever of
+    the wall time no named phase covers (clamped at 0 against timer rounding)."""
+    steps = run["steps"][warmup:]
+    if not steps:
+        raise ValueError(f"run has {len(run['steps'])} steps, none left after {warmup} warm-up step(s)")
+    wall = sum(s["wall_s"] for s in steps)
+    if wall <= 0:
+        raise ValueError(f"non-positive measured wall time {wall}")
+    phases = {}
+    for ph in PHASES[:-1]:
+        phases[ph] = sum(s.get(f"time/{ph}", 0.0) for s in steps) / len(steps)
+    phases["other"] = max(wall / len(steps) - sum(phases.values()), 0.0)
+    return {
+        "episodes_per_s": sum(s["episodes"] for s in steps) / wall,
+        "tokens_per_s": sum(s["tokens"] for s in steps) / wall,
+        "step_s": wall / len(steps),
+        "phases_s": phases,
+        "measured_steps": len(steps),
+    }
+
+
+def paired_ratios(num: dict[int, float], den: dict[int, float]) -> list[float]:
+    """num[r] / den[r] for every round r present (and positive) in both, in round order."""
+    return [num[r] / den[r] for r in sorted(set(num) & set(den)) if den[r] and num[r] is not None]
+
+
+def variant_summary(runs: list[dict], warmup: int) -> dict:
+    """Aggregate the successful runs of one variant: min/median/max of throughput, the median of
+    each phase's per-step seconds, peak RSS, and the per-run figures."""
+    ok = [r for r in runs if r.get("ok")]
+    per_run = [{"round": r["round"], **run_throughput(r["result"], warmup),
+                "peak_rss_mb": r["result"].get("peak_rss_mb")} for r in ok]
+    eps = summarize([p["episodes_per_s"] for p in per_run])
+    out = {
+        "episodes_per_s": eps["median"],
+        "episodes_per_s_stats": eps,
+        "tokens_per_s": summarize([p["tokens_per_s"] for p in per_run])["median"],
+        "tokens_per_s_stats": summarize([p["tokens_per_s"] for p in per_run]),
+        "step_s": summarize([p["step_s"] for p in per_run])["median"],
+        "phases_s": {ph: summarize([p["phases_s"][ph] for p in per_run])["median"] for ph in PHASES},
+        "peak_rss_mb": summarize([p["peak_rss_mb"] for p in per_run]),
+        "runs": per_run,
+        "failed_runs": [{"round": r["round"], "error": r.get("error")} for r in runs if not r.get("ok")],
+    }
+    if ok:
+        res = ok[0]["result"]
+        out["settings"] = res.get("settings")
+        for key in ("optimizer_steps_per_ppo_step",):
+            if key in res:
+                out[key] = res[key]
+    return out
+
+
+def build_results(runs: list[dict], warmup: int, machine: dict, meta: dict, command: str) -> dict:
+    """The results document: one summary per variant, paired ratios against TRL per round."""
+    res = {"command": command, "machine": machine, "size": meta["size"], "preset": meta["preset"],
+           "n_params": meta.get("n_params"), "warmup_steps": warmup}
+    by_variant = {v: [r for r in runs if r["variant"] == v] for v in VARIANTS}
+    for v, rs in by_variant.items():
+        res[v] = variant_summary(rs, warmup)
+    per_round = {v: {p["round"]: p["episodes_per_s"] for p in res[v]["runs"]} for v in VARIANTS}
+    ratios = {}
+    for v in VARIANTS:
+        if v == "trl":
+            continue
+        rr = paired_ratios(per_round[v], per_round["trl"])
+        ratios[f"{v}_vs_trl"] = {"per_round": rr, **summarize(rr)}
+    va = paired_ratios(per_round["varpo_variance_aware"], per_round["varpo_vanilla"])
+    ratios["variance_aware_vs_vanilla"] = {"per_round": va, **summarize(va)}
+    res["ratios"] = ratios
+    res["ratio_vs_trl"] = ratios["varpo_vanilla_vs_trl"]["median"]
+    return res
+
+
+def validate_results(res: dict) -> None:
+    """The external contract: these keys must be present (a value may be None if a side failed)."""
+    missing = [k for k in REQUIRED_KEYS if k not in res]
+    for v in ("trl", "varpo_vanilla", "varpo_variance_aware"):
+        if v in res and "episodes_per_s" not in res[v]:
+            missing.append(f"{v}.episodes_per_s")
+    for k in ("cpu_model", "cores", "torch", "trl"):
+        if "machine" in res and k not in res["machine"]:
+            missing.append(f"machine.{k}")
+    if missing:
+        raise ValueError(f"results.json is missing {missing}")
+
+
+# ---------------------------------------------------------------------------------------- reporting
+def _fmt(x, spec=".3g"):
+    return "—" if x is None else format(x, spec)
+
+
+def results_markdown(res: dict) -> str:
+    m, p = res["machine"], res["preset"]
+    lines = [
+        "# PPO throughput: varpo vs TRL 1.12.0 PPOTrainer", "",
+        f"Command: `{res['command']}`", "",
+        f"Machine: {m['cpu_model']}, {m['cores']} cores ({m['usable_cores']} usable), torch {m['torch']}, "
+        f"transformers {m.get('transformers')}, deepspeed {m.get('deepspeed')}, trl {m['trl']}, "
+        f"python {m['python']}, device {m['device']}, {m['threads']} torch thread(s) per run. "
+        f"Load average before/after: {m.get('loadavg_before')} / {m.get('loadavg_after')}"
+        + (" — **the machine was shared with other jobs: absolute figures are noisy; paired ratios are the "
+           "robust figure.**" if m.get("shared_machine") else ""), "",
+        f"Workload (`{res['size']}`, {res.get('n_params')} parameters per model): batch {p['batch_size']}, "
+        f"minibatch {p['mini_batch_size']}, {p['ppo_epochs']} PPO epochs, prompts {p['prompt_len']} tokens, "
+        f"responses exactly {p['response_len']} tokens, k1 KL, sampling T=1 top_k 0 top_p 1; "
+        f"{res['warmup_steps']} warm-up step(s) dropped per run.", "",
+        "| variant | episodes/s min / **median** / max | tokens/s median | s/step | peak RSS MB (median) | runs ok |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in VARIANTS:
+        s = res[v]
+        e = s["episodes_per_s_stats"]
+        lines.append(f"| {v} | {_fmt(e['min'])} / **{_fmt(e['median'])}** / {_fmt(e['max'])} | "
+                     f"{_fmt(s['tokens_per_s'])} | {_fmt(s['step_s'])} | {_fmt(s['peak_rss_mb']['median'], '.0f')} | "
+                     f"{e['n']} of {e['n'] + len(s['failed_runs'])} |")
+    lines += ["", "Paired ratios (same round), episodes/s:", "",
+              "| ratio | per round | min / **median** / max |", "|---|---|---|"]
+    for k, r in res["ratios"].items():
+        lines.append(f"| {k} | {', '.join(format(x, '.3f') for x in r['per_round']) or '—'} | "
+                     f"{_fmt(r['min'])} / **{_fmt(r['median'])}** / {_fmt(r['max'])} |")
+    lines += ["", f"**ratio_vs_trl** (median varpo_vanilla / trl): {_fmt(res['ratio_vs_trl'])}", "",
+              "Per-step phase seconds (median over runs):", "",
+              "| variant | " + " | ".join(PHASES) + " |", "|---|" + "---|" * len(PHASES)]
+    for v in VARIANTS:
+        lines.append(f"| {v} | " + " | ".join(_fmt(res[v]["phases_s"][ph]) for ph in PHASES) + " |")
+    lines += ["", "Phase definitions: see `notes` in results.json.", ""]
+    for v in VARIANTS:
+        for f in res[v]["failed_runs"]:
+            lines.append(f"- {v} round {f['round']}: not run or failed: {str(f['error'])[-300:]}")
+    if res.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in res["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [v for v in VARIANTS if res[v]["episodes_per_s"] is not None]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    med = [res[v]["episodes_per_s"] for v in names]
+    lo = [med[i] - res[v]["episodes_per_s_stats"]["min"] for i, v in enumerate(names)]
+    hi = [res[v]["episodes_per_s_stats"]["max"] - med[i] for i, v in enumerate(names)]
+    colors = ["#999999" if v == "trl" else "#2a6fbb" for v in names]
+    a1.bar(names, med, yerr=[lo, hi], capsize=5, color=colors)
+    a1.set_ylabel("episodes / s (median, min–max)")
+    a1.set_title(f"PPO throughput ({res['size']}, ratio_vs_trl {_fmt(res['ratio_vs_trl'])})")
+    a1.tick_params(axis="x", rotation=20)
+    bottom = [0.0] * len(names)
+    for ph in PHASES:
+        vals = [res[v]["phases_s"][ph] or 0.0 for v in names]
+        a2.bar(names, vals, bottom=bottom, label=ph)
+        bottom = [b + x for b, x in zip(bottom, vals)]
+    a2.set_ylabel("seconds per PPO step (median)")
+    a2.set_title("where the time goes")
+    a2.legend(fontsize=8)
+    a2.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------- environment
+def machine_info(device: str, threads: int, trl_version: str | None) -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import deepspeed  # noqa: F401  (version only; the benchmark parent builds no engine)
+        ds = deepspeed.__version__
+    except Exception as e:  # pragma: no cover - reported, not fatal
+        ds = f"unavailable ({type(e).__name__})"
+    info = {
+        "cpu_model": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__, "transformers": transformers.__version__, "deepspeed": ds,
+        "trl": trl_version, "python": platform.python_version(), "platform": platform.platform(),
+        "device": device, "threads": threads, "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def ensure_trl_env(venv: Path, log=print) -> Path:
+    """The isolated TRL environment: a venv that sees the project's packages (torch, transformers,
+    accelerate, datasets) but installs TRL into itself only, under constraints pinning the
+    project's versions, so the project's own environment is never changed. Idempotent: a marker
+    file records what was verified; delete the venv to rebuild it."""
+    import importlib.metadata as md
+
+    py = venv / "bin" / "python"
+    marker = venv / ".varpo-bench-trl.json"
+    pins = {name: md.version(name) for name in ("torch", "transformers", "accelerate", "datasets")}
+    want = {"trl": TRL_VERSION, **pins}
+    if marker.exists() and py.exists():
+        try:
+            if json.loads(marker.read_text()) == want:
+                return py
+        except json.JSONDecodeError:
+            pass
+    if not py.exists():
+        log(f"creating the TRL environment {venv} (system site packages visible, installs stay inside)")
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    constraints = venv / "constraints.txt"
+    constraints.write_text("".join(f"{k}=={v}\n" for k, v in pins.items()))
+    log(f"installing trl=={TRL_VERSION} into {venv} with {pins} pinned")
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(constraints), f"trl=={TRL_VERSION}"], check=True)
+    probe = subprocess.run(
+        [str(py), "-c", "import json, torch, transformers, accelerate, datasets, trl;"
+         "from trl.experimental.ppo import PPOTrainer;"
+         "print(json.dumps({'trl': trl.__version__, 'torch': torch.__version__, 'transformers': transformers.__version__,"
+         "'accelerate': accelerate.__version__, 'datasets': datasets.__version__}))"],
+        capture_output=True, text=True)
+    if probe.returncode:
+        raise RuntimeError(f"the TRL environment {venv} does not import trl.experimental.ppo:\n{probe.stderr[-2000:]}")
+    got = json.loads(probe.stdout.strip().splitlines()[-1])
+    got_norm = {k: got[k].split("+")[0] for k in got}
+    want_norm = {k: v.split("+")[0] for k, v in want.items()}
+    if got_norm != want_norm:
+        raise RuntimeError(f"the TRL environment {venv} resolved {got}, expected {want}; delete it and retry")
+    marker.write_text(json.dumps(want))
+    return py
+
+
+# ---------------------------------------------------------------------------------------- varpo side
+def build_ensemble(policy_path: str, heads: int, out: Path, seed: int) -> Path:
+    """A K-head reward ensemble on the policy's backbone weights (untrained heads: throughput
+    does not depend on their values), saved where `reward.path` will point."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from varpo.reward import EnsembleRewardModel
+
+    if (out / ".complete").exists():
+        return out
+    torch.manual_seed(seed)
+    backbone = AutoModel.from_pretrained(policy_path, dtype=torch.float32)
+    model = EnsembleRewardModel(backbone, num_heads=heads)
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(policy_path).save_pretrained(str(out))
+    (out / ".complete").write_text("")
+    return out
+
+
+def varpo_overrides(meta: dict, variant: str, reward_path: str, steps: int, seed: int, lr: float, kl_coef: float) -> dict:
+    """The VarpoConfig overrides that mirror the TRL run's settings (see trl_side.py)."""
+    p, spec = meta["preset"], VARIANTS[variant]
+    return {
+        "seed": seed,
+        "model.policy_path": meta["policy_path"], "model.critic_path": meta["policy_path"],
+        "reward.type": "ensemble", "reward.path": reward_path,
+        "data.prompts_path": meta["prompts_path"],
+        "ppo.steps": steps, "ppo.batch_size": p["batch_size"], "ppo.mini_batch_size": p["mini_batch_size"],
+        "ppo.ppo_epochs": p["ppo_epochs"], "ppo.actor_lr": lr, "ppo.critic_lr": lr,
+        "ppo.gamma": 1.0, "ppo.lam": 0.95, "ppo.clip_range": 0.2, "ppo.clip_range_value": 0.2, "ppo.vf_coef": 0.1,
+        "ppo.entropy_coef": 0.0, "ppo.whiten_advantages": True, "ppo.whiten_rewards": False,
+        "ppo.kl.estimator": "k1", "ppo.kl.beta": kl_coef, "ppo.kl.controller": "fixed",
+        "ppo.variance.weighting": spec["weighting"], "ppo.checkpoint_every": 0,
+        "generation.backend": "hf", "generation.max_new_tokens": p["response_len"],
+        "generation.min_new_tokens": p["response_len"], "generation.temperature": 1.0,
+        "generation.top_k": 0, "generation.top_p": 1.0, "generation.max_prompt_len": p["prompt_len"] + 8,
+        "deepspeed.zero_stage": 0,
+    }
+
+
+def varpo_run(argv: list[str]) -> int:
+    """Child process: one timed varpo PPO run (called as `ppo_vs_trl.py _varpo_run ...`)."""
+    import resource
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--inputs", required=True)
+    ap.add_argument("--variant", required=True, choices=[v for v in VARIANTS if VARIANTS[v]["side"] == "varpo"])
+    ap.add_argument("--reward-path", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--kl-coef", type=float, default=0.1)
+    a = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from varpo.config import load_config
+    from varpo.outputs import read_jsonl
+    from varpo.ppo import train_ppo
+    from varpo.ppo.trainer import PPOTrainer
+
+    meta = json.loads((Path(a.inputs) / "inputs.json").read_text())
+    cfg = load_config(None, varpo_overrides(meta, a.variant, a.reward_path, a.steps, a.seed, a.lr, a.kl_coef))
+    run_dir = Path(a.out).with_suffix("")
+    # step boundaries measured from outside the trainer, as for TRL: a step runs from the end of
+    # the previous one (its logging included) to the end of its own train_step + log
+    marks: list[float] = []
+    t_setup = {}
+    orig_train_step, orig_log = PPOTrainer.train_step, PPOTrainer._log
+
+    def train_step(self):
+        if not marks:
+            t_setup["s"] = time.perf_counter() - t_start
+            marks.append(time.perf_counter())
+        return orig_train_step(self)
+
+    def _log(self, m):
+        orig_log(self, m)
+        marks.append(time.perf_counter())
+
+    PPOTrainer.train_step, PPOTrainer._log = train_step, _log
+    train_ppo(cfg, run_dir)
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    if len(rows) != a.steps or len(marks) != a.steps + 1:
+        raise RuntimeError(f"expected {a.steps} logged steps, got {len(rows)} rows and {len(marks) - 1} step marks")
+    p = meta["preset"]
+    steps = []
+    for i, r in enumerate(rows):
+        if r.get("skipped"):
+            raise RuntimeError(f"varpo skipped step {i} (non-finite values): {r}")
+        if abs(r["response_length"] - p["response_len"]) > 1e-9:
+            raise RuntimeError(f"varpo generated {r['response_length']} tokens per response, expected {p['response_len']}")
+        steps.append({"wall_s": marks[i + 1] - marks[i], "episodes": p["batch_size"],
+                      "tokens": p["batch_size"] * p["response_len"],
+                      "trainer_episodes_per_s": r["episodes_per_s"], "trainer_step_s": r["time/step"],
+                      **{f"time/{k}": r[f"time/{k}"] for k in PHASES if f"time/{k}" in r}})
+    import deepspeed
+    import transformers
+
+    result = {
+        "side": "varpo", "variant": a.variant, "steps": steps, "setup_s": t_setup.get("s"),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "deepspeed": deepspeed.__version__, "python": sys.version.split()[0]},
+        "optimizer_steps_per_ppo_step": p["ppo_epochs"] * (p["batch_size"] // p["mini_batch_size"]),
+        "settings": {"batch_size": p["batch_size"], "mini_batch_size": p["mini_batch_size"],
+                     "ppo_epochs": p["ppo_epochs"], "response_len": p["response_len"], "prompt_len": p["prompt_len"],
+                     "kl_estimator": "k1", "kl_coef": a.kl_coef, "lr": a.lr, "reward_heads": VARIANTS[a.variant]["heads"],
+                     "variance_weighting": VARIANTS[a.variant]["weighting"]},
+    }
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- driver
+def child_env(device: str, threads: int) -> dict:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VARPO_NO_PROGRESS": "1",
+                "PYTHONPATH": os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
+    if device == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def run_one(cmd: list[str], out_json: Path, env: dict, timeout: float) -> dict:
+    """Run one child; its result JSON, or the reason it has none. stdout/stderr go to a log file."""
+    log = out_json.with_suffix(".log")
+    t0 = time.perf_counter()
+    try:
+        with open(log, "w") as f:
+            f.write("$ " + shlex.join(cmd) + "\n")
+            f.flush()
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    elapsed = time.perf_counter() - t0
+    if rc == 0 and out_json.exists():
+        return {"ok": True, "result": json.loads(out_json.read_text()), "process_s": elapsed, "log": str(log)}
+    tail = log.read_text()[-3000:] if log.exists() else ""
+    return {"ok": False, "error": f"exit {rc} after {elapsed:.0f}s; log {log}:\n{tail}", "process_s": elapsed, "log": str(log)}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_varpo_run":
+        return varpo_run(argv[1:])
+    ap = argparse.ArgumentParser(description="PPO throughput: varpo vs TRL 1.12.0 (see the module docstring)")
+    ap.add_argument("--out", required=True, type=Path, help="results folder (results.json, results.md, throughput.png)")
+    ap.add_argument("--quick", action="store_true", help=f"{MODES['quick']} (about 5 minutes on 2 cores)")
+    ap.add_argument("--size", default="auto", choices=["auto", "tiny", "gpt2-small"],
+                    help="model/workload preset; auto: gpt2-small with CUDA, tiny otherwise")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds of (trl, varpo variants); default per mode")
+    ap.add_argument("--steps", type=int, default=None, help="PPO steps per run; default per mode")
+    ap.add_argument("--warmup", type=int, default=None, help="steps dropped at the start of each run")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (trl must stay for ratios)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 on CPU, all on GPU)")
+    ap.add_argument("--work", type=Path, default=None, help="where shared inputs are built (default OUT/work)")
+    ap.add_argument("--trl-venv", type=Path, default=HERE / ".venv-trl")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it is killed")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = a.size if a.size != "auto" else ("gpt2-small" if device == "cuda" else "tiny")
+    mode = MODES["quick" if a.quick else "full"]
+    rounds, steps, warmup = a.rounds or mode["rounds"], a.steps or mode["steps"], mode["warmup"] if a.warmup is None else a.warmup
+    if steps <= warmup:
+        ap.error(f"--steps ({steps}) must exceed the warm-up ({warmup})")
+    # one thread on a CPU: the tiny models gain nothing from more, and on a shared machine extra
+    # threads only add contention noise; both sides get the same count
+    threads = a.threads or (1 if device == "cpu" else os.cpu_count())
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    out = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = (a.work or out / "work").resolve()
+    command = "python benchmarks/ppo_vs_trl.py " + shlex.join(argv)
+    t_all = time.perf_counter()
+
+    from bench_models import build_inputs
+
+    trl_py = ensure_trl_env(a.trl_venv.resolve()) if "trl" in variants else None
+    meta = build_inputs(work, size, seed=a.seed)
+    reward_paths = {}
+    for v in variants:
+        if VARIANTS[v]["side"] == "varpo":
+            k = VARIANTS[v]["heads"]
+            reward_paths[v] = str(build_ensemble(meta["policy_path"], k, work / f"reward_k{k}", a.seed))
+
+    env = child_env(device, threads)
+    runs = []
+    runs_dir = out / "runs"
+    runs_dir.mkdir(exist_ok=True)
+    for r in range(rounds):
+        for v in variants:  # A B A B ...: every round runs every variant once, in the same order
+            out_json = runs_dir / f"r{r}_{v}.json"
+            out_json.unlink(missing_ok=True)
+            common = ["--inputs", str(work), "--out", str(out_json), "--steps", str(steps),
+                      "--threads", str(threads), "--seed", str(a.seed)]
+            if v == "trl":
+                cmd = [str(trl_py), str(HERE / "trl_side.py"), *common]
+            else:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "_varpo_run", "--variant", v,
+                       "--reward-path", reward_paths[v], *common]
+            print(f"[{time.perf_counter() - t_all:6.0f}s] round {r + 1}/{rounds}: {v}", flush=True)
+            rec = run_one(cmd, out_json, env, a.timeout)
+            rec.update(round=r, variant=v)
+            if rec["ok"]:
+                thr = run_throughput(rec["result"], warmup)
+                print(f"         {thr['episodes_per_s']:.2f} episodes/s, {thr['step_s']:.2f} s/step, "
+                      f"process {rec['process_s']:.0f}s", flush=True)
+            else:
+                print(f"         FAILED: {rec['error'][-600:]}", flush=True)
+            runs.append(rec)
+
+    trl_version = next((r["result"]["versions"]["trl"] for r in runs if r["ok"] and r["variant"] == "trl"), None)
+    machine = machine_info(device, threads, trl_version)
+    machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    machine["shared_machine"] = max(machine["loadavg_before"][0], machine["loadavg_after"][0]) > machine["usable_cores"] * 0.5
+    for v in VARIANTS:
+        if v not in variants:
+            runs.append({"variant": v, "round": -1, "ok": False, "error": "not selected (--variants)"})
+    res = build_results(runs, warmup, machine, meta, command)
+    res["notes"] = NOTES + ([f"the {size} preset ran on {device}"])
+    res["wall_s"] = time.perf_counter() - t_all
+    validate_results(res)
+    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "results.md").write_text(results_markdown(res))
+    plot(res, out / "throughput.png")
+    print((out / "results.md").read_text())
+    return 0 if all(res[v]["episodes_per_s"] is not None for v in variants) else 1
+
+
+NOTES = [
+    "Phases. varpo: generate (tokenize + HF generate), score (decode + ensemble forward), reference "
+    "(reference AND actor old-log-prob forwards), value (critic forward), update (reward shaping, GAE, "
+    "whitening, PPO epochs), as timed by the trainer; other = logging/tensorboard and the rest of the step.",
+    "Phases. TRL, timed from outside by wrapping its module-level helpers in the runner process: generate "
+    "(batch_generation; TRL reuses generate's scores as the old log-probs, so it has no separate actor "
+    "forward), reference (forward of the reference model), value (get_reward on the value model), score "
+    "(get_reward on the reward model); update = the rest of the step (log-softmax of the generation "
+    "scores, rewards, GAE, PPO epochs, logging, TRL's two gc.collect() per step); other is 0 by construction.",
+    "Optimizer steps: varpo takes one per minibatch (epochs x batch/minibatch per PPO step); TRL with "
+    "num_mini_batches=batch/minibatch and gradient_accumulation_steps=batch/minibatch steps only on "
+    "accumulation boundaries (counted: see trl runs' optimizer_steps). Forward/backward work is equal.",
+    "Peak memory is the RSS high-water mark of each run's process (getrusage), Python and library "
+    "imports included (varpo also imports DeepSpeed).",
+]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
