@@ -66,7 +66,10 @@ def test_cache_reuse_and_rebuild_on_change(built, tmp_path):
     again = build_testbed(tiny(root, bt_temperature=0.0), progress=False)
     assert again.cache_hit and again.dir == tb.dir and again.stats == tb.stats
     # a different knob is a different testbed
+    stale = root / f"{cache_key(tiny(root, bt_temperature=0.5))}.tmp-killed"  # as left by a killed build
+    (stale / "model").mkdir(parents=True)
     other = build_testbed(tiny(root, bt_temperature=0.5), progress=False)
+    assert not stale.exists()
     assert not other.cache_hit and other.dir != tb.dir
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted([tb.dir.name, other.dir.name])
     # where the cache lives is not part of the key, and a rebuild elsewhere is identical

@@ -220,6 +220,8 @@ def build_testbed(cfg: TestbedConfig | None = None, progress: bool = True) -> Te
             return Testbed.load(final, cache_hit=True)
         if final.exists():  # not ours to trust: a folder without its testbed.json is incomplete
             shutil.rmtree(final)
+        for stale in root.glob(f"{key}.tmp-*"):  # left by a killed build; we hold the lock, so none is live
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
         try:
             import torch
