@@ -340,6 +340,12 @@ def varpo_overrides(meta: dict, variant: str, reward_path: str, steps: int, seed
     }
 
 
+def override_strings(overrides: dict) -> list[str]:
+    """`load_config` takes KEY=VALUE strings whose values are parsed as YAML; JSON is YAML, so
+    json.dumps keeps every value's type (a path stays a string, 1e-5 a float)."""
+    return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
 def varpo_run(argv: list[str]) -> int:
     """Child process: one timed varpo PPO run (called as `ppo_vs_trl.py _varpo_run ...`)."""
     import resource
@@ -366,7 +372,7 @@ def varpo_run(argv: list[str]) -> int:
     from varpo.ppo.trainer import PPOTrainer
 
     meta = json.loads((Path(a.inputs) / "inputs.json").read_text())
-    cfg = load_config(None, varpo_overrides(meta, a.variant, a.reward_path, a.steps, a.seed, a.lr, a.kl_coef))
+    cfg = load_config(None, override_strings(varpo_overrides(meta, a.variant, a.reward_path, a.steps, a.seed, a.lr, a.kl_coef)))
     run_dir = Path(a.out).with_suffix("")
     # step boundaries measured from outside the trainer, as for TRL: a step runs from the end of
     # the previous one (its logging included) to the end of its own train_step + log

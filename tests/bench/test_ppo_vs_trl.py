@@ -1,0 +1,184 @@
+"""The PPO-vs-TRL benchmark's pure parts: statistics, paired ratios, the results schema, the
+shared inputs, and that the varpo settings it passes are valid config keys mirroring TRL's.
+No timing is asserted (timings live in benchmarks/results/)."""
+import json
+import random
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import bench_models  # noqa: E402
+import ppo_vs_trl as bench  # noqa: E402
+
+
+def _run(rng, n_steps, batch=16, tokens=16):
+    steps = []
+    for _ in range(n_steps):
+        ph = {f"time/{p}": rng.uniform(0.01, 0.3) for p in ("generate", "score", "reference", "value", "update")}
+        steps.append({"wall_s": sum(ph.values()) + rng.uniform(0.0, 0.2), "episodes": batch, "tokens": batch * tokens, **ph})
+    return {"steps": steps, "peak_rss_mb": rng.uniform(300, 900), "settings": {"batch_size": batch}}
+
+
+def test_summarize_matches_numpy_and_handles_empty():
+    rng = random.Random(1)
+    for n in (1, 2, 5, 8):
+        xs = [rng.uniform(-3, 7) for _ in range(n)]
+        s = bench.summarize(xs)
+        assert s["n"] == n
+        assert s["median"] == pytest.approx(float(np.median(np.array(xs, dtype=np.float64))), rel=1e-12)
+        assert s["min"] == min(xs) and s["max"] == max(xs)
+    assert bench.summarize([]) == {"min": None, "median": None, "max": None, "n": 0}
+    assert bench.summarize([None, 2.0])["n"] == 1
+
+
+def test_run_throughput_drops_warmup_and_splits_phases():
+    rng = random.Random(2)
+    run = _run(rng, 5, batch=12, tokens=7)
+    t = bench.run_throughput(run, warmup=2)
+    kept = run["steps"][2:]
+    wall = 0.0
+    for s in kept:  # independent loop, float64
+        wall += s["wall_s"]
+    assert t["episodes_per_s"] == pytest.approx(12 * 3 / wall, rel=1e-12)
+    assert t["tokens_per_s"] == pytest.approx(12 * 7 * 3 / wall, rel=1e-12)
+    assert t["measured_steps"] == 3
+    for p in ("generate", "score", "reference", "value", "update"):
+        assert t["phases_s"][p] == pytest.approx(sum(s[f"time/{p}"] for s in kept) / 3, rel=1e-12)
+    # the phases and `other` add up to the mean step time
+    assert sum(t["phases_s"].values()) == pytest.approx(wall / 3, rel=1e-12)
+    with pytest.raises(ValueError, match="none left after 5 warm-up"):
+        bench.run_throughput(run, warmup=5)
+
+
+def test_paired_ratios_pair_by_round_only():
+    num = {0: 10.0, 1: 12.0, 3: 9.0}
+    den = {0: 5.0, 2: 4.0, 3: 3.0}
+    assert bench.paired_ratios(num, den) == [2.0, 3.0]
+    assert bench.paired_ratios({}, den) == []
+
+
+def _fake_runs(rng, rounds, warmup_steps=3, fail=None):
+    runs = []
+    for r in range(rounds):
+        for v in bench.VARIANTS:
+            if fail == (r, v):
+                runs.append({"round": r, "variant": v, "ok": False, "error": "exit 1"})
+            else:
+                runs.append({"round": r, "variant": v, "ok": True, "result": _run(rng, warmup_steps)})
+    return runs
+
+
+def _machine():
+    return {"cpu_model": "test cpu", "cores": 2, "usable_cores": 2, "torch": "x", "trl": "1.12.0",
+            "transformers": "y", "deepspeed": "z", "python": "3", "device": "cpu", "threads": 1,
+            "loadavg_before": [0.1], "loadavg_after": [0.2], "shared_machine": False}
+
+
+META = {"size": "tiny", "preset": {"batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2, "prompt_len": 16,
+                                   "response_len": 16}, "n_params": 1}
+
+
+def test_results_schema_and_ratio_is_median_of_paired_rounds(tmp_path):
+    rng = random.Random(3)
+    runs = _fake_runs(rng, rounds=4, fail=(2, "trl"))
+    res = bench.build_results(runs, warmup=1, machine=_machine(), meta=META, command="python x --quick")
+    bench.validate_results(res)
+    # independent recomputation: per-run throughput after warm-up, paired by round
+    eps = {}
+    for r in runs:
+        if r["ok"]:
+            steps = r["result"]["steps"][1:]
+            eps[(r["round"], r["variant"])] = sum(s["episodes"] for s in steps) / sum(s["wall_s"] for s in steps)
+    ratios = [eps[(k, "varpo_vanilla")] / eps[(k, "trl")] for k in range(4) if (k, "trl") in eps]
+    assert len(ratios) == 3  # round 2's TRL run failed: that round has no pair
+    assert res["ratio_vs_trl"] == pytest.approx(statistics.median(ratios), rel=1e-12)
+    assert res["ratios"]["varpo_vanilla_vs_trl"]["per_round"] == pytest.approx(ratios, rel=1e-12)
+    va = [eps[(k, "varpo_variance_aware")] / eps[(k, "varpo_vanilla")] for k in range(4)]
+    assert res["ratios"]["variance_aware_vs_vanilla"]["median"] == pytest.approx(statistics.median(va), rel=1e-12)
+    trl_eps = [eps[(k, "trl")] for k in range(4) if (k, "trl") in eps]
+    assert res["trl"]["episodes_per_s"] == pytest.approx(statistics.median(trl_eps), rel=1e-12)
+    assert res["trl"]["episodes_per_s_stats"]["min"] == pytest.approx(min(trl_eps), rel=1e-12)
+    assert res["trl"]["failed_runs"] == [{"round": 2, "error": "exit 1"}]
+    for v in ("trl", "varpo_vanilla", "varpo_variance_aware"):
+        assert res[v]["episodes_per_s"] > 0
+    # the documents render and survive a JSON round trip
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    assert json.loads((tmp_path / "results.json").read_text())["ratio_vs_trl"] == pytest.approx(res["ratio_vs_trl"])
+    md = bench.results_markdown(res)
+    assert "ratio_vs_trl" in md and "test cpu" in md and "python x --quick" in md
+    bench.plot(res, tmp_path / "t.png")
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_validate_results_names_missing_keys():
+    res = bench.build_results(_fake_runs(random.Random(4), 1), 1, _machine(), META, "c")
+    del res["ratio_vs_trl"]
+    del res["machine"]["trl"]
+    del res["varpo_vanilla"]["episodes_per_s"]
+    with pytest.raises(ValueError) as e:
+        bench.validate_results(res)
+    msg = str(e.value)
+    assert "ratio_vs_trl" in msg and "machine.trl" in msg and "varpo_vanilla.episodes_per_s" in msg
+
+
+def test_a_side_that_never_ran_keeps_the_contract_keys():
+    runs = [r for r in _fake_runs(random.Random(5), 2) if r["variant"] == "trl"]
+    res = bench.build_results(runs, 1, _machine(), META, "c")
+    bench.validate_results(res)
+    assert res["varpo_vanilla"]["episodes_per_s"] is None and res["ratio_vs_trl"] is None
+    assert res["trl"]["episodes_per_s"] > 0
+
+
+def test_vocabulary_tokenizer_and_prompts():
+    words = bench_models.vocabulary(9000)  # crosses from 1- to 2- to 3-syllable words
+    assert len(words) == len(set(words)) == 9000
+    tok = bench_models.build_tokenizer(words[:300])
+    assert tok.pad_token_id == tok.eos_token_id == bench_models.SPECIAL["</s>"]
+    prompts = bench_models.make_prompts(words[:300], n=7, length=11, seed=0)
+    for p in prompts:
+        ids = tok(p)["input_ids"]
+        assert len(ids) == 11 and tok.unk_token_id not in ids
+        assert tok.decode(ids) == p
+    assert prompts == bench_models.make_prompts(words[:300], n=7, length=11, seed=0)
+
+
+def test_build_inputs_is_consistent_and_cached(tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    meta = bench_models.build_inputs(tmp_path, "tiny", seed=0)
+    p = bench_models.SIZES["tiny"]
+    conf = AutoConfig.from_pretrained(meta["policy_path"])
+    tok = AutoTokenizer.from_pretrained(meta["policy_path"])
+    assert conf.vocab_size == len(tok) == meta["vocab_size"] == p.vocab_words + 3
+    assert conf.eos_token_id == conf.pad_token_id == tok.eos_token_id == tok.pad_token_id
+    prompts = bench_models.load_prompts(meta["prompts_path"])
+    assert len(prompts) == p.n_prompts
+    assert {len(tok(s)["input_ids"]) for s in prompts} == {p.prompt_len}
+    stamp = (tmp_path / "policy" / "model.safetensors").stat().st_mtime_ns
+    assert bench_models.build_inputs(tmp_path, "tiny", seed=0) == meta  # reused, not rebuilt
+    assert (tmp_path / "policy" / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="expected one of"):
+        bench_models.build_inputs(tmp_path, "huge")
+
+
+@pytest.mark.parametrize("variant", [v for v in bench.VARIANTS if v != "trl"])
+def test_varpo_settings_are_valid_config_and_mirror_trl(variant):
+    from varpo.config import load_config
+
+    meta = {"preset": {**META["preset"]}, "policy_path": "/p/policy", "prompts_path": "/p/prompts.jsonl"}
+    ov = bench.varpo_overrides(meta, variant, "/p/reward", steps=3, seed=0, lr=1e-5, kl_coef=0.1)
+    cfg = load_config(None, bench.override_strings(ov))
+    g, p = cfg.generation, cfg.ppo
+    assert g.min_new_tokens == g.max_new_tokens == 16  # fixed response length, as forced on TRL
+    assert (g.temperature, g.top_k, g.top_p) == (1.0, 0, 1.0)
+    assert p.kl.estimator == "k1" and p.kl.beta == 0.1 and p.kl.controller == "fixed"
+    assert (p.batch_size, p.mini_batch_size, p.ppo_epochs) == (16, 8, 2)
+    assert cfg.model.policy_path == cfg.model.critic_path == "/p/policy"
+    assert cfg.reward.type == "ensemble" and cfg.reward.path == "/p/reward"
+    assert p.variance.weighting == bench.VARIANTS[variant]["weighting"]
+    assert g.max_prompt_len >= META["preset"]["prompt_len"]  # no prompt is truncated
