@@ -242,11 +242,12 @@ def machine_info(device: str, threads: int, trl_version: str | None) -> dict:
                 break
     except OSError:
         pass
+    import importlib.metadata as md
+
     try:
-        import deepspeed  # noqa: F401  (version only; the benchmark parent builds no engine)
-        ds = deepspeed.__version__
-    except Exception as e:  # pragma: no cover - reported, not fatal
-        ds = f"unavailable ({type(e).__name__})"
+        ds = md.version("deepspeed")  # the version only: the parent builds no engine
+    except md.PackageNotFoundError:
+        ds = None
     info = {
         "cpu_model": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
         "torch": torch.__version__, "transformers": transformers.__version__, "deepspeed": ds,
