@@ -4,7 +4,9 @@ Cache layout: <root>/testbed-<config_hash>-v<FORMAT>/ with
     model/                  HF folder: LlamaForCausalLM (safetensors) + word-level tokenizer
     prompts_train.jsonl     {"prompt": ...} per line (readable by varpo.data.load_prompts)
     prompts_eval.jsonl
-    pairs_train.jsonl       {"prompt", "chosen", "rejected", "chosen_gold", "rejected_gold", "p_chosen"}
+    pairs_train.jsonl       {"prompt", "chosen", "rejected", "chosen_gold", "rejected_gold", "p_chosen"};
+                            chosen/rejected are continuations (the prompt excluded; the full text
+                            is prompt + " " + response), as the LM samples them after the prompt
     pairs_eval.jsonl
     testbed.json            the build's numbers (perplexities, sample gold statistics, timings)
     config.yaml             the resolved TestbedConfig
