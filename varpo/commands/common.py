@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (defaults: the embedded task)")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: varpo/defaults/embedded.yaml)")
 SetOpt = typer.Option(
     None, "--set", "-s", help="dotted override KEY=VALUE, repeatable (e.g. --set ppo.kl.beta=0.05)"
 )
@@ -14,6 +14,8 @@ OutOpt = typer.Option(..., "--out", "-o", help="output folder (created if missin
 
 
 def load(config: Optional[Path], overrides: Optional[list[str]]):
+    """The validated config: the file given, else the embedded default task's, plus overrides."""
     from ..config import load_config
+    from ..defaults import EMBEDDED
 
-    return load_config(config, overrides or [])
+    return load_config(config or EMBEDDED, overrides or [])

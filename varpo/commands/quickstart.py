@@ -30,6 +30,9 @@ def run(out: Path, seeds: int, config, overrides: list[str]) -> dict:
     from ..testbed import build_testbed
 
     t_start = time.perf_counter()
+    from ..defaults import EMBEDDED
+
+    config = config or EMBEDDED
     cfg = load_config(config, overrides)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out)
