@@ -20,9 +20,10 @@ if __name__ == "__main__":
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
 
     from varpo.config import ConfigError, load_config
+    from varpo.defaults import EMBEDDED
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config or EMBEDDED, args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
