@@ -55,6 +55,8 @@ class JudgeServer:
         self.seen: Counter[str] = Counter()  # requests per first user message
         self.times: dict[str, list[float]] = {}  # arrival times per first user message
         self.auth_headers: list[str] = []
+        self.inflight = 0
+        self.max_inflight = 0  # most requests handled at once (checks the client's concurrency bound)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,7 +66,14 @@ class JudgeServer:
                 pass
 
             def do_POST(self):
-                server._handle(self)
+                with server.lock:
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                try:
+                    server._handle(self)
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
