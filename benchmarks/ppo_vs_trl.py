@@ -76,7 +76,10 @@ def run_throughput(run: dict, warmup: int) -> dict:
     for ph in PHASES[:-1]:
         phases[ph] = sum(s.get(f"time/{ph}", 0.0) for s in steps) / len(steps)
     phases["other"] = max(wall / len(steps) - sum(phases.values()), 0.0)
+    # finer timers a runner adds inside a phase (e.g. TRL's gc.collect inside update)
+    extra = sorted({k for s in steps for k in s if k.startswith("time/") and k[5:] not in PHASES})
     return {
+        "detail_s": {k[5:]: sum(s.get(k, 0.0) for s in steps) / len(steps) for k in extra},
         "episodes_per_s": sum(s["episodes"] for s in steps) / wall,
         "tokens_per_s": sum(s["tokens"] for s in steps) / wall,
         "step_s": wall / len(steps),
@@ -104,6 +107,8 @@ def variant_summary(runs: list[dict], warmup: int) -> dict:
         "tokens_per_s_stats": summarize([p["tokens_per_s"] for p in per_run]),
         "step_s": summarize([p["step_s"] for p in per_run])["median"],
         "phases_s": {ph: summarize([p["phases_s"][ph] for p in per_run])["median"] for ph in PHASES},
+        "detail_s": {k: summarize([p["detail_s"].get(k) for p in per_run])["median"]
+                     for k in sorted({k for p in per_run for k in p["detail_s"]})},
         "peak_rss_mb": summarize([p["peak_rss_mb"] for p in per_run]),
         "runs": per_run,
         "failed_runs": [{"round": r["round"], "error": r.get("error")} for r in runs if not r.get("ok")],
@@ -190,6 +195,9 @@ def results_markdown(res: dict) -> str:
               "| variant | " + " | ".join(PHASES) + " |", "|---|" + "---|" * len(PHASES)]
     for v in VARIANTS:
         lines.append(f"| {v} | " + " | ".join(_fmt(res[v]["phases_s"][ph]) for ph in PHASES) + " |")
+    for v in VARIANTS:
+        for k, x in res[v].get("detail_s", {}).items():
+            lines.append(f"\n{v}: of which {k} {_fmt(x)} s per step")
     lines += ["", "Phase definitions: see `notes` in results.json.", ""]
     for v in VARIANTS:
         for f in res[v]["failed_runs"]:

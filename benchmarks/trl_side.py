@@ -119,6 +119,10 @@ def main(argv=None) -> int:
         return timed(name, orig_get_reward)(model, query_responses, pad_token_id, context_length)
 
     pt.batch_generation, pt.forward, pt.get_reward = batch_generation, forward, get_reward
+    # TRL calls gc.collect() twice per step; timed separately (still counted inside `update`)
+    pt.gc = type(pt.gc)("gc_timed")
+    pt.gc.__dict__.update({k: getattr(__import__("gc"), k) for k in dir(__import__("gc")) if not k.startswith("__")})
+    pt.gc.collect = timed("gc_collect", __import__("gc").collect)
 
     steps: list[dict] = []
     gen_lengths: list[int] = []
@@ -136,6 +140,7 @@ def main(argv=None) -> int:
             for k in ("generate", "score", "reference", "value"):
                 row[f"time/{k}"] = acc.get(k, 0.0)
             row["time/update"] = wall - sum(row[f"time/{k}"] for k in ("generate", "score", "reference", "value"))
+            row["time/update_gc_collect"] = acc.get("gc_collect", 0.0)
             steps.append(row)
             acc.clear()
             opt_steps["n"] = 0
