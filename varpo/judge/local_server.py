@@ -47,9 +47,10 @@ class JudgeServer:
     """Start with `with JudgeServer() as srv:`; `srv.base_url` ends in /v1. Counts requests."""
 
     def __init__(self, *, port: int = 0, bounds: tuple[float, float] = (0.0, 10.0), latency: float = 0.0,
-                 delay_s: float = 1.0, retry_after: str = "1", require_key: str | None = None):
+                 delay_s: float = 1.0, retry_after: str = "1", require_key: str | None = None, salt: str = ""):
         self.bounds, self.latency, self.delay_s, self.retry_after = bounds, latency, delay_s, retry_after
         self.require_key = require_key
+        self.salt = salt  # a different salt: a judge with other opinions
         self.lock = threading.Lock()
         self.requests = 0  # every HTTP request received on /chat/completions
         self.seen: Counter[str] = Counter()  # requests per first user message
@@ -114,7 +115,7 @@ class JudgeServer:
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length)
-        if not h.path.rstrip("/").endswith("/chat/completions"):
+        if h.path.rstrip("/") != "/v1/chat/completions":
             return self._error(h, 404, f"no route {h.path}")
         try:
             req = json.loads(raw)
@@ -139,7 +140,7 @@ class JudgeServer:
                 fault = kind
                 break
         lo, hi = self.bounds
-        a, b = reference_interval(first, lo, hi)
+        a, b = reference_interval(self.salt + first, lo, hi)
         content = json.dumps({"low": a, "high": b})
         if fault == "delay":
             time.sleep(self.delay_s)
