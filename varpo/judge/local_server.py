@@ -52,7 +52,7 @@ class JudgeServer:
         self.require_key = require_key
         self.salt = salt  # a different salt: a judge with other opinions
         self.lock = threading.Lock()
-        self.requests = 0  # every HTTP request received on /chat/completions
+        self.requests = 0  # every HTTP POST received
         self.seen: Counter[str] = Counter()  # requests per first user message
         self.times: dict[str, list[float]] = {}  # arrival times per first user message
         self.auth_headers: list[str] = []
@@ -68,6 +68,7 @@ class JudgeServer:
 
             def do_POST(self):
                 with server.lock:
+                    server.requests += 1
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
                 try:
@@ -125,7 +126,6 @@ class JudgeServer:
             return self._error(h, 400, "expected a chat-completions request with a user message")
         auth = h.headers.get("Authorization", "")
         with self.lock:
-            self.requests += 1
             self.seen[first] += 1
             nth = self.seen[first]
             self.times.setdefault(first, []).append(time.monotonic())
