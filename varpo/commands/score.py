@@ -95,7 +95,6 @@ def _setup_logging() -> None:
 
         log.addHandler(RichHandler(console=console, show_path=False, show_time=False))
         log.setLevel(logging.WARNING)
-        log.propagate = False
 
 
 def register(app: typer.Typer) -> None:

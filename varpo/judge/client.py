@@ -170,10 +170,10 @@ class JudgeEndpoint:
             ):
                 with attempt:
                     return await self._attempt(messages)
-        except Exception as exc:  # noqa: BLE001 - rephrased, secret scrubbed, chained cause dropped
-            kind = type(exc).__name__
-            detail = str(exc) or "no detail"
+        except Exception as exc:  # noqa: BLE001 - rephrased with the secret scrubbed
             tried = f"after {self.cfg.max_retries} retries" if _retryable(exc) else "not retryable"
-            raise JudgeError(scrub(f"judge {self.judge.label}: {what}: request failed ({tried}): {kind}: {detail}",
-                                   self._key)) from None
-        raise AssertionError("unreachable")
+            message = scrub(f"judge {self.judge.label}: {what}: request failed ({tried}): "
+                            f"{type(exc).__name__}: {str(exc) or 'no detail'}", self._key)
+        # raised outside the except block: the original exception (whose text may echo the key)
+        # is neither the cause nor the context of the JudgeError, so no traceback can show it
+        raise JudgeError(message)

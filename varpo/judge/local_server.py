@@ -43,6 +43,16 @@ def reference_interval(text: str, lo: float = 0.0, hi: float = 10.0) -> tuple[fl
     return low, round(low + width, 2)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)  # clients hanging up are normal here
+
+
 class JudgeServer:
     """Start with `with JudgeServer() as srv:`; `srv.base_url` ends in /v1. Counts requests."""
 
@@ -77,8 +87,7 @@ class JudgeServer:
                     with server.lock:
                         server.inflight -= 1
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", port), Handler)
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._thread: threading.Thread | None = None

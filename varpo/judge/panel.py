@@ -48,7 +48,10 @@ def run_coroutine(coro):
     """asyncio.run, or in a worker thread when the caller already runs an event loop (notebooks)."""
     try:
         asyncio.get_running_loop()
+        running = True
     except RuntimeError:
+        running = False
+    if not running:  # outside the except block, so errors raised by the run carry no stray context
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
         return ex.submit(asyncio.run, coro).result()
