@@ -153,3 +153,16 @@ def test_two_judges_mixture(tmp_path, make_config):
         stats_ = {x["judge"]: x for x in scorer.stats_summary()}
         assert set(stats_) == {"A", "B"} and stats_["A"]["samples"] == 5
         scorer.close()
+
+
+def test_score_inside_a_running_event_loop(server, make_config):
+    import asyncio
+
+    scorer = JudgeScorer(make_config(server.base_url))
+
+    async def caller():  # e.g. a notebook: score() must not try to nest event loops
+        return scorer.score(["p"], ["r"])
+
+    s = asyncio.run(caller())
+    assert bool(s.valid.all()) and server.requests == 1
+    scorer.close()

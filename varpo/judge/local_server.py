@@ -72,6 +72,9 @@ class JudgeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in two writes: without TCP_NODELAY, Nagle + the client's
+            # delayed ACK add ~40 ms to every keep-alive request
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
