@@ -80,8 +80,9 @@ def main() -> None:
     (out / "judge_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Judge throughput (local OpenAI-compatible server, fixed latency per request)", "",
-        f"Command: `{cmd}`  ", f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
-        f"Python {result['machine']['python']}  ", f"Date: {result['date']}  ", f"Note: {result['note']}.", "",
+        f"Command: `{cmd}`  ",
+        (f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+         f"Python {result['machine']['python']}  "), f"Date: {result['date']}  ", f"Note: {result['note']}.", "",
         "| concurrency | samples | server latency (s) | samples/s | ideal samples/s | efficiency | max in flight | p95 latency (s) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

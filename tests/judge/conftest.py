@@ -13,8 +13,9 @@ def server():
 
 def fast_config(base_url: str, tmp_path, **kw) -> JudgeConfig:
     """Small timeouts and backoffs so fault tests take fractions of a second."""
-    base = dict(judges=[{"base_url": base_url, "model": "judge-a"}], cache=str(tmp_path / "cache.sqlite"),
-                timeout=0.4, backoff_base=0.01, backoff_max=0.05, max_retries=3, max_reasks=2, concurrency=4)
+    base = {"judges": [{"base_url": base_url, "model": "judge-a"}], "cache": str(tmp_path / "cache.sqlite"),
+            "timeout": 0.4, "backoff_base": 0.01, "backoff_max": 0.05, "max_retries": 3, "max_reasks": 2,
+            "concurrency": 4}
     base.update(kw)
     return JudgeConfig(**base)
 

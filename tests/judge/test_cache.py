@@ -7,8 +7,8 @@ from varpo.judge import JudgeCache, JudgeScorer, cache_key
 
 
 def _key(**kw):
-    base = dict(base_url="http://h/v1", model="m", template_sha256="t", bounds=(0.0, 10.0), prompt="p",
-                response="r", temperature=0.0, max_tokens=64)
+    base = {"base_url": "http://h/v1", "model": "m", "template_sha256": "t", "bounds": (0.0, 10.0), "prompt": "p",
+            "response": "r", "temperature": 0.0, "max_tokens": 64}
     base.update(kw)
     return cache_key(**base)
 
@@ -44,7 +44,7 @@ def test_concurrent_writers_threads_and_processes(tmp_path):
         try:
             for i in range(100, 250):
                 shared.put(f"k{i}", float(i), float(i) + 1, f"t{w}", "m")
-        except Exception as exc:  # surfaced by the assert below
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
             errors.append(exc)
 
     threads = [threading.Thread(target=thread_writer, args=(w,)) for w in range(4)]

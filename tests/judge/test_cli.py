@@ -139,7 +139,7 @@ def test_killed_run_resumes_from_cache(tmp_path):
         after_kill = sqlite3.connect(cache).execute("SELECT COUNT(*) FROM answers").fetchone()[0]
 
         before = srv.requests
-        done = subprocess.run(cmd + ["--out", str(tmp_path / "resumed")], env=env, capture_output=True, text=True)
+        done = subprocess.run(cmd + ["--out", str(tmp_path / "resumed")], env=env, capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
         summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
         assert summary["cache_hits"] == after_kill and summary["n"] == n

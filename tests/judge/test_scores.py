@@ -166,3 +166,16 @@ def test_score_inside_a_running_event_loop(server, make_config):
     s = asyncio.run(caller())
     assert bool(s.valid.all()) and server.requests == 1
     scorer.close()
+
+
+def test_trainer_builds_the_judge_scorer(server, tmp_path):
+    from varpo.config import load_config
+    from varpo.scoring import build_scorer
+
+    cfg = load_config(None, ["reward.type=judge", f"judge.judges=[{{base_url: '{server.base_url}', model: m}}]",
+                             f"judge.cache={tmp_path / 'c.sqlite'}"])
+    scorer = build_scorer(cfg)
+    assert isinstance(scorer, JudgeScorer)
+    s = scorer.score(["p", "q"], ["r", "s"])
+    assert s.score.shape == (2,) and s.score.dtype == torch.float32 and bool(s.valid.all())
+    scorer.close()

@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -102,17 +101,17 @@ def register(app: typer.Typer) -> None:
     def score(
         input: Path = typer.Option(..., "--input", "-i", help='JSONL file of {"prompt", "response"} rows'),
         out: Path = OutOpt,
-        judge_base_url: Optional[list[str]] = typer.Option(
+        judge_base_url: list[str] | None = typer.Option(
             None, "--judge-base-url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (repeatable)"),
-        judge_model: Optional[list[str]] = typer.Option(None, "--judge-model", help="judge model name (repeatable)"),
-        bounds: Optional[str] = typer.Option(None, "--bounds", help="LO,HI of the score scale (default 0,10)"),
-        api_key_env: Optional[str] = typer.Option(
+        judge_model: list[str] | None = typer.Option(None, "--judge-model", help="judge model name (repeatable)"),
+        bounds: str | None = typer.Option(None, "--bounds", help="LO,HI of the score scale (default 0,10)"),
+        api_key_env: str | None = typer.Option(
             None, "--api-key-env", help="env var holding the API key (default OPENAI_API_KEY; unset: placeholder key)"),
-        concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="requests in flight per judge"),
-        cache: Optional[str] = typer.Option(None, "--cache", help="SQLite answer cache (default judge.cache)"),
-        on_invalid: Optional[str] = typer.Option(None, "--on-invalid", help="fail | drop"),
-        config: Optional[Path] = ConfigOpt,
-        set_: Optional[list[str]] = SetOpt,
+        concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="requests in flight per judge"),
+        cache: str | None = typer.Option(None, "--cache", help="SQLite answer cache (default judge.cache)"),
+        on_invalid: str | None = typer.Option(None, "--on-invalid", help="fail | drop"),
+        config: Path | None = ConfigOpt,
+        set_: list[str] | None = SetOpt,
     ) -> None:
         """Score responses with interval LLM judges: reward ~ U[low, high], variance (high-low)^2/12."""
         from ..config import ConfigError, save_resolved

@@ -4,6 +4,7 @@ The API key is never part of the config: only the *name* of the environment vari
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -57,12 +58,12 @@ class JudgeConfig(Section):
     @classmethod
     def _bounds_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
         lo, hi = v
-        if not (lo < hi) or lo != lo or hi != hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"expected finite [lo, hi] with lo < hi, got [{lo}, {hi}]")
         return v
 
     @model_validator(mode="after")
-    def _unique_labels(self) -> "JudgeConfig":
+    def _unique_labels(self) -> JudgeConfig:
         labels = [j.label for j in self.judges]
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:

@@ -8,8 +8,24 @@ from .scorer import JudgedBatch, JudgeScorer, combine_intervals, draw_rewards, s
 from .template import PromptTemplate, load_template
 
 __all__ = [
-    "JudgeCache", "cache_key", "JudgeEndpoint", "JudgeError", "JudgeStats", "resolve_api_key", "scrub",
-    "JudgePanel", "Verdicts", "InvalidAnswer", "extract_interval", "parse_interval", "validate_interval",
-    "JudgedBatch", "JudgeScorer", "combine_intervals", "draw_rewards", "sample_seed", "PromptTemplate",
+    "InvalidAnswer",
+    "JudgeCache",
+    "JudgeEndpoint",
+    "JudgeError",
+    "JudgePanel",
+    "JudgeScorer",
+    "JudgeStats",
+    "JudgedBatch",
+    "PromptTemplate",
+    "Verdicts",
+    "cache_key",
+    "combine_intervals",
+    "draw_rewards",
+    "extract_interval",
     "load_template",
+    "parse_interval",
+    "resolve_api_key",
+    "sample_seed",
+    "scrub",
+    "validate_interval",
 ]

@@ -90,7 +90,7 @@ class JudgeScorer:
         self.calls = 0  # k in the draw seeds: the same text scored at two PPO steps gets two draws
 
     @classmethod
-    def from_config(cls, cfg: JudgeConfig) -> "JudgeScorer":
+    def from_config(cls, cfg: JudgeConfig) -> JudgeScorer:
         return cls(cfg)
 
     @property
