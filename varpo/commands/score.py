@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         config: Path | None = ConfigOpt,
         set_: list[str] | None = SetOpt,
     ) -> None:
-        """Score responses with interval LLM judges: reward ~ U[low, high], variance (high-low)^2/12."""
+        """Score responses with interval LLM judges: reward drawn uniformly from (low, high), variance (high-low)^2/12."""
         from ..config import ConfigError, save_resolved
         from ..judge import JudgeError, JudgeScorer
         from ..outputs import console, print_table, progress, write_json

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 _FAULT = re.compile(r"\[\[fault:([a-z_0-9]+):(\d+|always)\]\]")
 
