@@ -33,5 +33,9 @@ def evaluate_policy(policy_path: str, prompts: list[str], reward_fn: Callable[[l
     """Mean true reward of the policy's samples on `prompts` (plus their spread)."""
     responses = sample_responses(policy_path, prompts, gen, seed, batch_size)
     r = torch.tensor(reward_fn(prompts, responses), dtype=torch.float64)
+    r = r[~torch.isnan(r)]  # NaN marks a sample the reward source dropped by policy
+    if len(r) == 0:
+        raise RuntimeError(f"policy {policy_path}: the true reward dropped every evaluation sample")
     return {"reward": r.mean().item(), "reward_std_over_prompts": r.std().item() if len(r) > 1 else 0.0,
-            "n_prompts": len(prompts), "mean_response_chars": sum(map(len, responses)) / max(len(responses), 1)}
+            "n_prompts": len(prompts), "n_scored": len(r),
+            "mean_response_chars": sum(map(len, responses)) / max(len(responses), 1)}

@@ -41,7 +41,13 @@ def true_reward_fn(cfg: VarpoConfig):
         from ..judge import JudgeScorer
 
         scorer = JudgeScorer.from_config(cfg.judge)
-    return lambda prompts, responses: scorer.score(prompts, responses).eval_reward.tolist()
+    def reward(prompts, responses):
+        sc = scorer.score(prompts, responses)
+        valid = sc.valid.tolist() if sc.valid is not None else [True] * len(prompts)
+        # a sample a judge dropped by policy is left out of the policy's mean, not counted as a midpoint
+        return [r if ok else float("nan") for r, ok in zip(sc.eval_reward.tolist(), valid)]
+
+    return reward
 
 
 def eval_prompts(cfg: VarpoConfig) -> list[str]:
