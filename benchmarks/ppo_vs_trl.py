@@ -169,7 +169,8 @@ def results_markdown(res: dict) -> str:
         f"Machine: {m['cpu_model']}, {m['cores']} cores ({m['usable_cores']} usable), torch {m['torch']}, "
         f"transformers {m.get('transformers')}, deepspeed {m.get('deepspeed')}, trl {m['trl']}, "
         f"python {m['python']}, device {m['device']}, {m['threads']} torch thread(s) per run. "
-        f"Load average before/after: {m.get('loadavg_before')} / {m.get('loadavg_after')}"
+        f"Load average before/after: {m.get('loadavg_before')} / {m.get('loadavg_after')}, 1-min load at run starts "
+        f"{m.get('loadavg1_at_run_starts')}"
         + (" — **the machine was shared with other jobs: absolute figures are noisy; paired ratios are the "
            "robust figure.**" if m.get("shared_machine") else ""), "",
         f"Workload (`{res['size']}`, {res.get('n_params')} parameters per model): batch {p['batch_size']}, "
@@ -238,7 +239,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- environment
-def machine_info(device: str, threads: int, trl_version: str | None) -> dict:
+def machine_info(device: str, threads: int, trl_version: str | None, loadavg_before: list[float]) -> dict:
     import torch
     import transformers
 
@@ -260,7 +261,7 @@ def machine_info(device: str, threads: int, trl_version: str | None) -> dict:
         "cpu_model": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
         "torch": torch.__version__, "transformers": transformers.__version__, "deepspeed": ds,
         "trl": trl_version, "python": platform.python_version(), "platform": platform.platform(),
-        "device": device, "threads": threads, "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "device": device, "threads": threads, "loadavg_before": loadavg_before,
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -505,6 +506,7 @@ def main(argv=None) -> int:
     work = (a.work or out / "work").resolve()
     command = "python benchmarks/ppo_vs_trl.py " + shlex.join(argv)
     t_all = time.perf_counter()
+    load_before = [round(x, 2) for x in os.getloadavg()]
 
     from bench_models import build_inputs
 
@@ -532,8 +534,9 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "_varpo_run", "--variant", v,
                        "--reward-path", reward_paths[v], *common]
             print(f"[{time.perf_counter() - t_all:6.0f}s] round {r + 1}/{rounds}: {v}", flush=True)
+            load1 = os.getloadavg()[0]
             rec = run_one(cmd, out_json, env, a.timeout)
-            rec.update(round=r, variant=v)
+            rec.update(round=r, variant=v, loadavg1_at_start=round(load1, 2))
             if rec["ok"]:
                 thr = run_throughput(rec["result"], warmup)
                 print(f"         {thr['episodes_per_s']:.2f} episodes/s, {thr['step_s']:.2f} s/step, "
@@ -543,9 +546,12 @@ def main(argv=None) -> int:
             runs.append(rec)
 
     trl_version = next((r["result"]["versions"]["trl"] for r in runs if r["ok"] and r["variant"] == "trl"), None)
-    machine = machine_info(device, threads, trl_version)
+    machine = machine_info(device, threads, trl_version, load_before)
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    machine["shared_machine"] = max(machine["loadavg_before"][0], machine["loadavg_after"][0]) > machine["usable_cores"] * 0.5
+    during = [r["loadavg1_at_start"] for r in runs if "loadavg1_at_start" in r]
+    machine["loadavg1_at_run_starts"] = during
+    # our own runs add about `threads` to the load; more than that means other jobs shared the cores
+    machine["shared_machine"] = bool(load_before[0] > 0.5 or any(x > threads + 0.5 for x in during))
     for v in VARIANTS:
         if v not in variants:
             runs.append({"variant": v, "round": -1, "ok": False, "error": "not selected (--variants)"})
