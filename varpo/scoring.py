@@ -43,7 +43,7 @@ def build_scorer(cfg) -> Scorer:
     path = cfg.reward.path or default_reward_model(cfg)
     from .reward.scorer import load_scorer
 
-    return load_scorer(path, cfg=cfg.reward)
+    return load_scorer(path, cfg=cfg.reward, ds_cfg=cfg.deepspeed)
 
 
 def default_reward_model(cfg) -> str:
