@@ -313,18 +313,14 @@ def ensure_trl_env(venv: Path, log=print) -> Path:
 def build_ensemble(policy_path: str, heads: int, out: Path, seed: int) -> Path:
     """A K-head reward ensemble on the policy's backbone weights (untrained heads: throughput
     does not depend on their values), saved where `reward.path` will point."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from varpo.reward import EnsembleRewardModel
 
     if (out / ".complete").exists():
         return out
-    torch.manual_seed(seed)
-    backbone = AutoModel.from_pretrained(policy_path, dtype=torch.float32)
-    model = EnsembleRewardModel(backbone, num_heads=heads)
-    model.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(policy_path).save_pretrained(str(out))
+    model = EnsembleRewardModel.from_backbone(policy_path, num_heads=heads, head_seed=seed)
+    model.save_pretrained(out, tokenizer=AutoTokenizer.from_pretrained(policy_path))
     (out / ".complete").write_text("")
     return out
 
@@ -335,7 +331,9 @@ def varpo_overrides(meta: dict, variant: str, reward_path: str, steps: int, seed
     return {
         "seed": seed,
         "model.policy_path": meta["policy_path"], "model.critic_path": meta["policy_path"],
-        "reward.type": "ensemble", "reward.path": reward_path,
+        "reward.type": "ensemble", "reward.path": reward_path, "reward.aggregation": "mean",
+        # the whole batch in one reward forward (as TRL), no text truncated
+        "reward.batch_size": p["batch_size"], "reward.max_length": p["prompt_len"] + p["response_len"] + 8,
         "data.prompts_path": meta["prompts_path"],
         "ppo.steps": steps, "ppo.batch_size": p["batch_size"], "ppo.mini_batch_size": p["mini_batch_size"],
         "ppo.ppo_epochs": p["ppo_epochs"], "ppo.actor_lr": lr, "ppo.critic_lr": lr,
