@@ -1,32 +1,80 @@
 """The maths of (variance-aware) PPO for language models, as pure tensor functions.
 
-Conventions: tensors are [B, T] over *response* tokens; `mask` is 1 on real tokens, which are
-left-aligned (a response of length L occupies positions 0..L−1). Masked positions of every output
-are 0. Outputs keep the input dtype (tests run in float64). References: Ziegler et al. 2019
-(adaptive KL), Schulman et al. 2016 (GAE), Schulman et al. 2017 (clipped surrogate), Schulman 2020
-"Approximating KL divergence" (k1/k2/k3), and the paper's Algorithm 1 (σ²-weighted penalty).
+Conventions (every function):
+- Tensors are [B, T] over *response* tokens; `mask` (bool or float) is 1 on real tokens, which are
+  left-aligned and right-padded: a response of length L occupies positions 0..L−1. A row may be
+  all zeros (a dropped sample): it contributes nothing anywhere.
+- Masked positions of every [B, T] output are exactly 0; values at padded input positions are
+  never read into a real position's result.
+- Outputs are float32, or float64 when the main input is float64 (bf16/fp16 inputs are upcast:
+  losses and advantages in half precision lose the small differences PPO lives on).
+- "Token mean" = sum over all real tokens of the minibatch / number of real tokens.
+
+Sources: Schulman et al. 2016 (GAE), Schulman et al. 2017 (PPO clipped surrogate and value clip as
+in OpenAI baselines), Schulman 2020 "Approximating KL divergence" (k1/k2/k3), Ziegler et al. 2019
+"Fine-tuning LMs from human preferences" (per-token KL reward, adaptive KL controller), and
+arXiv 2507.15906 Algorithm 1, eq. 5–6 (the σ²-weighted KL penalty; DESIGN.md §1).
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    """float64 stays float64; everything else computes in float32."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x·mask with padded positions exactly 0 even where x is NaN/inf there (a dropped sample's
+    score or σ² may be NaN; padding must not leak into sums)."""
+    m = mask.to(x.dtype)
+    return torch.where(m != 0, x * m, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _check_same_shape(**tensors: torch.Tensor) -> None:
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"shape mismatch: {shapes} (expected all equal, [B, T])")
+
+
+def _check_mask(mask: torch.Tensor, name: str = "mask") -> None:
+    """A response mask must be 2-D, 0/1 and left-aligned (non-increasing along T): the score
+    goes to index len−1 and GAE stops there, so a hole in the middle would misplace both."""
+    if mask.dim() != 2:
+        raise ValueError(f"{name} must be [B, T], got shape {tuple(mask.shape)}")
+    m = mask.to(torch.int8) if mask.dtype == torch.bool else mask
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError(f"{name} must contain only 0 and 1")
+    if m.shape[1] > 1 and bool((m[:, 1:] > m[:, :-1]).any()):
+        raise ValueError(f"{name} must be left-aligned (1s then 0s in every row): real tokens after padding")
+
 
 # ---------------------------------------------------------------------------- masked statistics
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    m = mask.to(x.dtype)
-    return (x * m).sum() if dim is None else (x * m).sum(dim)
+    """Σ x over real tokens; over everything when dim is None, else along `dim`."""
+    xm = _apply_mask(_float(x), mask)
+    return xm.sum() if dim is None else xm.sum(dim)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    """Mean over the real tokens (0 where there are none)."""
+    """Mean over real tokens (all of them, or along `dim`); 0 where there are none."""
+    x = _float(x)
     m = mask.to(x.dtype)
     count = m.sum() if dim is None else m.sum(dim)
     return masked_sum(x, m, dim) / count.clamp(min=1)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance over the real tokens; unbiased divides by n − 1."""
+    """Variance over all real tokens (two-pass, for accuracy). unbiased=True divides by n − 1
+    (ddof 1), else by n. Returns 0 when fewer than 2 (unbiased) or 1 real tokens exist."""
+    x = _float(x)
     m = mask.to(x.dtype)
     n = m.sum()
     mean = masked_sum(x, m) / n.clamp(min=1)
@@ -35,156 +83,215 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
 
 
 def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(Σx, Σx², n) over the real tokens: summable across ranks for global whitening."""
-    m = mask.to(x.dtype)
-    return (x * m).sum(), (x * x * m).sum(), m.sum()
+    """(Σx, Σx², n) over the real tokens, as 0-d tensors. They add up across ranks, so a trainer
+    all-reduces them and whitens with the global mean Σx/n and variance
+    (Σx² − n·mean²)/(n − 1) through `whiten_with`."""
+    x = _float(x)
+    return masked_sum(x, mask), masked_sum(x * x, mask), mask.to(x.dtype).sum()
 
 
-def whiten_with(x, mean, var, mask, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean)/sqrt(var + eps); with shift_mean=False the mean is added back (only the scale
-    changes — used for rewards, whose sign carries meaning)."""
+def whiten_with(x: torch.Tensor, mean, var, mask: torch.Tensor, shift_mean: bool = True,
+                eps: float = 1e-8) -> torch.Tensor:
+    """(x − mean)/sqrt(var + eps) on real tokens, 0 on padding. With shift_mean=False the mean is
+    added back, so only the scale changes (TRL/OpenRLHF convention for whitening rewards, whose
+    sign carries meaning). `mean`, `var`: floats or 0-d tensors (e.g. global statistics)."""
+    x = _float(x)
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device)
+    var = torch.as_tensor(var, dtype=x.dtype, device=x.device)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
-    return out * mask.to(x.dtype)
+    return _apply_mask(out, mask)
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Whiten with this batch's own masked mean and unbiased variance."""
-    return whiten_with(x, masked_mean(x, mask), masked_var(x, mask), mask, shift_mean, eps)
+    """Whiten with this batch's own masked mean and unbiased (ddof 1) variance."""
+    return whiten_with(x, masked_mean(x, mask), masked_var(x, mask, unbiased=True), mask, shift_mean, eps)
 
 
 # ---------------------------------------------------------------------------- KL and σ² weights
 
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
 
 def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token estimate of KL(π‖π_ref) from the sampled token's log ratio r = log π − log π_ref:
-    k1 = r (unbiased, can be negative), k2 = ½r² (low variance, biased), k3 = e^{−r} − 1 + r
-    (unbiased and ≥ 0)."""
-    r = logp - ref_logp
+    """Per-token estimate of KL(π‖π_ref) at the sampled token, from r = log π − log π_ref
+    (Schulman 2020): k1 = r (unbiased, can be negative), k2 = ½r² (biased, low variance, ≥ 0),
+    k3 = e^{−r} − 1 + r (unbiased, ≥ 0). [B, T] → [B, T]; the caller masks padding."""
+    _check_same_shape(logp=logp, ref_logp=ref_logp)
+    r = _float(logp) - _float(ref_logp)
     if estimator == "k1":
         return r
     if estimator == "k2":
         return 0.5 * r * r
     if estimator == "k3":
-        return torch.expm1(-r) + r
-    raise ValueError(f"unknown KL estimator {estimator!r} (expected k1, k2 or k3)")
+        return torch.expm1(-r) + r  # expm1 keeps precision when r ≈ 0
+    raise ValueError(f"unknown KL estimator {estimator!r} (expected one of {', '.join(KL_ESTIMATORS)})")
 
 
-def variance_weights(var: torch.Tensor, mode: str, *, floor=None, ceiling=None, running_mean=None,
-                     eps: float = 1e-8, batch_mean=None) -> torch.Tensor:
-    """w(x, y) that multiplies each sequence's KL penalty (the per-sample form of the paper's
-    Σ-weighted constraint):
-      none         w = 1                    (vanilla PPO)
-      raw          w = σ²                   (the paper's form; retune β)
-      batch_mean   w = σ² / mean_batch(σ²)  (β keeps its meaning: mean weight 1)
-      running_mean w = σ² / EMA(σ²)
-    then clamped to [floor, ceiling]. `batch_mean` may be passed in (a mean over all ranks)."""
+VARIANCE_MODES = ("none", "raw", "batch_mean", "running_mean")
+
+
+def variance_weights(var: torch.Tensor, mode: str, *, floor: float | None = None, ceiling: float | None = None,
+                     running_mean: float | torch.Tensor | None = None, eps: float = 1e-8,
+                     batch_mean: torch.Tensor | float | None = None) -> torch.Tensor:
+    """w(x, y) [B] that multiplies each sequence's KL penalty — the per-sample form of the paper's
+    Σ-weighted constraint (Algorithm 1, eq. 5–6), from σ² `var` [B] (≥ 0):
+      none         w = 1                        (vanilla PPO)
+      raw          w = σ²                       (the paper's form; retune β)
+      batch_mean   w = σ² / (mean(σ²) + eps)    (mean weight ≈ 1, so β keeps its meaning;
+                                                 pass `batch_mean` for a mean over all ranks)
+      running_mean w = σ² / (running_mean + eps) (EMA of batch means, see RunningMean)
+    then clamped to [floor, ceiling] (either may be None). NaN σ² pass through (the trainer
+    treats non-finite values); negative σ² is an error (it would reward divergence)."""
+    if var.dim() != 1:
+        raise ValueError(f"variance must be [B], got shape {tuple(var.shape)}")
+    if floor is not None and ceiling is not None and floor > ceiling:
+        raise ValueError(f"variance weight floor ({floor}) must not exceed ceiling ({ceiling})")
+    var = _float(var)
+    if bool((var < 0).any()):
+        raise ValueError(f"variance must be ≥ 0, got min {var.min().item():.4g}")
     if mode == "none":
         w = torch.ones_like(var)
     elif mode == "raw":
         w = var.clone()
     elif mode == "batch_mean":
-        denom = var.mean() if batch_mean is None else torch.as_tensor(batch_mean, dtype=var.dtype)
+        denom = var.mean() if batch_mean is None else torch.as_tensor(batch_mean, dtype=var.dtype, device=var.device)
         w = var / (denom + eps)
     elif mode == "running_mean":
         if running_mean is None:
-            raise ValueError("variance weighting 'running_mean' needs the running mean of σ²")
-        w = var / (torch.as_tensor(running_mean, dtype=var.dtype) + eps)
+            raise ValueError("variance weighting 'running_mean' needs the running mean of σ² (running_mean=...)")
+        w = var / (torch.as_tensor(running_mean, dtype=var.dtype, device=var.device) + eps)
     else:
-        raise ValueError(f"unknown variance weighting {mode!r}")
+        raise ValueError(f"unknown variance weighting {mode!r} (expected one of {', '.join(VARIANCE_MODES)})")
     if floor is not None or ceiling is not None:
         w = w.clamp(min=floor, max=ceiling)
     return w
 
 
 class RunningMean:
-    """Exponential moving average of σ²'s batch mean; the first update initialises it."""
+    """Exponential moving average of the batch mean of σ²: m ← μ·m + (1 − μ)·x, with μ the
+    momentum; the first update sets m = x (no bias towards an arbitrary start)."""
 
     def __init__(self, momentum: float = 0.9):
-        self.momentum, self.value = momentum, None
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"RunningMean momentum must be in [0, 1), got {momentum}")
+        self.momentum, self.value = float(momentum), None
 
-    def update(self, batch_mean: float) -> float:
+    def update(self, batch_mean: float | torch.Tensor) -> float:
         x = float(batch_mean)
-        self.value = x if self.value is None else self.momentum * self.value + (1 - self.momentum) * x
+        if not math.isfinite(x):
+            raise ValueError(f"RunningMean.update got a non-finite batch mean ({x})")
+        self.value = x if self.value is None else self.momentum * self.value + (1.0 - self.momentum) * x
         return self.value
 
     def state_dict(self) -> dict:
         return {"momentum": self.momentum, "value": self.value}
 
     def load_state_dict(self, state: dict) -> None:
-        self.momentum, self.value = state["momentum"], state["value"]
+        self.momentum = float(state["momentum"])
+        self.value = None if state["value"] is None else float(state["value"])
 
 
 # ---------------------------------------------------------------------------- rewards and GAE
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of each sequence's last real token (0 for an empty one)."""
+    """[B] index len−1 of each row's last real token (0 for an empty row) of a left-aligned mask."""
     return (mask.long().sum(-1) - 1).clamp(min=0)
 
 
-def shape_rewards(score, kl, weights, mask, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards r_t = −β·w·kl_t + 1[t = last]·s (Algorithm 1, eq. 5–6).
-    Returns (rewards, penalty) where penalty = −β·w·kl_t, both zero on padding."""
-    m = mask.to(kl.dtype)
-    penalty = -beta * weights.to(kl.dtype)[:, None] * kl * m
-    rewards = penalty.clone()
-    rows = torch.arange(score.shape[0], device=score.device)
-    has_tokens = m.sum(-1) > 0
-    rewards[rows, last_token_index(m)] += torch.where(has_tokens, score.to(kl.dtype), torch.zeros_like(score, dtype=kl.dtype))
-    return rewards, penalty
+def shape_rewards(score: torch.Tensor, kl: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
+                  beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards (Ziegler et al. 2019; paper Algorithm 1, eq. 5–6):
+        r_t = −β·w·kl_t + 1[t = len−1]·s
+    score s [B], kl [B, T], weights w [B], mask [B, T]. Returns (rewards, penalty) [B, T] with
+    penalty_t = −β·w·kl_t (≤ 0 where kl ≥ 0; log −penalty/β as the weighted KL); both 0 on
+    padding. An empty row gets nothing (its score is dropped with it)."""
+    _check_mask(mask)
+    if kl.shape != mask.shape or score.shape != (kl.shape[0],) or weights.shape != (kl.shape[0],):
+        raise ValueError(f"shape_rewards expects score [B], kl [B, T], weights [B], mask [B, T]; got "
+                         f"{tuple(score.shape)}, {tuple(kl.shape)}, {tuple(weights.shape)}, {tuple(mask.shape)}")
+    kl = _float(kl)
+    penalty = _apply_mask(-beta * weights.to(kl.dtype)[:, None] * kl, mask)
+    rows = torch.arange(kl.shape[0], device=kl.device)
+    at_last = torch.zeros_like(kl)
+    at_last[rows, last_token_index(mask)] = score.to(kl.dtype)
+    return penalty + _apply_mask(at_last, mask), penalty
 
 
-def apply_missing_eos_penalty(score: torch.Tensor, has_eos: torch.Tensor, penalty) -> torch.Tensor:
-    """Subtract `penalty` from the score of responses that never emitted EOS (truncated ones)."""
+def apply_missing_eos_penalty(score: torch.Tensor, has_eos: torch.Tensor, penalty: float | None) -> torch.Tensor:
+    """s − penalty for responses that never emitted EOS (truncated), s otherwise (TRL's
+    `missing_eos_penalty`); penalty None leaves the score unchanged. [B], [B] bool → [B]."""
+    if has_eos.shape != score.shape:
+        raise ValueError(f"has_eos {tuple(has_eos.shape)} must match score {tuple(score.shape)}")
+    score = _float(score)
     if penalty is None:
         return score
     return score - penalty * (~has_eos.bool()).to(score.dtype)
 
 
-def gae(rewards, values, mask, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over response tokens.
-    δ_t = r_t + γ·V_{t+1} − V_t,  A_t = δ_t + γλ·A_{t+1}, with V = A = 0 past the last real token
-    (the episode ends there). Returns (advantages, returns = A + V), zero on padding."""
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over response tokens:
+        δ_t = r_t + γ·V_{t+1} − V_t,   A_t = δ_t + γλ·A_{t+1},
+    with V_{len} = A_{len} = 0: the episode ends at the last real token, so nothing is
+    bootstrapped from padding. Returns (advantages, returns = A + V), both [B, T], 0 on padding."""
+    _check_same_shape(rewards=rewards, values=values, mask=mask)
+    _check_mask(mask)
+    values = _float(values)
+    rewards = rewards.to(values.dtype)
+    rewards, values = _apply_mask(rewards, mask), _apply_mask(values, mask)
     m = mask.to(values.dtype)
-    T = rewards.shape[1]
     adv = torch.zeros_like(values)
     next_adv = torch.zeros_like(values[:, 0])
     next_value = torch.zeros_like(values[:, 0])
-    for t in reversed(range(T)):
+    for t in reversed(range(values.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        a = delta + gamma * lam * next_adv
-        adv[:, t] = a * m[:, t]
-        # a padded position passes nothing back: the next real step sees V = A = 0
-        next_adv = adv[:, t]
-        next_value = values[:, t] * m[:, t]
-    return adv, (adv + values) * m
+        adv[:, t] = (delta + gamma * lam * next_adv) * m[:, t]
+        # a padded position hands V = A = 0 back to the last real one
+        next_adv, next_value = adv[:, t], values[:, t]
+    return adv, adv + values
 
 
 # ---------------------------------------------------------------------------- losses
 
 
-def policy_loss(logp, old_logp, advantages, mask, clip_range: float) -> tuple[torch.Tensor, dict]:
-    """PPO clipped surrogate −min(ρA, clip(ρ, 1−ε, 1+ε)A), ρ = exp(logp − old_logp), averaged over
-    all real tokens of the minibatch. Stats: clipfrac (share of tokens where the clipped branch is
-    active), approx_kl = mean ½(log ρ)² (k2 estimate of KL(old‖new)), ratio mean."""
-    log_ratio = logp - old_logp
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate (Schulman et al. 2017), to be minimised:
+        L = token_mean( max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) ),   ρ = exp(logp − old_logp),
+    the mean taken over all real tokens of the minibatch. Stats (detached 0-d tensors):
+      clipfrac     share of real tokens where the clipped branch is the active one
+      approx_kl    token_mean ½(log ρ)²           (k2 estimate of KL; TRL's `approxkl`)
+      approx_kl_k3 token_mean (ρ − 1) − log ρ     (k3 estimate of KL(π_old‖π), unbiased, ≥ 0)
+      ratio_mean   token_mean ρ"""
+    _check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    # padded log-probs may be arbitrary: a zero log-ratio there keeps exp() and its gradient finite
+    log_ratio = _apply_mask(_float(logp) - _float(old_logp), mask)
     ratio = torch.exp(log_ratio)
+    advantages = advantages.to(ratio.dtype)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((clipped > unclipped).to(logp.dtype), mask),
+            "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
             "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "approx_kl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
             "ratio_mean": masked_mean(ratio, mask),
         }
     return loss, stats
 
 
-def value_loss(values, old_values, returns, mask, clip_range_value: float) -> tuple[torch.Tensor, dict]:
-    """Clipped value loss ½·max((V − R)², (clip(V, V_old ± ε) − R)²), token mean over the mask."""
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss (OpenAI baselines PPO2, as in TRL):
+        L = ½·token_mean( max((V − R)², (clip(V, V_old − ε, V_old + ε) − R)²) ).
+    Stats: vf_clipfrac = share of real tokens where the clipped term is the larger one."""
+    _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    values = _float(values)
+    old_values, returns = old_values.to(values.dtype), returns.to(values.dtype)
     v_clipped = old_values + (values - old_values).clamp(-clip_range_value, clip_range_value)
     l1, l2 = (values - returns) ** 2, (v_clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(l1, l2), mask)
@@ -194,13 +301,17 @@ def value_loss(values, old_values, returns, mask, clip_range_value: float) -> tu
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) per position: logsumexp(z) − Σ softmax(z)·z (stable)."""
-    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    """Entropy of softmax(logits) per position, [B, T, V] → [B, T], in the stable form
+    H = logsumexp(z) − Σ_v softmax(z)_v·z_v. −inf logits (filtered vocabulary) count as
+    probability 0 and give neither NaN values nor NaN gradients."""
+    z = _float(logits)
     p = torch.softmax(z, -1)
-    return torch.logsumexp(z, -1) - (p * z).sum(-1)
+    z_finite = torch.where(torch.isfinite(z), z, torch.zeros_like(z))
+    return torch.logsumexp(z, -1) - (p * z_finite).sum(-1)
 
 
 def masked_entropy_mean(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token mean of the entropy over real tokens."""
     return masked_mean(entropy_from_logits(logits), mask)
 
 
@@ -211,6 +322,8 @@ class FixedKLController:
     """β stays at its initial value."""
 
     def __init__(self, beta: float):
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"KL coefficient beta must be finite and ≥ 0, got {beta}")
         self.value = float(beta)
 
     def update(self, current_kl: float, n_steps: int) -> None:
@@ -224,18 +337,33 @@ class FixedKLController:
 
 
 class AdaptiveKLController(FixedKLController):
-    """Ziegler et al. 2019: e = clip(KL/target − 1, −0.2, 0.2); β ← β·(1 + e·n_steps/horizon)."""
+    """Ziegler et al. 2019 (and TRL's AdaptiveKLController): after each batch,
+        e = clip(current_kl / target − 1, −0.2, 0.2),   β ← β·(1 + e·n_steps / horizon),
+    with current_kl the mean KL per *sequence* (nats) and n_steps the episodes in the batch.
+    target and horizon come from the config; state_dict carries them for inspection, while
+    load_state_dict restores only β."""
 
     def __init__(self, init_beta: float, target: float, horizon: int):
         super().__init__(init_beta)
+        if not target > 0 or not horizon > 0:
+            raise ValueError(f"adaptive KL needs target > 0 and horizon > 0, got target={target}, horizon={horizon}")
         self.target, self.horizon = float(target), int(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> None:
+        current_kl = float(current_kl)
+        if not math.isfinite(current_kl):
+            raise ValueError(f"AdaptiveKLController.update got a non-finite KL ({current_kl}); β left at {self.value}")
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
 
+    def state_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
 
 def make_kl_controller(kl_cfg) -> FixedKLController:
+    """The controller named by `varpo.config.KLConfig` (controller, beta, target, horizon)."""
     if kl_cfg.controller == "adaptive":
         return AdaptiveKLController(kl_cfg.beta, kl_cfg.target, kl_cfg.horizon)
-    return FixedKLController(kl_cfg.beta)
+    if kl_cfg.controller == "fixed":
+        return FixedKLController(kl_cfg.beta)
+    raise ValueError(f"ppo.kl.controller: unknown {kl_cfg.controller!r} (expected 'fixed' or 'adaptive')")
