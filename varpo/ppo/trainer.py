@@ -162,7 +162,9 @@ class PPOTrainer:
         adv, ret = core.gae(rewards, ro.values, mask, p.gamma, p.lam)
         if p.whiten_advantages:
             adv = self._whiten(adv, mask)
-        stats = {"kl": (kl * mask).sum(-1), "weighted_kl": (kl * w[:, None] * mask).sum(-1), "w": w,
+        # the logged weighted KL is the penalty divided back by β (a dropped row's σ² may be NaN: masked)
+        weighted = torch.where(mask.bool(), kl * w[:, None], torch.zeros_like(kl)).sum(-1)
+        stats = {"kl": (kl * mask).sum(-1), "weighted_kl": weighted, "w": w,
                  "returns": ret, "score": score, "mask": mask}
         return adv, ret, stats
 
@@ -222,7 +224,8 @@ class PPOTrainer:
         self.bad_steps_in_row = 0
         kl_mean = self._global_mean(st["kl"])
         beta = self.kl_ctl.value
-        self.kl_ctl.update(kl_mean, self.cfg.ppo.batch_size)
+        if math.isfinite(kl_mean):
+            self.kl_ctl.update(kl_mean, self.cfg.ppo.batch_size)
         elapsed = time.perf_counter() - t_step
         n_tokens = dist.all_reduce_sum(ro.response_mask.sum().double()).item()
         self.counters["dropped_samples"] += int(dist.all_reduce_sum((~extra["valid"].bool()).sum()).item())
