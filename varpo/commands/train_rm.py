@@ -1,0 +1,44 @@
+"""`varpo train-rm`: train a multi-head reward ensemble and report how its heads disagree."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import ConfigOpt, OutOpt, SetOpt, load
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-rm")
+    def train_rm(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Path = OutOpt) -> None:
+        """Train K linear heads on one backbone, a Bradley–Terry loss each (the embedded task's
+        pairs by default). Writes OUT/rm_report.json, OUT/disagreement.png, OUT/reward_model/
+        (point reward.path at it), OUT/train_log.jsonl and the resolved config."""
+        run(load(config, set_), out)
+
+
+def run(cfg, out: Path) -> dict:
+    from .. import dist
+    from ..outputs import print_table, write_json
+    from ..reward.train import train_reward_model
+
+    r = train_reward_model(cfg, out)
+    if dist.rank() != 0:
+        return r
+    rows = [{"head": str(k), "eval_accuracy": a} for k, a in enumerate(r["head_accuracy"])]
+    rows.append({"head": "ensemble mean", "eval_accuracy": r["ensemble_accuracy"]})
+    if "head_gold_accuracy" in r:
+        for row, g in zip(rows, [*r["head_gold_accuracy"], r["ensemble_gold_accuracy"]]):
+            row["gold_order_accuracy"] = g
+    write_json(out / "rm_accuracy_table.json", rows)
+    print_table(f"reward ensemble: held-out accuracy ({out}/rm_report.json)", rows)
+    q = [{"quantity": "σ² of a response's reward", **r["variance_quantiles"]},
+         {"quantity": "σ² of r(chosen) − r(rejected)", **r["diff_variance_quantiles"]}]
+    write_json(out / "rm_variance_table.json", q)
+    print_table(f"disagreement across {r['num_heads']} heads (ddof={r['ddof']}); plot: {r['plot']}", q)
+    from ..outputs import console
+
+    console.print(f"reward model: {r['model_path']}  ({r['steps']} steps, {r['seconds']:.1f} s; "
+                  f"{r['truncated_train_pairs']} training pairs truncated)")
+    return r

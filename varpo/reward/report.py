@@ -1,0 +1,87 @@
+"""Disagreement report (paper Appendix B, Fig. 8) from per-head rewards of held-out pairs:
+per-head and ensemble-mean accuracy, and the distributions across responses of σ² (variance over
+heads of one response's reward) and across pairs of the variance over heads of the reward
+difference r_k(chosen) − r_k(rejected). Quantiles p10/p50/p90 in JSON, histograms as PNG.
+Accuracy counts a tie as half right."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .aggregate import head_mean, head_variance
+
+
+def quantiles(x: torch.Tensor) -> dict:
+    """p10, p50, p90 (numpy's linear interpolation) and the mean, in float64."""
+    a = x.detach().double().cpu().numpy()
+    p10, p50, p90 = np.quantile(a, [0.1, 0.5, 0.9])
+    return {"p10": float(p10), "p50": float(p50), "p90": float(p90), "mean": float(a.mean())}
+
+
+def pair_accuracy(diff: torch.Tensor) -> torch.Tensor:
+    """diff [N, ...] = r(chosen) − r(rejected) → accuracy [...] (ties count ½)."""
+    return ((diff > 0).double() + 0.5 * (diff == 0).double()).mean(0)
+
+
+def disagreement_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor, ddof: int = 1,
+                       gold_diff: torch.Tensor | None = None) -> dict:
+    """r_chosen, r_rejected: per-head rewards [N, K] of held-out pairs; gold_diff [N] optional
+    gold(chosen) − gold(rejected) (testbed pairs), for accuracy against the noise-free order."""
+    diff = r_chosen - r_rejected
+    head_acc = pair_accuracy(diff).tolist()
+    ens_diff = head_mean(r_chosen) - head_mean(r_rejected)
+    var_resp = torch.cat([head_variance(r_chosen, ddof), head_variance(r_rejected, ddof)])
+    var_diff = head_variance(diff, ddof)
+    out = {
+        "num_heads": int(r_chosen.shape[1]), "ddof": ddof, "eval_pairs": int(r_chosen.shape[0]),
+        "head_accuracy": head_acc, "ensemble_accuracy": float(pair_accuracy(ens_diff)),
+        "head_accuracy_spread": max(head_acc) - min(head_acc),
+        "variance_quantiles": quantiles(var_resp), "diff_variance_quantiles": quantiles(var_diff),
+    }
+    if gold_diff is not None:
+        keep = gold_diff != 0  # pairs of equal gold reward have no gold order
+        if bool(keep.any()):
+            sign = gold_diff[keep].sign()
+            out["gold_pairs"] = int(keep.sum())
+            out["ensemble_gold_accuracy"] = float(pair_accuracy(ens_diff[keep] * sign))
+            out["head_gold_accuracy"] = pair_accuracy(diff[keep] * sign[:, None]).tolist()
+    return out, var_resp, var_diff
+
+
+def plot_disagreement(var_resp: torch.Tensor, var_diff: torch.Tensor, head_acc: list[float], ens_acc: float,
+                      path: str | Path) -> Path:
+    """Three panels: σ² of responses, σ² of reward differences, accuracy per head vs the mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for ax, x, title in ((axes[0], var_resp, "σ² of a response's reward across heads"),
+                         (axes[1], var_diff, "σ² of r(chosen) − r(rejected) across heads")):
+        ax.hist(x.double().numpy(), bins=40, color="#4C72B0")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("variance")
+        ax.set_ylabel("count")
+    axes[2].bar(range(len(head_acc)), head_acc, color="#55A868", label="head")
+    axes[2].axhline(ens_acc, color="#C44E52", label=f"ensemble mean ({ens_acc:.3f})")
+    axes[2].set_ylim(min(0.5, min(head_acc)) - 0.02, max(max(head_acc), ens_acc) + 0.02)
+    axes[2].set_title("held-out accuracy", fontsize=10)
+    axes[2].set_xlabel("head")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def disagreement_report(r_chosen: torch.Tensor, r_rejected: torch.Tensor, out_dir: str | Path, ddof: int = 1,
+                        gold_diff: torch.Tensor | None = None) -> dict:
+    """The stats above, plus OUT/disagreement.png; returns the JSON-ready dict."""
+    stats, var_resp, var_diff = disagreement_stats(r_chosen, r_rejected, ddof, gold_diff)
+    png = plot_disagreement(var_resp, var_diff, stats["head_accuracy"], stats["ensemble_accuracy"],
+                            Path(out_dir) / "disagreement.png")
+    return {**stats, "plot": str(png)}

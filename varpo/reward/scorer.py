@@ -1,0 +1,90 @@
+"""The ensemble as a reward source (`varpo.scoring.Scorer`): texts in; score s (an aggregation of
+the K heads), σ² (variance over heads, `ddof`), the head mean for evaluation and the per-head
+rewards out."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..scoring import Scores
+from .aggregate import AGGREGATIONS, aggregate, head_mean_var
+from .encode import encode
+
+
+def _module(model_or_engine) -> torch.nn.Module:
+    return getattr(model_or_engine, "module", model_or_engine)
+
+
+class EnsembleScorer:
+    """Scores `prompt + separator + response` with a trained ensemble (a module, or a DeepSpeed
+    engine around one). Texts longer than `max_length` lose the start of their prompt; how many
+    were cut is in `Scores.extras["truncated"]` and accumulated in `self.truncated`."""
+
+    def __init__(self, model_or_engine, tokenizer, *, aggregation: str = "mean", ddof: int = 1, lam: float = 1.0,
+                 k: float = 1.0, max_length: int = 96, batch_size: int = 64, device=None, separator: str | None = None):
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        self.model, self.tokenizer = model_or_engine, tokenizer
+        self.aggregation, self.ddof, self.lam, self.k = aggregation, ddof, lam, k
+        self.max_length, self.batch_size = max_length, batch_size
+        module = _module(model_or_engine)
+        if device is None:
+            device = getattr(model_or_engine, "device", None) or next(module.parameters()).device
+        self.device = torch.device(device)
+        self.separator = separator if separator is not None else getattr(module, "separator", " ")
+        self.truncated = 0
+        self._warned = False
+
+    @torch.no_grad()
+    def head_rewards(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, int]:
+        """Per-head rewards [B, K] (float32, CPU) and how many texts were truncated."""
+        out, cut = [], 0
+        for s in range(0, len(prompts), self.batch_size):
+            ids, mask, n = encode(self.tokenizer, prompts[s : s + self.batch_size], responses[s : s + self.batch_size],
+                                  self.max_length, self.device, self.separator)
+            cut += n
+            out.append(self.model(ids, mask).float().cpu())
+        self.truncated += cut
+        if cut and not self._warned:
+            from ..outputs import console
+
+            console.print(f"[yellow]reward scorer: {cut} of {len(prompts)} texts exceeded max_length={self.max_length} "
+                          "tokens and lost the start of their prompt (counted in Scores.extras['truncated'])[/]")
+            self._warned = True
+        if not out:
+            return torch.zeros(0, _module(self.model).num_heads), 0
+        return torch.cat(out, 0), cut
+
+    def score(self, prompts: list[str], responses: list[str]) -> Scores:
+        r, cut = self.head_rewards(prompts, responses)
+        mean, var = head_mean_var(r, self.ddof)
+        s = aggregate(r, self.aggregation, ddof=self.ddof, lam=self.lam, k=self.k)
+        return Scores(score=s, variance=var, eval_reward=mean, extras={"per_head": r, "truncated": cut})
+
+
+def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, **overrides) -> EnsembleScorer:
+    """An EnsembleScorer for a saved ensemble folder (`EnsembleRewardModel.save_pretrained`).
+    `cfg` (a RewardConfig) gives aggregation, λ, k, ddof, max_length, batch_size; keyword
+    `overrides` replace single ones. With `ds_cfg` (a DeepSpeedConfig) the model is wrapped in a
+    frozen DeepSpeed engine, which ZeRO-3 shards across ranks when configured."""
+    from transformers import AutoTokenizer
+
+    from ..config import RewardConfig
+    from .encode import model_max_length
+    from .model import EnsembleRewardModel, read_config
+
+    saved = read_config(path) if (Path(path) / "config.json").exists() else {}
+    cfg = cfg or RewardConfig(ddof=saved.get("ddof", 1))
+    opts = {"aggregation": cfg.aggregation, "ddof": cfg.ddof, "lam": cfg.lam, "k": cfg.k,
+            "max_length": cfg.max_length, "batch_size": cfg.batch_size, **overrides}
+    model = EnsembleRewardModel.from_pretrained(path)
+    opts["max_length"] = model_max_length(model.backbone.config, opts["max_length"])
+    if ds_cfg is not None:
+        from ..engines import ds_config, inference_engine
+
+        model = inference_engine(model, ds_config(ds_cfg, "reward", opts["batch_size"], trainable=False))
+    elif device is not None:
+        model = model.to(device)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    return EnsembleScorer(model, tok, device=device, **opts)

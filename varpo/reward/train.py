@@ -1,0 +1,351 @@
+"""Training the reward ensemble (DESIGN.md §1; paper Appendix B): a Bradley–Terry loss per head,
+summed over heads, on a DeepSpeed engine — the same code in-process (`varpo train-rm`) and on
+every rank under the launcher (`launch/train_reward.py`): data parallel, each rank takes a shard
+of every global batch, and the loss is scaled so DeepSpeed's gradient average equals the
+gradient of the global batch's loss.
+
+    L = Σ_k  Σ_i w_ik · softplus(−(r_k(x_i, y_i^w) − r_k(x_i, y_i^l))) / Σ_i w_ik
+
+(softplus(−d) = −log σ(d)); w_ik = 1, or with bootstrap the number of times pair i occurs in
+head k's resample of the training pairs (a multinomial draw of N out of N per head).
+
+Outputs under OUT: train_log.jsonl (one row per step, plus eval rows), checkpoints/ (DeepSpeed,
+trainable parameters only; a rerun resumes from the latest), reward_model/ (the trained ensemble,
+`EnsembleRewardModel.from_pretrained`-able), rm_report.json and disagreement.png (the held-out
+disagreement report), and the resolved config.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import dist
+from ..outputs import append_jsonl, console, progress, write_json
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss or reward; the message names the step and batch."""
+
+
+# ------------------------------------------------------------------------------------ pure maths
+def bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, weights: torch.Tensor | None = None,
+            denom: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bradley–Terry loss summed over heads, and the per-head losses [K].
+
+    r_chosen, r_rejected: [B, K]; weights [B, K] (bootstrap counts) or None for 1; denom [K]: the
+    normaliser Σ_i w_ik (default: over these B rows — pass the global batch's under data
+    parallelism). A head with zero total weight contributes 0."""
+    nll = F.softplus(-(r_chosen - r_rejected).float())
+    if weights is None:
+        weights = torch.ones_like(nll)
+    weights = weights.to(nll)
+    if denom is None:
+        denom = weights.sum(0)
+    per_head = (nll * weights).sum(0) / denom.to(nll).clamp(min=1e-12)
+    return per_head.sum(), per_head
+
+
+def bootstrap_counts(n: int, num_heads: int, seed: int) -> torch.Tensor:
+    """[n, K] float counts: head k's bootstrap resample contains pair i counts[i, k] times
+    (each column sums to n)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (num_heads, n), generator=g)
+    counts = torch.zeros(num_heads, n)
+    counts.scatter_add_(1, idx, torch.ones(num_heads, n))
+    return counts.T.contiguous()
+
+
+# ------------------------------------------------------------------------------------ data
+def load_pair_sets(cfg) -> tuple[list[dict], list[dict], str, str]:
+    """(train pairs, held-out pairs, backbone folder, where the held-out pairs come from).
+    User files when configured; a user pair file without eval_pairs_path gives up its last 10%
+    (after a seeded shuffle) as the held-out set. Otherwise the testbed's pairs and LM."""
+    import random
+
+    from ..data import load_pairs
+
+    rt, dc = cfg.reward_training, cfg.data
+    tb = None
+    if dc.pairs_path is None or (rt.backbone_path or cfg.model.policy_path) is None:
+        from ..testbed import build_testbed
+
+        tb = build_testbed(cfg.testbed, progress=False)
+    cols = dc.pair_columns()
+    if dc.pairs_path:
+        train = load_pairs(dc.pairs_path, cols, dc.skip_bad_rows).rows
+        if dc.eval_pairs_path:
+            held, source = load_pairs(dc.eval_pairs_path, cols, dc.skip_bad_rows).rows, str(dc.eval_pairs_path)
+        else:
+            if len(train) < 2:
+                raise ValueError(f"data.pairs_path={dc.pairs_path}: {len(train)} pair(s); need ≥ 2 to hold one out "
+                                 "(or set data.eval_pairs_path)")
+            train = list(train)
+            random.Random(cfg.seed).shuffle(train)
+            n_held = max(1, len(train) // 10)
+            train, held, source = train[:-n_held], train[-n_held:], f"last 10% of {dc.pairs_path} (seeded shuffle)"
+    else:
+        train = tb.pairs("train")
+        held, source = (load_pairs(dc.eval_pairs_path, cols, dc.skip_bad_rows).rows, str(dc.eval_pairs_path)) \
+            if dc.eval_pairs_path else (tb.pairs("eval"), f"testbed {tb.dir.name} eval pairs")
+    if rt.max_train_pairs:
+        train = train[: rt.max_train_pairs]
+    backbone = rt.backbone_path or cfg.model.policy_path or str(tb.model_path)
+    return train, held, backbone, source
+
+
+def encode_pairs(tokenizer, pairs: list[dict], max_length: int, separator: str):
+    """Token ids of every chosen and rejected text (truncated, see encode.py) and the counts of
+    truncated pairs and texts."""
+    from .encode import token_ids, truncate_left
+
+    prompts = [p["prompt"] for p in pairs]
+    out, cut_texts = [], 0
+    for side in ("chosen", "rejected"):
+        ids = [truncate_left(x, max_length, tokenizer.bos_token_id)
+               for x in token_ids(tokenizer, prompts, [p[side] for p in pairs], separator)]
+        cut_texts += sum(c for _, c in ids)
+        out.append(ids)
+    cut_pairs = sum(a[1] or b[1] for a, b in zip(*out))
+    return [x for x, _ in out[0]], [x for x, _ in out[1]], cut_pairs, cut_texts
+
+
+def _forward_pairs(model, chosen: list[list[int]], rejected: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over chosen + rejected texts; per-head rewards [B, K] each."""
+    from .encode import collate
+
+    ids, mask = collate(chosen + rejected, pad, device)
+    r = model(ids, mask)
+    return r[: len(chosen)], r[len(chosen):]
+
+
+@torch.no_grad()
+def pair_rewards(model, chosen: list[list[int]], rejected: list[list[int]], pad: int, batch_size: int,
+                 device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head rewards [N, K] (float32, CPU) of all pairs. Under data parallelism every rank
+    scores an equal-sized shard (the last padded by repetition) and the shards are gathered."""
+    n, world, rank = len(chosen), dist.world_size(), dist.rank()
+    per_rank = math.ceil(n / world)
+    idx = [min(i, n - 1) for i in range(rank * per_rank, (rank + 1) * per_rank)]
+    rc, rr = [], []
+    for s in range(0, per_rank, batch_size):
+        part = idx[s : s + batch_size]
+        c, r = _forward_pairs(model, [chosen[i] for i in part], [rejected[i] for i in part], pad, device)
+        rc.append(c.float())
+        rr.append(r.float())
+    rc, rr = torch.cat(rc), torch.cat(rr)
+    if world > 1:
+        rc, rr = dist.all_gather_cat(rc.to(device)), dist.all_gather_cat(rr.to(device))
+    return rc[:n].cpu(), rr[:n].cpu()
+
+
+def _accuracies(rc: torch.Tensor, rr: torch.Tensor) -> tuple[list[float], float]:
+    from .report import pair_accuracy
+
+    return pair_accuracy(rc - rr).tolist(), float(pair_accuracy(rc.mean(-1) - rr.mean(-1)))
+
+
+# ------------------------------------------------------------------------------------ engine state
+def _trainable_state(module) -> dict:
+    from ..engines import gathered_params
+
+    with gathered_params(module):
+        return {n: p.detach().clone().cpu() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def _load_trainable_state(module, state: dict) -> None:
+    from ..engines import is_zero3
+
+    params = dict(module.named_parameters())
+    if is_zero3(module):  # a write inside the gather must name a rank to be kept
+        deepspeed = dist.import_deepspeed()
+        with deepspeed.zero.GatheredParameters([params[n] for n in state], modifier_rank=0), torch.no_grad():
+            for n, v in state.items():
+                params[n].copy_(v.to(params[n]))
+    else:
+        with torch.no_grad():
+            for n, v in state.items():
+                params[n].copy_(v.to(params[n]))
+
+
+def _save_checkpoint(engine, ckpt_dir: Path, step: int, client: dict) -> None:
+    """A DeepSpeed checkpoint of the trainable parameters and optimizer (all ranks take part);
+    older tags are removed once the new one is complete."""
+    tag = f"step{step:07d}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, exclude_frozen_parameters=True)
+    dist.barrier()
+    if dist.rank() == 0:
+        for old in ckpt_dir.glob("step*"):
+            if old.is_dir() and old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ training
+def train_reward_model(cfg, out_dir: str | Path) -> dict:
+    """Train, evaluate and save an ensemble as configured (`cfg`: a VarpoConfig); returns the
+    report written to OUT/rm_report.json (same dict on every rank)."""
+    from transformers import AutoTokenizer
+
+    from ..config import save_resolved
+    from ..engines import build_model, ds_config, gathered_params, train_engine
+    from .encode import model_max_length, pad_id
+    from .model import EnsembleRewardModel
+    from .report import disagreement_report
+
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
+    rt = cfg.reward_training
+    train, held, backbone_path, held_source = load_pair_sets(cfg)
+    world = info.world_size
+    if len(train) < world:
+        raise ValueError(f"{len(train)} training pair(s) for {world} ranks: each rank needs at least one")
+    if not held:
+        raise ValueError("no held-out pairs to evaluate the ensemble on")
+    global_batch = min(rt.batch_size, len(train))
+    if global_batch < world:
+        raise ValueError(f"reward_training.batch_size={rt.batch_size} is smaller than the world size {world}")
+    ckpt_dir = out / "checkpoints"
+    resuming = rt.resume and (ckpt_dir / "latest").exists()
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, out)
+        if not resuming:
+            (out / "train_log.jsonl").unlink(missing_ok=True)
+    dist.barrier()
+
+    tok = AutoTokenizer.from_pretrained(backbone_path)
+    micro = math.ceil(global_batch / world)
+    conf = ds_config(cfg.deepspeed, "reward", micro, trainable=True)
+    model = build_model(lambda: EnsembleRewardModel.from_backbone(
+        backbone_path, rt.num_heads, head_seed=rt.head_seed, pooling=rt.pooling, ddof=cfg.reward.ddof, separator=rt.separator), conf)
+    if rt.lora.enabled:
+        model.add_lora(rt.lora.r, rt.lora.alpha, rt.lora.dropout, rt.lora.target_modules)
+    max_len = model_max_length(model.backbone_config, rt.max_length)
+    if max_len < rt.max_length and info.is_main:
+        console.print(f"reward_training.max_length={rt.max_length} capped at the backbone's {max_len} positions")
+    pad = pad_id(tok)
+    tr_c, tr_r, cut_pairs, cut_texts = encode_pairs(tok, train, max_len, rt.separator)
+    ev_c, ev_r, ev_cut_pairs, _ = encode_pairs(tok, held, max_len, rt.separator)
+    if cut_pairs and info.is_main:
+        console.print(f"[yellow]{cut_pairs} of {len(train)} training pairs ({cut_texts} texts) exceed "
+                      f"max_length={max_len} tokens: truncated from the left (the prompt's start goes first)[/]")
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    engine = train_engine(model, conf, lr=rt.lr, weight_decay=rt.weight_decay)
+    device = engine.device
+    weights = bootstrap_counts(len(train), rt.num_heads, cfg.seed * 7919 + rt.head_seed) if rt.bootstrap else None
+
+    steps_per_epoch = max(1, len(train) // global_batch)  # the last partial batch is dropped (reshuffled each epoch)
+    total = steps_per_epoch * rt.epochs
+    higher_better = rt.early_stopping_metric == "accuracy"
+    st = {"step": 0, "best": None, "best_step": 0, "since_best": 0, "stopped_early": False, "best_state": None}
+    if resuming:
+        _, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=False)
+        st.update(client["varpo"])
+        if info.is_main:
+            console.print(f"resuming reward-model training from {ckpt_dir} at step {st['step']}/{total}")
+
+    def client_state() -> dict:
+        return {"varpo": dict(st)}
+
+    def evaluate() -> dict:
+        engine.eval()
+        rc, rr = pair_rewards(engine, ev_c, ev_r, pad, rt.eval_batch_size, device)
+        _set_train_mode()
+        head_acc, ens_acc = _accuracies(rc, rr)
+        loss, _ = bt_loss(rc, rr)
+        return {"rc": rc, "rr": rr, "head_accuracy": head_acc, "ensemble_accuracy": ens_acc, "loss": loss.item()}
+
+    def _set_train_mode():
+        engine.train()
+        if not rt.lora.enabled:
+            engine.module.backbone.eval()  # frozen features: no dropout noise in what the heads see
+
+    _set_train_mode()
+    log = out / "train_log.jsonl"
+    last_loss = float("nan")
+    with progress() as bar:
+        task = bar.add_task("reward ensemble", total=total, completed=st["step"], info="")
+        while st["step"] < total and not st["stopped_early"]:
+            step = st["step"]
+            epoch, b = divmod(step, steps_per_epoch)
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            batch = order[b * global_batch : (b + 1) * global_batch]
+            shard = batch[info.rank :: world]
+            denom = weights[batch].sum(0) if weights is not None else torch.full((rt.num_heads,), float(len(batch)))
+            rc, rr = _forward_pairs(engine, [tr_c[i] for i in shard], [tr_r[i] for i in shard], pad, device)
+            loss, per_head = bt_loss(rc, rr, None if weights is None else weights[shard].to(device), denom.to(device))
+            bad = torch.tensor([float(not torch.isfinite(rc).all() or not torch.isfinite(rr).all()),
+                                float(not torch.isfinite(loss))])
+            bad = dist.all_reduce_max(bad.to(device)).cpu()
+            if bad.any():
+                what = "rewards" if bad[0] else "loss"
+                raise NonFiniteLossError(
+                    f"reward-model training: non-finite {what} at step {step} (epoch {epoch}, batch {b} of "
+                    f"{steps_per_epoch}, training pairs {batch[:8].tolist()}{'…' if len(batch) > 8 else ''}); "
+                    f"the last checkpoint (if any) is in {ckpt_dir}. Lower reward_training.lr ({rt.lr}) "
+                    "or check those pairs.")
+            # DeepSpeed averages gradients over ranks; × world makes that the global batch's gradient
+            engine.backward(loss * world)
+            engine.step()
+            st["step"] = step = step + 1
+            head_loss = dist.all_reduce_sum(per_head.detach()).cpu()  # each rank's share of the global loss
+            global_loss = last_loss = head_loss.sum().item()
+            if info.is_main:
+                append_jsonl(log, {"kind": "train", "step": step, "epoch": epoch, "batch": b, "loss": global_loss,
+                                   "elapsed": time.perf_counter() - t_start,
+                                   "head_loss": head_loss.tolist()})
+            if step % rt.eval_every == 0 or step == total:
+                ev = evaluate()
+                metric = ev["ensemble_accuracy"] if higher_better else ev["loss"]
+                if info.is_main:
+                    append_jsonl(log, {"kind": "eval", "step": step, "epoch": epoch, "eval_loss": ev["loss"],
+                                       "eval_head_accuracy": ev["head_accuracy"],
+                                       "eval_ensemble_accuracy": ev["ensemble_accuracy"],
+                                       "elapsed": time.perf_counter() - t_start})
+                improved = st["best"] is None or (metric > st["best"] if higher_better else metric < st["best"])
+                if improved:
+                    st.update(best=metric, best_step=step, since_best=0)
+                    if rt.early_stopping_patience:
+                        st["best_state"] = _trainable_state(engine.module)
+                else:
+                    st["since_best"] += 1
+                if rt.early_stopping_patience and st["since_best"] >= rt.early_stopping_patience:
+                    st["stopped_early"] = True
+                    if info.is_main:
+                        console.print(f"early stopping at step {step}: no better eval {rt.early_stopping_metric} for "
+                                      f"{st['since_best']} evaluations (best {st['best']:.4f} at step {st['best_step']})")
+                bar.update(task, info=f"loss {global_loss:.3f}  eval acc {ev['ensemble_accuracy']:.3f}")
+            if rt.checkpoint_every and step % rt.checkpoint_every == 0 and step < total:
+                _save_checkpoint(engine, ckpt_dir, step, client_state())
+            bar.update(task, completed=step)
+    _save_checkpoint(engine, ckpt_dir, st["step"], client_state())
+    if st["best_state"] is not None:
+        _load_trainable_state(engine.module, st["best_state"])  # early stopping keeps the best heads
+    final = evaluate()
+
+    report: dict = {}
+    with gathered_params(engine.module):
+        if info.is_main:
+            gold = None
+            if all("chosen_gold" in p and "rejected_gold" in p for p in held):
+                gold = torch.tensor([float(p["chosen_gold"]) - float(p["rejected_gold"]) for p in held], dtype=torch.float64)
+            report = disagreement_report(final["rc"], final["rr"], out, ddof=cfg.reward.ddof, gold_diff=gold)
+            model_path = engine.module.save_pretrained(out / "reward_model", tokenizer=tok,
+                                                       extra={"max_length": max_len})
+            report.update(
+                model_path=str(model_path), backbone=str(backbone_path), lora=rt.lora.enabled,
+                trainable_parameters=n_trainable, bootstrap=rt.bootstrap, head_seeds=engine.module.head_seeds,
+                train_pairs=len(train), eval_source=held_source, steps=st["step"], epochs=rt.epochs,
+                final_train_loss=last_loss, eval_loss=final["loss"], stopped_early=st["stopped_early"],
+                best_step=st["best_step"], max_length=max_len, truncated_train_pairs=cut_pairs,
+                truncated_train_texts=cut_texts, truncated_eval_pairs=ev_cut_pairs, world_size=world,
+                seconds=time.perf_counter() - t_start,
+            )
+            write_json(out / "rm_report.json", report)
+    dist.barrier()
+    return dist.broadcast_object(report)
