@@ -105,5 +105,5 @@ def test_too_few_policies_and_unknown_baseline(tmp_path):
 
 def test_error_exit_code_through_main(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "varpo.cli", "stats", str(tmp_path / "missing")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "population folder not found" in proc.stderr

@@ -13,8 +13,8 @@ from varpo.evaluation.stats import (
     compute_stats,
     f_test,
     two_proportion_test,
-    variance_ratio_table,
     variance_ratio_markdown,
+    variance_ratio_table,
     welch_test,
     wilson_interval,
 )
@@ -152,6 +152,7 @@ def test_reserved_method_names_do_not_clobber_top_level_keys():
     assert res["methods"]["comparisons"]["n"] == 3
 
 
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")  # scipy, on constant data
 def test_zero_variance_gives_none_not_inf():
     import json
 

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from varpo.theory.softmax import kl_divergence, sharpe_policy, vanilla_policy, weighted_kl_objective, weighted_kl_policy
+from varpo.theory.softmax import (
+    kl_divergence,
+    sharpe_policy,
+    vanilla_policy,
+    weighted_kl_objective,
+    weighted_kl_policy,
+)
 
 
 def loop_objective(pi, r_hat, weights, pi_ref, beta):

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import typer
 
+FolderArg = typer.Argument(..., help="population folder (holds policies/ or policies.jsonl)")
+
 
 def register(app: typer.Typer) -> None:
     @app.command("stats")
     def stats(
-        folder: Path = typer.Argument(..., help="population folder (holds policies/ or policies.jsonl)"),
+        folder: Path = FolderArg,
         reference: str = typer.Option("reference", "--reference", help="method name of the π_ref sampling runs"),
         baseline: str = typer.Option("vanilla", "--baseline", help="method every other method is compared with"),
         model: str = typer.Option("–", "--model", help="label for the tables' Model column"),

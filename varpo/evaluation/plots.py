@@ -1,8 +1,8 @@
 """Histograms of per-policy true rewards by method (paper Figs. 5–6). matplotlib, Agg backend."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats as st
@@ -257,9 +257,9 @@ def stats_markdown(result: dict, model: str = "–", reward_model: str = "–") 
     one row per comparison, with the paper's Model | Reward Model columns first."""
     m = result["methods"]
     lines = [f"# Population statistics ({model}, {reward_model})", "",
-             f"Per-policy true reward; var with ddof=1; risk = fraction of policies below the reference mean "
-             f"({_f(result['reference_mean'])}), Wilson {int(result['confidence'] * 100)}% interval; "
-             f"risk_pairwise = P(R_π < R_ref) over all pairs.", "",
+             (f"Per-policy true reward; var with ddof=1; risk = fraction of policies below the reference mean "
+              f"({_f(result['reference_mean'])}), Wilson {int(result['confidence'] * 100)}% interval; "
+              f"risk_pairwise = P(R_π < R_ref) over all pairs."), "",
              "| Method | n | Mean | Variance | Std | Risk | Risk CI | Risk (pairwise) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in m.items():
@@ -291,7 +291,7 @@ def stats_markdown(result: dict, model: str = "–", reward_model: str = "–") 
 
 def variance_ratio_markdown(rows: list[dict], a: str = "vanilla", b: str = "variance_aware") -> str:
     """Table 4: heterogeneity scale | spread | Var(a) | Var(b) | ratio | F crit | p."""
-    lines = ["| Scale | Spread of σ | " + f"Var({a}) | Var({b}) | Ratio | F crit (0.95) | p-value |",
+    lines = [f"| Scale | Spread of σ | Var({a}) | Var({b}) | Ratio | F crit (0.95) | p-value |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['scale']} | {_f(r.get('spread'))} | {_f(r[f'var_{a}'])} | {_f(r[f'var_{b}'])} | "

@@ -16,6 +16,12 @@ from .softmax import (
 )
 
 __all__ = [
-    "closed_form_risks", "linear_policies", "monte_carlo_risks",
-    "kl_divergence", "sharpe_policy", "vanilla_policy", "weighted_kl_objective", "weighted_kl_policy",
+    "closed_form_risks",
+    "kl_divergence",
+    "linear_policies",
+    "monte_carlo_risks",
+    "sharpe_policy",
+    "vanilla_policy",
+    "weighted_kl_objective",
+    "weighted_kl_policy",
 ]

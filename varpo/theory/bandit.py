@@ -17,7 +17,8 @@ constant. An explicit `beta_va` overrides either rule.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 from scipy.optimize import brentq
