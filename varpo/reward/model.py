@@ -102,7 +102,8 @@ class EnsembleRewardModel(nn.Module):
         try:
             self.backbone = get_peft_model(self.backbone, conf)
         except ValueError as err:  # peft names the missing modules; add which ones exist
-            names = sorted({n.rsplit(".", 1)[-1] for n, m in self.backbone.named_modules() if isinstance(m, nn.Linear)})
+            names = sorted({n.rsplit(".", 1)[-1] for n, m in self.backbone.named_modules()
+                            if type(m).__name__ in ("Linear", "Conv1D")})  # Conv1D: GPT-2's projections
             raise ValueError(f"reward_training.lora.target_modules={list(target_modules or [])}: {err}; "
                              f"linear modules in this backbone: {names}") from None
 

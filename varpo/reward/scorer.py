@@ -81,8 +81,10 @@ def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, **overr
     model = EnsembleRewardModel.from_pretrained(path)
     opts["max_length"] = model_max_length(model.backbone.config, opts["max_length"])
     if ds_cfg is not None:
+        from ..dist import init_distributed
         from ..engines import ds_config, inference_engine
 
+        init_distributed(ds_cfg.dist_backend, ds_cfg.timeout_minutes)  # a no-op inside a launched job
         model = inference_engine(model, ds_config(ds_cfg, "reward", opts["batch_size"], trainable=False))
     elif device is not None:
         model = model.to(device)

@@ -279,16 +279,19 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
             denom = weights[batch].sum(0) if weights is not None else torch.full((rt.num_heads,), float(len(batch)))
             rc, rr = _forward_pairs(engine, [tr_c[i] for i in shard], [tr_r[i] for i in shard], pad, device)
             loss, per_head = bt_loss(rc, rr, None if weights is None else weights[shard].to(device), denom.to(device))
-            bad = torch.tensor([float(not torch.isfinite(rc).all() or not torch.isfinite(rr).all()),
-                                float(not torch.isfinite(loss))])
-            bad = dist.all_reduce_max(bad.to(device)).cpu()
-            if bad.any():
-                what = "rewards" if bad[0] else "loss"
+            # which pairs of the global batch gave a non-finite reward (every rank learns all of them)
+            bad_rows = torch.zeros(len(batch) + 1, device=device)
+            bad_rows[info.rank : len(batch) : world] = (~(torch.isfinite(rc).all(-1) & torch.isfinite(rr).all(-1))).float()
+            bad_rows[-1] = float(not torch.isfinite(loss))
+            bad_rows = dist.all_reduce_max(bad_rows).cpu()
+            if bad_rows.any():
+                offending = batch[bad_rows[:-1].bool()].tolist()
+                what = f"rewards for training pairs {offending[:16]}{'…' if len(offending) > 16 else ''}" if offending else "loss"
                 raise NonFiniteLossError(
                     f"reward-model training: non-finite {what} at step {step} (epoch {epoch}, batch {b} of "
-                    f"{steps_per_epoch}, training pairs {batch[:8].tolist()}{'…' if len(batch) > 8 else ''}); "
-                    f"the last checkpoint (if any) is in {ckpt_dir}. Lower reward_training.lr ({rt.lr}) "
-                    "or check those pairs.")
+                    f"{steps_per_epoch}; pair indices count from 0 in the training set); the last checkpoint "
+                    f"(if any) is in {ckpt_dir}. Check the backbone's weights and those pairs, or lower "
+                    f"reward_training.lr ({rt.lr}).")
             # DeepSpeed averages gradients over ranks; × world makes that the global batch's gradient
             engine.backward(loss * world)
             engine.step()
