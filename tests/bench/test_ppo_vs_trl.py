@@ -106,6 +106,7 @@ def test_results_schema_and_ratio_is_median_of_paired_rounds(tmp_path):
     assert res["trl"]["failed_runs"] == [{"round": 2, "error": "exit 1"}]
     for v in ("trl", "varpo_vanilla", "varpo_variance_aware"):
         assert res[v]["episodes_per_s"] > 0
+    assert "varpo_vanilla_vs_trl_excluding_gc_collect" not in res["ratios"]  # no gc timer in these runs
     # the documents render and survive a JSON round trip
     (tmp_path / "results.json").write_text(json.dumps(res))
     assert json.loads((tmp_path / "results.json").read_text())["ratio_vs_trl"] == pytest.approx(res["ratio_vs_trl"])
@@ -182,3 +183,19 @@ def test_varpo_settings_are_valid_config_and_mirror_trl(variant):
     assert cfg.reward.type == "ensemble" and cfg.reward.path == "/p/reward"
     assert p.variance.weighting == bench.VARIANTS[variant]["weighting"]
     assert g.max_prompt_len >= META["preset"]["prompt_len"]  # no prompt is truncated
+
+
+def test_trl_gc_counterfactual_removes_only_gc_time():
+    rng = random.Random(6)
+    runs = _fake_runs(rng, rounds=2)
+    for r in runs:
+        if r["variant"] == "trl":
+            for s in r["result"]["steps"]:
+                s["time/update_gc_collect"] = 0.25 * s["time/update"]
+    res = bench.build_results(runs, 1, _machine(), META, "c")
+    for p, r in zip(res["trl"]["runs"], [r for r in runs if r["variant"] == "trl"]):
+        steps = r["result"]["steps"][1:]
+        expect = sum(s["episodes"] for s in steps) / sum(s["wall_s"] - s["time/update_gc_collect"] for s in steps)
+        assert p["episodes_per_s_excluding_gc_collect"] == pytest.approx(expect, rel=1e-12)
+    assert res["trl"]["detail_s"]["update_gc_collect"] > 0
+    assert len(res["ratios"]["varpo_vanilla_vs_trl_excluding_gc_collect"]["per_round"]) == 2
