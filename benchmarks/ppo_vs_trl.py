@@ -492,7 +492,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=None, help="steps dropped at the start of each run")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (trl must stay for ratios)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 on CPU, all on GPU)")
-    ap.add_argument("--work", type=Path, default=None, help="where shared inputs are built (default OUT/work)")
+    ap.add_argument("--work", type=Path, default=None, help="where shared inputs are built (default OUT/runs/work)")
     ap.add_argument("--trl-venv", type=Path, default=HERE / ".venv-trl")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it is killed")
     ap.add_argument("--seed", type=int, default=0)
@@ -516,7 +516,7 @@ def main(argv=None) -> int:
         ap.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    work = (a.work or out / "work").resolve()
+    work = (a.work or out / "runs" / "work").resolve()  # runs/ is gitignored: models stay out of git
     command = "python benchmarks/ppo_vs_trl.py " + shlex.join(argv)
     t_all = time.perf_counter()
     load_before = [round(x, 2) for x in os.getloadavg()]
