@@ -224,6 +224,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     model = build_model(lambda: EnsembleRewardModel.from_backbone(
         backbone_path, rt.num_heads, head_seed=rt.head_seed, pooling=rt.pooling, ddof=cfg.reward.ddof, separator=rt.separator), conf)
     if rt.lora.enabled:
+        torch.manual_seed(cfg.seed)  # LoRA's A matrices draw from the global generator: same on every rank and rerun
         model.add_lora(rt.lora.r, rt.lora.alpha, rt.lora.dropout, rt.lora.target_modules)
     max_len = model_max_length(model.backbone_config, rt.max_length)
     if max_len < rt.max_length and info.is_main:

@@ -1,0 +1,40 @@
+"""Data parallelism: two ranks under torchrun (each a shard of every batch) train exactly the
+ensemble one process trains (bootstrap weights and LoRA included)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from varpo.config import load_config
+from varpo.defaults import EMBEDDED
+from varpo.outputs import read_jsonl
+from varpo.reward.train import train_reward_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one(tmp_path, rm_overrides):
+    overrides = [*rm_overrides, "reward_training.lora.enabled=true", "reward_training.lora.r=4"]
+    one = train_reward_model(load_config(EMBEDDED, overrides), tmp_path / "one")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "launch" / "train_reward.py"), "--out", str(tmp_path / "two")]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(cmd, env={**env, "DS_ACCELERATOR": "cpu", "VARPO_NO_PROGRESS": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "rm_report.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    loss1 = [r["loss"] for r in read_jsonl(tmp_path / "one" / "train_log.jsonl") if r["kind"] == "train"]
+    loss2 = [r["loss"] for r in read_jsonl(tmp_path / "two" / "train_log.jsonl") if r["kind"] == "train"]
+    assert loss2 == pytest.approx(loss1, rel=1e-4)
+    h1, h2 = (load_file(str(tmp_path / d / "reward_model" / "heads.safetensors")) for d in ("one", "two"))
+    torch.testing.assert_close(h2["weight"], h1["weight"], rtol=1e-4, atol=1e-4)
+    assert two["head_accuracy"] == pytest.approx(one["head_accuracy"])
