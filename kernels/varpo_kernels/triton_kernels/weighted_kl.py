@@ -6,12 +6,14 @@ import torch
 import triton
 import triton.language as tl
 
+from ..weighted_kl import k3_small_threshold
+
 _EST = {"k1": 1, "k2": 2, "k3": 3}
 
 
 @triton.jit
 def _kl_kernel(logp_ptr, ref_ptr, mask_ptr, w_ptr, kl_ptr, wkl_ptr, klsum_ptr, wsum_ptr, T,
-               s_lp, s_ref, s_mask, BLOCK_T: tl.constexpr, EST: tl.constexpr):
+               s_lp, s_ref, s_mask, BLOCK_T: tl.constexpr, EST: tl.constexpr, SMALL: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     cdt = kl_ptr.dtype.element_ty
     w = tl.load(w_ptr + b).to(cdt)
@@ -30,10 +32,9 @@ def _kl_kernel(logp_ptr, ref_ptr, mask_ptr, w_ptr, kl_ptr, wkl_ptr, klsum_ptr, w
         elif EST == 2:
             k = 0.5 * r * r
         else:
-            # e^{−r} − 1 + r cancels for small r and Triton has no portable expm1: use its Taylor
-            # series there (truncation r⁷/5040 < 2e-11 at |r| < 0.1)
+            # e^{−r} − 1 + r cancels for small r: its Taylor series there (see k3_small_threshold)
             taylor = r * r * (0.5 + r * (-1.0 / 6.0 + r * (1.0 / 24.0 + r * (-1.0 / 120.0 + r * (1.0 / 720.0)))))
-            k = tl.where(tl.abs(r) < 0.1, taylor, tl.exp(-r) - 1.0 + r).to(cdt)
+            k = tl.where(tl.abs(r) < SMALL, taylor, tl.exp(-r) - 1.0 + r).to(cdt)
         k = tl.where(m, k, 0.0).to(cdt)  # padding is exactly 0, even where the inputs are NaN
         wk = tl.where(m, w * k, 0.0).to(cdt)
         tl.store(kl_ptr + b * T + cols, k, mask=inb)
@@ -61,7 +62,7 @@ def forward(logp, ref_logp, mask, weights, estimator: str):
     if B:
         _kl_kernel[(B,)](logp, ref_logp, mask, weights, kl, wkl, klsum, wsum, T,
                          logp.stride(0), ref_logp.stride(0), mask.stride(0),
-                         BLOCK_T=min(1024, triton.next_power_of_2(max(T, 1))), EST=_EST[estimator])
+                         BLOCK_T=min(1024, triton.next_power_of_2(max(T, 1))), EST=_EST[estimator], SMALL=k3_small_threshold(cdt))
     return kl, wkl, klsum, wsum
 
 
