@@ -22,6 +22,9 @@ import torch
 from .dispatch import resolve_backend, triton_module
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+# default chunk of the PyTorch path: rows × V ≈ 8 Mi elements (32 MiB per float32 temporary).
+# Smaller chunks were measurably slower on CPU (per-chunk page faults, less parallel work).
+CHUNK_ELEMENTS = 8 * 2**20
 
 
 def _out_dtype(x: torch.Tensor) -> torch.dtype:
@@ -145,7 +148,7 @@ def selective_log_softmax(
     backend: str = "auto",
     return_entropy: bool = False,
     inplace_backward: bool = False,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
 ):
     """log p(ids | logits) for logits [N, V] or [B, T, V] and integer ids [N] / [B, T].
 
@@ -153,14 +156,17 @@ def selective_log_softmax(
     when `return_entropy`. Differentiable w.r.t. the logits (both outputs). backend: "auto"
     (Triton on CUDA, chunked PyTorch otherwise), "triton" (CUDA, or CPU under TRITON_INTERPRET=1)
     or "torch". chunk_size: rows per chunk of the PyTorch path (its extra memory is about
-    3 × chunk_size × V × 4 bytes); ignored by Triton. inplace_backward: the backward writes the
+    3 × chunk_size × V × 4 bytes); None = CHUNK_ELEMENTS // V rows (≈ 32 MiB per temporary);
+    ignored by Triton. inplace_backward: the backward writes the
     gradient into the logits' own storage (saves an N × V buffer; the logits are overwritten).
     """
     _check_inputs(logits, ids)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be ≥ 1 (rows per chunk), got {chunk_size}")
     lead = ids.shape
     V = logits.shape[-1]
+    if chunk_size is None:
+        chunk_size = max(1, CHUNK_ELEMENTS // V)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1 (rows per chunk) or None, got {chunk_size}")
     if inplace_backward and not logits.is_contiguous():
         raise ValueError("inplace_backward=True needs contiguous logits (the gradient is written into their storage)")
     x = logits.reshape(-1, V)

@@ -153,7 +153,7 @@ def test_inplace_backward_refuses_when_logits_are_needed(backend):
         lp.sum().backward()
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 5, 6, 100])
+@pytest.mark.parametrize("chunk", [1, 2, 5, 6, 100, None])
 def test_chunk_boundaries_agree(chunk):
     gen = torch.Generator().manual_seed(6)
     x, ids = _inputs(gen, (11,), 50, torch.float32)

@@ -12,10 +12,11 @@ class KernelsConfig(Section):
     backend: Literal["auto", "triton", "torch"] = Field(
         "auto", description="auto: Triton on CUDA, chunked PyTorch on CPU; triton forces Triton (CUDA or TRITON_INTERPRET=1)"
     )
-    chunk_size: int = Field(
-        256, ge=1,
+    chunk_size: int | None = Field(
+        None, ge=1,
         description="rows (tokens) per chunk of the PyTorch path: its extra memory is about 3 × chunk_size × "
-                    "vocab × 4 bytes instead of the naive tokens × vocab × 4 (Triton ignores it)",
+                    "vocab × 4 bytes instead of the naive tokens × vocab × 4; null = 8Mi elements / vocab rows "
+                    "(≈ 32 MiB per float32 temporary). Triton ignores it",
     )
     inplace_backward: bool = Field(
         False, description="write d/dlogits into the logits buffer (saves a tokens × vocab tensor; the logits "
