@@ -38,3 +38,25 @@ def test_two_ranks_match_one(tmp_path, rm_overrides):
     h1, h2 = (load_file(str(tmp_path / d / "reward_model" / "heads.safetensors")) for d in ("one", "two"))
     torch.testing.assert_close(h2["weight"], h1["weight"], rtol=1e-4, atol=1e-4)
     assert two["head_accuracy"] == pytest.approx(one["head_accuracy"])
+
+
+@pytest.mark.slow
+def test_zero3_matches_stage0(tmp_path, rm_overrides):
+    """ZeRO-3 (backbone partitioned while it loads, LoRA on) trains the same ensemble as stage 0.
+    Run in a child process: HF's ZeRO-3 switch is process-global while the model lives."""
+    overrides = [*rm_overrides, "reward_training.lora.enabled=true", "reward_training.lora.r=4", "reward_training.epochs=1"]
+    ref = train_reward_model(load_config(EMBEDDED, overrides), tmp_path / "z0")
+    cmd = [sys.executable, str(ROOT / "launch" / "train_reward.py"), "--out", str(tmp_path / "z3")]
+    for o in [*overrides, "deepspeed.zero_stage=3"]:
+        cmd += ["--set", o]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(cmd, env={**env, "DS_ACCELERATOR": "cpu", "VARPO_NO_PROGRESS": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    z3 = json.loads((tmp_path / "z3" / "rm_report.json").read_text())
+    assert z3["head_accuracy"] == pytest.approx(ref["head_accuracy"])
+    for name in ("heads.safetensors", "backbone/model.safetensors"):
+        a, b = (load_file(str(tmp_path / d / "reward_model" / name)) for d in ("z0", "z3"))
+        assert set(a) == set(b)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
