@@ -66,8 +66,9 @@ def run_op(path, op, x, ids, chunk):
         lp = selective_log_softmax(x, ids, backend=_BACKEND, chunk_size=chunk, inplace_backward=True)
     else:
         lp = selective_log_softmax_naive(x, ids)
-    lp.sum().backward()
-    x.grad = None
+    # autograd.grad, as for a non-leaf (the trainer's logits come out of lm_head): no AccumulateGrad
+    # copy of a gradient that aliases the logits
+    torch.autograd.grad(lp.sum(), x)
     x.requires_grad_(False)
     return lp.detach()
 
