@@ -60,3 +60,31 @@ def test_zero3_matches_stage0(tmp_path, rm_overrides):
         assert set(a) == set(b)
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_zero3_scorer_matches_plain(tmp_path):
+    """load_scorer(ds_cfg=ZeRO-3): the backbone is partitioned as it loads and scores the same."""
+    from varpo.reward.model import EnsembleRewardModel
+
+    from .conftest import llama_config, make_tokenizer
+
+    torch.manual_seed(3)
+    EnsembleRewardModel.from_backbone(llama_config(), 5).save_pretrained(tmp_path / "rm", tokenizer=make_tokenizer())
+    code = f"""
+import json
+from varpo.config import DeepSpeedConfig
+from varpo.engines import is_zero3
+from varpo.reward.scorer import load_scorer
+p, r = ["the food", "we visited"], ["was great .", "the room was dirty ."]
+a = load_scorer({str(tmp_path / 'rm')!r}).score(p, r)
+sc = load_scorer({str(tmp_path / 'rm')!r}, ds_cfg=DeepSpeedConfig(zero_stage=3))
+b = sc.score(p, r)
+print(json.dumps({{"zero3": is_zero3(sc.model.module), "diff": (a.extras["per_head"] - b.extras["per_head"]).abs().max().item()}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-c", code], env={**env, "DS_ACCELERATOR": "cpu"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["zero3"] and got["diff"] < 1e-5

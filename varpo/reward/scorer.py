@@ -78,15 +78,20 @@ def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, **overr
     cfg = cfg or RewardConfig(ddof=saved.get("ddof", 1))
     opts = {"aggregation": cfg.aggregation, "ddof": cfg.ddof, "lam": cfg.lam, "k": cfg.k,
             "max_length": cfg.max_length, "batch_size": cfg.batch_size, **overrides}
-    model = EnsembleRewardModel.from_pretrained(path)
-    opts["max_length"] = model_max_length(model.backbone.config, opts["max_length"])
     if ds_cfg is not None:
         from ..dist import init_distributed
-        from ..engines import ds_config, inference_engine
+        from ..engines import build_model, ds_config, inference_engine
 
         init_distributed(ds_cfg.dist_backend, ds_cfg.timeout_minutes)  # a no-op inside a launched job
-        model = inference_engine(model, ds_config(ds_cfg, "reward", opts["batch_size"], trainable=False))
-    elif device is not None:
-        model = model.to(device)
+        conf = ds_config(ds_cfg, "reward", opts["batch_size"], trainable=False)
+        # under ZeRO-3 the backbone is partitioned while it loads: no rank ever holds all of it
+        model = build_model(lambda: EnsembleRewardModel.from_pretrained(path), conf)
+        opts["max_length"] = model_max_length(model.backbone_config, opts["max_length"])
+        model = inference_engine(model, conf)
+    else:
+        model = EnsembleRewardModel.from_pretrained(path)
+        opts["max_length"] = model_max_length(model.backbone_config, opts["max_length"])
+        if device is not None:
+            model = model.to(device)
     tok = AutoTokenizer.from_pretrained(str(path))
     return EnsembleScorer(model, tok, device=device, **opts)
