@@ -18,9 +18,9 @@ def test_aggregations_match_numpy(K, ddof):
     for how, want in ref.items():
         got = aggregate(r, how, ddof=ddof, lam=0.7, k=1.3).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=how)
-    mean, v = head_mean_var(r, ddof)
+    _, v = head_mean_var(r, ddof)
     np.testing.assert_allclose(v.numpy(), var, rtol=1e-12, atol=1e-12)
-    s, v2, m2 = ensemble_stats(r.float(), "mean_minus_std", ddof=ddof, k=1.3)
+    s, _, m2 = ensemble_stats(r.float(), "mean_minus_std", ddof=ddof, k=1.3)
     np.testing.assert_allclose(s.numpy(), ref["mean_minus_std"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(m2.numpy(), a.mean(-1), rtol=1e-5, atol=1e-5)
 

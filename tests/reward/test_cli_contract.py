@@ -12,7 +12,7 @@ def test_train_rm_on_the_embedded_default(tmp_path, testbed):
     out = tmp_path / "rm"
     env = {**os.environ, "VARPO_NO_PROGRESS": "1"}
     proc = subprocess.run([sys.executable, "-m", "varpo.cli", "train-rm", "--out", str(out)], env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((out / "rm_report.json").read_text())
     for key in ("num_heads", "head_accuracy", "ensemble_accuracy", "variance_quantiles", "diff_variance_quantiles", "seconds"):

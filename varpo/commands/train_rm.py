@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,7 +10,7 @@ from .common import ConfigOpt, OutOpt, SetOpt, load
 
 def register(app: typer.Typer) -> None:
     @app.command("train-rm")
-    def train_rm(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Path = OutOpt) -> None:
+    def train_rm(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, out: Path = OutOpt) -> None:
         """Train K linear heads on one backbone, a Bradley–Terry loss each (the embedded task's
         pairs by default). Writes OUT/rm_report.json, OUT/disagreement.png, OUT/reward_model/
         (point reward.path at it), OUT/train_log.jsonl and the resolved config."""

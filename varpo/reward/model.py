@@ -19,8 +19,8 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
