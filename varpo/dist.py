@@ -28,6 +28,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_SELF_WORLD = "VARPO_SELF_WORLD_PORT"
+_WORLD_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _forget_inherited_world() -> None:
+    """A child process (a population worker, a CLI run from a test) inherits the environment of a
+    parent that made itself a world of one; its MASTER_PORT is still bound by that parent. Drop
+    those variables — but keep a launcher's, which name another port."""
+    port = os.environ.get(_SELF_WORLD)
+    if port is not None and os.environ.get("MASTER_PORT") == port:
+        for key in (*_WORLD_VARS, _SELF_WORLD):
+            os.environ.pop(key, None)
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int
@@ -42,10 +56,13 @@ class DistInfo:
 
 def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> DistInfo:
     """Join (or create) the process group. Without a launcher this becomes a world of one."""
-    for key, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, default)
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
+    if not torch_dist.is_initialized():
+        _forget_inherited_world()
+        for key, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, default)
+        if "MASTER_PORT" not in os.environ:  # no launcher: a world of one on a free port
+            os.environ["MASTER_PORT"] = str(_free_port())
+            os.environ[_SELF_WORLD] = os.environ["MASTER_PORT"]
     cuda = torch.cuda.is_available()
     if backend == "auto":
         backend = "nccl" if cuda else "gloo"
