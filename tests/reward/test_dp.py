@@ -55,11 +55,43 @@ def test_zero3_matches_stage0(tmp_path, rm_overrides):
     assert proc.returncode == 0, proc.stderr[-3000:]
     z3 = json.loads((tmp_path / "z3" / "rm_report.json").read_text())
     assert z3["head_accuracy"] == pytest.approx(ref["head_accuracy"])
+    # Adam divides each gradient by its running RMS, so float reduction-order noise in near-zero
+    # gradients (which differs between ZeRO-3's flat partitions and stage 0, and between CPUs)
+    # becomes weight noise of order lr. Compare against the training update itself: a partition,
+    # gather or reduction bug gives an error as large as the update; reordering noise stays ~1e-3.
+    init = _initial_state(tiny_backbone_dir(rm_overrides), tmp_path / "z0" / "reward_model")
+    moved = 0
     for name in ("heads.safetensors", "backbone/model.safetensors"):
         a, b = (load_file(str(tmp_path / d / "reward_model" / name)) for d in ("z0", "z3"))
         assert set(a) == set(b)
         for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+            start = init[name][k]
+            update = (a[k] - start).norm().item()
+            if update == 0.0:  # frozen under both: ZeRO-3's partition and gather must be exact copies
+                assert torch.equal(b[k], start), f"{name}:{k} is frozen yet changed under ZeRO-3"
+                continue
+            moved += 1
+            assert (b[k] - a[k]).norm().item() <= 0.02 * update, (
+                f"{name}:{k}: ZeRO-3 and stage 0 differ by {(b[k] - a[k]).norm().item():.3g}, "
+                f"against a training update of {update:.3g}")
+    assert moved >= 3, "expected the heads and the LoRA-adapted projections to train"
+
+
+def tiny_backbone_dir(overrides: list[str]) -> Path:
+    return Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("reward_training.backbone_path=")))
+
+
+def _initial_state(backbone_dir: Path, trained_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The weights before training: the backbone checkpoint (a CausalLM; the ensemble saves its base
+    model, so without the `model.` prefix) and heads drawn from the seeds the ensemble recorded."""
+    from varpo.reward.model import init_heads, read_config
+
+    raw = load_file(str(backbone_dir / "model.safetensors"))
+    backbone = {k.removeprefix("model."): v for k, v in raw.items() if k.startswith("model.")}
+    conf = read_config(trained_dir)
+    weight, bias = torch.empty(conf["num_heads"], conf["hidden_size"]), torch.empty(conf["num_heads"])
+    init_heads(weight, bias, conf["head_seeds"])
+    return {"heads.safetensors": {"weight": weight, "bias": bias}, "backbone/model.safetensors": backbone}
 
 
 @pytest.mark.slow
