@@ -89,6 +89,11 @@ def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: fl
     # foreach: one multi-tensor kernel per step instead of a Python loop over parameters
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), eps=1e-8, foreach=True)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=conf)
+    if world_size() == 1 and conf["zero_optimization"]["stage"] < 2:
+        # alone, averaging gradients over ranks is the identity, yet stage 0/1 would still flatten
+        # every gradient into a bucket and all-reduce it after each backward (the attribute is
+        # DeepSpeed's own switch, set the same way when it has no communication backend)
+        engine.enable_backward_allreduce = False
     return engine
 
 

@@ -118,6 +118,9 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
         logp, lse, ent = _torch_forward(x, ids, chunk, with_entropy)
         ctx.save_for_backward(x, ids, lse, ent if with_entropy else None)
         ctx.chunk, ctx.inplace = chunk, inplace
+        # an output the loss does not use (entropy logged only) gets None, not zeros: the
+        # backward then skips its term instead of multiplying it by 0
+        ctx.set_materialize_grads(False)
         if with_entropy:
             return logp, ent
         return logp
@@ -127,6 +130,8 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
     def backward(ctx, g_logp, *rest):
         x, ids, lse, ent = ctx.saved_tensors
         g_ent = rest[0] if rest else None
+        if g_logp is None and g_ent is None:
+            return None, None, None, None, None
         out = x if ctx.inplace else torch.empty_like(x)
         _torch_backward(x, ids, lse, ent, _as(g_logp, lse), _as(g_ent, lse), ctx.chunk, out)
         if ctx.inplace:

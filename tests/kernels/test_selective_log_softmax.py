@@ -104,6 +104,22 @@ def test_backward_matches_float64_autograd(backend, dtype, V, poisoned):
     torch.testing.assert_close(xg2.grad.double(), xr.grad, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("used", ["logp", "entropy"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_output_unused(backend, used, poisoned):
+    """Both outputs returned, the loss uses one (PPO logs entropy without a bonus): the backward
+    gets None for the other and must equal the float64 gradient of the used output alone."""
+    gen = torch.Generator().manual_seed(17)
+    x, ids = _inputs(gen, (6,), 13, torch.float32)
+    g = torch.randn(6, generator=gen)
+    xg = x.clone().requires_grad_()
+    lp, h = selective_log_softmax(xg, ids, backend=backend, return_entropy=True, chunk_size=4)
+    ((lp if used == "logp" else h) * g).sum().backward()
+    zero = torch.zeros(6)
+    ref = _ref_grads(x, ids, g, zero) if used == "logp" else _ref_grads(x, ids, zero, g)
+    torch.testing.assert_close(xg.grad.double(), ref, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_float64(backend):
     gen = torch.Generator().manual_seed(4)

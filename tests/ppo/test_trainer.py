@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from varpo.ppo.rollout import position_ids_from_mask, response_mask_from_ids
+from varpo.ppo.rollout import Rollout, position_ids_from_mask, response_logits, response_mask_from_ids
 
 
 TIMING = ("time/", "episodes_per_s", "tokens_per_s")
@@ -37,6 +37,48 @@ def test_response_mask_matches_loop():
             end = row.index(eos) + 1 if eos in row else T
             assert mask[b].tolist() == [1] * end + [0] * (T - end)
             assert bool(has_eos[b]) == (eos in row)
+
+
+class _NoLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward has no `logits_to_keep` (the full-logits fallback path)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["logits_to_keep", "full_logits"])
+def test_response_logits_match_unpadded_rows(tiny_policy, wrap):
+    """Logits that predicted each response token, from a left-padded prompt / right-padded
+    response batch, against each row run alone without any padding in float64."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_policy, dtype=torch.float64).eval()
+    model = _NoLogitsToKeep(lm) if wrap else lm
+    g = torch.Generator().manual_seed(11)
+    B, P, T, V = 5, 7, 6, lm.config.vocab_size
+    p_len, r_len = torch.randint(1, P + 1, (B,), generator=g), torch.randint(1, T + 1, (B,), generator=g)
+    prompt_ids, prompt_mask = torch.zeros(B, P, dtype=torch.long), torch.zeros(B, P, dtype=torch.long)
+    resp_ids, resp_mask = torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
+    rows = []
+    for b in range(B):
+        pr, rs = torch.randint(3, V, (int(p_len[b]),), generator=g), torch.randint(3, V, (int(r_len[b]),), generator=g)
+        prompt_ids[b, P - len(pr):], prompt_mask[b, P - len(pr):] = pr, 1
+        resp_ids[b, : len(rs)], resp_mask[b, : len(rs)] = rs, 1
+        rows.append((pr, rs))
+    ro = Rollout(prompt_ids, prompt_mask, resp_ids, resp_mask, resp_mask[:, -1] == 0)
+    for temperature in (1.0, 0.7):
+        with torch.no_grad():
+            got = response_logits(model, ro, temperature)
+        assert got.shape == (B, T, V)
+        for b, (pr, rs) in enumerate(rows):
+            with torch.no_grad():
+                full = lm(input_ids=torch.cat([pr, rs])[None]).logits[0]
+            want = full[len(pr) - 1 : len(pr) - 1 + len(rs)] / temperature
+            torch.testing.assert_close(got[b, : len(rs)], want, rtol=1e-9, atol=1e-9)
 
 
 def test_position_ids_skip_left_padding():

@@ -93,12 +93,23 @@ def generate(actor_module, tokenizer, prompt_ids, prompt_mask, gen: GenerationCo
 
 def response_logits(model, rollout: Rollout, temperature: float) -> torch.Tensor:
     """Logits [B, T, V] that predicted each response token, divided by the sampling temperature
-    so that log-probs are those of the distribution the tokens were drawn from."""
+    so that log-probs are those of the distribution the tokens were drawn from. Only the T + 1
+    last positions go through the LM head (`logits_to_keep`): prompt positions predict nothing
+    PPO uses, and the head over the vocabulary is a large share of a forward."""
     seq, att = rollout.sequences, rollout.attention_mask
-    out = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att))
-    P = rollout.prompt_ids.shape[1]
-    logits = out.logits[:, P - 1 : -1]
+    T = rollout.response_ids.shape[1]
+    keep = {"logits_to_keep": T + 1} if _takes_logits_to_keep(model) else {}
+    out = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att), **keep)
+    logits = out.logits[:, -(T + 1) : -1]  # position P − 1 + t predicts response token t
     return logits / temperature if temperature != 1.0 else logits
+
+
+def _takes_logits_to_keep(model) -> bool:
+    """HF causal LMs (transformers ≥ 4.50) accept `logits_to_keep`; a custom module may not."""
+    import inspect
+
+    module = getattr(model, "module", model)  # a DeepSpeed engine forwards kwargs to its module
+    return "logits_to_keep" in inspect.signature(module.forward).parameters
 
 
 def response_values(critic, rollout: Rollout) -> torch.Tensor:

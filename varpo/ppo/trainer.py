@@ -188,7 +188,9 @@ class PPOTrainer:
                 logp, ent = self._logprobs(self.actor, mb, with_entropy=True)
                 pg_loss, pg_stats = core.policy_loss(logp, mb.logp, mb_adv, mb_mask, p.clip_range)
                 entropy = core.masked_mean(ent, mb_mask)
-                loss = pg_loss - p.entropy_coef * entropy
+                # with no bonus, entropy is only logged: keeping it out of the graph spares the
+                # backward its vocabulary-wide term (a 0·entropy term would still be differentiated)
+                loss = pg_loss - p.entropy_coef * entropy if p.entropy_coef > 0 else pg_loss
                 values = response_values(self.critic, mb)
                 v_loss, v_stats = core.value_loss(values, mb.values, mb_ret, mb_mask, p.clip_range_value)
                 v_loss = p.vf_coef * v_loss

@@ -114,6 +114,9 @@ class TritonSelectiveLogSoftmax(torch.autograd.Function):
         logp, lse, ent = forward(x, ids, with_entropy)
         ctx.save_for_backward(x, ids, lse, ent)
         ctx.inplace = inplace
+        # an output the loss does not use (entropy logged only) gets None, not zeros: the
+        # backward then skips its term instead of multiplying it by 0
+        ctx.set_materialize_grads(False)
         return (logp, ent) if with_entropy else logp
 
     @staticmethod
@@ -121,6 +124,8 @@ class TritonSelectiveLogSoftmax(torch.autograd.Function):
     def backward(ctx, g_logp, *rest):
         x, ids, lse, ent = ctx.saved_tensors
         g_ent = rest[0] if rest else None
+        if g_logp is None and g_ent is None:
+            return None, None, None, None
         cast = lambda g: None if g is None else g.to(lse.dtype).contiguous()  # noqa: E731
         out = x if ctx.inplace else torch.empty_like(x)
         backward(x, ids, lse, ent, cast(g_logp), cast(g_ent), out)
