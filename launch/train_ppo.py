@@ -19,6 +19,9 @@ if __name__ == "__main__":
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
 
+    from varpo.quiet import quiet_third_party
+
+    quiet_third_party()
     from varpo.config import ConfigError, load_config
     from varpo.defaults import EMBEDDED
 

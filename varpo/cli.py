@@ -38,6 +38,9 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    from .quiet import quiet_third_party
+
+    quiet_third_party()
     try:
         app()
     except ConfigError as exc:
