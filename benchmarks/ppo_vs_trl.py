@@ -48,8 +48,8 @@ VARIANTS = {
     "varpo_variance_aware": {"side": "varpo", "heads": 10, "weighting": "batch_mean"},
     "varpo_1head": {"side": "varpo", "heads": 1, "weighting": "none"},
 }
-# quick: ~5 min on 2 busy cores; full: more rounds and steps for tighter medians
-MODES = {"quick": {"rounds": 3, "steps": 4, "warmup": 1}, "full": {"rounds": 5, "steps": 10, "warmup": 2}}
+# quick: ~3 min on 2 idle cores, ~5 on busy ones; full: more rounds and steps for tighter medians
+MODES = {"quick": {"rounds": 5, "steps": 5, "warmup": 1}, "full": {"rounds": 5, "steps": 10, "warmup": 2}}
 REQUIRED_KEYS = ("trl", "varpo_vanilla", "varpo_variance_aware", "ratio_vs_trl", "machine")
 
 
@@ -184,7 +184,8 @@ def results_markdown(res: dict) -> str:
         f"transformers {m.get('transformers')}, deepspeed {m.get('deepspeed')}, trl {m['trl']}, "
         f"python {m['python']}, device {m['device']}, {m['threads']} torch thread(s) per run. "
         f"Load average before/after: {m.get('loadavg_before')} / {m.get('loadavg_after')}, 1-min load at run starts "
-        f"{m.get('loadavg1_at_run_starts')}"
+        f"{m.get('loadavg1_at_run_starts')}; cores kept busy by other processes during each run "
+        f"{m.get('foreign_cores_per_run')}"
         + (" — **the machine was shared with other jobs: absolute figures are noisy; paired ratios are the "
            "robust figure.**" if m.get("shared_machine") else ""), "",
         f"Workload (`{res['size']}`, {res.get('n_params')} parameters per model): batch {p['batch_size']}, "
@@ -459,9 +460,31 @@ def child_env(device: str, threads: int) -> dict:
     return env
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (every core, from /proc/stat); None
+    where there is no /proc."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_one(cmd: list[str], out_json: Path, env: dict, timeout: float) -> dict:
-    """Run one child; its result JSON, or the reason it has none. stdout/stderr go to a log file."""
+    """Run one child; its result JSON, or the reason it has none. stdout/stderr go to a log file.
+    `foreign_cores`: the average number of cores other processes kept busy during the run (all
+    busy CPU time minus the child's own), the direct measure of contention that a load average,
+    which still carries the last minute's work, is not."""
     log = out_json.with_suffix(".log")
+    busy0, own0 = busy_cpu_seconds(), children_cpu_seconds()
     t0 = time.perf_counter()
     try:
         with open(log, "w") as f:
@@ -472,10 +495,13 @@ def run_one(cmd: list[str], out_json: Path, env: dict, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         rc = "timeout"
     elapsed = time.perf_counter() - t0
+    busy1, own1 = busy_cpu_seconds(), children_cpu_seconds()
+    foreign = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / elapsed
+    rec = {"process_s": elapsed, "log": str(log), "foreign_cores": None if foreign is None else round(foreign, 3)}
     if rc == 0 and out_json.exists():
-        return {"ok": True, "result": json.loads(out_json.read_text()), "process_s": elapsed, "log": str(log)}
+        return {"ok": True, "result": json.loads(out_json.read_text()), **rec}
     tail = log.read_text()[-3000:] if log.exists() else ""
-    return {"ok": False, "error": f"exit {rc} after {elapsed:.0f}s; log {log}:\n{tail}", "process_s": elapsed, "log": str(log)}
+    return {"ok": False, "error": f"exit {rc} after {elapsed:.0f}s; log {log}:\n{tail}", **rec}
 
 
 def main(argv=None) -> int:
@@ -565,8 +591,11 @@ def main(argv=None) -> int:
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     during = [r["loadavg1_at_start"] for r in runs if "loadavg1_at_start" in r]
     machine["loadavg1_at_run_starts"] = during
-    # our own runs add about `threads` to the load; more than that means other jobs shared the cores
-    machine["shared_machine"] = bool(load_before[0] > 0.5 or any(x > threads + 0.5 for x in during))
+    foreign = [r["foreign_cores"] for r in runs if r.get("foreign_cores") is not None]
+    machine["foreign_cores_per_run"] = foreign
+    # other processes kept more than a quarter of a core busy on average during some run
+    machine["shared_machine"] = bool(any(x > 0.25 for x in foreign)) if foreign else bool(
+        any(x > threads + 0.5 for x in during))
     for v in VARIANTS:
         if v not in variants:
             runs.append({"variant": v, "round": -1, "ok": False, "error": "not selected (--variants)"})
@@ -597,6 +626,9 @@ NOTES = [
     "TRL's per-step gc.collect() time is measured separately (detail_s.update_gc_collect, inside update); "
     "ratios.varpo_vanilla_vs_trl_excluding_gc_collect is the counterfactual ratio against TRL with that time "
     "removed, to show how much of the gap that one habit explains.",
+    "Old log-probs: varpo recomputes them with one actor forward per rollout (as verl and OpenRLHF do); "
+    "TRL keeps generate's logits for every step (B x T x V floats held through the rollout: about 20 GB at "
+    "a 152k vocabulary, B=64, T=512). varpo's `reference` phase therefore holds one forward more than TRL's.",
     "Peak memory is the RSS high-water mark of each run's process (getrusage), Python and library "
     "imports included (varpo also imports DeepSpeed).",
 ]
