@@ -47,12 +47,16 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     import transformers
     import trl
+    from bench_models import load_prompts
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        TrainerCallback,
+    )
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as pt
-
-    from bench_models import load_prompts
 
     meta = json.loads((Path(a.inputs) / "inputs.json").read_text())
     p = meta["preset"]

@@ -4,8 +4,8 @@ optimizer ops); frozen roles (reference, reward) get an inference engine, ZeRO-3
 the config says so -- that is how a reward model larger than one device fits."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 

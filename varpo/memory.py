@@ -24,9 +24,9 @@ Sources of each figure (reported per role in the output's `method` fields):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .config import ConfigError
 

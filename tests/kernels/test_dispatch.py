@@ -3,7 +3,6 @@ import sys
 
 import pytest
 import torch
-
 from varpo_kernels import resolve_backend
 
 

@@ -5,7 +5,6 @@ from fractions import Fraction
 
 import pytest
 import torch
-
 from varpo_kernels import ensemble_stats
 
 from .conftest import BACKENDS

@@ -2,7 +2,6 @@
 float64 numpy reference (conftest.ref_log_softmax_np) on fresh random inputs."""
 import pytest
 import torch
-
 from varpo_kernels import selective_log_softmax, selective_log_softmax_naive
 
 from .conftest import BACKENDS, ref_log_softmax_np

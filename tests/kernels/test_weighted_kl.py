@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-
 from varpo_kernels import KL_ESTIMATORS, weighted_kl
 
 from .conftest import BACKENDS

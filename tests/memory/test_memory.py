@@ -16,8 +16,17 @@ from typer.testing import CliRunner
 from varpo.cli import app
 from varpo.config import load_config
 from varpo.memory import (
-    Cluster, MemoryPlanError, count_params, kv_cache, load_hf_config, plan, plan_role, read_hostfile, role_shapes,
-    shape_of, trainable_model_states,
+    Cluster,
+    MemoryPlanError,
+    count_params,
+    kv_cache,
+    load_hf_config,
+    plan,
+    plan_role,
+    read_hostfile,
+    role_shapes,
+    shape_of,
+    trainable_model_states,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -50,7 +50,8 @@ def test_match_beta_hits_the_target_kl():
     rng = np.random.default_rng(2)
     r, s2, pi_ref = np.array([0.1, 0.5, 0.2, 0.9, 0.4]), rng.uniform(0.2, 1.5, 5), np.full(5, 0.2)
     r_hat = sample_estimates(r, s2, 500, rng)
-    fn = lambda x, b: sharpe_policy(x, s2, pi_ref, b)
+    def fn(x, b):
+        return sharpe_policy(x, s2, pi_ref, b)
     beta, ok = match_beta(fn, r_hat, pi_ref, 0.12, 1.0)
     assert ok and kl_divergence(fn(r_hat, beta), pi_ref).mean() == pytest.approx(0.12, abs=1e-6)
 

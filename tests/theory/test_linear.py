@@ -57,7 +57,8 @@ def test_closed_form_against_direct_normal_probability():
     m_v = sum(x * x for x in r)
     v_v = sum(x * x * s for x, s in zip(r, s2))
     m_va = sum(x * x / s for x, s in zip(r, s2))
-    dens = lambda x, m, v: np.exp(-(x - m) ** 2 / (2 * v)) / np.sqrt(2 * np.pi * v)
+    def dens(x, m, v):
+        return np.exp(-(x - m) ** 2 / (2 * v)) / np.sqrt(2 * np.pi * v)
     p_v = quad(dens, -np.inf, 0, args=(m_v, v_v))[0]
     p_va = quad(dens, -np.inf, 0, args=(m_va, m_va))[0]
     cf = closed_form_risks(r, s2)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,7 +12,7 @@ SetOpt = typer.Option(
 OutOpt = typer.Option(..., "--out", "-o", help="output folder (created if missing)")
 
 
-def load(config: Optional[Path], overrides: Optional[list[str]]):
+def load(config: Path | None, overrides: list[str] | None):
     """The validated config: the file given, else the embedded default task's, plus overrides."""
     from ..config import load_config
     from ..defaults import EMBEDDED

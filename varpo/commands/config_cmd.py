@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,7 +12,7 @@ def register(app: typer.Typer) -> None:
     grp = typer.Typer(help="Inspect and validate configurations.", no_args_is_help=True)
 
     @grp.command("show")
-    def show(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    def show(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt) -> None:
         """Print the fully resolved config (defaults + file + overrides) as YAML, secrets redacted."""
         import yaml
 
@@ -22,7 +21,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(yaml.safe_dump(redacted_dict(load(config, set_)), sort_keys=False))
 
     @grp.command("check")
-    def check(config: Path = typer.Argument(..., help="YAML config file"), set_: Optional[list[str]] = SetOpt) -> None:
+    def check(config: Path = typer.Argument(..., help="YAML config file"), set_: list[str] | None = SetOpt) -> None:
         """Validate a config file; exit 2 with the failing field paths if it is wrong."""
         load(config, set_)
         typer.echo(f"{config}: ok")

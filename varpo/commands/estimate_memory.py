@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,17 +13,17 @@ from .common import ConfigOpt, SetOpt, load
 def register(app: typer.Typer) -> None:
     @app.command("estimate-memory")
     def estimate_memory_cmd(
-        config: Optional[Path] = ConfigOpt,
-        set_: Optional[list[str]] = SetOpt,
+        config: Path | None = ConfigOpt,
+        set_: list[str] | None = SetOpt,
         num_gpus_per_node: int = typer.Option(1, "--num-gpus-per-node", min=1, help="GPUs (ranks) per node"),
         num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="nodes"),
-        hostfile: Optional[Path] = typer.Option(
+        hostfile: Path | None = typer.Option(
             None, "--hostfile", help="DeepSpeed hostfile ('host slots=N' lines); replaces --num-nodes/--num-gpus-per-node"),
-        reward_model_config: Optional[Path] = typer.Option(
+        reward_model_config: Path | None = typer.Option(
             None, "--reward-model-config", help="HF config.json (or folder) of the reward backbone, instead of reward.path"),
-        gpu_memory_gib: Optional[float] = typer.Option(
+        gpu_memory_gib: float | None = typer.Option(
             None, "--gpu-memory-gib", help="memory of one GPU (e.g. 80): adds a fits/does-not-fit verdict"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="write OUT/memory.json"),
+        out: Path | None = typer.Option(None, "--out", "-o", help="write OUT/memory.json"),
         as_json: bool = typer.Option(False, "--json", help="print the JSON plan on stdout"),
     ) -> None:
         """Per-rank memory for actor, critic (trainable), reference and reward (frozen).

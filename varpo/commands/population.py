@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,10 +13,10 @@ def register(app: typer.Typer) -> None:
     def population(
         out: Path = OutOpt,
         seeds: int = typer.Option(20, "--seeds", "-n", min=1, help="policies per method (the paper: 80)"),
-        config: Optional[Path] = ConfigOpt,
-        set_: Optional[list[str]] = SetOpt,
-        workers: Optional[int] = typer.Option(None, "--workers", min=1, help="worker processes (default: cores)"),
-        methods: Optional[list[str]] = typer.Option(None, "--method", help="only these methods (repeatable)"),
+        config: Path | None = ConfigOpt,
+        set_: list[str] | None = SetOpt,
+        workers: int | None = typer.Option(None, "--workers", min=1, help="worker processes (default: cores)"),
+        methods: list[str] | None = typer.Option(None, "--method", help="only these methods (repeatable)"),
     ) -> None:
         """Train and evaluate a population; results land in OUT/policies/<method>/seed_<k>.json as they
         finish (a killed run resumes). Then `varpo stats OUT` computes the paper's tables."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,8 +15,8 @@ def register(app: typer.Typer) -> None:
     def quickstart(
         out: Path = OutOpt,
         seeds: int = typer.Option(3, "--seeds", min=1, help="policies per method"),
-        config: Optional[Path] = ConfigOpt,
-        set_: Optional[list[str]] = SetOpt,
+        config: Path | None = ConfigOpt,
+        set_: list[str] | None = SetOpt,
     ) -> None:
         """Run the whole pipeline on the embedded default and write OUT/report.json."""
         run(out, seeds, config, set_ or [])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,7 +10,7 @@ from .common import ConfigOpt, OutOpt, SetOpt, load
 
 def register(app: typer.Typer) -> None:
     @app.command("train-ppo")
-    def train_ppo_cmd(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Path = OutOpt) -> None:
+    def train_ppo_cmd(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, out: Path = OutOpt) -> None:
         """Train a policy with PPO (vanilla, or variance-aware with ppo.variance.weighting != none).
 
         Writes OUT/metrics.jsonl (one row per step), OUT/tensorboard, OUT/checkpoints,

@@ -2,7 +2,7 @@
 prompt and average the true reward over prompts — one number per policy."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

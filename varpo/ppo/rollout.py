@@ -25,7 +25,7 @@ class Rollout:
     ref_logp: torch.Tensor | None = None  # [B, T]
     values: torch.Tensor | None = None  # [B, T]
 
-    def select(self, idx: torch.Tensor) -> "Rollout":
+    def select(self, idx: torch.Tensor) -> Rollout:
         return Rollout(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx]) for f in fields(self)})
 
     @property

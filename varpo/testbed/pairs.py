@@ -47,7 +47,8 @@ def sample_pairs(prompts: list[str], n_pairs: int, sample: Callable[[list[str], 
     xs = [prompts[i % len(prompts)] for i in range(n_pairs)]
     a = sample(xs, seed * 1000 + 1)
     b = sample(xs, seed * 1000 + 2)
-    ok = lambda i: bool(a[i]) and bool(b[i]) and a[i] != b[i]
+    def ok(i):
+        return bool(a[i]) and bool(b[i]) and a[i] != b[i]
     for retry in range(max_retries):
         bad = [i for i in range(n_pairs) if not ok(i)]
         if not bad:
