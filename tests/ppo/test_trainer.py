@@ -8,7 +8,6 @@ import torch
 
 from varpo.ppo.rollout import Rollout, position_ids_from_mask, response_logits, response_mask_from_ids
 
-
 TIMING = ("time/", "episodes_per_s", "tokens_per_s")
 
 

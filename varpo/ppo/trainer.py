@@ -161,7 +161,7 @@ class PPOTrainer:
             heterogeneity=p.variance.heterogeneity, mean_fn=batch_mean_of,
         )
         kl = core.kl_per_token(ro.logp, ro.ref_logp, p.kl.estimator) * mask
-        rewards, penalty = core.shape_rewards(score, kl, w, mask, self.kl_ctl.value)
+        rewards, _penalty = core.shape_rewards(score, kl, w, mask, self.kl_ctl.value)
         if p.whiten_rewards:
             rewards = self._whiten(rewards, mask, shift_mean=False)
         adv, ret = core.gae(rewards, ro.values, mask, p.gamma, p.lam)
