@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "train_ppo",
     "quickstart",
     "population",
+    "heterogeneity",
     "stats",
     "theory",
     "score",

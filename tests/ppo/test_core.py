@@ -198,6 +198,97 @@ def test_variance_weights_errors():
         core.variance_weights(var[None], "raw")
 
 
+def _tempered_loop(v, mode, alpha, running, eps, floor, ceiling, keep):
+    """Float64 reference of the heterogeneity-scaled weights: plain floats, means over `keep`."""
+    sub = [x for x, k in zip(v, keep) if k]
+    level = math.fsum(sub) / len(sub)
+    m = level if mode == "batch_mean" else running
+    r = [x / (m + eps) for x in v]
+    if alpha == 1:
+        w = r
+    else:
+        p = [x**alpha for x in r]
+        p_mean = math.fsum(x for x, k in zip(p, keep) if k) / len(sub)
+        w = [(level / (m + eps)) ** alpha * x / max(p_mean, eps) for x in p]
+    lo, hi = (-math.inf if floor is None else floor), (math.inf if ceiling is None else ceiling)
+    return [min(max(x, lo), hi) for x in w]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("mode", ["batch_mean", "running_mean"])
+def test_variance_weights_heterogeneity_match_loop(seed, mode):
+    """Random α (with 0, 1 and 2 always among them), σ² spanning two decades (some exactly 0),
+    a random subset as the batch the means run over (the trainer's valid samples), and clamps."""
+    g = torch.Generator().manual_seed(100 + seed)
+    B = int(torch.randint(2, 12, (1,), generator=g))
+    var = torch.exp(torch.rand(B, generator=g, dtype=F64) * 4.6 - 2.3)
+    var[int(torch.randint(0, B, (1,), generator=g))] = 0.0
+    keep = torch.rand(B, generator=g) < 0.7
+    keep[0] = True
+    floor, ceiling = (0.3, 2.5) if seed % 2 else (None, None)
+    running, eps = 0.5 + seed * 0.3, 1e-8
+    for alpha in (0.0, 1.0, 2.0, float(torch.rand(1, generator=g)) * 3):
+        got = core.variance_weights(var, mode, floor=floor, ceiling=ceiling, running_mean=running, eps=eps,
+                                    heterogeneity=alpha, mean_fn=lambda x: x[keep].mean())
+        want = _tempered_loop(var.tolist(), mode, alpha, running, eps, floor, ceiling, keep.tolist())
+        for i in range(B):
+            assert got[i].item() == pytest.approx(want[i], rel=1e-12, abs=0), (alpha, i)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_variance_weights_heterogeneity_limits(dtype):
+    g = torch.Generator().manual_seed(7)
+    var = (torch.rand(9, generator=g, dtype=F64) * 3).to(dtype)
+    var[2] = 0.0
+    for mode in ("batch_mean", "running_mean"):
+        kw = {"running_mean": 0.7}
+        # α = 1 is the unmodified weighting, bit for bit; α → 1 joins it continuously
+        plain = core.variance_weights(var, mode, **kw)
+        assert torch.equal(core.variance_weights(var, mode, heterogeneity=1.0, **kw), plain)
+        torch.testing.assert_close(core.variance_weights(var, mode, heterogeneity=1 + 1e-9, **kw), plain,
+                                   rtol=1e-6, atol=0)
+        # α = 0: every weight exactly 1 (vanilla), whatever σ², and the clamp still applies after
+        assert core.variance_weights(var, mode, heterogeneity=0.0, **kw).tolist() == [1.0] * 9
+        assert core.variance_weights(var, mode, heterogeneity=0.0, floor=1.5, **kw).tolist() == [1.5] * 9
+    # α scales the spread of log w exactly, and batch_mean keeps mean(w) = 1 at every α
+    pos = var[var > 0].to(F64)
+    for alpha in (0.5, 2.0, 3.0):
+        w = core.variance_weights(pos, "batch_mean", heterogeneity=alpha, eps=0.0)
+        assert w.mean().item() == pytest.approx(1.0, rel=1e-12)
+        assert w.log().std().item() == pytest.approx(alpha * pos.log().std().item(), rel=1e-10)
+    # running_mean: the batch's level against the running mean, ρ, becomes ρ^α
+    rho = pos.mean().item() / 0.4
+    w = core.variance_weights(pos, "running_mean", running_mean=0.4, heterogeneity=2.0, eps=0.0)
+    assert w.mean().item() == pytest.approx(rho**2, rel=1e-12)
+    # every σ² = 0: weights 0 (as at α = 1), not 0/0
+    assert core.variance_weights(torch.zeros(3), "batch_mean", heterogeneity=2.0).tolist() == [0.0] * 3
+
+
+def test_variance_weights_heterogeneity_errors():
+    var = torch.tensor([0.5, 1.0])
+    with pytest.raises(ValueError, match="heterogeneity .*normalised"):
+        core.variance_weights(var, "raw", heterogeneity=2.0)
+    assert core.variance_weights(var, "raw", heterogeneity=1.0).tolist() == [0.5, 1.0]
+    for bad in (-0.5, math.nan, math.inf):
+        with pytest.raises(ValueError, match="heterogeneity must be a finite number ≥ 0"):
+            core.variance_weights(var, "batch_mean", heterogeneity=bad)
+    assert core.variance_weights(var, "none", heterogeneity=3.0).tolist() == [1.0, 1.0]
+    # a NaN σ² stays visible (pow(NaN, 0) would have made it 1)
+    assert math.isnan(core.variance_weights(torch.tensor([0.5, math.nan]), "running_mean", running_mean=1.0,
+                                            heterogeneity=0.0)[1].item())
+
+
+def test_heterogeneity_config_names_the_field():
+    from varpo.config import ConfigError, load_config
+
+    assert load_config(None, ["ppo.variance.heterogeneity=0"]).ppo.variance.heterogeneity == 0.0
+    with pytest.raises(ConfigError, match=r"ppo\.variance: .*heterogeneity \(2\.0\) must be 1 with weighting=raw"):
+        load_config(None, ["ppo.variance.weighting=raw", "ppo.variance.heterogeneity=2"])
+    for bad in ("-1", ".nan", "abc"):
+        with pytest.raises(ConfigError, match=r"ppo\.variance\.heterogeneity: "):
+            load_config(None, [f"ppo.variance.heterogeneity={bad}"])
+
+
 def test_running_mean_matches_loop_and_round_trips():
     g = torch.Generator().manual_seed(3)
     xs = (torch.rand(9, generator=g, dtype=F64) * 5).tolist()

@@ -114,6 +114,29 @@ def test_variance_aware_equals_vanilla_when_variance_is_one(make_cfg, prompts, t
     assert a["steps"] == b["steps"] == c["steps"] == 3
 
 
+def test_heterogeneity_zero_equals_vanilla_and_weight_std_tracks_alpha(make_cfg, prompts, tmp_path, word_scorer):
+    """σ² differs across samples here (it depends on the response length), so only α = 0 can make
+    variance-aware PPO coincide with vanilla; α > 1 must widen the logged spread of the weights."""
+    a = _train(make_cfg("ppo.steps=2", "ppo.variance.weighting=none"), tmp_path / "a", prompts, word_scorer())
+    b = _train(make_cfg("ppo.steps=2", "ppo.variance.weighting=batch_mean", "ppo.variance.heterogeneity=0"),
+               tmp_path / "b", prompts, word_scorer())
+    ra, rb = _rows(tmp_path / "a" / "metrics.jsonl"), _rows(tmp_path / "b" / "metrics.jsonl")
+    assert a["steps"] == b["steps"] == 2
+    assert [_strip(r) for r in ra] == [_strip(r) for r in rb]
+    assert all(r["weight_std"] == 0.0 and r["weight_mean"] == 1.0 for r in ra)
+    # one step each: the same first rollout (same seed, untrained actor), so the same σ²
+    std = {}
+    for alpha in (1, 2):
+        out = tmp_path / f"alpha{alpha}"
+        _train(make_cfg("ppo.steps=1", "ppo.variance.weighting=batch_mean", f"ppo.variance.heterogeneity={alpha}"),
+               out, prompts, word_scorer())
+        (row,) = _rows(out / "metrics.jsonl")
+        assert row["weight_mean"] == pytest.approx(1.0, rel=1e-6)  # the mean weight is kept at every α
+        assert row["variance_mean"] == ra[0]["variance_mean"]
+        std[alpha] = row["weight_std"]
+    assert 0.0 < std[1] < std[2]
+
+
 def test_resume_is_exact(make_cfg, prompts, tmp_path, word_scorer):
     full = make_cfg("ppo.steps=4", "ppo.checkpoint_every=2", "ppo.variance.weighting=running_mean", "ppo.kl.controller=adaptive")
     _train(full, tmp_path / "full", prompts, word_scorer())

@@ -26,11 +26,25 @@ class VarianceWeightConfig(Section):
     ceiling: float | None = Field(None, gt=0.0, description="upper clamp of w")
     running_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="EMA momentum of the running mean of σ²")
     eps: float = Field(1e-8, gt=0.0, description="guards the division by the mean σ²")
+    heterogeneity: float = Field(
+        1.0, ge=0.0, allow_inf_nan=False,
+        description="α (Table 4): scales the spread of log w by α, keeping the mean weight; 1: unchanged, "
+        "0: w = 1 (vanilla), 2: exaggerated; before floor/ceiling; batch_mean/running_mean only "
+        "(raw needs 1); exact form: varpo.ppo.core.variance_weights",
+    )
 
     @model_validator(mode="after")
     def _floor_below_ceiling(self):
         if self.floor is not None and self.ceiling is not None and self.floor > self.ceiling:
             raise ValueError(f"floor ({self.floor}) must not exceed ceiling ({self.ceiling})")
+        return self
+
+    @model_validator(mode="after")
+    def _heterogeneity_needs_a_scale(self):
+        # raw σ² has units: (σ²)^α moves the mean weight arbitrarily, there is no mean to keep
+        if self.weighting == "raw" and self.heterogeneity != 1.0:
+            raise ValueError(f"heterogeneity ({self.heterogeneity}) must be 1 with weighting=raw; "
+                             "use batch_mean or running_mean to scale the heterogeneity")
         return self
 
 

@@ -77,6 +77,19 @@ def ensure_reward_model(cfg: VarpoConfig, out: Path) -> list[str]:
     return [f"reward.path={report['model_path']}"]
 
 
+def _over_steps(metrics_path: Path, keys: tuple[str, ...]) -> dict:
+    """`<key>_over_steps`: the mean of a logged metric over a run's good steps (skipped steps log
+    none), e.g. the realised spread of the σ² weights for a heterogeneity sweep; None if absent."""
+    from ..outputs import read_jsonl
+
+    rows = read_jsonl(metrics_path) if metrics_path.exists() else []
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
+        out[f"{k}_over_steps"] = sum(vals) / len(vals) if vals else None
+    return out
+
+
 def _job(config_path, overrides: list[str], method: str, seed: int, out: str, threads: int) -> dict:
     """One population member, run in a worker process: train (unless reference), evaluate, save."""
     import torch
@@ -96,10 +109,12 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
         cfg = load_config(config_path, [*overrides, *method_overrides, f"seed={seed}"])
         from ..ppo import train_ppo
 
-        summary = train_ppo(cfg, out_p / "runs" / method / f"seed_{seed}")
+        run_dir = out_p / "runs" / method / f"seed_{seed}"
+        summary = train_ppo(cfg, run_dir)
         final = summary["final"]
         policy_path = summary["policy_path"]
         extra = {k: final.get(k) for k in ("kl_mean", "weighted_kl_mean", "score_mean", "variance_mean", "gold_mean")}
+        extra.update(_over_steps(run_dir / "metrics.jsonl", ("weight_mean", "weight_std")))
     # evaluation sampling is seeded apart from training, identically across methods
     ev = evaluate_policy(policy_path, eval_prompts(cfg), true_reward_fn(cfg), cfg.generation,
                          seed=1_000_000 + seed, batch_size=cfg.evaluation.eval_batch_size)
@@ -109,8 +124,9 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
 
 
 def run_population(config_path, overrides: list[str], seeds: int, out: Path, workers: int | None = None,
-                   methods: list[str] | None = None) -> list[dict]:
-    """Train and evaluate `seeds` policies per method plus `seeds` reference runs under `out`."""
+                   methods: list[str] | None = None, reference: bool = True) -> list[dict]:
+    """Train and evaluate `seeds` policies per method plus (unless `reference` is False)
+    `seeds` reference runs under `out`."""
     cfg = load_config(config_path, overrides)
     out.mkdir(parents=True, exist_ok=True)
     overrides = [*overrides, *ensure_reward_model(cfg, out)]
@@ -119,7 +135,7 @@ def run_population(config_path, overrides: list[str], seeds: int, out: Path, wor
         from ..config import ConfigError
 
         raise ConfigError(f"--methods: {sorted(unknown)} not in evaluation.methods ({sorted(cfg.evaluation.methods)})")
-    names = [REFERENCE, *(methods or cfg.evaluation.methods)]
+    names = ([REFERENCE] if reference else []) + list(methods or cfg.evaluation.methods)
     jobs = [(m, s) for s in range(seeds) for m in names]
     done = [json.loads(result_path(out, m, s).read_text()) for m, s in jobs if result_path(out, m, s).exists()]
     todo = [(m, s) for m, s in jobs if not result_path(out, m, s).exists()]

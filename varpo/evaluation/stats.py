@@ -289,9 +289,10 @@ def stats_markdown(result: dict, model: str = "–", reward_model: str = "–") 
     return "\n".join(lines) + "\n"
 
 
-def variance_ratio_markdown(rows: list[dict], a: str = "vanilla", b: str = "variance_aware") -> str:
+def variance_ratio_markdown(rows: list[dict], a: str = "vanilla", b: str = "variance_aware",
+                            spread_label: str = "Spread of σ") -> str:
     """Table 4: heterogeneity scale | spread | Var(a) | Var(b) | ratio | F crit | p."""
-    lines = [f"| Scale | Spread of σ | Var({a}) | Var({b}) | Ratio | F crit (0.95) | p-value |",
+    lines = [f"| Scale | {spread_label} | Var({a}) | Var({b}) | Ratio | F crit (0.95) | p-value |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['scale']} | {_f(r.get('spread'))} | {_f(r[f'var_{a}'])} | {_f(r[f'var_{b}'])} | "

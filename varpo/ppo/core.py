@@ -18,6 +18,7 @@ arXiv 2507.15906 Algorithm 1, eq. 5–6 (the σ²-weighted KL penalty; DESIGN.md
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -134,7 +135,8 @@ VARIANCE_MODES = ("none", "raw", "batch_mean", "running_mean")
 
 def variance_weights(var: torch.Tensor, mode: str, *, floor: float | None = None, ceiling: float | None = None,
                      running_mean: float | torch.Tensor | None = None, eps: float = 1e-8,
-                     batch_mean: torch.Tensor | float | None = None) -> torch.Tensor:
+                     batch_mean: torch.Tensor | float | None = None, heterogeneity: float = 1.0,
+                     mean_fn: Callable[[torch.Tensor], float | torch.Tensor] | None = None) -> torch.Tensor:
     """w(x, y) [B] that multiplies each sequence's KL penalty — the per-sample form of the paper's
     Σ-weighted constraint (Algorithm 1, eq. 5–6), from σ² `var` [B] (≥ 0):
       none         w = 1                        (vanilla PPO)
@@ -143,25 +145,54 @@ def variance_weights(var: torch.Tensor, mode: str, *, floor: float | None = None
                                                  pass `batch_mean` for a mean over all ranks)
       running_mean w = σ² / (running_mean + eps) (EMA of batch means, see RunningMean)
     then clamped to [floor, ceiling] (either may be None). NaN σ² pass through (the trainer
-    treats non-finite values); negative σ² is an error (it would reward divergence)."""
+    treats non-finite values); negative σ² is an error (it would reward divergence).
+
+    `heterogeneity` α ≥ 0 (Table 4's knob) scales how much the normalised weights differ across
+    samples while keeping their mean. With r = σ²/(m + eps) the ratio above (m the batch or
+    running mean) and ρ = mean(σ²)/(m + eps) the batch's level (≈ 1 for batch_mean):
+      w = ρ^α · r^α / mean(r^α)
+    so log w spreads α times as wide as log r and mean(w) = ρ^α exactly (1 for batch_mean).
+    α = 1 returns r itself (the unmodified weights), α = 0 gives w = 1 exactly (vanilla PPO), α = 2
+    exaggerates. Dividing by mean(r^α) matters: (σ²/m)^α alone has mean 1 + CV² at α = 2 (Jensen),
+    which would strengthen the overall penalty along with the heterogeneity. The clamp to
+    [floor, ceiling] comes after, on the final weights (so with α = 0, w = clamp(1)). `raw` rejects
+    α ≠ 1: (σ²)^α changes the units and the mean arbitrarily, there is no scale to keep; `none`
+    ignores α. `mean_fn` reduces a [B] tensor to the batch mean the caller means (the trainer's:
+    over valid samples on all ranks); default: `Tensor.mean`."""
     if var.dim() != 1:
         raise ValueError(f"variance must be [B], got shape {tuple(var.shape)}")
     if floor is not None and ceiling is not None and floor > ceiling:
         raise ValueError(f"variance weight floor ({floor}) must not exceed ceiling ({ceiling})")
+    if not (math.isfinite(heterogeneity) and heterogeneity >= 0):
+        raise ValueError(f"variance weight heterogeneity must be a finite number ≥ 0, got {heterogeneity}")
+    if mode == "raw" and heterogeneity != 1:
+        raise ValueError(f"variance weight heterogeneity ({heterogeneity}) needs a normalised weighting "
+                         "(batch_mean or running_mean); raw σ² must use 1")
     var = _float(var)
     if bool((var < 0).any()):
         raise ValueError(f"variance must be ≥ 0, got min {var.min().item():.4g}")
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(x.mean() if mean_fn is None else mean_fn(x), dtype=var.dtype, device=var.device)
+
     if mode == "none":
         w = torch.ones_like(var)
     elif mode == "raw":
         w = var.clone()
-    elif mode == "batch_mean":
-        denom = var.mean() if batch_mean is None else torch.as_tensor(batch_mean, dtype=var.dtype, device=var.device)
-        w = var / (denom + eps)
-    elif mode == "running_mean":
-        if running_mean is None:
+    elif mode in ("batch_mean", "running_mean"):
+        if mode == "running_mean" and running_mean is None:
             raise ValueError("variance weighting 'running_mean' needs the running mean of σ² (running_mean=...)")
-        w = var / (torch.as_tensor(running_mean, dtype=var.dtype, device=var.device) + eps)
+        level = None
+        if mode == "batch_mean" or heterogeneity != 1:
+            level = mean(var) if batch_mean is None else torch.as_tensor(batch_mean, dtype=var.dtype, device=var.device)
+        denom = level if mode == "batch_mean" else torch.as_tensor(running_mean, dtype=var.dtype, device=var.device)
+        w = var / (denom + eps)
+        if heterogeneity != 1:
+            # pow(NaN, 0) is 1: keep non-finite ratios as they are, for the caller to see
+            p = torch.where(torch.isfinite(w), w.pow(heterogeneity), w)
+            # max(·, eps), not + eps: at α = 0 the mean is exactly 1 and w must stay exactly 1;
+            # the guard only matters when every σ² is 0 (then w = 0, as at α = 1)
+            w = (level / (denom + eps)).pow(heterogeneity) * p / mean(p).clamp(min=eps)
     else:
         raise ValueError(f"unknown variance weighting {mode!r} (expected one of {', '.join(VARIANCE_MODES)})")
     if floor is not None or ceiling is not None:

@@ -146,17 +146,22 @@ class PPOTrainer:
         if p.score_clip is not None:
             score = score.clamp(-p.score_clip, p.score_clip)
         # σ² normalisation uses the mean over all ranks (and, for running_mean, over past batches)
-        var_valid = var[valid.bool()] if valid.any() else var
-        batch_mean = self._global_mean(var_valid)
+        keep = valid.bool() if valid.any() else torch.ones_like(valid, dtype=torch.bool)
+
+        def batch_mean_of(x: torch.Tensor) -> float:
+            return self._global_mean(x[keep])
+
+        batch_mean = batch_mean_of(var)
         running = None
         if p.variance.weighting == "running_mean":
             running = self.sigma_mean.update(batch_mean)
         w = core.variance_weights(
             var, p.variance.weighting, floor=p.variance.floor, ceiling=p.variance.ceiling,
             running_mean=running, batch_mean=torch.tensor(batch_mean), eps=p.variance.eps,
+            heterogeneity=p.variance.heterogeneity, mean_fn=batch_mean_of,
         )
         kl = core.kl_per_token(ro.logp, ro.ref_logp, p.kl.estimator) * mask
-        rewards, penalty = core.shape_rewards(score, kl, w, mask, self.kl_ctl.value)
+        rewards, _penalty = core.shape_rewards(score, kl, w, mask, self.kl_ctl.value)
         if p.whiten_rewards:
             rewards = self._whiten(rewards, mask, shift_mean=False)
         adv, ret = core.gae(rewards, ro.values, mask, p.gamma, p.lam)
@@ -235,6 +240,8 @@ class PPOTrainer:
             "step": self.step, "world_size": self.world,
             "score_mean": self._global_mean(sc["score"]), "score_std": self._global_std(sc["score"]),
             "variance_mean": self._global_mean(sc["variance"]), "weight_mean": self._global_mean(st["w"]),
+            # the realised heterogeneity of the weights (what a Table-4 sweep reports against)
+            "weight_std": self._global_std(st["w"]),
             "kl_mean": kl_mean, "weighted_kl_mean": self._global_mean(st["weighted_kl"]), "kl_coef": beta,
             "returns_mean": self._global_mean(ret[st["mask"].bool()]),
             "response_length": self._global_mean(ro.response_mask.sum(-1).float()),
