@@ -107,3 +107,36 @@ def test_error_exit_code_through_main(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "varpo.cli", "stats", str(tmp_path / "missing")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "population folder not found" in proc.stderr
+
+
+def test_evaluation_noise_from_reward_se(tmp_path):
+    """Methods whose every policy has a reward_se get eval_noise_var = mean(se²) and
+    var_excess = var − eval_noise_var; a method with a missing se gets None."""
+    rows = population(tmp_path)
+    rng = np.random.default_rng(7)
+    se = {}
+    for r in rows:
+        if r["method"] == "worst_case" and r["seed"] == 3:
+            continue  # one policy without an estimate: the method gets none
+        se[(r["method"], r["seed"])] = float(rng.uniform(0.001, 0.02))
+        path = tmp_path / "policies" / r["method"] / f"seed_{r['seed']}.json"
+        path.write_text(json.dumps({**r, "reward_se": se[(r["method"], r["seed"])]}))
+    res = run(tmp_path)
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "stats.json").read_text())
+    for m in ("reference", "vanilla", "variance_aware"):
+        want = sum(v**2 for (mm, _), v in se.items() if mm == m) / 21
+        var = float(np.var([r["reward"] for r in rows if r["method"] == m], ddof=1))
+        assert out[m]["eval_noise_var"] == pytest.approx(want, rel=1e-12)
+        assert out[m]["var_excess"] == pytest.approx(var - want, rel=1e-12)
+    assert out["worst_case"]["eval_noise_var"] is None and out["worst_case"]["var_excess"] is None
+    assert "Eval-noise var" in (tmp_path / "stats.md").read_text()
+
+
+@pytest.mark.parametrize("bad", [-0.1, "x", float("inf"), True])
+def test_bad_reward_se_names_file_and_field(tmp_path, bad):
+    population(tmp_path, n=3)
+    path = tmp_path / "policies" / "vanilla" / "seed_1.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "reward_se": bad}).replace("Infinity", "1e999"))
+    msg = err(tmp_path)
+    assert "seed_1.json" in msg and "reward_se" in msg

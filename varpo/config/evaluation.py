@@ -28,3 +28,8 @@ class EvaluationConfig(Section):
     true_reward_path: str | None = Field(None, description="reward-model folder when true_reward=reward_model")
     workers: int | None = Field(None, ge=1, description="parallel worker processes; None: one per core (at most seeds)")
     eval_batch_size: int = Field(64, ge=1, description="prompts per generation batch during evaluation")
+    samples_per_prompt: int = Field(
+        1, ge=1, description="responses sampled per evaluation prompt (1: the paper). The variance of a method's "
+        "per-policy rewards includes this sampling noise, which is the same for every method and dilutes the "
+        "F-test; with ≥ 2 each policy's noise is estimated (reward_se) and `varpo stats` reports it",
+    )

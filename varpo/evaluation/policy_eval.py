@@ -1,5 +1,6 @@
-"""Evaluate a policy the way the paper does (Algorithm 2): sample one response per evaluation
-prompt and average the true reward over prompts — one number per policy."""
+"""Evaluate a policy the way the paper does (Algorithm 2): sample a response per evaluation prompt
+(or several: `evaluation.samples_per_prompt`) and average the true reward over prompts — one
+number per policy."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,13 +30,39 @@ def sample_responses(policy_path: str, prompts: list[str], gen: GenerationConfig
 
 
 def evaluate_policy(policy_path: str, prompts: list[str], reward_fn: Callable[[list[str], list[str]], list[float]],
-                    gen: GenerationConfig, seed: int, batch_size: int = 64) -> dict:
-    """Mean true reward of the policy's samples on `prompts` (plus their spread)."""
-    responses = sample_responses(policy_path, prompts, gen, seed, batch_size)
-    r = torch.tensor(reward_fn(prompts, responses), dtype=torch.float64)
-    r = r[~torch.isnan(r)]  # NaN marks a sample the reward source dropped by policy
-    if len(r) == 0:
+                    gen: GenerationConfig, seed: int, batch_size: int = 64, samples_per_prompt: int = 1) -> dict:
+    """Mean true reward of the policy's samples on `prompts`: the mean over prompts of each prompt's
+    mean over its `samples_per_prompt` samples (1 is the paper's Algorithm 2).
+
+    Every policy is judged on the same prompts, so what differs between two evaluations of one
+    policy is only the sampling of responses. With k ≥ 2 samples per prompt that noise is
+    estimated from the within-prompt variances s²_p: reward_se² = mean_p(s²_p / k_p) / n_prompts
+    (None for k = 1, where it cannot be separated from prompt-to-prompt differences)."""
+    k = samples_per_prompt
+    if k < 1:
+        raise ValueError(f"samples_per_prompt must be ≥ 1, got {k}")
+    repeated = [p for p in prompts for _ in range(k)]
+    responses = sample_responses(policy_path, repeated, gen, seed, batch_size)
+    r = torch.tensor(reward_fn(repeated, responses), dtype=torch.float64).view(len(prompts), k)
+    if not bool((~torch.isnan(r)).any()):
         raise RuntimeError(f"policy {policy_path}: the true reward dropped every evaluation sample")
-    return {"reward": r.mean().item(), "reward_std_over_prompts": r.std().item() if len(r) > 1 else 0.0,
-            "n_prompts": len(prompts), "n_scored": len(r),
+    return {**aggregate_rewards(r), "samples_per_prompt": k, "n_prompts": len(prompts),
             "mean_response_chars": sum(map(len, responses)) / max(len(responses), 1)}
+
+
+def aggregate_rewards(r: torch.Tensor) -> dict:
+    """r [n_prompts, k] true rewards (NaN: a sample the reward source dropped) → the policy's reward
+    (mean over prompts with a sample of their mean), its spread over prompts, reward_se (from the
+    within-prompt variances of the prompts with ≥ 2 samples; None when there are none) and n_scored."""
+    ok = ~torch.isnan(r)
+    n_ok = ok.sum(1)
+    vals = torch.where(ok, r, 0.0)
+    prompt_mean = vals.sum(1) / n_ok.clamp(min=1)
+    kept = prompt_mean[n_ok > 0]
+    se = None
+    two = n_ok >= 2
+    if bool(two.any()):
+        s2 = (torch.where(ok, r - prompt_mean[:, None], 0.0) ** 2).sum(1)[two] / (n_ok[two] - 1)
+        se = float(((s2 / n_ok[two]).mean() / len(kept)).sqrt())
+    return {"reward": kept.mean().item(), "reward_std_over_prompts": kept.std().item() if len(kept) > 1 else 0.0,
+            "reward_se": se, "n_scored": int(n_ok.sum())}

@@ -117,7 +117,8 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
         extra.update(_over_steps(run_dir / "metrics.jsonl", ("weight_mean", "weight_std")))
     # evaluation sampling is seeded apart from training, identically across methods
     ev = evaluate_policy(policy_path, eval_prompts(cfg), true_reward_fn(cfg), cfg.generation,
-                         seed=1_000_000 + seed, batch_size=cfg.evaluation.eval_batch_size)
+                         seed=1_000_000 + seed, batch_size=cfg.evaluation.eval_batch_size,
+                         samples_per_prompt=cfg.evaluation.samples_per_prompt)
     row = {"method": method, "seed": seed, **ev, **extra, "policy_path": str(policy_path)}
     write_json(result_path(out_p, method, seed), row)
     return row

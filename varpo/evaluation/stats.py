@@ -102,12 +102,15 @@ def compare(a_name: str, a: np.ndarray, b_name: str, b: np.ndarray, per_method: 
 
 
 def compute_stats(rewards_by_method: dict[str, list[float]], reference: str = "reference",
-                  baseline: str = "vanilla", confidence: float = CONFIDENCE) -> dict:
+                  baseline: str = "vanilla", confidence: float = CONFIDENCE,
+                  eval_noise: Mapping[str, float] | None = None) -> dict:
     """The paper's Tables 1–3 for a population: per method mean, var (ddof=1), n, risk (+ Wilson
     CI, pairwise risk); `comparisons` for the baseline against every other policy method and for
     every other pair; top-level f_stat, f_crit, f_pvalue, welch_t, welch_pvalue (+ df, crit) for
     the primary pair (baseline vs variance_aware, else baseline vs the first other method).
-    Without a `reference` method, risks are None."""
+    Without a `reference` method, risks are None. `eval_noise` ({method: mean reward_se²}, see
+    `evaluation_noise`) adds eval_noise_var and var_excess = var − eval_noise_var per method: the
+    spread that training, not re-sampling the evaluation, put between the policies."""
     data = _check(rewards_by_method)
     if baseline not in data:
         raise ValueError(f"baseline method {baseline!r} not in the population (methods: {sorted(data)})")
@@ -117,6 +120,8 @@ def compute_stats(rewards_by_method: dict[str, list[float]], reference: str = "r
     for m, a in data.items():
         row = {"mean": float(a.mean()), "var": float(a.var(ddof=1)), "std": float(a.std(ddof=1)), "n": int(a.size),
                "min": float(a.min()), "max": float(a.max())}
+        noise = (eval_noise or {}).get(m)
+        row.update({"eval_noise_var": noise, "var_excess": None if noise is None else row["var"] - noise})
         if ref is not None:
             k = int(np.sum(a < ref_mean))
             pair = float(np.mean((a[:, None] < ref[None, :]) + 0.5 * (a[:, None] == ref[None, :])))
@@ -147,6 +152,8 @@ def compute_stats(rewards_by_method: dict[str, list[float]], reference: str = "r
                     "Wilson 95% interval (reference mean treated as known)",
             "risk_pairwise": "P(R_pi < R_ref) over all (policy, reference run) pairs, ties count 1/2",
             "risk_test": "pooled two-proportion z-test; risk_pvalue two-sided, risk_pvalue_greater H1: risk_a > risk_b",
+            "eval_noise_var": "mean over the method's policies of reward_se^2 (response-sampling noise of the "
+                              "evaluation, samples_per_prompt >= 2); var_excess = var - eval_noise_var",
         },
     }
     # each method's block also at the top level (stats["vanilla"]["var"]), unless its name is a key above
@@ -192,7 +199,10 @@ def _row(obj, where: str, expect_method: str | None = None, expect_seed: int | N
         raise PopulationError(f"{where}: field 'method' is {m!r} but the file lies under policies/{expect_method}/")
     if expect_seed is not None and s != expect_seed:
         raise PopulationError(f"{where}: field 'seed' is {s} but the file is named seed_{expect_seed}.json")
-    return {"method": m, "seed": s, "reward": float(r), "source": where}
+    se = obj.get("reward_se")
+    if se is not None and (isinstance(se, bool) or not isinstance(se, (int, float)) or not math.isfinite(se) or se < 0):
+        raise PopulationError(f"{where}: field 'reward_se' must be a finite number ≥ 0 or null, got {se!r}")
+    return {"method": m, "seed": s, "reward": float(r), "reward_se": None if se is None else float(se), "source": where}
 
 
 def read_population(folder: str | Path) -> list[dict]:
@@ -236,6 +246,16 @@ def read_population(folder: str | Path) -> list[dict]:
     return rows
 
 
+def evaluation_noise(rows: list[dict]) -> dict[str, float]:
+    """{method: mean over its policies of reward_se²}: the part of the method's across-policy
+    variance that re-evaluating the same policy would reproduce (response sampling), for the
+    methods whose every policy carries a reward_se (evaluation.samples_per_prompt ≥ 2)."""
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        out.setdefault(r["method"], []).append(r.get("reward_se"))
+    return {m: float(np.mean(np.square(v))) for m, v in out.items() if all(x is not None for x in v)}
+
+
 def group_rewards(rows: list[dict]) -> dict[str, list[float]]:
     """{method: rewards ordered by seed}, methods in order of first appearance."""
     out: dict[str, list[tuple[int, float]]] = {}
@@ -260,12 +280,16 @@ def stats_markdown(result: dict, model: str = "–", reward_model: str = "–") 
              (f"Per-policy true reward; var with ddof=1; risk = fraction of policies below the reference mean "
               f"({_f(result['reference_mean'])}), Wilson {int(result['confidence'] * 100)}% interval; "
               f"risk_pairwise = P(R_π < R_ref) over all pairs."), "",
-             "| Method | n | Mean | Variance | Std | Risk | Risk CI | Risk (pairwise) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| Method | n | Mean | Variance | Std | Risk | Risk CI | Risk (pairwise) | Eval-noise var | Var − noise |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in m.items():
         ci = "–" if r["risk_ci95"] is None else f"[{r['risk_ci95'][0]:.3f}, {r['risk_ci95'][1]:.3f}]"
         lines.append(f"| {name} | {r['n']} | {_f(r['mean'])} | {_f(r['var'])} | {_f(r['std'])} | "
-                     f"{_f(r['risk'], 3)} | {ci} | {_f(r['risk_pairwise'], 3)} |")
+                     f"{_f(r['risk'], 3)} | {ci} | {_f(r['risk_pairwise'], 3)} | {_f(r.get('eval_noise_var'))} | "
+                     f"{_f(r.get('var_excess'))} |")
+    if any(r.get("eval_noise_var") is not None for r in m.values()):
+        lines += ["", "Eval-noise var: mean over the method's policies of their squared evaluation standard error "
+                  "(within-prompt sampling noise); it is in every method's variance alike and lowers the F-score."]
     cmp = result["comparisons"]
     lines += ["", "## Table 1: variances (F-test, one-sided H1: var(a) > var(b))", "",
               "| Model | Reward Model | a | b | Var(a) | Var(b) | F-score | F crit (0.95; df) | p-value |",
