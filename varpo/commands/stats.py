@@ -27,7 +27,13 @@ def register(app: typer.Typer) -> None:
         Wilson interval and a two-proportion test: per method and for every pair of methods."""
         from ..config import ConfigError
         from ..evaluation.plots import reward_histograms
-        from ..evaluation.stats import compute_stats, evaluation_noise, group_rewards, read_population, stats_markdown
+        from ..evaluation.stats import (
+            compute_stats,
+            evaluation_noise,
+            group_rewards,
+            read_population,
+            stats_markdown,
+        )
         from ..outputs import console, print_table, write_json
 
         try:
