@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +19,30 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.multirank, pytest.mark.slow]
 
 
-def _launch(n: int, out: Path, overrides: list[str]) -> None:
+def _launch(n: int, out: Path, overrides: list[str], script: Path = ROOT / "launch/train_ppo.py",
+            args: tuple[str, ...] = ()) -> None:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "VARPO_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     sets = [x for o in overrides for x in ("--set", o)]
+    port = _free_port()
     if n == 1:
-        cmd = [sys.executable, str(ROOT / "launch/train_ppo.py")]
+        cmd = [sys.executable, str(script)]
     else:
-        cmd = ["deepspeed", "--num_nodes", "1", "--num_accelerators", str(n), "--master_port", str(29500 + os.getpid() % 1000),
-               str(ROOT / "launch/train_ppo.py")]
-    proc = subprocess.run([*cmd, "--out", str(out), *sets], env=env, capture_output=True, text=True, timeout=600)
+        cmd = ["deepspeed", "--num_nodes", "1", "--num_accelerators", str(n), "--master_port", str(port), str(script)]
+    try:
+        proc = subprocess.run([*cmd, "--out", str(out), *args, *sets], env=env, capture_output=True, text=True,
+                              timeout=600, check=False)
+    finally:
+        # DeepSpeed's CPU all-reduce leaves one shared-memory segment per rank, named after the
+        # master port (69 MB each); a later launch on the same port would open them stale
+        for seg in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+            seg.unlink(missing_ok=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _rows(out: Path) -> list[dict]:
@@ -65,3 +80,37 @@ def test_two_ranks_match_one_rank_and_resume_on_one(tiny_policy, prompts_file, t
     assert [r["step"] for r in resumed] == [0, 1, 2] and resumed[2]["world_size"] == 1
     assert resumed[2]["score_mean"] == pytest.approx(one[2]["score_mean"], rel=1e-3, abs=1e-5)
     assert (tmp_path / "two" / "policy" / "model.safetensors").exists()
+
+
+def test_zero3_gather_modes_agree(tiny_policy, prompts_file, tmp_path):
+    """generation.zero3_gather full, grouped and per_layer: the same rollouts (also when the
+    ranks stop at different lengths) and the same first PPO steps, in one launch (the modes run
+    in turn in one process group; tests/ppo/zero3_gather_worker.py). grouped's budget is ~1/5 of
+    the tiny actor, so it runs several groups, one of which borrows the tied embedding."""
+    budget_mb = 0.02
+    modes = ("full", "grouped", "per_layer")
+    common = [*_common(tiny_policy), f"data.prompts_path={prompts_file}", f"generation.zero3_gather_budget_mb={budget_mb}"]
+    _launch(2, tmp_path, common, script=ROOT / "tests/ppo/zero3_gather_worker.py", args=("--modes", *modes))
+    res = {m: [json.loads((tmp_path / m / f"rank{r}.json").read_text()) for r in (0, 1)] for m in modes}
+    full, grouped, per_layer = (res[m] for m in modes)
+    for r in (0, 1):
+        assert grouped[r]["response_ids"] == full[r]["response_ids"] == per_layer[r]["response_ids"], r
+        assert grouped[r]["uneven_response_ids"] == full[r]["uneven_response_ids"] == per_layer[r]["uneven_response_ids"]
+        assert [len(x) for x in full[r]["uneven_response_ids"]] == [1 + 3 * r] * len(full[r]["uneven_response_ids"])
+        # collectives: full gathers each parameter once per rollout and nothing in the decode loop;
+        # grouped gathers each group once per forward (4 forwards: the longer rank's, both ranks)
+        assert full[r]["uneven_all_gathers"] == full[r]["n_params"]
+        assert grouped[r]["uneven_all_gathers"] == 4 * grouped[0]["n_groups"]
+    assert full[0]["response_ids"] != full[1]["response_ids"]  # each rank sampled its own prompts
+    # every metric of the first steps, bit for bit: the modes differ only in how parameters are fetched
+    first, second = full[0]["rows"]
+    assert first["score_mean"] != 0 and first["value_loss"] > 0 and second["kl_mean"] > 0  # a real update happened
+    assert grouped[0]["rows"] == full[0]["rows"] == per_layer[0]["rows"]
+    # grouped really ran in groups, under its budget; full had the whole model; both left nothing gathered
+    g, budget = grouped[0], budget_mb * 2**20
+    assert g["n_groups"] >= 3 and g["recorded_order"] is not None and g["shared_bytes"] > 0
+    assert max(g["group_bytes"]) <= max(budget, g["largest_module_bytes"])
+    assert g["peak_gathered_bytes"] <= max(budget, g["largest_module_bytes"]) + g["shared_bytes"]
+    assert g["peak_gathered_bytes"] < full[0]["peak_gathered_bytes"] / 2
+    assert full[0]["peak_gathered_bytes"] == full[0]["model_bytes"]
+    assert full[0]["still_gathered_after_generate"] == grouped[0]["still_gathered_after_generate"] == []

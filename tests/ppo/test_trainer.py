@@ -85,6 +85,21 @@ def test_position_ids_skip_left_padding():
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
 
 
+@pytest.mark.parametrize("bad, match", [
+    ("generation.zero3_gather_budget_mb=0", r"generation\.zero3_gather_budget_mb: Input should be greater than 0"),
+    ("generation.zero3_gather_budget_mb=-64", r"generation\.zero3_gather_budget_mb: Input should be greater than 0"),
+    ("generation.zero3_gather_budget_mb=lots", r"generation\.zero3_gather_budget_mb: Input should be a valid number"),
+    ("generation.zero3_gather=layers", r"generation\.zero3_gather: Input should be 'full', 'grouped' or 'per_layer'"),
+])
+def test_zero3_gather_config_is_validated(bad, match):
+    from varpo.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [bad])
+    good = load_config(None, ["generation.zero3_gather=grouped", "generation.zero3_gather_budget_mb=0.5"]).generation
+    assert (good.zero3_gather, good.zero3_gather_budget_mb) == ("grouped", 0.5)
+
+
 def test_training_writes_metrics_and_policy(make_cfg, prompts, tmp_path, word_scorer):
     cfg = make_cfg("ppo.variance.weighting=batch_mean")
     summary = _train(cfg, tmp_path, prompts, word_scorer())

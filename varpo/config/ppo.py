@@ -88,9 +88,20 @@ class GenerationConfig(Section):
     top_k: int = Field(0, ge=0, description="0 disables top-k")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_prompt_len: int = Field(32, ge=1, description="prompts are left-truncated to this many tokens (counted)")
-    zero3_gather: Literal["full", "per_layer"] = Field(
-        "full", description="ZeRO-3 actor during rollouts: gather all parameters once per rollout phase (fast), "
-        "or per layer with synced_gpus (slow, memory-bounded)"
+    zero3_gather: Literal["full", "grouped", "per_layer"] = Field(
+        "full", description="how a ZeRO-3 actor's sharded parameters are gathered while it generates a rollout. "
+        "full: gathered once per rollout phase and released after (fastest: no gather inside the decode loop; "
+        "needs the whole model in each rank's memory); "
+        "grouped: gathered per forward in groups of consecutive modules of at most zero3_gather_budget_mb, each "
+        "group released after its last module ran (bounded memory; one collective per group per forward, far "
+        "fewer than per layer); "
+        "per_layer: DeepSpeed's own ZeRO-3 hooks fetch each submodule's parameters (with HF synced_gpus; least "
+        "memory on a model much larger than the actor's stage3_prefetch_bucket_size, 5e7 elements, and "
+        "stage3_max_reuse_distance, 1e9, below which the coordinator keeps what it fetched; most collectives)"
+    )
+    zero3_gather_budget_mb: float = Field(
+        1024.0, gt=0.0, description="zero3_gather=grouped: most MB of actor parameters gathered at once per rank "
+        "(a single module larger than this is gathered alone)"
     )
 
 

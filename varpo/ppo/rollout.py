@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..config import GenerationConfig
-from ..engines import gathered_params, is_zero3
+from ..engines import generation_gather
 
 
 @dataclass
@@ -63,10 +63,10 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_len: int, device) -> tup
 
 
 @torch.no_grad()
-def generate(actor_module, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig, synced_gpus: bool = False) -> Rollout:
-    """Sample responses. Under ZeRO-3 the actor's parameters are gathered once for the whole
-    rollout phase (fast, needs the full model in memory) unless `synced_gpus` asks for HF's
-    per-layer gathering (slow, memory-bounded; every rank must then call generate together)."""
+def generate(actor, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig) -> Rollout:
+    """Sample responses. `actor` is a DeepSpeed engine or a bare HF model; under ZeRO-3 its
+    parameters are gathered as `gen.zero3_gather` says (varpo.engines.generation_gather), and
+    every rank must then call generate together."""
     from transformers import GenerationConfig as HFGen
 
     hf = HFGen(
@@ -75,10 +75,10 @@ def generate(actor_module, tokenizer, prompt_ids, prompt_mask, gen: GenerationCo
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
+    actor_module = getattr(actor, "module", actor)
     was_training = actor_module.training
     actor_module.eval()
-    gather = is_zero3(actor_module) and not synced_gpus
-    with gathered_params(actor_module, enabled=gather):
+    with generation_gather(actor, gen.zero3_gather, gen.zero3_gather_budget_mb) as synced_gpus:
         out = actor_module.generate(
             input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=hf, synced_gpus=synced_gpus
         )

@@ -113,8 +113,7 @@ class PPOTrainer:
         t0 = time.perf_counter()
         ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, cfg.generation.max_prompt_len, self.device)
         self.counters["truncated_prompts"] += n_trunc
-        per_layer = cfg.generation.zero3_gather == "per_layer" and is_zero3(self.actor.module)
-        ro = generate(self.actor.module, self.tokenizer, ids, mask, cfg.generation, synced_gpus=per_layer)
+        ro = generate(self.actor, self.tokenizer, ids, mask, cfg.generation)
         timings["generate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
