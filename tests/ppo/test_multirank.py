@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.multirank, pytest.mark.slow]
@@ -65,14 +66,35 @@ def prompts_file(prompts, tmp_path_factory) -> Path:
     return path
 
 
-def test_two_ranks_match_one_rank_and_resume_on_one(tiny_policy, prompts_file, tmp_path):
-    common = [*_common(tiny_policy), f"data.prompts_path={prompts_file}"]
+@pytest.fixture(scope="module")
+def tiny_reward(tiny_policy, tmp_path_factory) -> Path:
+    """A 4-head reward ensemble on the tiny policy's backbone (random heads): scores and σ² that
+    vary across responses, so every compared metric below is non-trivial."""
+    from transformers import AutoTokenizer
+
+    from varpo.reward.model import EnsembleRewardModel
+
+    path = tmp_path_factory.mktemp("tiny_reward")
+    torch.manual_seed(5)
+    EnsembleRewardModel.from_backbone(tiny_policy, 4).save_pretrained(path, tokenizer=AutoTokenizer.from_pretrained(tiny_policy))
+    return path
+
+
+def test_two_ranks_match_one_rank_and_resume_on_one(tiny_policy, tiny_reward, prompts_file, tmp_path):
+    """Every role under ZeRO-3, the reward an ensemble (sharded too), variance-aware weights
+    normalised by the σ² mean over all ranks (α = 2 to make them differ strongly)."""
+    common = [*_common(tiny_policy), f"data.prompts_path={prompts_file}", "reward.type=ensemble",
+              f"reward.path={tiny_reward}", "ppo.variance.weighting=batch_mean", "ppo.variance.heterogeneity=2"]
     _launch(1, tmp_path / "one", [*common, "ppo.steps=3"])
     _launch(2, tmp_path / "two", [*common, "ppo.steps=2", "ppo.checkpoint_every=1"])
     one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
     assert [r["world_size"] for r in two] == [2, 2] and one[0]["world_size"] == 1
+    # a real update with non-trivial values, or the comparison below would compare zeros
+    assert one[0]["score_mean"] != 0 and one[0]["variance_mean"] > 0 and one[0]["weight_std"] > 0.05
+    assert one[0]["value_loss"] > 0 and one[1]["kl_mean"] > 0
     for a, b in zip(one, two):
-        for k in ("score_mean", "kl_mean", "policy_loss", "value_loss", "returns_mean", "entropy"):
+        for k in ("score_mean", "variance_mean", "weight_std", "kl_mean", "weighted_kl_mean", "policy_loss",
+                  "value_loss", "returns_mean", "entropy"):
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (a["step"], k)
     # the 2-rank checkpoint (ZeRO-3 shards of 2 ranks) resumes on 1 rank and finishes step 2
     _launch(1, tmp_path / "two", [*common, "ppo.steps=3", "ppo.checkpoint_every=1"])
