@@ -70,10 +70,32 @@ def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> DistIn
     if not torch_dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
     local_rank = int(os.environ["LOCAL_RANK"])
+    if not cuda:
+        _unlink_shm_buffers_at_exit(torch_dist.get_rank())
     if cuda:
         torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(torch_dist.get_rank(), local_rank, torch_dist.get_world_size(), device)
+
+
+def _unlink_shm_buffers_at_exit(rank: int) -> None:
+    """DeepSpeed's CPU all-reduce (its shm_comm op, used with several ranks on one host) creates a
+    ~69 MB /dev/shm file per rank, named deepspeed_allreduce_buffer_<i>_<addr>_<port>_<rank>, and
+    never removes it: on a laptop every multi-rank run would leave RAM-backed files behind. Each
+    rank unlinks its own at exit (the other ranks' mappings stay valid after an unlink)."""
+    import atexit
+    import glob
+
+    pattern = f"/dev/shm/deepspeed_allreduce_buffer_*_{os.environ.get('MASTER_ADDR')}_{os.environ.get('MASTER_PORT')}_{rank}"
+
+    def unlink() -> None:
+        for path in glob.glob(pattern):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    atexit.register(unlink)
 
 
 def world_size() -> int:

@@ -29,15 +29,19 @@ def _launch(n: int, out: Path, overrides: list[str], script: Path = ROOT / "laun
         cmd = [sys.executable, str(script)]
     else:
         cmd = ["deepspeed", "--num_nodes", "1", "--num_accelerators", str(n), "--master_port", str(port), str(script)]
+    left: list[Path] = []
     try:
         proc = subprocess.run([*cmd, "--out", str(out), *args, *sets], env=env, capture_output=True, text=True,
                               timeout=600, check=False)
     finally:
-        # DeepSpeed's CPU all-reduce leaves one shared-memory segment per rank, named after the
-        # master port (69 MB each); a later launch on the same port would open them stale
-        for seg in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+        # DeepSpeed's CPU all-reduce creates one shared-memory segment per rank, named after the
+        # master port (69 MB each) and never removes it; varpo.dist unlinks each rank's at exit.
+        # Whatever a crashed run left is removed here, so a later launch never opens it stale.
+        left = list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+        for seg in left:
             seg.unlink(missing_ok=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not left, f"shared-memory all-reduce buffers left behind: {left}"
 
 
 def _free_port() -> int:
