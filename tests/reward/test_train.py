@@ -1,6 +1,7 @@
 """Reward-ensemble training on a real (tiny) DeepSpeed engine: learning, report, save/load,
 bad-input paths (non-finite loss, truncation), checkpoint resume, early stopping, LoRA."""
 import json
+import math
 
 import pytest
 import torch
@@ -102,6 +103,10 @@ def test_resumed_training_equals_uninterrupted(tmp_path, rm_overrides):
     a, b = _heads(tmp_path / "straight"), _heads(tmp_path / "resumed")
     torch.testing.assert_close(a["weight"], b["weight"], rtol=1e-5, atol=1e-6)
     assert resumed["ensemble_accuracy"] == pytest.approx(straight["ensemble_accuracy"])
+    # a rerun of a finished training (nothing left to do) reports the same report, last loss included
+    again = _train(tmp_path / "resumed", rm_overrides)
+    assert again["steps"] == 12 and again["final_train_loss"] == pytest.approx(resumed["final_train_loss"])
+    assert math.isfinite(again["final_train_loss"])
 
 
 def test_early_stopping_keeps_the_best(tmp_path, rm_overrides):

@@ -36,6 +36,13 @@ def run(cfg, out: Path) -> dict:
          {"quantity": "σ² of r(chosen) − r(rejected)", **r["diff_variance_quantiles"]}]
     write_json(out / "rm_variance_table.json", q)
     print_table(f"disagreement across {r['num_heads']} heads (ddof={r['ddof']}); plot: {r['plot']}", q)
+    cal = [{"order": name, **{f"acc_q{i + 1}": a for i, a in enumerate(c["accuracy_by_diff_variance_group"])},
+            "spearman_rho": c["spearman_diff_variance_vs_correct"], "p": c["spearman_pvalue"]}
+           for name, c in (("labels", r["uncertainty_calibration"]), ("gold", r.get("uncertainty_calibration_gold")))
+           if c is not None]
+    write_json(out / "rm_calibration_table.json", cal)
+    print_table("is σ² informative? accuracy by quartile of σ²(chosen − rejected), lowest first "
+                "(informative: falling accuracy, ρ < 0)", cal)
     from ..outputs import console
 
     console.print(f"reward model: {r['model_path']}  ({r['steps']} steps, {r['seconds']:.1f} s; "

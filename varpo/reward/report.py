@@ -2,7 +2,8 @@
 per-head and ensemble-mean accuracy, and the distributions across responses of σ² (variance over
 heads of one response's reward) and across pairs of the variance over heads of the reward
 difference r_k(chosen) − r_k(rejected). Quantiles p10/p50/p90 in JSON, histograms as PNG.
-Accuracy counts a tie as half right."""
+Accuracy counts a tie as half right. `uncertainty_calibration`: whether that variance predicts
+which pairs the ensemble gets wrong (what variance-aware PPO relies on)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,6 +26,26 @@ def pair_accuracy(diff: torch.Tensor) -> torch.Tensor:
     return ((diff > 0).double() + 0.5 * (diff == 0).double()).mean(0)
 
 
+def uncertainty_calibration(var_diff: torch.Tensor, correct: torch.Tensor, groups: int = 4) -> dict:
+    """Is the ensemble's uncertainty informative? Pairs sorted by the variance over heads of their
+    reward difference, split into `groups` equal parts (lowest variance first): the ensemble-mean
+    accuracy in each, and Spearman's ρ between that variance and correctness (1, ½ for a tie, 0).
+    Variance-aware PPO assumes σ² tracks the reward model's error (Assumption 2.1): then accuracy
+    falls from the first group to the last and ρ < 0. A flat profile or ρ ≥ 0 means the σ² weights
+    hold the policy back on samples no less reliable than the rest."""
+    from scipy import stats as st
+
+    order = torch.argsort(var_diff.double(), stable=True)
+    parts = torch.tensor_split(order, groups)
+    c = correct.double()
+    rho = st.spearmanr(var_diff.double().numpy(), c.numpy())
+    finite = bool(np.isfinite(rho.statistic))
+    return {"accuracy_by_diff_variance_group": [float(c[i].mean()) for i in parts if len(i)],
+            "diff_variance_group_upper_bounds": [float(var_diff[i].max()) for i in parts if len(i)],
+            "spearman_diff_variance_vs_correct": float(rho.statistic) if finite else None,
+            "spearman_pvalue": float(rho.pvalue) if finite else None}
+
+
 def disagreement_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor, ddof: int = 1,
                        gold_diff: torch.Tensor | None = None) -> dict:
     """r_chosen, r_rejected: per-head rewards [N, K] of held-out pairs; gold_diff [N] optional
@@ -39,6 +60,7 @@ def disagreement_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor, ddof: i
         "head_accuracy": head_acc, "ensemble_accuracy": float(pair_accuracy(ens_diff)),
         "head_accuracy_spread": max(head_acc) - min(head_acc),
         "variance_quantiles": quantiles(var_resp), "diff_variance_quantiles": quantiles(var_diff),
+        "uncertainty_calibration": uncertainty_calibration(var_diff, (ens_diff > 0).double() + 0.5 * (ens_diff == 0).double()),
     }
     if gold_diff is not None:
         keep = gold_diff != 0  # pairs of equal gold reward have no gold order
@@ -47,6 +69,9 @@ def disagreement_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor, ddof: i
             out["gold_pairs"] = int(keep.sum())
             out["ensemble_gold_accuracy"] = float(pair_accuracy(ens_diff[keep] * sign))
             out["head_gold_accuracy"] = pair_accuracy(diff[keep] * sign[:, None]).tolist()
+            d = ens_diff[keep] * sign
+            out["uncertainty_calibration_gold"] = uncertainty_calibration(
+                var_diff[keep], (d > 0).double() + 0.5 * (d == 0).double())
     return out, var_resp, var_diff
 
 

@@ -243,7 +243,9 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     steps_per_epoch = max(1, len(train) // global_batch)  # the last partial batch is dropped (reshuffled each epoch)
     total = steps_per_epoch * rt.epochs
     higher_better = rt.early_stopping_metric == "accuracy"
-    st = {"step": 0, "best": None, "best_step": 0, "since_best": 0, "stopped_early": False, "best_state": None}
+    # last_loss travels with the checkpoint: a run resumed after its last step still reports it
+    st = {"step": 0, "best": None, "best_step": 0, "since_best": 0, "stopped_early": False, "best_state": None,
+          "last_loss": None}
     if resuming:
         _, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=False)
         st.update(client["varpo"])
@@ -268,7 +270,6 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
 
     _set_train_mode()
     log = out / "train_log.jsonl"
-    last_loss = float("nan")
     with progress() as bar:
         task = bar.add_task("reward ensemble", total=total, completed=st["step"], info="")
         while st["step"] < total and not st["stopped_early"]:
@@ -298,7 +299,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
             engine.step()
             st["step"] = step = step + 1
             head_loss = dist.all_reduce_sum(per_head.detach()).cpu()  # each rank's share of the global loss
-            global_loss = last_loss = head_loss.sum().item()
+            global_loss = st["last_loss"] = head_loss.sum().item()
             if info.is_main:
                 append_jsonl(log, {"kind": "train", "step": step, "epoch": epoch, "batch": b, "loss": global_loss,
                                    "elapsed": time.perf_counter() - t_start,
@@ -345,7 +346,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
                 model_path=str(model_path), backbone=str(backbone_path), lora=rt.lora.enabled,
                 trainable_parameters=n_trainable, bootstrap=rt.bootstrap, head_seeds=engine.module.head_seeds,
                 train_pairs=len(train), eval_source=held_source, steps=st["step"], epochs=rt.epochs,
-                final_train_loss=last_loss, eval_loss=final["loss"], stopped_early=st["stopped_early"],
+                final_train_loss=st["last_loss"], eval_loss=final["loss"], stopped_early=st["stopped_early"],
                 best_step=st["best_step"], max_length=max_len, truncated_train_pairs=cut_pairs,
                 truncated_train_texts=cut_texts, truncated_eval_pairs=ev_cut_pairs, world_size=world,
                 seconds=time.perf_counter() - t_start,
