@@ -9,7 +9,8 @@ peak_bytes_fused, peak_bytes_naive, ...) and DIR/kernels.md (the same as a table
 - CPU: backend "torch" (the chunked PyTorch path) at 1024×32000, 4096×8192, 4096×32000, float32.
   Peak extra memory is the RSS high-water mark (VmHWM, reset through /proc/self/clear_refs) of a
   fresh subprocess per measurement, minus its RSS once the inputs exist: torch's CPU allocator is
-  invisible to tracemalloc.
+  invisible to tracemalloc. The subprocess runs with a fixed glibc mmap threshold (MALLOC_ENV), so
+  freed blocks leave the RSS and the mark is what was live at once.
 - CUDA (when present): backends "triton" and "torch" (and "liger" when liger-kernel is installed)
   at 4096×32000 and 16384×151936, bfloat16; peak = torch.cuda.max_memory_allocated above the inputs;
   achieved bandwidth (logit bytes read / seconds) against a measured device-to-device copy.
@@ -116,9 +117,18 @@ def _child_measure(args):
     print(json.dumps({"peak_extra_bytes": _status("VmHWM") - base, "hwm_reset": reset}))
 
 
+# glibc's malloc moves its mmap threshold up to the size of the last freed mapping (at most
+# 32 MiB), after which blocks of that size are served from the heap and stay resident after free;
+# the chunked path's temporaries are ~32 MiB, so whether they showed in the RSS peak depended on
+# the allocator's history (measured: 32 MiB in one run, 192 MiB in the next, same code). A fixed
+# threshold maps every large block and unmaps it on free, for both paths, so the high-water mark
+# is the memory actually live at once.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
 def measure_cpu_peak(N, V, dtype, op, path, chunk, threads):
     cmd = [sys.executable, __file__, "--child", str(N), str(V), dtype, op, path, str(chunk), "--threads", str(threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **MALLOC_ENV})
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -256,12 +266,40 @@ def machine():
         info["loadavg_start"] = os.getloadavg()
     except OSError:
         pass
+    info["_cpu_start"] = (_busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         import triton
 
         info["triton"] = triton.__version__
     return info
+
+
+def _busy_cpu_seconds():
+    """CPU seconds all processes spent busy since boot (every core, /proc/stat); None without /proc."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / os.sysconf("SC_CLK_TCK")  # user nice system irq softirq steal
+
+
+def _own_cpu_seconds():
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _foreign_cores(start):
+    """Average number of cores other processes kept busy since `start` (the contention measure)."""
+    busy0, own0, t0 = start
+    busy1, own1, t1 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+    if busy0 is None or busy1 is None:
+        return None
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+
+
+def _fmt_cores(x):
+    return "unknown" if x is None else f"{x:.2f}" + (" (a shared machine: timings are under contention)" if x > 0.25 else "")
 
 
 def write_markdown(path, result):
@@ -271,8 +309,9 @@ def write_markdown(path, result):
         f"Command: `{result['command']}`  ",
         f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores, torch {m.get('torch')}"
         + (f", GPU {m['gpu']}" if "gpu" in m else ", no GPU") + "  ",
-        f"Load average at start / end: {m.get('loadavg_start')} / {result.get('loadavg_end')} "
-        "(a shared machine: timings are under contention; medians of alternating repetitions)", "",
+        f"Load average at start / end: {m.get('loadavg_start')} / {result.get('loadavg_end')}; cores kept busy "
+        f"by other processes during the run: {_fmt_cores(result.get('foreign_cores'))} "
+        "(timings: medians of alternating repetitions)", "",
         "| device | backend | op | shape | dtype | max abs err (fused / naive) | s fused | s naive | speedup "
         "| peak extra fused | peak extra naive | fused/naive mem | bandwidth vs copy |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -329,6 +368,8 @@ def main():
         result["loadavg_end"] = os.getloadavg()
     except OSError:
         pass
+    fc = _foreign_cores(info.pop("_cpu_start"))
+    result["foreign_cores"] = None if fc is None else round(fc, 3)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernels.json").write_text(json.dumps(result, indent=2) + "\n")
