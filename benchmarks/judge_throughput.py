@@ -64,8 +64,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="target duration per concurrency (sets the samples)")
     args = ap.parse_args()
     os.environ.setdefault("VARPO_NO_PROGRESS", "1")
+    from contention import ForeignCpu, describe  # benchmarks/, the script's own folder
+
     from varpo.judge.local_server import JudgeServer
 
+    watch = ForeignCpu()
     rows = []
     for c in args.concurrency:
         with JudgeServer(latency=args.latency) as srv:
@@ -73,8 +76,9 @@ def main() -> None:
             rows.append(run(c, n, args.latency, srv))
             print(json.dumps(rows[-1]), flush=True)
     cmd = "python benchmarks/judge_throughput.py " + " ".join(sys.argv[1:])
+    foreign = watch.cores()
     result = {"command": cmd, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "runs": rows,
-              "note": "client and server share the machine's CPU; figures taken under CPU contention from other jobs"}
+              "foreign_cores": foreign, "note": f"client and server share the machine's CPU; {describe(foreign)}"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "judge_throughput.json").write_text(json.dumps(result, indent=2) + "\n")

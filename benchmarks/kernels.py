@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))  # a source checkout without install
+from contention import ForeignCpu, describe  # noqa: E402  (benchmarks/, the script's own folder)
 from varpo_kernels import selective_log_softmax, selective_log_softmax_naive  # noqa: E402
 from varpo_kernels.selective_log_softmax import CHUNK_ELEMENTS  # noqa: E402
 
@@ -266,40 +267,13 @@ def machine():
         info["loadavg_start"] = os.getloadavg()
     except OSError:
         pass
-    info["_cpu_start"] = (_busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter())
+    info["_cpu_watch"] = ForeignCpu()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         import triton
 
         info["triton"] = triton.__version__
     return info
-
-
-def _busy_cpu_seconds():
-    """CPU seconds all processes spent busy since boot (every core, /proc/stat); None without /proc."""
-    try:
-        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    except (OSError, ValueError, IndexError):
-        return None
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / os.sysconf("SC_CLK_TCK")  # user nice system irq softirq steal
-
-
-def _own_cpu_seconds():
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def _foreign_cores(start):
-    """Average number of cores other processes kept busy since `start` (the contention measure)."""
-    busy0, own0, t0 = start
-    busy1, own1, t1 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
-    if busy0 is None or busy1 is None:
-        return None
-    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
-
-
-def _fmt_cores(x):
-    return "unknown" if x is None else f"{x:.2f}" + (" (a shared machine: timings are under contention)" if x > 0.25 else "")
 
 
 def write_markdown(path, result):
@@ -309,9 +283,8 @@ def write_markdown(path, result):
         f"Command: `{result['command']}`  ",
         f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores, torch {m.get('torch')}"
         + (f", GPU {m['gpu']}" if "gpu" in m else ", no GPU") + "  ",
-        f"Load average at start / end: {m.get('loadavg_start')} / {result.get('loadavg_end')}; cores kept busy "
-        f"by other processes during the run: {_fmt_cores(result.get('foreign_cores'))} "
-        "(timings: medians of alternating repetitions)", "",
+        f"Load average at start / end: {m.get('loadavg_start')} / {result.get('loadavg_end')}; "
+        f"{describe(result.get('foreign_cores'))}; timings are medians of alternating repetitions", "",
         "| device | backend | op | shape | dtype | max abs err (fused / naive) | s fused | s naive | speedup "
         "| peak extra fused | peak extra naive | fused/naive mem | bandwidth vs copy |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -368,8 +341,7 @@ def main():
         result["loadavg_end"] = os.getloadavg()
     except OSError:
         pass
-    fc = _foreign_cores(info.pop("_cpu_start"))
-    result["foreign_cores"] = None if fc is None else round(fc, 3)
+    result["foreign_cores"] = info.pop("_cpu_watch").cores()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernels.json").write_text(json.dumps(result, indent=2) + "\n")

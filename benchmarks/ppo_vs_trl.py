@@ -39,6 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from contention import SHARED_CORES, ForeignCpu  # noqa: E402
 
 TRL_VERSION = "1.12.0"
 PHASES = ("generate", "score", "reference", "value", "update", "other")
@@ -460,31 +461,13 @@ def child_env(device: str, threads: int) -> dict:
     return env
 
 
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes have spent busy since boot (every core, from /proc/stat); None
-    where there is no /proc."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_seconds() -> float:
-    import resource
-
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def run_one(cmd: list[str], out_json: Path, env: dict, timeout: float) -> dict:
     """Run one child; its result JSON, or the reason it has none. stdout/stderr go to a log file.
     `foreign_cores`: the average number of cores other processes kept busy during the run (all
     busy CPU time minus the child's own), the direct measure of contention that a load average,
     which still carries the last minute's work, is not."""
     log = out_json.with_suffix(".log")
-    busy0, own0 = busy_cpu_seconds(), children_cpu_seconds()
+    watch = ForeignCpu()
     t0 = time.perf_counter()
     try:
         with open(log, "w") as f:
@@ -495,9 +478,7 @@ def run_one(cmd: list[str], out_json: Path, env: dict, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         rc = "timeout"
     elapsed = time.perf_counter() - t0
-    busy1, own1 = busy_cpu_seconds(), children_cpu_seconds()
-    foreign = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / elapsed
-    rec = {"process_s": elapsed, "log": str(log), "foreign_cores": None if foreign is None else round(foreign, 3)}
+    rec = {"process_s": elapsed, "log": str(log), "foreign_cores": watch.cores()}
     if rc == 0 and out_json.exists():
         return {"ok": True, "result": json.loads(out_json.read_text()), **rec}
     tail = log.read_text()[-3000:] if log.exists() else ""
@@ -593,8 +574,7 @@ def main(argv=None) -> int:
     machine["loadavg1_at_run_starts"] = during
     foreign = [r["foreign_cores"] for r in runs if r.get("foreign_cores") is not None]
     machine["foreign_cores_per_run"] = foreign
-    # other processes kept more than a quarter of a core busy on average during some run
-    machine["shared_machine"] = bool(any(x > 0.25 for x in foreign)) if foreign else bool(
+    machine["shared_machine"] = bool(any(x > SHARED_CORES for x in foreign)) if foreign else bool(
         any(x > threads + 0.5 for x in during))
     for v in VARIANTS:
         if v not in variants:

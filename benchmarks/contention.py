@@ -1,0 +1,46 @@
+"""How busy other processes kept the machine while a benchmark ran: the average number of cores
+they used, from /proc/stat's busy time minus this process's own (its threads, and the children it
+has waited for). A load average cannot tell: it still carries the last minute's work and counts the
+benchmark itself. Above SHARED_CORES the timings are reported as taken under contention."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+SHARED_CORES = 0.25  # other processes' average core use above which a run counts as contended
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (every core); None without /proc."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = f
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class ForeignCpu:
+    """watch = ForeignCpu(); ...; watch.cores() -> other processes' average core use since."""
+
+    def __init__(self) -> None:
+        self.busy0, self.own0, self.t0 = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
+
+    def cores(self) -> float | None:
+        busy1, own1, t1 = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
+        if self.busy0 is None or busy1 is None or t1 <= self.t0:
+            return None
+        return round(max(0.0, (busy1 - self.busy0) - (own1 - self.own0)) / (t1 - self.t0), 3)
+
+
+def describe(cores: float | None) -> str:
+    if cores is None:
+        return "other processes' CPU use unknown (no /proc/stat)"
+    verdict = "timings taken under contention" if cores > SHARED_CORES else "a quiet machine"
+    return f"other processes kept {cores:.2f} cores busy on average during the run ({verdict})"
