@@ -621,3 +621,12 @@ def test_adaptive_controller_state_round_trip_and_errors():
         core.AdaptiveKLController(0.1, 0.0, 10)
     with pytest.raises(ValueError, match="beta"):
         core.FixedKLController(-0.1)
+
+
+def test_vllm_backend_is_refused_not_silently_replaced():
+    from varpo.config import ConfigError, load_config
+    from varpo.defaults import EMBEDDED
+
+    with pytest.raises(ConfigError, match=r"generation: .*backend=vllm: the vLLM rollout engine is not implemented"):
+        load_config(EMBEDDED, ["generation.backend=vllm"])
+    assert load_config(EMBEDDED, ["generation.backend=hf"]).generation.backend == "hf"

@@ -81,7 +81,10 @@ class PPOConfig(Section):
 
 
 class GenerationConfig(Section):
-    backend: Literal["hf", "vllm"] = Field("hf", description="rollout engine: HF generate (everywhere) or vLLM (CUDA)")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="rollout engine: HF generate (everywhere); vllm is reserved for the colocated vLLM "
+        "engine of DESIGN.md §2 and refused until it exists (never silently replaced by HF generate)",
+    )
     max_new_tokens: int = Field(24, ge=1)
     min_new_tokens: int = Field(1, ge=0)
     temperature: float = Field(1.0, gt=0.0)
@@ -103,6 +106,13 @@ class GenerationConfig(Section):
         1024.0, gt=0.0, description="zero3_gather=grouped: most MB of actor parameters gathered at once per rank "
         "(a single module larger than this is gathered alone)"
     )
+
+    @model_validator(mode="after")
+    def _backend_exists(self):
+        if self.backend == "vllm":
+            raise ValueError("backend=vllm: the vLLM rollout engine is not implemented yet; use backend=hf "
+                             "(HF generate, with generation.zero3_gather under ZeRO-3)")
+        return self
 
 
 class ModelConfig(Section):
