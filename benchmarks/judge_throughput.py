@@ -19,14 +19,9 @@ from pathlib import Path
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from host import cpu_model  # benchmarks/, the script's own folder
+
+    cpu = cpu_model()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()}
 
 
@@ -64,7 +59,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="target duration per concurrency (sets the samples)")
     args = ap.parse_args()
     os.environ.setdefault("VARPO_NO_PROGRESS", "1")
-    from contention import ForeignCpu, describe  # benchmarks/, the script's own folder
+    from host import ForeignCpu, describe  # benchmarks/, the script's own folder
 
     from varpo.judge.local_server import JudgeServer
 

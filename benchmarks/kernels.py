@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))  # a source checkout without install
-from contention import ForeignCpu, describe  # noqa: E402  (benchmarks/, the script's own folder)
+from host import ForeignCpu, cpu_model, describe  # noqa: E402  (benchmarks/, the script's own folder)
 from varpo_kernels import selective_log_softmax, selective_log_softmax_naive  # noqa: E402
 from varpo_kernels.selective_log_softmax import CHUNK_ELEMENTS  # noqa: E402
 
@@ -258,11 +258,7 @@ def bench_device(device, shapes, dtype_name, backends, ops, chunk, reps, threads
 def machine():
     info = {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001
-        info["cpu_model"] = platform.processor()
+    info["cpu_model"] = cpu_model()
     try:
         info["loadavg_start"] = os.getloadavg()
     except OSError:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from contention import SHARED_CORES, ForeignCpu  # noqa: E402
+from host import SHARED_CORES, ForeignCpu, cpu_model  # noqa: E402
 
 TRL_VERSION = "1.12.0"
 PHASES = ("generate", "score", "reference", "value", "update", "other")
@@ -259,14 +259,7 @@ def machine_info(device: str, threads: int, trl_version: str | None, loadavg_bef
     import torch
     import transformers
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import importlib.metadata as md
 
     try:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 def machine(device) -> dict:
     import torch
+    from host import cpu_model  # benchmarks/, the script's own folder
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "device": str(device)}
     if device.type == "cuda":

@@ -20,12 +20,13 @@ import json
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from host import cpu_model  # benchmarks/, the script's own folder
 
 MODES = ("full", "grouped", "per_layer")
 
@@ -183,19 +184,6 @@ def rank_main(a: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------ driver
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _summary(result: dict) -> dict:
     out = {}
     for mode in MODES:
@@ -259,16 +247,13 @@ def driver(a: argparse.Namespace, argv: list[str]) -> None:
         # one thread per core and rank: more would oversubscribe the cores the ranks share
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
     load_before = [round(x, 2) for x in os.getloadavg()]
-    port = _free_port()
+    from varpo.dist import free_port
+
+    # each rank removes DeepSpeed's shared-memory all-reduce buffer at exit (varpo.dist)
     cmd = ["deepspeed", "--num_nodes", "1", "--num_gpus" if cuda else "--num_accelerators", str(ranks),
-           "--master_port", str(port), __file__, "--rank-main", *argv]
+           "--master_port", str(free_port()), __file__, "--rank-main", *argv]
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    finally:
-        # DeepSpeed's CPU all-reduce leaves one shared-memory segment per rank behind (69 MB each)
-        for seg in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
-            seg.unlink(missing_ok=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"benchmark ranks failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     tmp = a.out / "_ranks.json"
@@ -276,7 +261,7 @@ def driver(a: argparse.Namespace, argv: list[str]) -> None:
     tmp.unlink()
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["summary"] = _summary(result)
-    result["machine"] = {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+    result["machine"] = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                          "torch": torch.__version__, "deepspeed": deepspeed.__version__,
                          "transformers": transformers.__version__,
                          "omp_num_threads": env.get("OMP_NUM_THREADS"),

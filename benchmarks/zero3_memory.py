@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from host import cpu_model  # benchmarks/, the script's own folder
 
 
 def rank_main(out: Path, n_layer: int, n_embd: int) -> None:
@@ -45,13 +46,6 @@ def rank_main(out: Path, n_layer: int, n_embd: int) -> None:
     (out / f"ws{info.world_size}_rank{info.rank}.json").write_text(json.dumps(row))
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def driver(out: Path, n_layer: int, n_embd: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "VARPO_NO_PROGRESS": "1"}
@@ -59,10 +53,12 @@ def driver(out: Path, n_layer: int, n_embd: int) -> None:
 
     if not torch.cuda.is_available():
         env["DS_ACCELERATOR"] = "cpu"
+    from varpo.dist import free_port
+
     rows = []
     for n in (1, 2):
         cmd = ["deepspeed", "--num_nodes", "1", "--num_accelerators" if not torch.cuda.is_available() else "--num_gpus",
-               str(n), "--master_port", str(29700 + n), __file__, "--rank-main", "--out", str(out),
+               str(n), "--master_port", str(free_port()), __file__, "--rank-main", "--out", str(out),
                "--n-layer", str(n_layer), "--n-embd", str(n_embd)]
         subprocess.run(cmd, check=True, env=env, capture_output=True)
         rows += [json.loads((out / f"ws{n}_rank{r}.json").read_text()) for r in range(n)]
@@ -72,7 +68,7 @@ def driver(out: Path, n_layer: int, n_embd: int) -> None:
         "model": f"GPT-2 {n_layer} layers × {n_embd}, vocab 8192 ({one['total_params'] / 1e6:.2f} M params)",
         "rows": rows,
         "ratio_2_over_1": {k: max(r[k] for r in two) / one[k] for k in ("param_shard_bytes", "optimizer_state_bytes")},
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
         "command": "python benchmarks/zero3_memory.py --out " + str(out),
     }

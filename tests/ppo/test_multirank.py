@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from varpo.dist import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.multirank, pytest.mark.slow]
@@ -24,7 +25,7 @@ def _launch(n: int, out: Path, overrides: list[str], script: Path = ROOT / "laun
             args: tuple[str, ...] = ()) -> None:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "VARPO_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     sets = [x for o in overrides for x in ("--set", o)]
-    port = _free_port()
+    port = free_port()
     if n == 1:
         cmd = [sys.executable, str(script)]
     else:
@@ -42,12 +43,6 @@ def _launch(n: int, out: Path, overrides: list[str], script: Path = ROOT / "laun
             seg.unlink(missing_ok=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not left, f"shared-memory all-reduce buffers left behind: {left}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rows(out: Path) -> list[dict]:

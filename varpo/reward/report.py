@@ -21,9 +21,14 @@ def quantiles(x: torch.Tensor) -> dict:
     return {"p10": float(p10), "p50": float(p50), "p90": float(p90), "mean": float(a.mean())}
 
 
+def pair_correct(diff: torch.Tensor) -> torch.Tensor:
+    """diff = r(chosen) − r(rejected) → 1 where the order is right, ½ for a tie, 0 otherwise."""
+    return (diff > 0).double() + 0.5 * (diff == 0).double()
+
+
 def pair_accuracy(diff: torch.Tensor) -> torch.Tensor:
     """diff [N, ...] = r(chosen) − r(rejected) → accuracy [...] (ties count ½)."""
-    return ((diff > 0).double() + 0.5 * (diff == 0).double()).mean(0)
+    return pair_correct(diff).mean(0)
 
 
 def uncertainty_calibration(var_diff: torch.Tensor, correct: torch.Tensor, groups: int = 4) -> dict:
@@ -60,18 +65,17 @@ def disagreement_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor, ddof: i
         "head_accuracy": head_acc, "ensemble_accuracy": float(pair_accuracy(ens_diff)),
         "head_accuracy_spread": max(head_acc) - min(head_acc),
         "variance_quantiles": quantiles(var_resp), "diff_variance_quantiles": quantiles(var_diff),
-        "uncertainty_calibration": uncertainty_calibration(var_diff, (ens_diff > 0).double() + 0.5 * (ens_diff == 0).double()),
+        "uncertainty_calibration": uncertainty_calibration(var_diff, pair_correct(ens_diff)),
     }
     if gold_diff is not None:
         keep = gold_diff != 0  # pairs of equal gold reward have no gold order
         if bool(keep.any()):
             sign = gold_diff[keep].sign()
             out["gold_pairs"] = int(keep.sum())
-            out["ensemble_gold_accuracy"] = float(pair_accuracy(ens_diff[keep] * sign))
+            gold_ordered = ens_diff[keep] * sign
+            out["ensemble_gold_accuracy"] = float(pair_accuracy(gold_ordered))
             out["head_gold_accuracy"] = pair_accuracy(diff[keep] * sign[:, None]).tolist()
-            d = ens_diff[keep] * sign
-            out["uncertainty_calibration_gold"] = uncertainty_calibration(
-                var_diff[keep], (d > 0).double() + 0.5 * (d == 0).double())
+            out["uncertainty_calibration_gold"] = uncertainty_calibration(var_diff[keep], pair_correct(gold_ordered))
     return out, var_resp, var_diff
 
 

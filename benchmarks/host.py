@@ -1,14 +1,27 @@
-"""How busy other processes kept the machine while a benchmark ran: the average number of cores
-they used, from /proc/stat's busy time minus this process's own (its threads, and the children it
-has waited for). A load average cannot tell: it still carries the last minute's work and counts the
-benchmark itself. Above SHARED_CORES the timings are reported as taken under contention."""
+"""What a benchmark ran on: the CPU model, and how busy other processes kept the machine meanwhile
+— the average number of cores they used, from /proc/stat's busy time minus this process's own (its
+threads, and the children it has waited for). A load average cannot tell: it still carries the
+last minute's work and counts the benchmark itself. Above SHARED_CORES the timings are reported as
+taken under contention."""
 from __future__ import annotations
 
 import os
+import platform
 import time
 from pathlib import Path
 
 SHARED_CORES = 0.25  # other processes' average core use above which a run counts as contended
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else whatever the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def busy_cpu_seconds() -> float | None:
