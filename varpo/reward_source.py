@@ -1,5 +1,5 @@
 """The one interface every reward source implements for the trainer and the evaluation:
-texts in, a score s and its uncertainty σ² out (docs/design.md §1).
+texts in, a score s and its uncertainty σ² out (docs/design.md §1 "Uncertainty sources").
 
 A leaf module: the sources (varpo.reward, varpo.judge, varpo.testbed) import it, and it imports
 none of them; `varpo.scoring.build_scorer` is the factory that picks one from the config."""

@@ -1,4 +1,4 @@
-"""PPO for language models, vanilla and variance-aware (DESIGN.md §1, Algorithm 1).
+"""PPO for language models, vanilla and variance-aware (docs/design.md §1, Algorithm 1).
 
 One iteration, `PPOTrainer.train_step`: seven stages, each a method that fills in one
 `Experience` (varpo.ppo.experience), the object the update consumes:
