@@ -22,12 +22,18 @@ import torch
 
 from .. import dist
 from ..config import VarpoConfig, save_resolved
-from ..engines import gathered_params, is_zero3
 from ..outputs import append_jsonl, console, progress, read_jsonl, write_json
 from ..scoring import Scorer
 from . import checkpoint, core
 from .logprobs import token_logprobs
-from .models import build_actor, build_critic, build_reference, load_tokenizer
+from .models import (
+    build_actor,
+    build_critic,
+    build_reference,
+    export_actor,
+    load_tokenizer,
+    role_param_counts,
+)
 from .rollout import Rollout, generate, response_logits, response_values, tokenize_prompts
 
 
@@ -54,8 +60,10 @@ class PPOTrainer:
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or policy_path)
         self.actor = build_actor(cfg, policy_path, self.world)
-        self.reference = build_reference(cfg, policy_path, self.world)
+        # with LoRA and model.lora.reference_from_base: the actor's base with adapters disabled
+        self.reference = build_reference(cfg, policy_path, self.world, actor=self.actor)
         self.critic = build_critic(cfg, critic_path or policy_path, self.world)
+        self.params = role_param_counts(self.actor, self.critic)
         self.kl_ctl = core.make_kl_controller(p.kl)
         self.sigma_mean = core.RunningMean(p.variance.running_momentum)
         self.step = 0
@@ -111,7 +119,8 @@ class PPOTrainer:
         self._seed_step(step)
         prompts = self._batch_prompts(step)
         t0 = time.perf_counter()
-        ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, cfg.generation.max_prompt_len, self.device)
+        ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, cfg.generation.max_prompt_len, self.device,
+                                               cfg.data.chat_template)
         self.counters["truncated_prompts"] += n_trunc
         ro = generate(self.actor, self.tokenizer, ids, mask, cfg.generation)
         timings["generate"] = time.perf_counter() - t0
@@ -328,7 +337,7 @@ class PPOTrainer:
             "steps": self.step, "world_size": self.world, "policy_path": str(policy_dir),
             "episodes_per_s": sum(m["episodes_per_s"] for m in good) / max(len(good), 1),
             "tokens_per_s": sum(m["tokens_per_s"] for m in good) / max(len(good), 1),
-            "final": good[-1] if good else {}, **self.counters,
+            "final": good[-1] if good else {}, **self.counters, **self.params,
         }
         if self.info.is_main:
             write_json(self.out / "summary.json", summary)
@@ -336,12 +345,8 @@ class PPOTrainer:
         return summary
 
     def export_policy(self, path: Path) -> Path:
-        """The trained actor as one HF folder (safetensors), gathered from ZeRO-3 shards if any."""
-        module = self.actor.module
-        with gathered_params(module, enabled=is_zero3(module)):
-            if self.info.is_main:
-                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-                module.save_pretrained(str(path), state_dict=state, safe_serialization=True)
-                self.tokenizer.save_pretrained(str(path))
+        """The trained actor as one plain HF folder (LoRA adapters merged in; the adapters alone
+        also under `<path>_adapter`), gathered from ZeRO-3 shards if any."""
+        export_actor(self.actor, self.tokenizer, path, self.info.is_main)
         dist.barrier()
         return path
