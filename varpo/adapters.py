@@ -119,7 +119,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- environment
-BNB_CPU_MIN = (0, 48)  # bitsandbytes' CPU backend quantizes and runs nf4/fp4 layers from here on (0.50.2 checked)
+BNB_CPU_MIN = (0, 50)  # the oldest bitsandbytes whose CPU backend was checked to run nf4 layers here (0.50.2)
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -153,7 +153,8 @@ def check_environment(cfg) -> None:
         elif not cuda:
             have = importlib.metadata.version("bitsandbytes")
             if _version_tuple(have) < BNB_CPU_MIN:
-                problems.append(f"model.quantization.load_in_4bit=true on CPU: bitsandbytes {have} has no CPU 4-bit "
-                                f"backend; need bitsandbytes>={BNB_CPU_MIN[0]}.{BNB_CPU_MIN[1]} or a CUDA GPU")
+                problems.append(f"model.quantization.load_in_4bit=true on CPU: bitsandbytes {have} predates "
+                                f"{BNB_CPU_MIN[0]}.{BNB_CPU_MIN[1]}, the first whose CPU 4-bit backend varpo was checked "
+                                f"with; need bitsandbytes>={BNB_CPU_MIN[0]}.{BNB_CPU_MIN[1]} or a CUDA GPU")
     if problems:
         raise ConfigError("this machine cannot run the configured model:\n  " + "\n  ".join(problems))

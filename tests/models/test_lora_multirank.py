@@ -37,10 +37,16 @@ def _launch(n: int, out: Path, overrides: list[str]) -> None:
 
 def test_lora_zero3_two_ranks_match_one_and_export_a_plain_model(tiny_models, tmp_path):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from varpo.reward.model import EnsembleRewardModel
 
     base = tiny_models["llama"]
-    common = [f"model.policy_path={base}", "reward.type=gold", "deepspeed.zero_stage=3",
+    # random heads on the base: scores and σ² that differ between responses, so the first update
+    # has a gradient (the gold reward of a random tiny model's text is 0 for every response)
+    torch.manual_seed(5)
+    EnsembleRewardModel.from_backbone(base, 4).save_pretrained(tmp_path / "rm", tokenizer=AutoTokenizer.from_pretrained(base))
+    common = [f"model.policy_path={base}", f"reward.path={tmp_path / 'rm'}", "ppo.variance.weighting=batch_mean", "deepspeed.zero_stage=3",
               "deepspeed.param_persistence_threshold=0", "model.lora.enabled=true", "model.lora.r=4",
               "model.lora.critic=true", "model.lora.target_modules=all-linear", "ppo.steps=2", "ppo.batch_size=4",
               "ppo.mini_batch_size=4", "ppo.ppo_epochs=1", "ppo.actor_lr=3e-3", "ppo.critic_lr=3e-3",
@@ -52,7 +58,7 @@ def test_lora_zero3_two_ranks_match_one_and_export_a_plain_model(tiny_models, tm
     rows = {k: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for k, d in (("1", one), ("2", two))}
     assert [r["world_size"] for r in rows["2"]] == [2, 2]
     for r1, r2 in zip(rows["1"], rows["2"]):
-        for key in ("score_mean", "kl_mean", "policy_loss", "value_loss", "returns_mean"):
+        for key in ("score_mean", "variance_mean", "kl_mean", "policy_loss", "value_loss", "returns_mean"):
             assert r1[key] == pytest.approx(r2[key], rel=1e-4, abs=1e-6), key
     assert rows["1"][1]["kl_mean"] != 0.0  # the adapters moved the policy away from the base reference
 
