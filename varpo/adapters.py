@@ -107,15 +107,28 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                     d = module.get_delta_weight(adapter).detach()
                     key = f"{name}.base_layer.weight"
                     deltas[key] = deltas.get(key, 0) + d
+    dense = {f"{name}.weight": _dequantized(m.weight) for name, m in base.named_modules()
+             if type(getattr(m, "weight", None)).__name__ == "Params4bit"}
     state = {}
     for key, value in base.state_dict().items():
-        if ".lora_" in key or "lora_magnitude" in key:
-            continue
-        v = value.detach()
+        if ".lora_" in key or "lora_magnitude" in key or any(key.startswith(k + ".") for k in dense):
+            continue  # adapters, and a 4-bit weight's quantization state (absmax, quant_map, ...)
+        v = dense.get(key, value).detach()
         if key in deltas:
-            v = (v.float() + deltas[key].float()).to(value.dtype)
+            v = (v.float() + deltas[key].float()).to(v.dtype)
         state[key.replace(".base_layer.", ".")] = v.cpu().clone()
     return state
+
+
+def _dequantized(weight) -> torch.Tensor:
+    """A bitsandbytes 4-bit weight as a dense [out, in] tensor in its compute dtype."""
+    import bitsandbytes.functional as bnbf
+
+    return bnbf.dequantize_4bit(weight.data, weight.quant_state).to(weight.quant_state.dtype)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(type(p).__name__ == "Params4bit" for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------- environment

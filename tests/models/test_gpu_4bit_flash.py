@@ -48,6 +48,14 @@ def _run_qlora(path: str, out, extra: list[str]) -> dict:
     assert 0 < summary["trainable_params"] < 0.2 * summary["total_params"]
     exported = AutoModelForCausalLM.from_pretrained(str(out / "policy"))  # merged, dequantized: plain HF
     assert not any("lora" in n for n, _ in exported.named_parameters())
+    # it computes what the trained 4-bit actor computes (up to bf16 rounding of the merged weights)
+    actor = built["actor"].eval()
+    device = next(actor.parameters()).device
+    ids = torch.randint(3, exported.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = actor(input_ids=ids.to(device)).logits.float().cpu()
+        got = exported.to(device)(input_ids=ids.to(device)).logits.float().cpu()
+    assert (got - want).abs().max() <= 0.05 * want.abs().max()
     return summary
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapters import attach_lora, is_peft, load_kwargs, merged_state_dict, param_counts
+from ..adapters import attach_lora, is_peft, is_quantized, load_kwargs, merged_state_dict, param_counts
 from ..config import VarpoConfig
 from ..engines import build_model, ds_config, gathered_params, inference_engine, is_zero3, train_engine
 
@@ -164,7 +164,10 @@ def export_actor(actor, tokenizer, path: Path, is_main: bool) -> Path:
             return path
         if is_peft(module):
             base = module.get_base_model()
-            base.save_pretrained(str(path), state_dict=merged_state_dict(module), safe_serialization=True)
+            state = merged_state_dict(module)
+            if is_quantized(base):
+                base = _dense_twin(base, state)  # the merged weights are dense: no quantization config
+            base.save_pretrained(str(path), state_dict=state, safe_serialization=True)
             adapter_dir = path.with_name(path.name + "_adapter")
             module.save_pretrained(str(adapter_dir), state_dict={k: v.detach().cpu().clone()
                                                                   for k, v in module.state_dict().items()})
@@ -174,3 +177,20 @@ def export_actor(actor, tokenizer, path: Path, is_main: bool) -> Path:
             module.save_pretrained(str(path), state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(str(path))
     return path
+
+
+def _dense_twin(base: nn.Module, state: dict) -> nn.Module:
+    """A plain (unquantized) model of `base`'s architecture holding `state`, for saving."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    conf = copy.deepcopy(base.config)
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(conf, attr):
+            delattr(conf, attr)
+    with torch.device("meta"):
+        twin = AutoModelForCausalLM.from_config(conf)
+    twin.load_state_dict(state, strict=False, assign=True)
+    twin.tie_weights()
+    return twin
