@@ -24,7 +24,7 @@ class Scores:
 @runtime_checkable
 class Scorer(Protocol):
     """A reward source. Implementations: the multi-head ensemble (varpo.reward), interval judges
-    (varpo.judge), and the testbed's gold reward (σ² = 0)."""
+    (varpo.judge), the testbed's gold reward (σ² = 0) and the oracle (gold + noise of known σ²)."""
 
     def score(self, prompts: list[str], responses: list[str]) -> Scores: ...
 
@@ -35,7 +35,11 @@ def build_scorer(cfg) -> Scorer:
     if kind == "gold":
         from .testbed import GoldScorer
 
-        return GoldScorer()
+        return GoldScorer(cfg.testbed.task, cfg.testbed.overopt_threshold)
+    if kind == "oracle":
+        from .reward.oracle import OracleScorer
+
+        return OracleScorer.from_config(cfg)
     if kind == "judge":
         from .judge import JudgeScorer
 

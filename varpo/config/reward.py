@@ -8,8 +8,20 @@ from pydantic import Field
 from .core import Section
 
 
+class OracleConfig(Section):
+    """reward.type=oracle: the testbed's gold plus noise of a known σ² (Assumption 2.1 made true);
+    see varpo/reward/oracle.py for the formula."""
+    sigma_min: float = Field(0.03, gt=0.0, description="noise std of responses with no net sentiment (c = 0)")
+    sigma_max: float = Field(0.6, gt=0.0, description="noise std from |c| = overopt_threshold + 1 on (off the data's support)")
+    noise_seed: int | None = Field(None, description="which draw of the noisy reward; None: the run's seed (every "
+                                   "policy of a population faces its own draw, as if from its own reward model)")
+
+
 class RewardConfig(Section):
-    type: Literal["ensemble", "judge", "gold"] = Field("ensemble", description="where (score, σ²) come from")
+    type: Literal["ensemble", "judge", "gold", "oracle"] = Field(
+        "ensemble", description="where (score, σ²) come from: a trained ensemble, interval judges, the testbed's "
+        "gold (σ² = 0), or the oracle (gold + noise with a known σ², reward.oracle)")
+    oracle: OracleConfig = OracleConfig()
     path: str | None = Field(None, description="trained ensemble folder; None: the embedded task's default ensemble")
     aggregation: Literal["mean", "median", "min", "mean_minus_var", "mean_minus_std"] = Field(
         "mean", description="score s from the K head rewards: mean (the paper), median, min (worst case), "

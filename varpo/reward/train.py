@@ -336,10 +336,13 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     report: dict = {}
     with gathered_params(engine.module):
         if info.is_main:
-            gold = None
+            gold = gold_resp = None
             if all("chosen_gold" in p and "rejected_gold" in p for p in held):
                 gold = torch.tensor([float(p["chosen_gold"]) - float(p["rejected_gold"]) for p in held], dtype=torch.float64)
-            report = disagreement_report(final["rc"], final["rr"], out, ddof=cfg.reward.ddof, gold_diff=gold)
+                gold_resp = torch.tensor([float(p[side]) for side in ("chosen_gold", "rejected_gold") for p in held],
+                                         dtype=torch.float64)
+            report = disagreement_report(final["rc"], final["rr"], out, ddof=cfg.reward.ddof, gold_diff=gold,
+                                         gold_responses=gold_resp)
             model_path = engine.module.save_pretrained(out / "reward_model", tokenizer=tok,
                                                        extra={"max_length": max_len})
             report.update(
