@@ -48,6 +48,12 @@ class LoraConfig(Section):
 class RewardTrainingConfig(Section):
     backbone_path: str | None = Field(None, description="HF folder of the backbone; None: the testbed LM")
     num_heads: int = Field(10, ge=1, description="K linear heads on one backbone")
+    ensemble_kind: Literal["heads", "prior"] = Field(
+        "heads", description="heads: K linear heads differing by seed (and bootstrap), the paper's; prior: each head "
+        "plus prior_scale × a fixed random prior head of its own (randomized prior functions, Osband et al. 2018)")
+    prior_scale: float = Field(1.0, ge=0.0, description="ensemble_kind=prior: weight of the random prior heads")
+    standardize: bool = Field(False, description="after training, shift and scale each member to mean 0 and std 1 on "
+                              "the held-out pairs' responses (reference samples), so σ² is not a difference of scales")
     pooling: Literal["last", "mean"] = Field("mean", description="head input: the last non-padding token's hidden state (the paper's), or the mean over non-padding tokens (better on the tiny testbed LM: 0.76 vs 0.70 held-out accuracy)")
     head_seed: int = Field(0, description="head k is initialised from seed head_seed + k")
     bootstrap: bool = Field(True, description="each head sees its own bootstrap resample of the pairs")
