@@ -197,4 +197,12 @@ def summarize(rows: list[dict]) -> dict:
         kl = [x["kl_mean"] for x in rows if x["method"] == method and x.get("kl_mean") is not None]
         out[method] = {"gold_reward_mean": st.fmean(r), "gold_reward_var": st.variance(r) if len(r) > 1 else 0.0,
                        "n_policies": len(r), "kl_mean": st.fmean(kl) if kl else 0.0}
+        # the proxy and its σ² calibration on this method's evaluation samples, when they were scored
+        rows_m = [x for x in rows if x["method"] == method]
+        for key, get in (("proxy_mean", lambda x: x.get("proxy_mean")),
+                         ("spearman_sigma2_sqerr", lambda x: (x.get("calibration") or {}).get("spearman_sigma2_sqerr")),
+                         ("sigma2_growth", lambda x: x.get("sigma2_growth"))):
+            vals = [v for v in map(get, rows_m) if v is not None]
+            if vals:
+                out[method][key] = st.fmean(vals)
     return out
