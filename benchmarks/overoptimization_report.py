@@ -19,6 +19,11 @@ def collect(src: Path, dst: Path) -> list[dict]:
     for path in sorted((src / "policies").glob("*/seed_*.json")):
         row = json.loads(path.read_text())
         row.pop("policy_path", None)
+        metrics = src / "runs" / row["method"] / f"seed_{row['seed']}" / "metrics.jsonl"
+        if metrics.exists():  # the last step's KL is one noisy batch: also the mean of the last 5 steps
+            kl = [json.loads(x).get("kl_mean") for x in metrics.read_text().splitlines() if x.strip()]
+            kl = [v for v in kl if isinstance(v, (int, float))][-5:]
+            row["kl_last5_mean"] = st.fmean(kl) if kl else None
         rows.append(row)
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "policies.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -42,6 +47,7 @@ def calibration_summary(rows: list[dict]) -> dict:
                   "sigma2_p90_over_p10_mean": st.fmean(c["sigma2_p90_over_p10"] for c in cal if c.get("sigma2_p90_over_p10")),
                   "sigma2_growth_mean": st.fmean(growth) if growth else None,
                   "kl_mean": st.fmean(r.get("kl_mean") or 0.0 for r in rows if r["method"] == m),
+                  "kl_last5_mean": st.fmean(r.get("kl_last5_mean") or 0.0 for r in rows if r["method"] == m),
                   "proxy_mean": st.fmean(r["proxy_mean"] for r in rows if r["method"] == m and r.get("proxy_mean") is not None)}
     return out
 
@@ -55,8 +61,8 @@ def plot_gold_vs_kl(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, m in enumerate(dict.fromkeys(r["method"] for r in rows)):
         pts = [r for r in rows if r["method"] == m]
-        ax.scatter([r.get("kl_mean") or 0.0 for r in pts], [r["reward"] for r in pts], s=18, alpha=0.7, color=f"C{i}", label=m)
-    ax.set(xlabel="KL(π ‖ π_ref) per sequence, last training steps (nats)", ylabel="gold reward of the policy", title=title)
+        ax.scatter([r.get("kl_last5_mean") or r.get("kl_mean") or 0.0 for r in pts], [r["reward"] for r in pts], s=18, alpha=0.7, color=f"C{i}", label=m)
+    ax.set(xlabel="KL(π ‖ π_ref) per sequence, mean of the last 5 training steps (nats)", ylabel="gold reward of the policy", title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
