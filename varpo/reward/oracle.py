@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..scoring import Scores
+from ..reward_source import Scores
 
 
 def oracle_sigma(c: int, sigma_min: float, sigma_max: float, threshold: int) -> float:

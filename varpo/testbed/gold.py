@@ -25,7 +25,7 @@ import re
 
 import torch
 
-from ..scoring import Scores
+from ..reward_source import Scores
 from .lexicon import FUNCTION_WORDS, INTENSIFIERS, NEGATIVE_SET, POSITIVE_SET
 
 GOLD_MIN, GOLD_MAX = 0.0, 1.0
@@ -95,7 +95,7 @@ def gold_fn(task: str = "sentiment", threshold: int = 3):
 
 
 class GoldScorer:
-    """The gold reward as a `varpo.scoring.Scorer`: exact, so σ² = 0 and eval_reward = score."""
+    """The gold reward as a `varpo.reward_source.Scorer`: exact, so σ² = 0 and eval_reward = score."""
 
     def __init__(self, task: str = "sentiment", threshold: int = 3):
         self.reward = gold_fn(task, threshold)
