@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "quickstart",
     "population",
     "heterogeneity",
+    "kl_sweep",
     "stats",
     "theory",
     "score",

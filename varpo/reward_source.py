@@ -27,6 +27,6 @@ class Scores:
 @runtime_checkable
 class Scorer(Protocol):
     """A reward source. Implementations: the multi-head ensemble (varpo.reward), interval judges
-    (varpo.judge), and the testbed's gold reward (σ² = 0)."""
+    (varpo.judge), the testbed's gold reward (σ² = 0) and the oracle (gold + noise of known σ², varpo.reward.oracle)."""
 
     def score(self, prompts: list[str], responses: list[str]) -> Scores: ...

@@ -14,7 +14,11 @@ def build_scorer(cfg) -> Scorer:
     if kind == "gold":
         from .testbed import GoldScorer
 
-        return GoldScorer()
+        return GoldScorer(cfg.testbed.task, cfg.testbed.overopt_threshold)
+    if kind == "oracle":
+        from .reward.oracle import OracleScorer
+
+        return OracleScorer.from_config(cfg)
     if kind == "judge":
         from .judge import JudgeScorer
 

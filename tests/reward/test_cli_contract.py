@@ -24,6 +24,7 @@ def test_train_rm_on_the_embedded_default(tmp_path, testbed):
     assert len(set(r["head_accuracy"])) > 1
     assert r["ensemble_accuracy"] > 0.65  # 500 held-out pairs: chance is 0.5 ± 0.045 (2σ)
     assert r["ensemble_gold_accuracy"] > 0.65
+    assert isinstance(r["uncertainty_calibration"]["spearman_sigma2_sqerr"], float)  # gold is known: σ² vs error
     assert (out / "disagreement.png").stat().st_size > 0
     assert r["model_path"] == str(out / "reward_model")
     # the folder is what a PPO config points at

@@ -119,3 +119,30 @@ def test_from_pretrained_rejects_other_folders(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="model_type is 'llama'"):
         EnsembleRewardModel.from_pretrained(tmp_path)
+
+
+def test_prior_heads_and_standardisation_against_a_float64_reference(tmp_path):
+    torch.manual_seed(4)
+    model = EnsembleRewardModel.from_backbone(llama_config(), 3, pooling="mean", prior_scale=2.5).eval()
+    assert not model.prior.weight.requires_grad  # priors are fixed
+    assert not torch.equal(model.prior.weight, model.heads.weight)
+    ids = torch.randint(3, 64, (7, 9))
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0
+    with torch.no_grad():
+        h = model.pooled(ids, mask).double()
+        raw_ref = h @ model.heads.weight.double().T + model.heads.bias.double() \
+            + 2.5 * (h @ model.prior.weight.double().T + model.prior.bias.double())
+        raw = model(ids, mask)
+        torch.testing.assert_close(raw.double(), raw_ref, rtol=1e-5, atol=1e-5)
+        model.standardize(raw)
+        std = model(ids, mask).double()
+    torch.testing.assert_close(std, (raw_ref - raw_ref.mean(0)) / raw_ref.std(0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(std.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    model.save_pretrained(tmp_path / "rm")
+    loaded = EnsembleRewardModel.from_pretrained(tmp_path / "rm")
+    assert loaded.prior_scale == 2.5
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, mask).double(), std, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="standardize"):
+        model.standardize(torch.zeros(5, 2))

@@ -127,3 +127,19 @@ def test_lora_training_changes_only_adapted_projections(tmp_path, rm_overrides, 
     assert set(saved) <= set(base)
     changed = {k for k in saved if not torch.equal(saved[k], base[k])}
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+
+
+def test_prior_kind_with_standardised_members(tmp_path, rm_overrides, pair_files):
+    from varpo.reward.scorer import load_scorer
+
+    r = _train(tmp_path, rm_overrides, ["reward_training.ensemble_kind=prior", "reward_training.prior_scale=2.0",
+                                        "reward_training.standardize=true"])
+    assert r["ensemble_kind"] == "prior" and r["prior_scale"] == 2.0 and r["standardized"]
+    pairs = read_jsonl(pair_files[1])
+    sc = load_scorer(r["model_path"])
+    per_head = torch.cat([sc.score([p["prompt"] for p in pairs], [p[s] for p in pairs]).extras["per_head"]
+                          for s in ("chosen", "rejected")]).double()
+    # every member has mean 0 and std 1 on the held-out responses it was standardised on
+    torch.testing.assert_close(per_head.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(per_head.std(0), torch.ones(4, dtype=torch.float64), atol=1e-4, rtol=0)
+    assert r["ensemble_accuracy"] > 0.75  # standardising (a monotone map per member) kept what was learnt

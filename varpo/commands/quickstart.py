@@ -17,9 +17,18 @@ def register(app: typer.Typer) -> None:
         seeds: int = typer.Option(3, "--seeds", min=1, help="policies per method"),
         config: Path | None = ConfigOpt,
         set_: list[str] | None = SetOpt,
+        task: str = typer.Option("sentiment", "--task", help="embedded task when no --config is given: sentiment "
+                                 "(the default) or overopt (the over-optimization task, varpo/defaults/overopt.yaml, "
+                                 "where a weakly regularised policy over-optimizes its reward ensemble)"),
     ) -> None:
         """Run the whole pipeline on the embedded default and write OUT/report.json."""
-        run(out, seeds, config, set_ or [])
+        from ..config import ConfigError
+        from ..defaults import EMBEDDED, OVEROPT
+
+        tasks = {"sentiment": EMBEDDED, "overopt": OVEROPT}
+        if task not in tasks:
+            raise ConfigError(f"--task {task!r}: expected one of {sorted(tasks)}")
+        run(out, seeds, config or tasks[task], set_ or [])
 
 
 def run(out: Path, seeds: int, config, overrides: list[str]) -> dict:

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "testbed.json", report)
         save_resolved(cfg, out)
-        rows = [{"metric": k, "value": report[k]} for k in (
+        rows = [{"metric": k, "value": report.get(k)} for k in (
             "heldout_perplexity", "unigram_perplexity", "sample_gold_reward_mean", "sample_gold_reward_std",
             "corpus_gold_reward_mean", "sample_tokens_mean", "n_params", "vocab_size", "n_train_pairs",
             "n_eval_pairs", "build_seconds", "seconds", "cache_hit")]

@@ -8,8 +8,20 @@ from pydantic import Field
 from .core import Section
 
 
+class OracleConfig(Section):
+    """reward.type=oracle: the testbed's gold plus noise of a known σ² (Assumption 2.1 made true);
+    see varpo/reward/oracle.py for the formula."""
+    sigma_min: float = Field(0.03, gt=0.0, description="noise std of responses with no net sentiment (c = 0)")
+    sigma_max: float = Field(0.6, gt=0.0, description="noise std from |c| = overopt_threshold + 1 on (off the data's support)")
+    noise_seed: int | None = Field(None, description="which draw of the noisy reward; None: the run's seed (every "
+                                   "policy of a population faces its own draw, as if from its own reward model)")
+
+
 class RewardConfig(Section):
-    type: Literal["ensemble", "judge", "gold"] = Field("ensemble", description="where (score, σ²) come from")
+    type: Literal["ensemble", "judge", "gold", "oracle"] = Field(
+        "ensemble", description="where (score, σ²) come from: a trained ensemble, interval judges, the testbed's "
+        "gold (σ² = 0), or the oracle (gold + noise with a known σ², reward.oracle)")
+    oracle: OracleConfig = OracleConfig()
     path: str | None = Field(None, description="trained ensemble folder; None: the embedded task's default ensemble")
     aggregation: Literal["mean", "median", "min", "mean_minus_var", "mean_minus_std"] = Field(
         "mean", description="score s from the K head rewards: mean (the paper), median, min (worst case), "
@@ -39,6 +51,12 @@ class LoraConfig(Section):
 class RewardTrainingConfig(Section):
     backbone_path: str | None = Field(None, description="HF folder of the backbone; None: the testbed LM")
     num_heads: int = Field(10, ge=1, description="K linear heads on one backbone")
+    ensemble_kind: Literal["heads", "prior"] = Field(
+        "heads", description="heads: K linear heads differing by seed (and bootstrap), the paper's; prior: each head "
+        "plus prior_scale × a fixed random prior head of its own (randomized prior functions, Osband et al. 2018)")
+    prior_scale: float = Field(1.0, ge=0.0, description="ensemble_kind=prior: weight of the random prior heads")
+    standardize: bool = Field(False, description="after training, shift and scale each member to mean 0 and std 1 on "
+                              "the held-out pairs' responses (reference samples), so σ² is not a difference of scales")
     pooling: Literal["last", "mean"] = Field("mean", description="head input: the last non-padding token's hidden state (the paper's), or the mean over non-padding tokens (better on the tiny testbed LM: 0.76 vs 0.70 held-out accuracy)")
     head_seed: int = Field(0, description="head k is initialised from seed head_seed + k")
     bootstrap: bool = Field(True, description="each head sees its own bootstrap resample of the pairs")

@@ -4,6 +4,8 @@ Every field except `cache_dir` is part of the cache key: change one and the test
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from .core import Section
@@ -12,6 +14,14 @@ from .core import Section
 class TestbedConfig(Section):
     __test__ = False  # not a pytest class
 
+    task: Literal["sentiment", "overopt"] = Field(
+        "sentiment", description="the gold reward: sentiment (rises with positivity), or overopt (rises with the net "
+        "count of positive adjectives up to overopt_threshold and falls past it, where the reference LM puts <1% of "
+        "its samples: a proxy trained on its pairs extrapolates the rise; see varpo/testbed/overopt.py)",
+    )
+    overopt_threshold: int = Field(3, ge=1, description="overopt task: net positive adjectives at which the gold peaks")
+    label_flip: float = Field(0.0, ge=0.0, le=0.5, description="probability that a pair's label is flipped after the "
+                              "Bradley–Terry draw (Coste et al. 2023 use 0.25 to make over-optimization clear)")
     seed: int = Field(0, description="seed of everything the testbed generates (corpus, init, sampling, labels)")
     cache_dir: str | None = Field(None, description="where built testbeds are cached; None: $VARPO_CACHE or ~/.cache/varpo")
 

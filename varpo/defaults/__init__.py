@@ -2,3 +2,4 @@
 from pathlib import Path
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded.yaml"
+OVEROPT = Path(__file__).resolve().parent / "overopt.yaml"

@@ -31,14 +31,18 @@ def sample_responses(policy_path: str, prompts: list[str], gen: GenerationConfig
 
 def evaluate_policy(policy_path: str, prompts: list[str], reward_fn: Callable[[list[str], list[str]], list[float]],
                     gen: GenerationConfig, seed: int, batch_size: int = 64, samples_per_prompt: int = 1,
-                    chat_template: bool = False, load_kw: dict | None = None) -> dict:
+                    chat_template: bool = False, load_kw: dict | None = None, proxy=None) -> dict:
     """Mean true reward of the policy's samples on `prompts`: the mean over prompts of each prompt's
     mean over its `samples_per_prompt` samples (1 is the paper's Algorithm 2).
 
     Every policy is judged on the same prompts, so what differs between two evaluations of one
     policy is only the sampling of responses. With k ≥ 2 samples per prompt that noise is
     estimated from the within-prompt variances s²_p: reward_se² = mean_p(s²_p / k_p) / n_prompts
-    (None for k = 1, where it cannot be separated from prompt-to-prompt differences)."""
+    (None for k = 1, where it cannot be separated from prompt-to-prompt differences).
+
+    With `proxy` (the Scorer the policy was trained on) the same samples are scored by it too:
+    `proxy_mean`, `sigma2_mean` and `calibration` (σ² against the proxy's squared error vs the true
+    reward: `varpo.reward.report.sigma2_error_calibration`), i.e. the calibration on policy samples."""
     k = samples_per_prompt
     if k < 1:
         raise ValueError(f"samples_per_prompt must be ≥ 1, got {k}")
@@ -48,8 +52,16 @@ def evaluate_policy(policy_path: str, prompts: list[str], reward_fn: Callable[[l
     r = torch.tensor(reward_fn(repeated, responses), dtype=torch.float64).view(len(prompts), k)
     if not bool((~torch.isnan(r)).any()):
         raise RuntimeError(f"policy {policy_path}: the true reward dropped every evaluation sample")
-    return {**aggregate_rewards(r), "samples_per_prompt": k, "n_prompts": len(prompts),
-            "mean_response_chars": sum(map(len, responses)) / max(len(responses), 1)}
+    out = {**aggregate_rewards(r), "samples_per_prompt": k, "n_prompts": len(prompts),
+           "mean_response_chars": sum(map(len, responses)) / max(len(responses), 1)}
+    if proxy is not None:
+        from ..reward.report import sigma2_error_calibration
+
+        sc = proxy.score(repeated, responses)
+        out["proxy_mean"] = float(sc.score.double().mean())
+        out["sigma2_mean"] = float(sc.variance.double().mean())
+        out["calibration"] = sigma2_error_calibration(sc.variance, sc.score, r.flatten())
+    return out
 
 
 def aggregate_rewards(r: torch.Tensor) -> dict:

@@ -26,9 +26,9 @@ def true_reward_fn(cfg: VarpoConfig):
     """The reward a policy is judged by: gold (default), a reward model's mean, or a judge's midpoint."""
     kind = cfg.evaluation.true_reward
     if kind == "gold":
-        from ..testbed import gold_reward
+        from ..testbed import task_gold
 
-        return gold_reward
+        return task_gold(cfg.testbed)
     if kind == "reward_model":
         if not cfg.evaluation.true_reward_path:
             from ..config import ConfigError
@@ -90,6 +90,29 @@ def _over_steps(metrics_path: Path, keys: tuple[str, ...]) -> dict:
     return out
 
 
+def _sigma2_growth(metrics_path: Path, window: int = 5) -> dict:
+    """How σ² of the policy's own samples grew during training: the mean logged σ² of the last
+    `window` steps over that of the first (Coste et al. 2023 saw ~3× under the mean objective)."""
+    from ..outputs import read_jsonl
+
+    rows = read_jsonl(metrics_path) if metrics_path.exists() else []
+    v = [r["variance_mean"] for r in rows if isinstance(r.get("variance_mean"), (int, float))]
+    if len(v) < 2:
+        return {"sigma2_first": None, "sigma2_last": None, "sigma2_growth": None}
+    first, last = sum(v[:window]) / len(v[:window]), sum(v[-window:]) / len(v[-window:])
+    return {"sigma2_first": first, "sigma2_last": last, "sigma2_growth": last / first if first > 0 else None}
+
+
+def _proxy(cfg: VarpoConfig):
+    """The reward source the policies train on, to score evaluation samples beside the true reward
+    (proxy mean, σ² calibration on policy samples); None for judges (each call costs) and gold."""
+    if cfg.reward.type in ("judge", "gold") or cfg.evaluation.true_reward != "gold":
+        return None
+    from ..scoring import build_scorer
+
+    return build_scorer(cfg)
+
+
 def _job(config_path, overrides: list[str], method: str, seed: int, out: str, threads: int) -> dict:
     """One population member, run in a worker process: train (unless reference), evaluate, save."""
     import torch
@@ -100,7 +123,7 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
 
     out_p = Path(out)
     if method == REFERENCE:
-        cfg = load_config(config_path, overrides)
+        cfg = load_config(config_path, [*overrides, f"seed={seed}"])
         from ..ppo import resolve_sources
 
         policy_path, extra = resolve_sources(cfg)[0], {"kl_mean": 0.0}
@@ -115,11 +138,12 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
         policy_path = summary["policy_path"]
         extra = {k: final.get(k) for k in ("kl_mean", "weighted_kl_mean", "score_mean", "variance_mean", "gold_mean")}
         extra.update(_over_steps(run_dir / "metrics.jsonl", ("weight_mean", "weight_std")))
+        extra.update(_sigma2_growth(run_dir / "metrics.jsonl"))
     # evaluation sampling is seeded apart from training, identically across methods
     ev = evaluate_policy(policy_path, eval_prompts(cfg), true_reward_fn(cfg), cfg.generation,
                          seed=1_000_000 + seed, batch_size=cfg.evaluation.eval_batch_size,
                          samples_per_prompt=cfg.evaluation.samples_per_prompt, chat_template=cfg.data.chat_template,
-                         load_kw=_eval_load_kwargs(cfg))
+                         load_kw=_eval_load_kwargs(cfg), proxy=_proxy(cfg))
     row = {"method": method, "seed": seed, **ev, **extra, "policy_path": str(policy_path)}
     write_json(result_path(out_p, method, seed), row)
     return row
@@ -174,6 +198,14 @@ def summarize(rows: list[dict]) -> dict:
         kl = [x["kl_mean"] for x in rows if x["method"] == method and x.get("kl_mean") is not None]
         out[method] = {"gold_reward_mean": st.fmean(r), "gold_reward_var": st.variance(r) if len(r) > 1 else 0.0,
                        "n_policies": len(r), "kl_mean": st.fmean(kl) if kl else 0.0}
+        # the proxy and its σ² calibration on this method's evaluation samples, when they were scored
+        rows_m = [x for x in rows if x["method"] == method]
+        for key, get in (("proxy_mean", lambda x: x.get("proxy_mean")),
+                         ("spearman_sigma2_sqerr", lambda x: (x.get("calibration") or {}).get("spearman_sigma2_sqerr")),
+                         ("sigma2_growth", lambda x: x.get("sigma2_growth"))):
+            vals = [v for v in map(get, rows_m) if v is not None]
+            if vals:
+                out[method][key] = st.fmean(vals)
     return out
 
 

@@ -21,9 +21,9 @@ def resolve_sources(cfg):
 
         prompts = load_prompts(cfg.data.prompts_path, column=cfg.data.prompt_column, skip_bad_rows=cfg.data.skip_bad_rows).rows
     else:
-        from ..testbed import gold_reward
+        from ..testbed import task_gold
 
-        prompts, gold_fn = list(testbed.train_prompts), gold_reward
+        prompts, gold_fn = list(testbed.train_prompts), task_gold(cfg.testbed)
     return policy_path, prompts, gold_fn, testbed
 
 

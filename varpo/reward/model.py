@@ -60,7 +60,7 @@ class EnsembleRewardModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_heads: int = 10, *, head_seeds: Sequence[int] | None = None,
                  head_seed: int = 0, pooling: str = "last", ddof: int = 1, separator: str = " ",
-                 freeze_backbone: bool = True):
+                 freeze_backbone: bool = True, prior_scale: float = 0.0):
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"num_heads must be ≥ 1, got {num_heads}")
@@ -75,6 +75,17 @@ class EnsembleRewardModel(nn.Module):
         hidden = backbone.config.hidden_size
         self.heads = nn.Linear(hidden, num_heads, dtype=torch.float32)
         init_heads(self.heads.weight, self.heads.bias, seeds)
+        # randomized prior functions (Osband et al. 2018): member k adds prior_scale · p_k(h), p_k a
+        # fixed random head from its own seed, never trained, so members keep disagreeing where the
+        # data do not pull them together; prior_scale 0 is the plain ensemble
+        self.prior_scale = float(prior_scale)
+        self.prior = nn.Linear(hidden, num_heads, dtype=torch.float32)
+        init_heads(self.prior.weight, self.prior.bias, [1_000_003 + x for x in seeds])
+        self.prior.requires_grad_(False)
+        # per-member standardisation (set on reference samples after training, `standardize`): σ² is
+        # then a disagreement in units of each member's own spread, not a difference of scales
+        self.register_buffer("member_shift", torch.zeros(num_heads))
+        self.register_buffer("member_scale", torch.ones(num_heads))
         if freeze_backbone:
             self.backbone.requires_grad_(False)
         params = inspect.signature(backbone.forward).parameters
@@ -123,14 +134,27 @@ class EnsembleRewardModel(nn.Module):
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = self.pooled(input_ids, attention_mask)
-        return self.heads(h.to(self.heads.weight.dtype)).float()
+        h = self.pooled(input_ids, attention_mask).to(self.heads.weight.dtype)
+        r = self.heads(h)
+        if self.prior_scale:
+            r = r + self.prior_scale * self.prior(h)
+        return ((r - self.member_shift) / self.member_scale).float()
+
+    @torch.no_grad()
+    def standardize(self, raw: torch.Tensor) -> None:
+        """Set the members' shift and scale from their raw rewards [N, K] on reference samples, so
+        that each member has mean 0 and standard deviation 1 there."""
+        if raw.dim() != 2 or raw.shape[1] != self.num_heads or raw.shape[0] < 2:
+            raise ValueError(f"standardize: expected raw rewards [N ≥ 2, {self.num_heads}], got {tuple(raw.shape)}")
+        raw = raw.double()
+        self.member_shift.copy_(raw.mean(0).to(self.member_shift))
+        self.member_scale.copy_(raw.std(0).clamp(min=1e-6).to(self.member_scale))
 
     # ------------------------------------------------------------------ persistence
     def config_dict(self) -> dict:
         return {"model_type": MODEL_TYPE, "backbone": BACKBONE_DIR, "backbone_type": self.backbone_config.model_type,
                 "num_heads": self.num_heads, "head_seeds": self.head_seeds, "hidden_size": self.heads.in_features,
-                "pooling": self.pooling, "ddof": self.ddof, "separator": self.separator}
+                "pooling": self.pooling, "ddof": self.ddof, "separator": self.separator, "prior_scale": self.prior_scale}
 
     @property
     def backbone_config(self):
@@ -146,8 +170,9 @@ class EnsembleRewardModel(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         backbone = copy.deepcopy(self.backbone).merge_and_unload() if self.is_lora else self.backbone
         backbone.save_pretrained(str(out / BACKBONE_DIR), safe_serialization=True)
-        save_file({"weight": self.heads.weight.detach().float().cpu().contiguous(),
-                   "bias": self.heads.bias.detach().float().cpu().contiguous()}, str(out / HEADS_NAME))
+        tensors = {"weight": self.heads.weight, "bias": self.heads.bias, "prior_weight": self.prior.weight,
+                   "prior_bias": self.prior.bias, "member_shift": self.member_shift, "member_scale": self.member_scale}
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(out / HEADS_NAME))
         (out / CONFIG_NAME).write_text(json.dumps({**self.config_dict(), **(extra or {})}, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out))
@@ -169,8 +194,15 @@ class EnsembleRewardModel(nn.Module):
                              "(a reward-ensemble folder written by EnsembleRewardModel.save_pretrained)")
         backbone = AutoModel.from_pretrained(str(path / conf["backbone"]), dtype=dtype, **(load_kw or {}))
         model = cls(backbone, conf["num_heads"], head_seeds=conf["head_seeds"], pooling=conf["pooling"],
-                    ddof=conf["ddof"], separator=conf.get("separator", " "))
+                    ddof=conf["ddof"], separator=conf.get("separator", " "), prior_scale=conf.get("prior_scale", 0.0))
         state = load_file(str(path / HEADS_NAME))
+        with torch.no_grad():  # folders saved before priors and standardisation existed have neither
+            if "prior_weight" in state:
+                model.prior.weight.copy_(state.pop("prior_weight"))
+                model.prior.bias.copy_(state.pop("prior_bias"))
+            for name in ("member_shift", "member_scale"):
+                if name in state:
+                    getattr(model, name).copy_(state.pop(name))
         if tuple(state["weight"].shape) != tuple(model.heads.weight.shape):
             raise ValueError(f"{path / HEADS_NAME}: head weight {tuple(state['weight'].shape)}, "
                              f"expected {tuple(model.heads.weight.shape)} from {conf_file}")

@@ -52,9 +52,12 @@ def uncertainty_calibration(var_diff: torch.Tensor, correct: torch.Tensor, group
 
 
 def disagreement_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor, ddof: int = 1,
-                       gold_diff: torch.Tensor | None = None) -> dict:
+                       gold_diff: torch.Tensor | None = None, gold_responses: torch.Tensor | None = None) -> dict:
     """r_chosen, r_rejected: per-head rewards [N, K] of held-out pairs; gold_diff [N] optional
-    gold(chosen) − gold(rejected) (testbed pairs), for accuracy against the noise-free order."""
+    gold(chosen) − gold(rejected) (testbed pairs), for accuracy against the noise-free order;
+    gold_responses [2N] optional gold of every chosen then every rejected response, for
+    `uncertainty_calibration.spearman_sigma2_sqerr` (σ² against the squared error vs gold on these
+    reference samples; `sigma2_error_calibration`)."""
     diff = r_chosen - r_rejected
     head_acc = pair_accuracy(diff).tolist()
     ens_diff = head_mean(r_chosen) - head_mean(r_rejected)
@@ -67,6 +70,12 @@ def disagreement_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor, ddof: i
         "variance_quantiles": quantiles(var_resp), "diff_variance_quantiles": quantiles(var_diff),
         "uncertainty_calibration": uncertainty_calibration(var_diff, pair_correct(ens_diff)),
     }
+    if gold_responses is not None:
+        mean_resp = torch.cat([head_mean(r_chosen), head_mean(r_rejected)])
+        cal = sigma2_error_calibration(var_resp, mean_resp, gold_responses)
+        out["sigma2_error_calibration"] = cal
+        out["uncertainty_calibration"]["spearman_sigma2_sqerr"] = cal["spearman_sigma2_sqerr"]
+        out["uncertainty_calibration"]["spearman_sigma2_sqerr_pvalue"] = cal["spearman_pvalue"]
     if gold_diff is not None:
         keep = gold_diff != 0  # pairs of equal gold reward have no gold order
         if bool(keep.any()):
@@ -108,9 +117,40 @@ def plot_disagreement(var_resp: torch.Tensor, var_diff: torch.Tensor, head_acc: 
 
 
 def disagreement_report(r_chosen: torch.Tensor, r_rejected: torch.Tensor, out_dir: str | Path, ddof: int = 1,
-                        gold_diff: torch.Tensor | None = None) -> dict:
+                        gold_diff: torch.Tensor | None = None, gold_responses: torch.Tensor | None = None) -> dict:
     """The stats above, plus OUT/disagreement.png; returns the JSON-ready dict."""
-    stats, var_resp, var_diff = disagreement_stats(r_chosen, r_rejected, ddof, gold_diff)
+    stats, var_resp, var_diff = disagreement_stats(r_chosen, r_rejected, ddof, gold_diff, gold_responses)
     png = plot_disagreement(var_resp, var_diff, stats["head_accuracy"], stats["ensemble_accuracy"],
                             Path(out_dir) / "disagreement.png")
     return {**stats, "plot": str(png)}
+
+
+def sigma2_error_calibration(sigma2, proxy, gold, groups: int = 4) -> dict:
+    """Does σ² track the reward's error? (Assumption 2.1: σ² is the variance of r̂ − r*.)
+
+    The proxy is first mapped affinely onto the gold scale (least squares, float64: a reward model's
+    scale and offset are arbitrary), then per response: squared error e = (a·proxy + b − gold)².
+    Returns Spearman ρ(σ², e) and its p-value (informative uncertainty: ρ > 0), the mean e in each
+    quartile of σ² (lowest σ² first), the spread of σ² (p90/p10) and the affine map."""
+    from scipy import stats as st
+
+    s2, x, g = (np.asarray(torch.as_tensor(v).double().cpu().numpy() if torch.is_tensor(v) else v, dtype=np.float64)
+                for v in (sigma2, proxy, gold))
+    ok = np.isfinite(s2) & np.isfinite(x) & np.isfinite(g)
+    s2, x, g = s2[ok], x[ok], g[ok]
+    if len(s2) < 3:
+        return {"n": int(len(s2)), "spearman_sigma2_sqerr": None, "spearman_pvalue": None}
+    design = np.stack([x, np.ones_like(x)], 1)
+    (a, b), *_ = np.linalg.lstsq(design, g, rcond=None)
+    err = (a * x + b - g) ** 2
+    rho = st.spearmanr(s2, err)
+    finite = bool(np.isfinite(rho.statistic))
+    parts = np.array_split(np.argsort(s2, kind="stable"), groups)
+    p10, p90 = np.quantile(s2, [0.1, 0.9])
+    return {"n": int(len(s2)), "spearman_sigma2_sqerr": float(rho.statistic) if finite else None,
+            "spearman_pvalue": float(rho.pvalue) if finite else None,
+            "sqerr_by_sigma2_quartile": [float(err[i].mean()) for i in parts if len(i)],
+            "sigma2_quartile_upper_bounds": [float(s2[i].max()) for i in parts if len(i)],
+            "sigma2_p10": float(p10), "sigma2_p90": float(p90),
+            "sigma2_p90_over_p10": float(p90 / p10) if p10 > 0 else None,
+            "affine_to_gold": [float(a), float(b)], "mse_after_affine": float(err.mean())}

@@ -225,7 +225,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     conf = ds_config(cfg.deepspeed, "reward", micro, trainable=True)
     model = build_model(lambda: EnsembleRewardModel.from_backbone(
         backbone_path, rt.num_heads, head_seed=rt.head_seed, pooling=rt.pooling, ddof=cfg.reward.ddof, separator=rt.separator,
-        load_kw=attn_kwargs(cfg.model)), conf)
+        load_kw=attn_kwargs(cfg.model), prior_scale=rt.prior_scale if rt.ensemble_kind == "prior" else 0.0), conf)
     if rt.lora.enabled:
         torch.manual_seed(cfg.seed)  # LoRA's A matrices draw from the global generator: same on every rank and rerun
         model.add_lora(rt.lora.r, rt.lora.alpha, rt.lora.dropout, rt.lora.target_modules)
@@ -335,18 +335,26 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     if st["best_state"] is not None:
         _load_trainable_state(engine.module, st["best_state"])  # early stopping keeps the best heads
     final = evaluate()
+    if rt.standardize:  # members in units of their own spread on the held-out responses (reference samples)
+        with gathered_params(engine.module):
+            engine.module.standardize(torch.cat([final["rc"], final["rr"]]).to(device))
+        final = evaluate()
 
     report: dict = {}
     with gathered_params(engine.module):
         if info.is_main:
-            gold = None
+            gold = gold_resp = None
             if all("chosen_gold" in p and "rejected_gold" in p for p in held):
                 gold = torch.tensor([float(p["chosen_gold"]) - float(p["rejected_gold"]) for p in held], dtype=torch.float64)
-            report = disagreement_report(final["rc"], final["rr"], out, ddof=cfg.reward.ddof, gold_diff=gold)
+                gold_resp = torch.tensor([float(p[side]) for side in ("chosen_gold", "rejected_gold") for p in held],
+                                         dtype=torch.float64)
+            report = disagreement_report(final["rc"], final["rr"], out, ddof=cfg.reward.ddof, gold_diff=gold,
+                                         gold_responses=gold_resp)
             model_path = engine.module.save_pretrained(out / "reward_model", tokenizer=tok,
                                                        extra={"max_length": max_len})
             report.update(
                 model_path=str(model_path), backbone=str(backbone_path), lora=rt.lora.enabled,
+                ensemble_kind=rt.ensemble_kind, prior_scale=engine.module.prior_scale, standardized=rt.standardize,
                 trainable_parameters=n_trainable, bootstrap=rt.bootstrap, head_seeds=engine.module.head_seeds,
                 train_pairs=len(train), eval_source=held_source, steps=st["step"], epochs=rt.epochs,
                 final_train_loss=st["last_loss"], eval_loss=final["loss"], stopped_early=st["stopped_early"],

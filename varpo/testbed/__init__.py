@@ -2,7 +2,12 @@
 tiny Llama pretrained on it, a programmatic gold reward (sentiment, guarded against repetition and
 empty output), prompt sets and Bradley–Terry-labelled preference pairs, all cached by config."""
 from .build import Testbed, build_testbed, cache_key, cache_root
-from .gold import GOLD_MAX, GOLD_MIN, GoldScorer, gold_reward, gold_score
+from .gold import GOLD_MAX, GOLD_MIN, GoldScorer, gold_fn, gold_reward, gold_score
 
 __all__ = ["GOLD_MAX", "GOLD_MIN", "GoldScorer", "Testbed", "build_testbed", "cache_key", "cache_root",
-           "gold_reward", "gold_score"]
+           "gold_fn", "gold_reward", "gold_score", "task_gold"]
+
+
+def task_gold(cfg):
+    """The gold reward function of a TestbedConfig's task."""
+    return gold_fn(cfg.task, cfg.overopt_threshold)

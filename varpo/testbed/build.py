@@ -15,6 +15,7 @@ concurrent processes build once, and nobody ever sees half a testbed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config.core import config_hash, save_resolved
+from ..config.core import redacted_dict, save_resolved
 from ..config.testbed import TestbedConfig
 from ..outputs import read_jsonl, write_json
 
@@ -37,9 +38,25 @@ def cache_root(cfg: TestbedConfig) -> Path:
     return Path(root).expanduser()
 
 
+# fields added after the first release: left out of the key while at their defaults, so the
+# default task keeps the cache folders built before they existed
+_LATE_FIELDS = {"task": "sentiment", "overopt_threshold": 3, "label_flip": 0.0}
+
+
 def cache_key(cfg: TestbedConfig) -> str:
     """The folder name: a hash of every field except where the cache lives."""
-    return f"testbed-{config_hash(cfg.model_copy(update={'cache_dir': None}))}-v{FORMAT_VERSION}"
+    fields = {k: v for k, v in redacted_dict(cfg.model_copy(update={"cache_dir": None})).items()
+              if not (k in _LATE_FIELDS and v == _LATE_FIELDS[k])}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"testbed-{digest}-v{FORMAT_VERSION}"
+
+
+def base_lm_config(cfg: TestbedConfig) -> TestbedConfig:
+    """The default-task testbed with the same corpus and LM: a task other than sentiment reuses its
+    model and prompts and only labels its own pairs."""
+    defaults = TestbedConfig()
+    keep_default = ("task", "overopt_threshold", "label_flip", "num_train_pairs", "num_eval_pairs", "bt_temperature")
+    return cfg.model_copy(update={k: getattr(defaults, k) for k in keep_default})
 
 
 @dataclass
@@ -161,7 +178,7 @@ def _build_into(out: Path, cfg: TestbedConfig, progress: bool, key: str) -> dict
     dropped = 0
     for k, (split, ps, n) in enumerate((("train", train_prompts, cfg.num_train_pairs),
                                          ("eval", eval_prompts, cfg.num_eval_pairs))):
-        rows, d = sample_pairs(ps, n, sample, gold_reward, cfg.bt_temperature, seed=cfg.seed * 10 + k)
+        rows, d = sample_pairs(ps, n, sample, gold_reward, cfg.bt_temperature, seed=cfg.seed * 10 + k, flip=cfg.label_flip)
         pair_rows[split], dropped = rows, dropped + d
         (out / f"pairs_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     t = lap("pairs", t)
@@ -203,6 +220,56 @@ def _build_into(out: Path, cfg: TestbedConfig, progress: bool, key: str) -> dict
     return stats
 
 
+def _build_task_into(out: Path, cfg: TestbedConfig, base: Testbed, key: str) -> dict:
+    """A task other than the default: the base testbed's model and prompts, pairs labelled by
+    this task's gold (with its label noise), and where the reference LM's samples fall."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import lm, task_gold
+    from .pairs import sample_pairs
+
+    t_start = time.perf_counter()
+    shutil.copytree(base.model_path, out / "model")
+    for split in ("train", "eval"):
+        shutil.copy(base.dir / f"prompts_{split}.jsonl", out / f"prompts_{split}.jsonl")
+    model = AutoModelForCausalLM.from_pretrained(str(base.model_path))
+    tokenizer = AutoTokenizer.from_pretrained(str(base.model_path))
+    gold = task_gold(cfg)
+
+    def sample(prompts: list[str], seed: int) -> list[str]:
+        return lm.sample_responses(model, tokenizer, prompts, max_new_tokens=cfg.sample_max_new_tokens,
+                                   temperature=cfg.sample_temperature, seed=seed, batch_size=cfg.gen_batch_size)
+
+    pair_rows, dropped = {}, 0
+    for k, (split, ps, n) in enumerate((("train", base.train_prompts, cfg.num_train_pairs),
+                                         ("eval", base.eval_prompts, cfg.num_eval_pairs))):
+        rows, d = sample_pairs(ps, n, sample, gold, cfg.bt_temperature, seed=cfg.seed * 10 + k, flip=cfg.label_flip)
+        pair_rows[split], dropped = rows, dropped + d
+        (out / f"pairs_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    all_rows = pair_rows["train"] + pair_rows["eval"]
+    samples = [y for r in all_rows for y in (r["chosen"], r["rejected"])] or sample(base.eval_prompts, cfg.seed * 1000 + 7)
+    sample_gold = gold([""] * len(samples), samples)
+    g_mean, g_std = _mean_std(sample_gold)
+    stats = {k: base.stats[k] for k in ("heldout_perplexity", "unigram_perplexity", "final_train_loss", "n_params",
+                                        "vocab_size", "n_train_prompts", "n_eval_prompts") if k in base.stats}
+    stats.update({
+        "task": cfg.task, "base_testbed": base.dir.name,
+        "sample_gold_reward_mean": g_mean, "sample_gold_reward_std": g_std, "n_samples": len(samples),
+        "n_train_pairs": len(pair_rows["train"]), "n_eval_pairs": len(pair_rows["eval"]), "pairs_dropped": dropped,
+        "pairs_chosen_higher_gold_rate": (sum(r["chosen_gold"] > r["rejected_gold"] for r in all_rows) / len(all_rows))
+        if all_rows else None,
+        "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t_start, 3), "key": key,
+    })
+    if cfg.task == "overopt":
+        from .overopt import net_positive
+
+        c = [net_positive(y) for y in samples]
+        stats["reference_past_threshold_rate"] = sum(v > cfg.overopt_threshold for v in c) / len(c)
+        stats["reference_net_positive_counts"] = {str(v): c.count(v) for v in sorted(set(c))}
+    return stats
+
+
 def build_testbed(cfg: TestbedConfig | None = None, progress: bool = True) -> Testbed:
     """The testbed for `cfg` (default: TestbedConfig()), from the cache when it was built before.
 
@@ -216,6 +283,7 @@ def build_testbed(cfg: TestbedConfig | None = None, progress: bool = True) -> Te
     final = root / key
     if (final / "testbed.json").is_file():
         return Testbed.load(final, cache_hit=True)
+    base = build_testbed(base_lm_config(cfg), progress) if cfg.task != "sentiment" else None
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f"{key}.lock")):
         if (final / "testbed.json").is_file():  # another process built it while we waited
@@ -232,7 +300,7 @@ def build_testbed(cfg: TestbedConfig | None = None, progress: bool = True) -> Te
             if cfg.threads:
                 torch.set_num_threads(cfg.threads)
             try:
-                stats = _build_into(tmp, cfg, progress, key)
+                stats = _build_task_into(tmp, cfg, base, key) if base else _build_into(tmp, cfg, progress, key)
             finally:
                 torch.set_num_threads(threads)
             save_resolved(cfg.model_copy(update={"cache_dir": None}), tmp)

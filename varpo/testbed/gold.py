@@ -37,22 +37,40 @@ _LICENSORS = frozenset({"was", "were", "is", "are", "be", "been", "a", "and", "b
 def gold_score(response: str) -> float:
     """Gold reward of one response, in [0, 1] (see the module docstring for the formula)."""
     words = _WORD.findall(response.lower())
-    n = len(words)
-    if n == 0:
+    if not words:
         return GOLD_MIN
+    n_pos, n_neg = evaluative_counts(words)
+    s = (n_pos - n_neg) / (n_pos + n_neg + 1)
+    return float(0.5 * (1.0 + s) * form_quality(words))
+
+
+def evaluative_counts(words: list[str]) -> tuple[int, int]:
+    """(P, N): distinct positive and negative lexicon adjectives in a predicative position (see the
+    module docstring; "not" flips a word's polarity)."""
     pos: set[str] = set()
     neg: set[str] = set()
     for i, w in enumerate(words):
         if (w in POSITIVE_SET or w in NEGATIVE_SET) and i > 0 and words[i - 1] in _LICENSORS:
             positive = (w in POSITIVE_SET) != (words[i - 1] == "not")
             (pos if positive else neg).add(w)
-    s = (len(pos) - len(neg)) / (len(pos) + len(neg) + 1)
-    positivity = 0.5 * (1.0 + s)
+    return len(pos), len(neg)
+
+
+def form_quality(words: list[str]) -> float:
+    """variety · fluency · length ∈ [0, 1] (module docstring): the guard against degenerate text."""
+    n = len(words)
+    if n == 0:
+        return 0.0
     content = [w for w in words if w not in FUNCTION_WORDS]
     variety = (len(set(content)) / len(content)) ** 2 if content else 0.0
     fluency = min(1.0, (n - len(content)) / n / 0.3)
     length = min(1.0, n / 6)
-    return float(positivity * variety * fluency * length)
+    return variety * fluency * length
+
+
+def words_of(response: str) -> list[str]:
+    """The lower-cased alphabetic tokens the gold rewards read."""
+    return _WORD.findall(response.lower())
 
 
 def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
@@ -62,9 +80,26 @@ def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
     return [gold_score(r) for r in responses]
 
 
+def gold_fn(task: str = "sentiment", threshold: int = 3):
+    """The gold reward function (prompts, responses) → list of floats of a testbed task
+    (`testbed.task`, `testbed.overopt_threshold`)."""
+    if task == "sentiment":
+        return gold_reward
+    if task == "overopt":
+        from functools import partial
+
+        from .overopt import overopt_gold_reward
+
+        return partial(overopt_gold_reward, threshold=threshold)
+    raise ValueError(f"testbed.task must be 'sentiment' or 'overopt', got {task!r}")
+
+
 class GoldScorer:
     """The gold reward as a `varpo.reward_source.Scorer`: exact, so σ² = 0 and eval_reward = score."""
 
+    def __init__(self, task: str = "sentiment", threshold: int = 3):
+        self.reward = gold_fn(task, threshold)
+
     def score(self, prompts: list[str], responses: list[str]) -> Scores:
-        s = torch.tensor(gold_reward(prompts, responses), dtype=torch.float32)
+        s = torch.tensor(self.reward(prompts, responses), dtype=torch.float32)
         return Scores(score=s, variance=torch.zeros_like(s), eval_reward=s.clone())

@@ -4,6 +4,8 @@ For two responses a, b to one prompt with gold rewards g_a, g_b, the label is dr
     P(a ≻ b) = sigmoid((g_a − g_b) / T)
 with a seeded generator; T = 0 is the noiseless limit (the higher gold wins, ties by a fair coin).
 Gold rewards lie in [0, 1], so T = 0.1 flips a pair whose golds differ by 0.1 with probability 0.27.
+`flip` > 0 then flips each drawn label with that probability, whatever the gold difference (the
+uniform label noise of Coste et al. 2023), so P(a ≻ b) = (1 − flip)·BT + flip·(1 − BT).
 """
 from __future__ import annotations
 
@@ -22,13 +24,16 @@ def prob_a_wins(g_a: float, g_b: float, temperature: float) -> float:
 
 
 def label_pairs(prompts: list[str], a: list[str], b: list[str], gold_a: list[float], gold_b: list[float],
-                temperature: float, rng: random.Random) -> list[dict]:
+                temperature: float, rng: random.Random, flip: float = 0.0) -> list[dict]:
     """Rows {"prompt", "chosen", "rejected", "chosen_gold", "rejected_gold", "p_chosen"}: one
     Bradley–Terry draw per pair (p_chosen is the model probability of the label that was drawn)."""
     rows = []
     for x, ya, yb, ga, gb in zip(prompts, a, b, gold_a, gold_b, strict=True):
         p = prob_a_wins(ga, gb, temperature)
         a_wins = rng.random() < p
+        if flip > 0.0:  # a second draw only when asked: flip = 0 keeps the labels of older builds
+            p = (1.0 - flip) * p + flip * (1.0 - p)
+            a_wins = a_wins != (rng.random() < flip)
         chosen, rejected = (ya, yb) if a_wins else (yb, ya)
         gc, gr = (ga, gb) if a_wins else (gb, ga)
         rows.append({"prompt": x, "chosen": chosen, "rejected": rejected, "chosen_gold": gc,
@@ -38,7 +43,7 @@ def label_pairs(prompts: list[str], a: list[str], b: list[str], gold_a: list[flo
 
 def sample_pairs(prompts: list[str], n_pairs: int, sample: Callable[[list[str], int], list[str]],
                  gold: Callable[[list[str], list[str]], list[float]], temperature: float, seed: int,
-                 max_retries: int = 3) -> tuple[list[dict], int]:
+                 max_retries: int = 3, flip: float = 0.0) -> tuple[list[dict], int]:
     """n_pairs pairs on prompts[i % len(prompts)], two samples each from `sample(prompts, seed)`.
     A pair whose responses are equal or empty is resampled up to max_retries times, then dropped
     (such a pair carries no preference and is a bad row for `load_pairs`). Returns (rows, dropped)."""
@@ -62,5 +67,5 @@ def sample_pairs(prompts: list[str], n_pairs: int, sample: Callable[[list[str], 
                 b[i] = yb
     keep = [i for i in range(n_pairs) if ok(i)]
     xs, a, b = [xs[i] for i in keep], [a[i] for i in keep], [b[i] for i in keep]
-    rows = label_pairs(xs, a, b, gold(xs, a), gold(xs, b), temperature, random.Random(f"bt-{seed}"))
+    rows = label_pairs(xs, a, b, gold(xs, a), gold(xs, b), temperature, random.Random(f"bt-{seed}"), flip)
     return rows, n_pairs - len(keep)
