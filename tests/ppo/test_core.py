@@ -630,3 +630,31 @@ def test_vllm_backend_is_refused_not_silently_replaced():
     with pytest.raises(ConfigError, match=r"generation: .*backend=vllm: the vLLM rollout engine is not implemented"):
         load_config(EMBEDDED, ["generation.backend=vllm"])
     assert load_config(EMBEDDED, ["generation.backend=hf"]).generation.backend == "hf"
+
+
+# ---------------------------------------------------------------------------- explained variance
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_explained_variance_matches_loop(seed):
+    import statistics
+
+    g, B, T, L, mask, rnd = _batch(seed)
+    returns, values = rnd(), rnd()
+    values = torch.where(torch.rand(B, T, generator=g, dtype=F64) < 0.5, returns + 0.1 * values, values)
+    got = core.explained_variance(_pad_with_garbage(values, mask), _pad_with_garbage(returns, mask), mask)
+    R, V = _real(returns, L), _real(values, L)
+    want = 1 - statistics.variance([r - v for r, v in zip(R, V)]) / statistics.variance(R)
+    _close(got, want, rtol=1e-12, atol=1e-12)
+    # float32 inputs compute in float32; a perfect critic explains everything, a constant nothing
+    assert core.explained_variance(returns.float(), returns.float(), mask).item() == pytest.approx(1.0, abs=1e-6)
+    assert core.explained_variance(torch.full_like(returns, 3.0), returns, mask).item() == pytest.approx(0.0, abs=1e-9)
+    # the caller's variance (e.g. over all ranks) is the one used
+    half = core.explained_variance(values, returns, mask, var_fn=lambda x, m: core.masked_var(x, m) * (2 if x is returns else 1))
+    _close(half, 1 - statistics.variance([r - v for r, v in zip(R, V)]) / (2 * statistics.variance(R)), rtol=1e-12, atol=1e-12)
+
+
+def test_explained_variance_is_nan_for_constant_returns():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    r = torch.full((2, 3), 2.0)
+    assert math.isnan(core.explained_variance(torch.randn(2, 3), r, mask).item())

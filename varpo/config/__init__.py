@@ -37,5 +37,5 @@ __all__ = [
     "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
-    "PPOConfig", "VarianceWeightConfig", "RewardConfig", "RewardTrainingConfig", "TestbedConfig",
+    "PPOConfig", "VarianceWeightConfig", "WandbConfig", "RewardConfig", "RewardTrainingConfig", "TestbedConfig",
 ]

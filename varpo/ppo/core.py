@@ -285,6 +285,20 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, adv + values
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       var_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """How well the critic predicts the returns, over real tokens: 1 − Var[R − V] / Var[R]
+    (1: perfectly, 0: no better than a constant, < 0: worse). NaN when Var[R] = 0, where it is
+    undefined. [B, T] × 3 → 0-d. `var_fn(x, mask)` is the variance the caller means (the
+    trainer's: over all ranks); default: `masked_var` (unbiased)."""
+    _check_same_shape(values=values, returns=returns, mask=mask)
+    values, returns = _float(values), _float(returns)
+    var = masked_var if var_fn is None else var_fn
+    var_returns = torch.as_tensor(var(returns, mask), dtype=returns.dtype)
+    var_residual = torch.as_tensor(var(returns - values, mask), dtype=returns.dtype)
+    return torch.where(var_returns > 0, 1 - var_residual / var_returns, torch.full_like(var_returns, float("nan")))
+
+
 # ---------------------------------------------------------------------------- losses
 
 
