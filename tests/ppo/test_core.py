@@ -292,21 +292,21 @@ def test_heterogeneity_config_names_the_field():
 def test_running_mean_matches_loop_and_round_trips():
     g = torch.Generator().manual_seed(3)
     xs = (torch.rand(9, generator=g, dtype=F64) * 5).tolist()
-    rm, ref = core.RunningMean(0.7), None
+    rm, ref = core.ExponentialMovingAverage(0.7), None
     for i, x in enumerate(xs):
         ref = x if ref is None else 0.7 * ref + 0.3 * x
         assert rm.update(torch.tensor(x, dtype=F64)) == pytest.approx(ref, rel=1e-14)
         if i == 4:  # resume half way: the restored copy continues identically
-            copy = core.RunningMean(0.1)
+            copy = core.ExponentialMovingAverage(0.1)
             copy.load_state_dict(rm.state_dict())
     for x in xs[5:]:
         copy.update(x)
     assert copy.value == rm.value and copy.momentum == 0.7
-    fresh = core.RunningMean()
-    fresh.load_state_dict(core.RunningMean().state_dict())
+    fresh = core.ExponentialMovingAverage()
+    fresh.load_state_dict(core.ExponentialMovingAverage().state_dict())
     assert fresh.value is None and fresh.update(2.5) == 2.5  # first update initialises
     with pytest.raises(ValueError, match="momentum"):
-        core.RunningMean(1.0)
+        core.ExponentialMovingAverage(1.0)
     with pytest.raises(ValueError, match="non-finite"):
         rm.update(float("nan"))
 

@@ -72,7 +72,12 @@ class PPOConfig(Section):
     lam: float = Field(0.95, ge=0.0, le=1.0, description="GAE λ")
     clip_range: float = Field(0.2, gt=0.0, description="policy ratio clip ε")
     clip_range_value: float = Field(0.2, gt=0.0, description="value clip around the old values")
-    vf_coef: float = Field(0.1, ge=0.0, description="value-loss weight (separate critic: scales its loss)")
+    vf_coef: float = Field(
+        0.1, ge=0.0, description="multiplies the critic's value loss. The critic has its own Adam optimizer, which "
+        "is invariant to a constant loss scale, so this is not a policy/value trade-off as with a shared network: "
+        "it moves the critic's gradient-clipping threshold (deepspeed.gradient_clipping applies to vf_coef·∇L, i.e. "
+        "to ∇L at gradient_clipping/vf_coef) and scales the logged value_loss; set the critic's step size with "
+        "critic_lr")
     entropy_coef: float = Field(0.0, ge=0.0, description="entropy bonus weight")
     whiten_advantages: bool = True
     whiten_rewards: bool = False

@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..masks import last_token_index
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -143,7 +145,7 @@ def variance_weights(var: torch.Tensor, mode: str, *, floor: float | None = None
       raw          w = σ²                       (the paper's form; retune β)
       batch_mean   w = σ² / (mean(σ²) + eps)    (mean weight ≈ 1, so β keeps its meaning;
                                                  pass `batch_mean` for a mean over all ranks)
-      running_mean w = σ² / (running_mean + eps) (EMA of batch means, see RunningMean)
+      running_mean w = σ² / (running_mean + eps) (EMA of batch means, see ExponentialMovingAverage)
     then clamped to [floor, ceiling] (either may be None). NaN σ² pass through (the trainer
     treats non-finite values); negative σ² is an error (it would reward divergence).
 
@@ -200,19 +202,20 @@ def variance_weights(var: torch.Tensor, mode: str, *, floor: float | None = None
     return w
 
 
-class RunningMean:
-    """Exponential moving average of the batch mean of σ²: m ← μ·m + (1 − μ)·x, with μ the
-    momentum; the first update sets m = x (no bias towards an arbitrary start)."""
+class ExponentialMovingAverage:
+    """Exponential moving average (of the batch mean of σ², for `running_mean` weighting):
+    m ← μ·m + (1 − μ)·x, with μ the momentum; the first update sets m = x (no bias towards an
+    arbitrary start). Its state_dict ({"momentum", "value"}) is what checkpoints store."""
 
     def __init__(self, momentum: float = 0.9):
         if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"RunningMean momentum must be in [0, 1), got {momentum}")
+            raise ValueError(f"ExponentialMovingAverage momentum must be in [0, 1), got {momentum}")
         self.momentum, self.value = float(momentum), None
 
     def update(self, batch_mean: float | torch.Tensor) -> float:
         x = float(batch_mean)
         if not math.isfinite(x):
-            raise ValueError(f"RunningMean.update got a non-finite batch mean ({x})")
+            raise ValueError(f"ExponentialMovingAverage.update got a non-finite batch mean ({x})")
         self.value = x if self.value is None else self.momentum * self.value + (1.0 - self.momentum) * x
         return self.value
 
@@ -225,11 +228,6 @@ class RunningMean:
 
 
 # ---------------------------------------------------------------------------- rewards and GAE
-
-
-def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """[B] index len−1 of each row's last real token (0 for an empty row) of a left-aligned mask."""
-    return (mask.long().sum(-1) - 1).clamp(min=0)
 
 
 def shape_rewards(score: torch.Tensor, kl: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,

@@ -67,7 +67,7 @@ class PPOTrainer:
         self.reference = build_reference(cfg, policy_path, self.world)
         self.critic = build_critic(cfg, critic_path or policy_path, self.world)
         self.kl_ctl = core.make_kl_controller(p.kl)
-        self.sigma_mean = core.RunningMean(p.variance.running_momentum)
+        self.sigma_mean = core.ExponentialMovingAverage(p.variance.running_momentum)
         self.step = 0
         self.bad_steps_in_row = 0
         self.counters = {"skipped_steps": 0, "skipped_updates": 0, "truncated_prompts": 0, "dropped_samples": 0}
