@@ -51,14 +51,14 @@ class SampleTable(TrainerCallback):
     """Every `every` steps, rank 0's prompts, responses, score s and σ² as JSONL rows (one per
     sample, with its step) and as a TensorBoard text table of the first `max_rows`."""
 
-    def __init__(self, path: str | Path, every: int, tensorboard: TensorBoardLogger | None = None, max_rows: int = 16):
+    def __init__(self, path: str | Path, every: int, step, tensorboard: TensorBoardLogger | None = None,
+                 max_rows: int = 16):
         if every < 1:
             raise ValueError(f"SampleTable: every must be ≥ 1, got {every}")
-        self.path, self.every, self.tensorboard, self.max_rows = Path(path), every, tensorboard, max_rows
-        self.trainer = None
+        # `step()`: the trainer's current step (also right when train_step is driven without train())
+        self.path, self.every, self.step, self.tensorboard, self.max_rows = Path(path), every, step, tensorboard, max_rows
 
     def on_train_begin(self, trainer) -> None:
-        self.trainer = trainer
         if trainer.step == 0:
             self.path.unlink(missing_ok=True)
         elif self.path.exists():  # a resumed run redoes the steps after its checkpoint
@@ -66,7 +66,7 @@ class SampleTable(TrainerCallback):
             self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def on_rollout_scored(self, prompts: list[str], responses: list[str], experience) -> None:
-        step = self.trainer.step
+        step = self.step()
         if step % self.every:
             return
         rows = [{"step": step, "prompt": p, "response": r, "score": float(s), "variance": float(v), "valid": bool(ok)}
@@ -94,22 +94,19 @@ class WandbLogger(TrainerCallback):
     is optional: it is imported only when enabled, and its absence is a clear error then. The
     API key comes from the environment (WANDB_API_KEY, or `wandb login`), never from the config."""
 
-    def __init__(self, cfg, out_dir: str | Path, samples_every: int = 0):
+    def __init__(self, cfg, out_dir: str | Path, step, samples_every: int = 0):
         try:
             import wandb
         except ImportError:
             raise ConfigError("ppo.wandb.enabled: true needs the wandb package, which is not installed "
                               "(pip install wandb), or set ppo.wandb.enabled=false") from None
         w = cfg.ppo.wandb
-        self.wandb, self.samples_every, self.trainer = wandb, samples_every, None
+        self.wandb, self.samples_every, self.step = wandb, samples_every, step
         self.run = wandb.init(project=w.project, entity=w.entity, name=w.run_name, mode=w.mode, dir=str(out_dir),
                               config=redacted_dict(cfg), resume="allow", id=w.run_id)
 
-    def on_train_begin(self, trainer) -> None:
-        self.trainer = trainer
-
     def on_rollout_scored(self, prompts, responses, experience) -> None:
-        step = self.trainer.step
+        step = self.step()
         if not self.samples_every or step % self.samples_every:
             return
         table = self.wandb.Table(columns=["prompt", "response", "score", "variance"],

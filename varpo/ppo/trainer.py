@@ -84,9 +84,9 @@ class PPOTrainer:
         tb = TensorBoardLogger(self.out / "tensorboard")
         own = [MetricsJsonl(self.out / "metrics.jsonl"), tb]
         if p.log_samples_every:
-            own.append(SampleTable(self.out / "samples.jsonl", p.log_samples_every, tensorboard=tb))
+            own.append(SampleTable(self.out / "samples.jsonl", p.log_samples_every, lambda: self.step, tensorboard=tb))
         if p.wandb.enabled:
-            own.append(WandbLogger(self.cfg, self.out, samples_every=p.log_samples_every))
+            own.append(WandbLogger(self.cfg, self.out, lambda: self.step, samples_every=p.log_samples_every))
         return own
 
     # ------------------------------------------------------------------ data
