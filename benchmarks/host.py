@@ -1,4 +1,5 @@
-"""What a benchmark ran on: the CPU model, and how busy other processes kept the machine meanwhile
+"""What a benchmark ran on — one description (`machine()`) that every benchmark records — and how
+busy other processes kept the machine meanwhile
 — the average number of cores they used, from /proc/stat's busy time minus this process's own (its
 threads, and the children it has waited for). A load average cannot tell: it still carries the
 last minute's work and counts the benchmark itself. Above SHARED_CORES the timings are reported as
@@ -22,6 +23,32 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine(device: str | None = None, **extra) -> dict:
+    """The host as every benchmark's results describe it: CPU model, cores (all, and usable by this
+    process), Python, platform, the versions of torch / transformers / deepspeed / triton (None when
+    absent), torch's thread count, the device (default: cuda when present) and its GPU, the load
+    average now; `extra` adds a benchmark's own fields (e.g. the thread count of its child runs)."""
+    import importlib.metadata as md
+
+    import torch
+
+    def version(pkg: str) -> str | None:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    info = {"cpu_model": cpu_model(), "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "transformers": version("transformers"), "deepspeed": version("deepspeed"), "triton": version("triton"),
+            "torch_threads": torch.get_num_threads(),
+            "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    if info["device"].startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return {**info, **extra}
 
 
 def busy_cpu_seconds() -> float | None:

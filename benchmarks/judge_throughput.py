@@ -11,18 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def machine() -> dict:
-    from host import cpu_model  # benchmarks/, the script's own folder
-
-    cpu = cpu_model()
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()}
 
 
 def run(concurrency: int, n: int, latency: float, srv) -> dict:
@@ -59,7 +51,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="target duration per concurrency (sets the samples)")
     args = ap.parse_args()
     os.environ.setdefault("VARPO_NO_PROGRESS", "1")
-    from host import ForeignCpu, describe  # benchmarks/, the script's own folder
+    from host import ForeignCpu, describe, machine  # benchmarks/, the script's own folder
 
     from varpo.judge.local_server import JudgeServer
 
@@ -80,7 +72,7 @@ def main() -> None:
     lines = [
         "# Judge throughput (local OpenAI-compatible server, fixed latency per request)", "",
         f"Command: `{cmd}`  ",
-        (f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+        (f"Machine: {result['machine']['cpu_model']}, {result['machine']['cores']} cores, "
          f"Python {result['machine']['python']}  "), f"Date: {result['date']}  ", f"Note: {result['note']}.", "",
         "| concurrency | samples | server latency (s) | samples/s | ideal samples/s | efficiency | max in flight | p95 latency (s) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",

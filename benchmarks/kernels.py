@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))  # a source checkout without install
-from host import ForeignCpu, cpu_model, describe  # noqa: E402  (benchmarks/, the script's own folder)
+from host import ForeignCpu, describe, machine  # noqa: E402  (benchmarks/, the script's own folder)
 from varpo_kernels import selective_log_softmax, selective_log_softmax_naive  # noqa: E402
 from varpo_kernels.selective_log_softmax import CHUNK_ELEMENTS  # noqa: E402
 
@@ -255,23 +254,6 @@ def bench_device(device, shapes, dtype_name, backends, ops, chunk, reps, threads
     return entries
 
 
-def machine():
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
-    info["cpu_model"] = cpu_model()
-    try:
-        info["loadavg_start"] = os.getloadavg()
-    except OSError:
-        pass
-    info["_cpu_watch"] = ForeignCpu()
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        import triton
-
-        info["triton"] = triton.__version__
-    return info
-
-
 def write_markdown(path, result):
     m = result["machine"]
     lines = [
@@ -318,7 +300,8 @@ def main():
     shapes = lambda s: [tuple(int(v) for v in item.split("x")) for item in s.split(",") if item]  # noqa: E731
     ops = args.ops.split(",")
     notes = []
-    info = machine()
+    watch = ForeignCpu()
+    info = machine(loadavg_start=[round(x, 2) for x in os.getloadavg()])
     entries = bench_device("cpu", shapes(args.cpu_shapes), "float32", ["torch"], ops, args.chunk_size, args.reps, args.threads)
     if torch.cuda.is_available():
         backends = ["triton", "torch"] + (["liger"] if liger_available() else [])
@@ -337,7 +320,7 @@ def main():
         result["loadavg_end"] = os.getloadavg()
     except OSError:
         pass
-    result["foreign_cores"] = info.pop("_cpu_watch").cores()
+    result["foreign_cores"] = watch.cores()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernels.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -39,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from host import SHARED_CORES, ForeignCpu, cpu_model  # noqa: E402
+from host import SHARED_CORES, ForeignCpu, machine  # noqa: E402
 
 TRL_VERSION = "1.12.0"
 PHASES = ("generate", "score", "reference", "value", "update", "other")
@@ -256,25 +255,9 @@ def plot(res: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------- environment
 def machine_info(device: str, threads: int, trl_version: str | None, loadavg_before: list[float]) -> dict:
-    import torch
-    import transformers
-
-    cpu = cpu_model()
-    import importlib.metadata as md
-
-    try:
-        ds = md.version("deepspeed")  # the version only: the parent builds no engine
-    except md.PackageNotFoundError:
-        ds = None
-    info = {
-        "cpu_model": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-        "torch": torch.__version__, "transformers": transformers.__version__, "deepspeed": ds,
-        "trl": trl_version, "python": platform.python_version(), "platform": platform.platform(),
-        "device": device, "threads": threads, "loadavg_before": loadavg_before,
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    """host.machine() plus this benchmark's own: TRL's version, the torch threads of each child run
+    (`threads`; the parent's own count is `torch_threads`) and the load average before the runs."""
+    return machine(device, trl=trl_version, threads=threads, loadavg_before=loadavg_before)
 
 
 def ensure_trl_env(venv: Path, log=print) -> Path:

@@ -12,23 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-
-
-def machine(device) -> dict:
-    import torch
-    from host import cpu_model  # benchmarks/, the script's own folder
-
-    cpu = cpu_model()
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def backbones(include_testbed: bool):
@@ -96,6 +83,7 @@ def main() -> None:
     ap.add_argument("--no-testbed", action="store_true", help="skip the testbed backbone (no build)")
     args = ap.parse_args()
     import torch
+    from host import machine  # benchmarks/, the script's own folder
 
     from varpo.outputs import print_table, write_json
 
@@ -104,7 +92,7 @@ def main() -> None:
     rows = []
     for name, backbone in backbones(not args.no_testbed):
         rows.append({"backbone": name, **bench(backbone, device, args.batch, args.seq, args.reps, args.warmup)})
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(device),
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(str(device)),
               "load_average_before": load_before, "load_average_after": os.getloadavg(), "goal": "K=10 / K=1 ≤ 1.05",
               "results": rows}
     out = Path(args.out) / f"rm_heads{'' if device.type == 'cpu' else '_' + device.type}.json"

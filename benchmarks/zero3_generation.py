@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from host import cpu_model  # benchmarks/, the script's own folder
+from host import machine  # benchmarks/, the script's own folder
 
 MODES = ("full", "grouped", "per_layer")
 
@@ -226,17 +225,15 @@ def _markdown(result: dict) -> str:
                 "gathers and frees every forward; MALLOC_MMAP_THRESHOLD_=131072 in the environment makes RSS follow "
                 "live memory, at a cost in time (page faults on every gather). The gathered-parameters column "
                 "does not depend on the allocator.")
-    machine = (f"Machine: {m['cpu']}, {m['cores']} cores, OMP_NUM_THREADS={m['omp_num_threads']}; torch {m['torch']}, "
+    host_line = (f"Machine: {m['cpu_model']}, {m['cores']} cores, OMP_NUM_THREADS={m['omp_num_threads']}; torch {m['torch']}, "
                f"deepspeed {m['deepspeed']}, transformers {m['transformers']}; load average (1, 5, 15 min) before "
                f"{m['loadavg_before']}, after {m['loadavg_after']}; {result['wall_s']} s in all.")
-    lines += ["", modes, how, "", machine, "", f"`{result['command']}`"]
+    lines += ["", modes, how, "", host_line, "", f"`{result['command']}`"]
     return "\n".join(lines) + "\n"
 
 
 def driver(a: argparse.Namespace, argv: list[str]) -> None:
-    import deepspeed
     import torch
-    import transformers
 
     a.out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
@@ -261,11 +258,8 @@ def driver(a: argparse.Namespace, argv: list[str]) -> None:
     tmp.unlink()
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["summary"] = _summary(result)
-    result["machine"] = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                         "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-                         "transformers": transformers.__version__,
-                         "omp_num_threads": env.get("OMP_NUM_THREADS"),
-                         "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+    result["machine"] = machine(omp_num_threads=env.get("OMP_NUM_THREADS"), loadavg_before=load_before,
+                                loadavg_after=[round(x, 2) for x in os.getloadavg()])
     result["command"] = "python benchmarks/zero3_generation.py " + shlex.join(argv)
     (a.out / "zero3_generation.json").write_text(json.dumps(result, indent=2))
     md = _markdown(result)

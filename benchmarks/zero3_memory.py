@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from host import cpu_model  # benchmarks/, the script's own folder
+from host import machine  # benchmarks/, the script's own folder
 
 
 def rank_main(out: Path, n_layer: int, n_embd: int) -> None:
@@ -68,8 +68,7 @@ def driver(out: Path, n_layer: int, n_embd: int) -> None:
         "model": f"GPT-2 {n_layer} layers × {n_embd}, vocab 8192 ({one['total_params'] / 1e6:.2f} M params)",
         "rows": rows,
         "ratio_2_over_1": {k: max(r[k] for r in two) / one[k] for k in ("param_shard_bytes", "optimizer_state_bytes")},
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+        "machine": machine(),
         "command": "python benchmarks/zero3_memory.py --out " + str(out),
     }
     (out / "zero3_memory.json").write_text(json.dumps(result, indent=2))

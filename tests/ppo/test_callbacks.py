@@ -41,12 +41,16 @@ class UserLogger(TrainerCallback):
 
 
 def test_user_logger_and_early_stop(make_cfg, prompts, tmp_path, word_scorer):
+    from varpo.ppo.loggers import WandbLogger
     from varpo.ppo.trainer import PPOTrainer
 
-    cfg = make_cfg("ppo.steps=5", "ppo.checkpoint_every=1", "ppo.variance.weighting=batch_mean")
+    cfg = make_cfg("ppo.steps=5", "ppo.checkpoint_every=1", "ppo.variance.weighting=batch_mean",
+                   "ppo.log_samples_every=1")
     user = UserLogger(stop_after=2)
-    summary = PPOTrainer(cfg, tmp_path, prompts=prompts, policy_path=cfg.model.policy_path, scorer=word_scorer(),
-                         callbacks=[user]).train()
+    trainer = PPOTrainer(cfg, tmp_path, prompts=prompts, policy_path=cfg.model.policy_path, scorer=word_scorer(),
+                         callbacks=[user])
+    assert not any(isinstance(cb, WandbLogger) for cb in trainer.callbacks.callbacks)  # off by default
+    summary = trainer.train()
 
     assert user.events == [
         ("train_begin", 0),
@@ -60,6 +64,26 @@ def test_user_logger_and_early_stop(make_cfg, prompts, tmp_path, word_scorer):
     logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert logged == json.loads(json.dumps(user.rows))
     # the scored experience: its texts are the decoded ids, its scores the scorer's on those texts
+    samples = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 8 and [r["step"] for r in samples] == [0] * 8 + [1] * 8
+    for step, (prompts_, responses, exp) in enumerate(user.samples):
+        rows = samples[8 * step: 8 * step + 8]
+        assert [r["prompt"] for r in rows] == prompts_ and [r["response"] for r in rows] == responses
+        assert [r["score"] for r in rows] == pytest.approx(exp.score.tolist(), abs=0)
+        assert [r["variance"] for r in rows] == pytest.approx(exp.variance.tolist(), abs=0)
+        # explained variance of the critic: 1 − Var[R − V]/Var[R] over real tokens, float64 by hand
+        real = exp.mask.bool()
+        R, V = exp.returns[real].double(), exp.values[real].double()
+        assert user.rows[step]["explained_variance"] == pytest.approx(float(1 - (R - V).var() / R.var()), rel=1e-4, abs=1e-6)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    (text,) = [t for t in events.Tags()["tensors"] if t.startswith("samples")]
+    table = [e for e in events.Tensors(text)]
+    assert [e.step for e in table] == [0, 1]
+    first = table[0].tensor_proto.string_val[0].decode()
+    assert first.startswith("| prompt | response | score | σ² |") and user.samples[0][0][0] in first
     for prompts_, responses, exp in user.samples:
         assert exp.prompts == prompts_ and exp.responses == responses
         assert responses == user.tokenizer.batch_decode(
@@ -73,6 +97,20 @@ def test_user_logger_and_early_stop(make_cfg, prompts, tmp_path, word_scorer):
             assert getattr(exp, name).shape == (B, T), name
         assert exp.weights.shape == (B,)
         assert float(exp.weights.mean()) == pytest.approx(1.0, rel=1e-5)  # batch_mean, one rank
+
+
+def test_wandb_is_optional_and_its_absence_is_a_clear_error(make_cfg, prompts, tmp_path, word_scorer, monkeypatch):
+    """Enabled without the package: a ConfigError naming the field, before any model loads."""
+    import sys
+
+    from varpo.config import ConfigError
+    from varpo.ppo.trainer import PPOTrainer
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what an environment without wandb looks like to import
+    cfg = make_cfg("ppo.wandb.enabled=true")
+    with pytest.raises(ConfigError, match=r"ppo\.wandb\.enabled: true needs the wandb package"):
+        PPOTrainer(cfg, tmp_path, prompts=prompts, policy_path=cfg.model.policy_path, scorer=word_scorer())
+    assert make_cfg().ppo.wandb.enabled is False
 
 
 def test_callbacks_must_be_callbacks(make_cfg, prompts, tmp_path, word_scorer):

@@ -292,21 +292,21 @@ def test_heterogeneity_config_names_the_field():
 def test_running_mean_matches_loop_and_round_trips():
     g = torch.Generator().manual_seed(3)
     xs = (torch.rand(9, generator=g, dtype=F64) * 5).tolist()
-    rm, ref = core.RunningMean(0.7), None
+    rm, ref = core.ExponentialMovingAverage(0.7), None
     for i, x in enumerate(xs):
         ref = x if ref is None else 0.7 * ref + 0.3 * x
         assert rm.update(torch.tensor(x, dtype=F64)) == pytest.approx(ref, rel=1e-14)
         if i == 4:  # resume half way: the restored copy continues identically
-            copy = core.RunningMean(0.1)
+            copy = core.ExponentialMovingAverage(0.1)
             copy.load_state_dict(rm.state_dict())
     for x in xs[5:]:
         copy.update(x)
     assert copy.value == rm.value and copy.momentum == 0.7
-    fresh = core.RunningMean()
-    fresh.load_state_dict(core.RunningMean().state_dict())
+    fresh = core.ExponentialMovingAverage()
+    fresh.load_state_dict(core.ExponentialMovingAverage().state_dict())
     assert fresh.value is None and fresh.update(2.5) == 2.5  # first update initialises
     with pytest.raises(ValueError, match="momentum"):
-        core.RunningMean(1.0)
+        core.ExponentialMovingAverage(1.0)
     with pytest.raises(ValueError, match="non-finite"):
         rm.update(float("nan"))
 
@@ -630,3 +630,31 @@ def test_vllm_backend_is_refused_not_silently_replaced():
     with pytest.raises(ConfigError, match=r"generation: .*backend=vllm: the vLLM rollout engine is not implemented"):
         load_config(EMBEDDED, ["generation.backend=vllm"])
     assert load_config(EMBEDDED, ["generation.backend=hf"]).generation.backend == "hf"
+
+
+# ---------------------------------------------------------------------------- explained variance
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_explained_variance_matches_loop(seed):
+    import statistics
+
+    g, B, T, L, mask, rnd = _batch(seed)
+    returns, values = rnd(), rnd()
+    values = torch.where(torch.rand(B, T, generator=g, dtype=F64) < 0.5, returns + 0.1 * values, values)
+    got = core.explained_variance(_pad_with_garbage(values, mask), _pad_with_garbage(returns, mask), mask)
+    R, V = _real(returns, L), _real(values, L)
+    want = 1 - statistics.variance([r - v for r, v in zip(R, V)]) / statistics.variance(R)
+    _close(got, want, rtol=1e-12, atol=1e-12)
+    # float32 inputs compute in float32; a perfect critic explains everything, a constant nothing
+    assert core.explained_variance(returns.float(), returns.float(), mask).item() == pytest.approx(1.0, abs=1e-6)
+    assert core.explained_variance(torch.full_like(returns, 3.0), returns, mask).item() == pytest.approx(0.0, abs=1e-9)
+    # the caller's variance (e.g. over all ranks) is the one used
+    half = core.explained_variance(values, returns, mask, var_fn=lambda x, m: core.masked_var(x, m) * (2 if x is returns else 1))
+    _close(half, 1 - statistics.variance([r - v for r, v in zip(R, V)]) / (2 * statistics.variance(R)), rtol=1e-12, atol=1e-12)
+
+
+def test_explained_variance_is_nan_for_constant_returns():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    r = torch.full((2, 3), 2.0)
+    assert math.isnan(core.explained_variance(torch.randn(2, 3), r, mask).item())

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
+from varpo.masks import position_ids_from_mask
 from varpo.ppo.experience import Experience
-from varpo.ppo.rollout import position_ids_from_mask, response_logits, response_mask_from_ids
+from varpo.ppo.rollout import response_logits, response_mask_from_ids
 
 TIMING = ("time/", "episodes_per_s", "tokens_per_s")
 

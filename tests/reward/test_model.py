@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from varpo.reward.model import EnsembleRewardModel, last_token_index
+from varpo.masks import last_token_index
+from varpo.reward.model import EnsembleRewardModel
 
 from .conftest import gpt2_config, llama_config, make_tokenizer
 

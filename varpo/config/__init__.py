@@ -57,5 +57,6 @@ __all__ = [
     "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
-    "PPOConfig", "VarianceWeightConfig", "ModelLoraConfig", "QuantizationConfig", "RewardConfig", "RewardTrainingConfig", "TestbedConfig",
+    "PPOConfig", "VarianceWeightConfig", "WandbConfig", "ModelLoraConfig", "QuantizationConfig", "RewardConfig",
+    "RewardTrainingConfig", "TestbedConfig",
 ]

@@ -48,6 +48,18 @@ class VarianceWeightConfig(Section):
         return self
 
 
+class WandbConfig(Section):
+    """Weights & Biases logging of a PPO run; optional: wandb is needed only when enabled, and the
+    API key comes from the environment (WANDB_API_KEY or `wandb login`), never from a file."""
+
+    enabled: bool = Field(False, description="log metrics and the sample table to W&B (needs `pip install wandb`)")
+    project: str = Field("varpo", description="W&B project")
+    entity: str | None = Field(None, description="W&B team or user; None: the key's default")
+    run_name: str | None = Field(None, description="display name; None: W&B picks one")
+    run_id: str | None = Field(None, description="resume this W&B run id; None: a new run")
+    mode: Literal["online", "offline"] = Field("online", description="offline: write under OUT/wandb, sync later")
+
+
 class PPOConfig(Section):
     steps: int = Field(20, ge=1, description="PPO iterations (rollout + update)")
     batch_size: int = Field(16, ge=1, description="prompts per iteration, global across ranks")
@@ -60,7 +72,12 @@ class PPOConfig(Section):
     lam: float = Field(0.95, ge=0.0, le=1.0, description="GAE λ")
     clip_range: float = Field(0.2, gt=0.0, description="policy ratio clip ε")
     clip_range_value: float = Field(0.2, gt=0.0, description="value clip around the old values")
-    vf_coef: float = Field(0.1, ge=0.0, description="value-loss weight (separate critic: scales its loss)")
+    vf_coef: float = Field(
+        0.1, ge=0.0, description="multiplies the critic's value loss. The critic has its own Adam optimizer, which "
+        "is invariant to a constant loss scale, so this is not a policy/value trade-off as with a shared network: "
+        "it moves the critic's gradient-clipping threshold (deepspeed.gradient_clipping applies to vf_coef·∇L, i.e. "
+        "to ∇L at gradient_clipping/vf_coef) and scales the logged value_loss; set the critic's step size with "
+        "critic_lr")
     entropy_coef: float = Field(0.0, ge=0.0, description="entropy bonus weight")
     whiten_advantages: bool = True
     whiten_rewards: bool = False
@@ -70,6 +87,10 @@ class PPOConfig(Section):
     variance: VarianceWeightConfig = VarianceWeightConfig()
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: only at the end)")
     max_consecutive_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before the run stops")
+    log_samples_every: int = Field(
+        10, ge=0, description="every N steps, rank 0's prompts, responses, score and σ² to OUT/samples.jsonl and "
+        "TensorBoard text (and W&B when enabled); 0: never")
+    wandb: WandbConfig = WandbConfig()
 
     @model_validator(mode="after")
     def _minibatches_divide(self):

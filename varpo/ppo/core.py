@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..masks import last_token_index
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -143,7 +145,7 @@ def variance_weights(var: torch.Tensor, mode: str, *, floor: float | None = None
       raw          w = σ²                       (the paper's form; retune β)
       batch_mean   w = σ² / (mean(σ²) + eps)    (mean weight ≈ 1, so β keeps its meaning;
                                                  pass `batch_mean` for a mean over all ranks)
-      running_mean w = σ² / (running_mean + eps) (EMA of batch means, see RunningMean)
+      running_mean w = σ² / (running_mean + eps) (EMA of batch means, see ExponentialMovingAverage)
     then clamped to [floor, ceiling] (either may be None). NaN σ² pass through (the trainer
     treats non-finite values); negative σ² is an error (it would reward divergence).
 
@@ -200,19 +202,20 @@ def variance_weights(var: torch.Tensor, mode: str, *, floor: float | None = None
     return w
 
 
-class RunningMean:
-    """Exponential moving average of the batch mean of σ²: m ← μ·m + (1 − μ)·x, with μ the
-    momentum; the first update sets m = x (no bias towards an arbitrary start)."""
+class ExponentialMovingAverage:
+    """Exponential moving average (of the batch mean of σ², for `running_mean` weighting):
+    m ← μ·m + (1 − μ)·x, with μ the momentum; the first update sets m = x (no bias towards an
+    arbitrary start). Its state_dict ({"momentum", "value"}) is what checkpoints store."""
 
     def __init__(self, momentum: float = 0.9):
         if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"RunningMean momentum must be in [0, 1), got {momentum}")
+            raise ValueError(f"ExponentialMovingAverage momentum must be in [0, 1), got {momentum}")
         self.momentum, self.value = float(momentum), None
 
     def update(self, batch_mean: float | torch.Tensor) -> float:
         x = float(batch_mean)
         if not math.isfinite(x):
-            raise ValueError(f"RunningMean.update got a non-finite batch mean ({x})")
+            raise ValueError(f"ExponentialMovingAverage.update got a non-finite batch mean ({x})")
         self.value = x if self.value is None else self.momentum * self.value + (1.0 - self.momentum) * x
         return self.value
 
@@ -225,11 +228,6 @@ class RunningMean:
 
 
 # ---------------------------------------------------------------------------- rewards and GAE
-
-
-def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """[B] index len−1 of each row's last real token (0 for an empty row) of a left-aligned mask."""
-    return (mask.long().sum(-1) - 1).clamp(min=0)
 
 
 def shape_rewards(score: torch.Tensor, kl: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
@@ -283,6 +281,20 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         # a padded position hands V = A = 0 back to the last real one
         next_adv, next_value = adv[:, t], values[:, t]
     return adv, adv + values
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       var_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """How well the critic predicts the returns, over real tokens: 1 − Var[R − V] / Var[R]
+    (1: perfectly, 0: no better than a constant, < 0: worse). NaN when Var[R] = 0, where it is
+    undefined. [B, T] × 3 → 0-d. `var_fn(x, mask)` is the variance the caller means (the
+    trainer's: over all ranks); default: `masked_var` (unbiased)."""
+    _check_same_shape(values=values, returns=returns, mask=mask)
+    values, returns = _float(values), _float(returns)
+    var = masked_var if var_fn is None else var_fn
+    var_returns = torch.as_tensor(var(returns, mask), dtype=returns.dtype)
+    var_residual = torch.as_tensor(var(returns - values, mask), dtype=returns.dtype)
+    return torch.where(var_returns > 0, 1 - var_residual / var_returns, torch.full_like(var_returns, float("nan")))
 
 
 # ---------------------------------------------------------------------------- losses

@@ -1,11 +1,12 @@
 """varpo's own outputs of a PPO run, as callbacks (varpo.ppo.callbacks): the metrics stream
-(metrics.jsonl) and TensorBoard scalars. The trainer registers them on rank 0 before any user
-callback."""
+(metrics.jsonl), TensorBoard scalars, the sample table (samples.jsonl and TensorBoard text) and,
+when enabled, Weights & Biases. The trainer registers them on rank 0 before any user callback."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from ..config import ConfigError, redacted_dict
 from ..outputs import append_jsonl, read_jsonl
 from .callbacks import TrainerCallback
 
@@ -44,3 +45,78 @@ class TensorBoardLogger(TrainerCallback):
 
     def on_train_end(self, summary: dict) -> None:
         self.writer.close()
+
+
+class SampleTable(TrainerCallback):
+    """Every `every` steps, rank 0's prompts, responses, score s and σ² as JSONL rows (one per
+    sample, with its step) and as a TensorBoard text table of the first `max_rows`."""
+
+    def __init__(self, path: str | Path, every: int, step, tensorboard: TensorBoardLogger | None = None,
+                 max_rows: int = 16):
+        if every < 1:
+            raise ValueError(f"SampleTable: every must be ≥ 1, got {every}")
+        # `step()`: the trainer's current step (also right when train_step is driven without train())
+        self.path, self.every, self.step, self.tensorboard, self.max_rows = Path(path), every, step, tensorboard, max_rows
+
+    def on_train_begin(self, trainer) -> None:
+        if trainer.step == 0:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():  # a resumed run redoes the steps after its checkpoint
+            rows = [r for r in read_jsonl(self.path) if r["step"] < trainer.step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def on_rollout_scored(self, prompts: list[str], responses: list[str], experience) -> None:
+        step = self.step()
+        if step % self.every:
+            return
+        rows = [{"step": step, "prompt": p, "response": r, "score": float(s), "variance": float(v), "valid": bool(ok)}
+                for p, r, s, v, ok in zip(prompts, responses, experience.score.tolist(), experience.variance.tolist(),
+                                          experience.valid.tolist())]
+        with self.path.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        if self.tensorboard is not None:
+            self.tensorboard.writer.add_text("samples", markdown_table(rows[: self.max_rows]), step)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """prompt | response | score | σ² as a Markdown table (TensorBoard renders it)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ") or " "
+
+    lines = ["| prompt | response | score | σ² |", "|---|---|---|---|"]
+    lines += [f"| {cell(r['prompt'])} | {cell(r['response'])} | {r['score']:.4g} | {r['variance']:.4g} |" for r in rows]
+    return "\n".join(lines)
+
+
+class WandbLogger(TrainerCallback):
+    """Metrics and the sample table to Weights & Biases (`ppo.wandb.enabled`; off by default). wandb
+    is optional: it is imported only when enabled, and its absence is a clear error then. The
+    API key comes from the environment (WANDB_API_KEY, or `wandb login`), never from the config."""
+
+    def __init__(self, cfg, out_dir: str | Path, step, samples_every: int = 0):
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("ppo.wandb.enabled: true needs the wandb package, which is not installed "
+                              "(pip install wandb), or set ppo.wandb.enabled=false") from None
+        w = cfg.ppo.wandb
+        self.wandb, self.samples_every, self.step = wandb, samples_every, step
+        self.run = wandb.init(project=w.project, entity=w.entity, name=w.run_name, mode=w.mode, dir=str(out_dir),
+                              config=redacted_dict(cfg), resume="allow", id=w.run_id)
+
+    def on_rollout_scored(self, prompts, responses, experience) -> None:
+        step = self.step()
+        if not self.samples_every or step % self.samples_every:
+            return
+        table = self.wandb.Table(columns=["prompt", "response", "score", "variance"],
+                                 data=[list(x) for x in zip(prompts, responses, experience.score.tolist(),
+                                                            experience.variance.tolist())])
+        self.run.log({"samples": table}, step=step)
+
+    def on_step_end(self, metrics: dict) -> None:
+        self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"},
+                     step=metrics["step"])
+
+    def on_train_end(self, summary: dict) -> None:
+        self.run.finish()

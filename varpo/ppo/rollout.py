@@ -10,13 +10,8 @@ import torch
 
 from ..config import GenerationConfig
 from ..engines import generation_gather
+from ..masks import position_ids_from_mask
 from .experience import Experience
-
-
-def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Positions count real tokens only, so a left-padded prompt starts at position 0 — the same
-    positions HF `generate` used when it sampled the response."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:

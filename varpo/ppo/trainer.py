@@ -30,7 +30,7 @@ from ..reward_source import Scorer
 from . import checkpoint, core
 from .callbacks import CallbackList, TrainerCallback, TrainerControl
 from .experience import Experience
-from .loggers import MetricsJsonl, TensorBoardLogger
+from .loggers import MetricsJsonl, SampleTable, TensorBoardLogger, WandbLogger
 from .logprobs import token_logprobs
 from .models import (
     build_actor,
@@ -64,6 +64,9 @@ class PPOTrainer:
         self.local_batch = p.batch_size // self.world
         self.local_mini = p.mini_batch_size // self.world
 
+        # varpo's own outputs first: a logger that cannot start (wandb missing) fails before any model loads
+        own_callbacks = self._own_callbacks() if self.info.is_main else []
+
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or policy_path)
         self.actor = build_actor(cfg, policy_path, self.world)
@@ -72,19 +75,27 @@ class PPOTrainer:
         self.critic = build_critic(cfg, critic_path or policy_path, self.world)
         self.params = role_param_counts(self.actor, self.critic)
         self.kl_ctl = core.make_kl_controller(p.kl)
-        self.sigma_mean = core.RunningMean(p.variance.running_momentum)
+        self.sigma_mean = core.ExponentialMovingAverage(p.variance.running_momentum)
         self.step = 0
         self.bad_steps_in_row = 0
         self.counters = {"skipped_steps": 0, "skipped_updates": 0, "truncated_prompts": 0, "dropped_samples": 0}
         self.timings: dict[str, float] = {}
-        own = []
-        if self.info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_resolved(cfg, self.out)
-            own = [MetricsJsonl(self.out / "metrics.jsonl"), TensorBoardLogger(self.out / "tensorboard")]
         self.control = TrainerControl()
-        self.callbacks = CallbackList([*own, *callbacks], self.control)
+        self.callbacks = CallbackList([*own_callbacks, *callbacks], self.control)
         self._maybe_resume()
+
+    def _own_callbacks(self) -> list[TrainerCallback]:
+        """metrics.jsonl, TensorBoard, the sample table and (ppo.wandb.enabled) W&B, on rank 0."""
+        p = self.cfg.ppo
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_resolved(self.cfg, self.out)
+        tb = TensorBoardLogger(self.out / "tensorboard")
+        own = [MetricsJsonl(self.out / "metrics.jsonl"), tb]
+        if p.log_samples_every:
+            own.append(SampleTable(self.out / "samples.jsonl", p.log_samples_every, lambda: self.step, tensorboard=tb))
+        if p.wandb.enabled:
+            own.append(WandbLogger(self.cfg, self.out, lambda: self.step, samples_every=p.log_samples_every))
+        return own
 
     # ------------------------------------------------------------------ data
     def _batch_prompts(self, step: int) -> list[str]:
@@ -198,11 +209,15 @@ class PPOTrainer:
             if p.whiten_advantages:
                 exp.advantages = self._whiten(exp.advantages, exp.mask)
 
-    def _whiten(self, x, mask, shift_mean=True):
+    def _global_mean_var(self, x, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and unbiased variance of x's real tokens over all ranks (float64 0-d tensors)."""
         s, sq, n = core.masked_moments(x, mask)
         tot = dist.all_reduce_sum(torch.stack([s.double(), sq.double(), n.double()]))
         mean = tot[0] / tot[2]
-        var = (tot[1] / tot[2] - mean**2) * tot[2] / (tot[2] - 1).clamp(min=1)
+        return mean, (tot[1] / tot[2] - mean**2) * tot[2] / (tot[2] - 1).clamp(min=1)
+
+    def _whiten(self, x, mask, shift_mean=True):
+        mean, var = self._global_mean_var(x, mask)
         return core.whiten_with(x, mean.to(x.dtype), var.to(x.dtype), mask, shift_mean=shift_mean)
 
     def update(self, exp: Experience) -> dict:
@@ -281,6 +296,9 @@ class PPOTrainer:
             "weight_std": self._global_std(exp.weights),
             "kl_mean": kl_mean, "weighted_kl_mean": self._global_mean(weighted_kl), "kl_coef": beta,
             "returns_mean": self._global_mean(exp.returns[exp.mask.bool()]),
+            # how much of the returns' variance the critic's values explained (1: all, ≤ 0: none)
+            "explained_variance": float(core.explained_variance(
+                exp.values, exp.returns, exp.mask, var_fn=lambda x, m: self._global_mean_var(x, m)[1])),
             "response_length": self._global_mean(exp.response_mask.sum(-1).float()),
             "eos_fraction": self._global_mean(exp.has_eos.float()),
             **losses,

@@ -2,7 +2,6 @@
 from .aggregate import (
            AGGREGATIONS,
            aggregate,
-           ensemble_stats,
            head_mean,
            head_mean_var,
            head_median,
@@ -10,5 +9,5 @@ from .aggregate import (
 )
 from .model import EnsembleRewardModel, last_token_index
 
-__all__ = ["AGGREGATIONS", "EnsembleRewardModel", "aggregate", "ensemble_stats", "head_mean", "head_mean_var",
+__all__ = ["AGGREGATIONS", "EnsembleRewardModel", "aggregate", "head_mean", "head_mean_var",
            "head_median", "head_variance", "last_token_index"]

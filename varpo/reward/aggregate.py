@@ -56,12 +56,6 @@ def aggregate(rewards: torch.Tensor, how: str = "mean", *, ddof: int = 1, lam: f
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
 
 
-def ensemble_stats(rewards: torch.Tensor, how: str = "mean", *, ddof: int = 1, lam: float = 1.0,
-                   k: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[B, K] → (score [B], variance [B], mean [B])."""
-    return aggregate(rewards, how, ddof=ddof, lam=lam, k=k), head_variance(rewards, ddof), head_mean(rewards)
-
-
 def head_mean_var(rewards: torch.Tensor, ddof: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., K] → (mean [...], variance [...] with `ddof`)."""
     return head_mean(rewards), head_variance(rewards, ddof)

@@ -25,24 +25,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..masks import last_token_index, position_ids_from_mask
+
 CONFIG_NAME = "config.json"
 HEADS_NAME = "heads.safetensors"
 BACKBONE_DIR = "backbone"
 MODEL_TYPE = "varpo_ensemble_reward_model"
 POOLINGS = ("last", "mean")
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] 0/1 mask → [B] index of the last 1 in each row (left or right padding alike).
-    A row with no 1 at all is an error the caller must not make (checked in forward)."""
-    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
-    return (positions * attention_mask.long()).argmax(-1)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so a left-padded text sees the same positions as
-    the same text right-padded (pads get 0; they are masked anyway)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def init_heads(weight: torch.Tensor, bias: torch.Tensor, seeds: Sequence[int]) -> None:
