@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from .checkpoint import CheckpointConfig
 from .core import ConfigError, Section, build_config, config_hash, redacted_dict, save_resolved
 from .data import DataConfig
 from .deepspeed import DeepSpeedConfig, RoleEngineConfig
@@ -25,6 +26,7 @@ class VarpoConfig(Section):
     ppo: PPOConfig = PPOConfig()
     generation: GenerationConfig = GenerationConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     kernels: KernelsConfig = KernelsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
@@ -34,7 +36,7 @@ def load_config(path=None, overrides=None) -> VarpoConfig:
 
 
 __all__ = [
-    "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
+    "CheckpointConfig", "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
     "PPOConfig", "VarianceWeightConfig", "RewardConfig", "RewardTrainingConfig", "TestbedConfig",

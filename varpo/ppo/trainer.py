@@ -283,7 +283,9 @@ class PPOTrainer:
                 "bad_steps_in_row": self.bad_steps_in_row, "counters": self.counters, "world_size": self.world}
 
     def save_checkpoint(self) -> None:
-        checkpoint.save(self.out / "checkpoints", self.step, {"actor": self.actor, "critic": self.critic}, self._state())
+        c = self.cfg.checkpoint
+        checkpoint.save(self.out / "checkpoints", self.step, {"actor": self.actor, "critic": self.critic}, self._state(),
+                        keep_last=c.keep_last, verify=c.verify)
 
     def _maybe_resume(self) -> None:
         last = checkpoint.latest(self.out / "checkpoints")
