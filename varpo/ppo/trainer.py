@@ -39,7 +39,8 @@ class PPOTrainer:
     def __init__(self, cfg: VarpoConfig, out_dir: str | Path, *, prompts: list[str], policy_path: str,
                  scorer: Scorer, critic_path: str | None = None, gold_fn=None):
         self.cfg, self.out = cfg, Path(out_dir)
-        self.info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
+        self.info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes,
+                                          cfg.deepspeed.peer_timeout_s)
         self.world, self.rank, self.device = self.info.world_size, self.info.rank, self.info.device
         p = cfg.ppo
         for name, n in (("batch_size", p.batch_size), ("mini_batch_size", p.mini_batch_size)):

@@ -1,0 +1,132 @@
+"""A dead rank must not hang the others.
+
+When one rank of a multi-rank job dies (kill -9, OOM kill, a lost node), the others may wait in
+a collective until its timeout (deepspeed.timeout_minutes, 30 by default), or forever in
+operations that have none. Under one launcher on one node the launcher notices the dead child and
+kills the rest; across nodes, or under a per-node launcher, nothing does.
+
+So each rank runs a heartbeat thread on the process group's own key-value store (the TCPStore
+rank 0 hosts, already there for the rendezvous): it bumps its own counter every
+`peer_timeout_s / 10` seconds and watches the counter of the next rank in a ring. A counter that
+has not moved for `peer_timeout_s` (measured on the watcher's own clock: no clock sync needed)
+marks that rank lost in the store; every rank polls that mark and exits with EXIT_RANK_LOST and
+a message naming the lost rank. A store that stays unreachable for `peer_timeout_s` means rank 0,
+its host, is gone. Each rank watches one peer and reads one mark, so the load on the store grows
+linearly with the ranks. A rank that exits normally says so first, so it is never reported lost.
+
+Exit is os._exit: the main thread may be blocked inside a collective that cannot be interrupted;
+the job is meant to be restarted, and it resumes from its last checkpoint (varpo.checkpoint)."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+EXIT_RANK_LOST = 75  # EX_TEMPFAIL: try again (a restart resumes from the last checkpoint)
+_BEAT, _DONE, _LOST = "varpo_watchdog/beat/{}", "varpo_watchdog/done/{}", "varpo_watchdog/lost"
+# messages of a collective that failed because a peer's connection went away (gloo, NCCL)
+PEER_LOSS_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
+                   "timed out", "NCCL communicator was aborted", "remote process exited")
+
+
+class Watchdog:
+    def __init__(self, store, rank: int, world_size: int, timeout_s: float, before_exit: Callable[[], None] = lambda: None):
+        self.store, self.rank, self.world, self.timeout = store, rank, world_size, timeout_s
+        self.peer = (rank + 1) % world_size
+        self.interval = max(timeout_s / 10, 0.1)
+        self.before_exit = before_exit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="varpo-watchdog", daemon=True)
+
+    def start(self) -> Watchdog:
+        self.store.add(_BEAT.format(self.rank), 1)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """This rank is exiting normally: its silence from now on is not a loss."""
+        self._stop.set()
+        try:
+            self.store.add(_DONE.format(self.rank), 1)
+        except Exception:  # rank 0 (the store's host) already gone: nothing to tell
+            pass
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2 * self.interval)
+
+    def _run(self) -> None:
+        seen, seen_at, unreachable_since = -1, time.monotonic(), None
+        while not self._stop.wait(self.interval):
+            now = time.monotonic()
+            try:
+                self.store.add(_BEAT.format(self.rank), 1)
+                beat = self.store.add(_BEAT.format(self.peer), 0)
+                peer_done = self.store.add(_DONE.format(self.peer), 0) > 0
+                lost = self.store.add(_LOST, 0)
+            except Exception as exc:
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since >= self.timeout and not self._stop.is_set():
+                    self._exit(0, f"the process group's store, hosted by rank 0, has been unreachable for "
+                                  f"{now - unreachable_since:.0f} s ({type(exc).__name__}: {exc})")
+                continue
+            unreachable_since = None
+            if lost:  # some rank found its peer lost; the mark holds that rank + 1
+                self._exit(lost - 1, "reported by its watcher")
+            if beat != seen:
+                seen, seen_at = beat, now
+            elif not peer_done and now - seen_at >= self.timeout:
+                try:
+                    self.store.set(_LOST, str(self.peer + 1))  # +1: 0 means "none lost"
+                except Exception:
+                    pass
+                self._exit(self.peer, f"no heartbeat for {now - seen_at:.0f} s")
+
+    def _exit(self, lost_rank: int, why: str) -> None:
+        if self._stop.is_set():
+            return
+        print(f"varpo: rank {self.rank}: rank {lost_rank} of {self.world} is lost ({why}); exiting with code "
+              f"{EXIT_RANK_LOST} instead of waiting for it. Restart the job: it resumes from its last checkpoint.",
+              file=sys.stderr, flush=True)
+        try:
+            self.before_exit()
+        finally:
+            os._exit(EXIT_RANK_LOST)
+
+    def wait_for_verdict(self) -> None:
+        """Called when the main thread's collective failed: if a peer is being lost, give the
+        watchdog the time to name it (it then exits the process); otherwise return at once."""
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.timeout + 3 * self.interval)
+
+
+_current: Watchdog | None = None
+
+
+def start(rank: int, world_size: int, timeout_s: float, before_exit: Callable[[], None] = lambda: None) -> Watchdog | None:
+    """Start this rank's watchdog on the default process group's store (world size > 1)."""
+    global _current
+    if world_size < 2 or timeout_s <= 0 or _current is not None:
+        return _current
+    import torch.distributed.distributed_c10d as c10d
+
+    store = c10d._get_default_store()
+    _current = Watchdog(store, rank, world_size, timeout_s, before_exit).start()
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        # a collective that failed because a peer vanished: let the watchdog name the lost rank
+        if _current is not None and any(s in str(value) for s in PEER_LOSS_SIGNS):
+            print(f"varpo: rank {rank}: {kind.__name__}: {value}", file=sys.stderr, flush=True)
+            _current.wait_for_verdict()
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+    return _current
+
+
+def stop() -> None:
+    global _current
+    if _current is not None:
+        _current.stop()
+        _current = None
