@@ -237,15 +237,16 @@ def _pointer(root: Path) -> str | None:
 def _resolve_here(root: Path) -> str | None:
     pointed = _pointer(root)
     order = _committed(root)[::-1]
-    if pointed is not None:
+    if pointed is not None and not (root / pointed).is_dir():
+        warnings.warn(f"{root / LATEST} names {pointed!r}, which does not exist; trying the newest other one",
+                      RuntimeWarning, stacklevel=3)
+    elif pointed is not None:
         order = sorted(order, key=lambda p: p.name != pointed)  # stable: the named one first, then newest
     for p in order:
         problem = check(p)
         if problem is None:
             return str(p)
         warnings.warn(f"checkpoint {p} is skipped: {problem}; trying the previous one", RuntimeWarning, stacklevel=3)
-    if pointed is not None and not (root / pointed).is_dir():
-        warnings.warn(f"{root / LATEST} names {pointed!r}, which does not exist", RuntimeWarning, stacklevel=3)
     return None
 
 
