@@ -322,7 +322,7 @@ def main() -> None:
     ap.add_argument("--run-timeout", type=float, default=900.0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from host import ForeignCpu, cpu_model, describe
+    from host import ForeignCpu
 
     watch, t_start = ForeignCpu(), time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -337,11 +337,25 @@ def main() -> None:
             sys.exit(f"the uninterrupted {n}-rank run failed:\n{text[-3000:]}")
         reference[n] = {"rows": [strip(r) for r in rows(out)], "seconds": secs}
         print(f"reference {n} rank(s): {secs:.1f} s", flush=True)
+    # the long run first: its memory figure matters even if the trials are cut short
+    long = long_run(args.out, assets, args.long_steps, args.peer_timeout, args.run_timeout * 4) if args.long_steps else None
     rng = random.Random(args.seed)
-    results = [trial(k, kinds[k % len(kinds)], rng, args.out / "trials", sets, reference, args) for k in range(args.trials)]
+    results: list[dict] = []
+    write_report(args, results, reference, long, watch, t_start, complete=args.trials == 0)
+    for k in range(args.trials):
+        results.append(trial(k, kinds[k % len(kinds)], rng, args.out / "trials", sets, reference, args))
+        write_report(args, results, reference, long, watch, t_start, complete=k + 1 == args.trials)
+    print((args.out / "crash.md").read_text())
+
+
+def write_report(args, results: list[dict], reference: dict, long: dict | None, watch, t_start: float,
+                 complete: bool) -> dict:
+    """crash.json and crash.md from the trials so far (rewritten after each: a cut run keeps them)."""
+    from host import cpu_model, describe
+
     killed = [r for r in results if r["killed_before_end"]]
     summary = {
-        "trials": len(results), "kills": len(killed),
+        "complete": complete, "trials": len(results), "kills": len(killed),
         "resumed_ok": sum(r["resumed_ok"] for r in killed), "metrics_match": sum(r["metrics_match"] for r in killed),
         "max_lost_steps": max((r["lost_steps"] for r in killed), default=0),
         "hung_ranks": sum(r["hung_ranks"] for r in results),
@@ -352,7 +366,6 @@ def main() -> None:
         "checkpoint_every": args.every, "steps": args.steps, "peer_timeout_s": args.peer_timeout,
         "hang_bound_s": args.hang_bound, "reference_seconds": {n: round(v["seconds"], 1) for n, v in reference.items()},
     }
-    long = long_run(args.out, assets, args.long_steps, args.peer_timeout, args.run_timeout * 4) if args.long_steps else None
     if long:
         summary["rss_growth_mb"] = long["rss_growth_mb"]
         summary["step_time_late_over_early"] = long["step_time_late_over_early"]
@@ -367,7 +380,7 @@ def main() -> None:
     if long:
         lines += [f"| long run: {k} | {v} |" for k, v in long.items() if k != "rss_trace"]
     (args.out / "crash.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return report
 
 
 if __name__ == "__main__":
