@@ -12,7 +12,8 @@ has not moved for `peer_timeout_s` (measured on the watcher's own clock: no cloc
 marks that rank lost in the store; every rank polls that mark and exits with EXIT_RANK_LOST and
 a message naming the lost rank. A store that stays unreachable for `peer_timeout_s` means rank 0,
 its host, is gone. Each rank watches one peer and reads one mark, so the load on the store grows
-linearly with the ranks. A rank that exits normally says so first, so it is never reported lost.
+linearly with the ranks. A rank that exits normally says so first, so it is never reported lost;
+rank 0 waits (at most `peer_timeout_s`) for the others to say so before it takes the store away.
 
 Exit is os._exit: the main thread may be blocked inside a collective that cannot be interrupted;
 the job is meant to be restarted, and it resumes from its last checkpoint (varpo.checkpoint)."""
@@ -50,6 +51,11 @@ class Watchdog:
         self._stop.set()
         try:
             self.store.add(_DONE.format(self.rank), 1)
+            if self.rank == 0:  # the store's host stays until the others are done (or the timeout)
+                end = time.monotonic() + self.timeout
+                while time.monotonic() < end and not all(
+                        self.store.add(_DONE.format(r), 0) for r in range(1, self.world)):
+                    time.sleep(self.interval / 2)
         except Exception:  # rank 0 (the store's host) already gone: nothing to tell
             pass
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
