@@ -245,8 +245,7 @@ def trial(k: int, kind: str, rng: random.Random, base: Path, sets: list[str], re
     res["killed_before_end"] = any(c not in (0, None) for c in codes)
     if n > 1 and "killed_rank" in res and res["killed_before_end"]:
         lost = res["killed_rank"]
-        res["lost_rank_named"] = (f"rank {lost} of {n} is lost" in text if mode == "bare"
-                                  else bool(re.search(rf"--local_rank={lost}.*exits with return code = -9", text)))
+        res["lost_rank_named"] = f"rank {lost} of {n} is lost" in text
     res["steps_before_kill"] = done_before
     code, text, secs = run_to_end(out, n, sets, mode, out.parent / f"{out.name}_rerun.txt", args.run_timeout)
     m = re.search(r"resumed from\s+\S+\s+at\s+step\s+(\d+)", text)

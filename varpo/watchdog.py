@@ -20,13 +20,16 @@ the job is meant to be restarted, and it resumes from its last checkpoint (varpo
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 
 EXIT_RANK_LOST = 75  # EX_TEMPFAIL: try again (a restart resumes from the last checkpoint)
-_BEAT, _DONE, _LOST = "varpo_watchdog/beat/{}", "varpo_watchdog/done/{}", "varpo_watchdog/lost"
+_BEAT, _DONE, _LOST, _WHERE = ("varpo_watchdog/beat/{}", "varpo_watchdog/done/{}", "varpo_watchdog/lost",
+                               "varpo_watchdog/where/{}")
 # messages of a collective that failed because a peer's connection went away (gloo, NCCL)
 PEER_LOSS_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
                    "timed out", "NCCL communicator was aborted", "remote process exited")
@@ -42,9 +45,25 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name="varpo-watchdog", daemon=True)
 
     def start(self) -> Watchdog:
+        self.store.set(_WHERE.format(self.rank), f"{socket.gethostname()} {os.getpid()}")
         self.store.add(_BEAT.format(self.rank), 1)
         self._thread.start()
         return self
+
+    def dead_here(self, ranks=None) -> list[int]:
+        """Ranks (default: all others) whose process ran on this host and is gone: known at once,
+        without waiting for the heartbeat to go stale."""
+        dead, host = [], socket.gethostname()
+        for r in ranks if ranks is not None else [r for r in range(self.world) if r != self.rank]:
+            try:
+                if not self.store.check([_WHERE.format(r)]):
+                    continue
+                where_host, pid = self.store.get(_WHERE.format(r)).decode().split()
+            except Exception:
+                continue
+            if where_host == host and not _alive(int(pid)) and not self.store.add(_DONE.format(r), 0):
+                dead.append(r)
+        return dead
 
     def stop(self) -> None:
         """This rank is exiting normally: its silence from now on is not a loss."""
@@ -53,8 +72,9 @@ class Watchdog:
             self.store.add(_DONE.format(self.rank), 1)
             if self.rank == 0:  # the store's host stays until the others are done (or the timeout)
                 end = time.monotonic() + self.timeout
-                while time.monotonic() < end and not all(
-                        self.store.add(_DONE.format(r), 0) for r in range(1, self.world)):
+                others = range(1, self.world)
+                while (time.monotonic() < end and not all(self.store.add(_DONE.format(r), 0) for r in others)
+                       and not self.store.add(_LOST, 0) and not self.dead_here()):
                     time.sleep(self.interval / 2)
         except Exception:  # rank 0 (the store's host) already gone: nothing to tell
             pass
@@ -81,19 +101,22 @@ class Watchdog:
                 self._exit(lost - 1, "reported by its watcher")
             if beat != seen:
                 seen, seen_at = beat, now
+            elif not peer_done and self.dead_here([self.peer]):
+                self._mark_and_exit(f"its process on this host is gone (silent for {now - seen_at:.1f} s)")
             elif not peer_done and now - seen_at >= self.timeout:
-                try:
-                    self.store.set(_LOST, str(self.peer + 1))  # +1: 0 means "none lost"
-                except Exception:
-                    pass
-                self._exit(self.peer, f"no heartbeat for {now - seen_at:.0f} s")
+                self._mark_and_exit(f"no heartbeat for {now - seen_at:.0f} s")
+
+    def _mark_and_exit(self, why: str) -> None:
+        try:
+            self.store.set(_LOST, str(self.peer + 1))  # +1: 0 means "none lost"
+        except Exception:
+            pass
+        self._exit(self.peer, why)
 
     def _exit(self, lost_rank: int, why: str) -> None:
         if self._stop.is_set():
             return
-        print(f"varpo: rank {self.rank}: rank {lost_rank} of {self.world} is lost ({why}); exiting with code "
-              f"{EXIT_RANK_LOST} instead of waiting for it. Restart the job: it resumes from its last checkpoint.",
-              file=sys.stderr, flush=True)
+        _say(self.rank, self.world, lost_rank, why, f"exiting with code {EXIT_RANK_LOST} instead of waiting for it")
         try:
             self.before_exit()
         finally:
@@ -104,6 +127,19 @@ class Watchdog:
         watchdog the time to name it (it then exits the process); otherwise return at once."""
         if self._thread.is_alive():
             self._thread.join(timeout=self.timeout + 3 * self.interval)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie is dead, not yet reaped
+    except OSError:
+        return False
+
+
+def _say(rank: int, world: int, lost: int, why: str, action: str) -> None:
+    print(f"varpo: rank {rank}: rank {lost} of {world} is lost ({why}); {action}. Restart the job: it resumes "
+          "from its last checkpoint.", file=sys.stderr, flush=True)
 
 
 _current: Watchdog | None = None
@@ -121,13 +157,33 @@ def start(rank: int, world_size: int, timeout_s: float, before_exit: Callable[[]
     previous = sys.excepthook
 
     def hook(kind, value, tb):
-        # a collective that failed because a peer vanished: let the watchdog name the lost rank
+        # a collective that failed because a peer vanished: name the lost rank (at once if it ran
+        # on this host, else once the watchdog sees its heartbeat stop)
         if _current is not None and any(s in str(value) for s in PEER_LOSS_SIGNS):
             print(f"varpo: rank {rank}: {kind.__name__}: {value}", file=sys.stderr, flush=True)
+            gone = _current.dead_here()
+            if gone:
+                previous(kind, value, tb)
+                for lost in gone:
+                    _say(rank, world_size, lost, "its process on this host is gone", f"exiting with code {EXIT_RANK_LOST}")
+                _current.before_exit()
+                os._exit(EXIT_RANK_LOST)  # an orderly exit would wait on the dead rank
             _current.wait_for_verdict()
         previous(kind, value, tb)
 
+    def on_sigterm(signum, frame):
+        # a launcher stopping the job because a rank died (the deepspeed launcher sends SIGTERM to
+        # the others, and logs a command line that is not always the dead rank's): name it
+        if _current is not None:
+            for lost in _current.dead_here():
+                _say(rank, world_size, lost, "its process on this host is gone", "stopped by the launcher")
+            _current.before_exit()  # the default SIGTERM exit skips atexit: free the shared memory now
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
     sys.excepthook = hook
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, on_sigterm)
     return _current
 
 
