@@ -114,7 +114,10 @@ def _fsync(path: Path) -> None:
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for f in files:
-            _fsync(Path(dirpath) / f)
+            try:
+                _fsync(Path(dirpath) / f)
+            except FileNotFoundError:  # another rank's temporary file, renamed meanwhile (it syncs its own)
+                pass
         _fsync(Path(dirpath))  # the directory entries themselves
 
 
