@@ -315,6 +315,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="PPO steps per trial run")
     ap.add_argument("--every", type=int, default=2, help="checkpoint every N steps")
     ap.add_argument("--long-steps", type=int, default=300, help="steps of the memory/step-time run (0: skip)")
+    ap.add_argument("--rss-bound-mb", type=float, default=20.0, help="the stated bound on the long run's RSS growth")
     ap.add_argument("--kinds", default="timed,save,rank,rank_save,bare", help="trial kinds, drawn in turn")
     ap.add_argument("--peer-timeout", type=float, default=20.0, help="deepspeed.peer_timeout_s of the runs")
     ap.add_argument("--hang-bound", type=float, default=90.0, help="seconds after a kill before live ranks count as hung")
@@ -367,6 +368,8 @@ def write_report(args, results: list[dict], reference: dict, long: dict | None, 
     }
     if long:
         summary["rss_growth_mb"] = long["rss_growth_mb"]
+        summary["rss_bound_mb"] = args.rss_bound_mb
+        summary["rss_within_bound"] = long["rss_growth_mb"] is not None and long["rss_growth_mb"] < args.rss_bound_mb
         summary["step_time_late_over_early"] = long["step_time_late_over_early"]
     cores = watch.cores()
     report = {**summary, "long_run": long, "per_trial": results, "command": " ".join(sys.argv),
