@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 
 EXIT_RANK_LOST = 75  # EX_TEMPFAIL: try again (a restart resumes from the last checkpoint)
-_BEAT, _DONE, _LOST, _WHERE = ("varpo_watchdog/beat/{}", "varpo_watchdog/done/{}", "varpo_watchdog/lost",
-                               "varpo_watchdog/where/{}")
+_BEAT, _DONE, _LOST, _HOST = ("varpo_watchdog/beat/{}", "varpo_watchdog/done/{}", "varpo_watchdog/lost",
+                              "varpo_watchdog/host/{}")
 # messages of a collective that failed because a peer's connection went away (gloo, NCCL)
 PEER_LOSS_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
                    "timed out", "NCCL communicator was aborted", "remote process exited")
@@ -41,56 +41,56 @@ class Watchdog:
         self.peer = (rank + 1) % world_size
         self.interval = max(timeout_s / 10, 0.1)
         self.before_exit = before_exit
+        self._host_key = _HOST.format(socket.gethostname())
+        self._local: dict[int, int] = {}  # rank -> pid of the ranks on this host (kept should the store go)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="varpo-watchdog", daemon=True)
 
     def start(self) -> Watchdog:
-        self.store.set(_WHERE.format(self.rank), f"{socket.gethostname()} {os.getpid()}")
+        self.store.append(self._host_key, f"{self.rank}:{os.getpid()} ")
         self.store.add(_BEAT.format(self.rank), 1)
         self._thread.start()
         return self
 
+    def _read_local(self) -> None:
+        pairs = (x.split(":") for x in self.store.get(self._host_key).decode().split())
+        self._local = {int(r): int(pid) for r, pid in pairs}
+
     def dead_here(self, ranks=None) -> list[int]:
         """Ranks (default: all others) whose process ran on this host and is gone: known at once,
-        without waiting for the heartbeat to go stale."""
-        dead, host = [], socket.gethostname()
-        for r in ranks if ranks is not None else [r for r in range(self.world) if r != self.rank]:
-            try:
-                if not self.store.check([_WHERE.format(r)]):
-                    continue
-                where_host, pid = self.store.get(_WHERE.format(r)).decode().split()
-            except Exception:
-                continue
-            if where_host == host and not _alive(int(pid)) and not self.store.add(_DONE.format(r), 0):
-                dead.append(r)
-        return dead
-
-    def stop(self) -> None:
-        """This rank is exiting normally: its silence from now on is not a loss."""
-        self._stop.set()
+        without waiting for a heartbeat to go stale (also when the dead one is rank 0, the store's host)."""
         try:
-            self.store.add(_DONE.format(self.rank), 1)
-            if self.rank == 0:  # the store's host stays until the others are done (or the timeout)
-                end = time.monotonic() + self.timeout
-                others = range(1, self.world)
-                while (time.monotonic() < end and not all(self.store.add(_DONE.format(r), 0) for r in others)
-                       and not self.store.add(_LOST, 0) and not self.dead_here()):
-                    time.sleep(self.interval / 2)
-        except Exception:  # rank 0 (the store's host) already gone: nothing to tell
+            self._read_local()
+        except Exception:  # the store is gone with rank 0: what was read before still names it
             pass
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=2 * self.interval)
+        dead = []
+        for r, pid in sorted(self._local.items()):
+            if r == self.rank or (ranks is not None and r not in ranks) or _alive(pid):
+                continue
+            try:
+                if self.store.add(_DONE.format(r), 0):
+                    continue  # it finished normally
+            except Exception:
+                pass
+            dead.append(r)
+        return dead
 
     def _run(self) -> None:
         seen, seen_at, unreachable_since = -1, time.monotonic(), None
-        while not self._stop.wait(self.interval):
+        started = seen_at
+        # every second at first: the other local ranks register just after this one
+        while not self._stop.wait(min(self.interval, 1.0) if time.monotonic() - started < 10 else self.interval):
             now = time.monotonic()
             try:
                 self.store.add(_BEAT.format(self.rank), 1)
+                self._read_local()
                 beat = self.store.add(_BEAT.format(self.peer), 0)
                 peer_done = self.store.add(_DONE.format(self.peer), 0) > 0
                 lost = self.store.add(_LOST, 0)
             except Exception as exc:
+                gone = self.dead_here()
+                if gone and not self._stop.is_set():
+                    self._exit(gone[0], "its process on this host is gone; the store went with it")
                 unreachable_since = unreachable_since or now
                 if now - unreachable_since >= self.timeout and not self._stop.is_set():
                     self._exit(0, f"the process group's store, hosted by rank 0, has been unreachable for "
