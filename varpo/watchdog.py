@@ -43,6 +43,7 @@ class Watchdog:
         self.before_exit = before_exit
         self._host_key = _HOST.format(socket.gethostname())
         self._local: dict[int, int] = {}  # rank -> pid of the ranks on this host (kept should the store go)
+        self._done_seen: set[int] = set()  # ranks seen leaving normally (kept should the store go)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="varpo-watchdog", daemon=True)
 
@@ -51,6 +52,22 @@ class Watchdog:
         self.store.add(_BEAT.format(self.rank), 1)
         self._thread.start()
         return self
+
+    def stop(self) -> None:
+        """This rank is exiting normally: its silence from now on is not a loss."""
+        self._stop.set()
+        try:
+            self.store.add(_DONE.format(self.rank), 1)
+            if self.rank == 0:  # the store's host stays until the others are done (or the timeout)
+                end = time.monotonic() + self.timeout
+                others = range(1, self.world)
+                while (time.monotonic() < end and not all(self.store.add(_DONE.format(r), 0) for r in others)
+                       and not self.store.add(_LOST, 0) and not self.dead_here()):
+                    time.sleep(self.interval / 2)
+        except Exception:  # rank 0 (the store's host) already gone: nothing to tell
+            pass
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2 * self.interval)
 
     def _read_local(self) -> None:
         pairs = (x.split(":") for x in self.store.get(self._host_key).decode().split())
@@ -65,7 +82,7 @@ class Watchdog:
             pass
         dead = []
         for r, pid in sorted(self._local.items()):
-            if r == self.rank or (ranks is not None and r not in ranks) or _alive(pid):
+            if r == self.rank or r in self._done_seen or (ranks is not None and r not in ranks) or _alive(pid):
                 continue
             try:
                 if self.store.add(_DONE.format(r), 0):
@@ -87,7 +104,11 @@ class Watchdog:
                 beat = self.store.add(_BEAT.format(self.peer), 0)
                 peer_done = self.store.add(_DONE.format(self.peer), 0) > 0
                 lost = self.store.add(_LOST, 0)
+                if self.rank and self.store.add(_DONE.format(0), 0):
+                    self._done_seen.add(0)
             except Exception as exc:
+                if 0 in self._done_seen:  # rank 0 left normally, and its store with it
+                    return
                 gone = self.dead_here()
                 if gone and not self._stop.is_set():
                     self._exit(gone[0], "its process on this host is gone; the store went with it")
@@ -97,6 +118,8 @@ class Watchdog:
                                   f"{now - unreachable_since:.0f} s ({type(exc).__name__}: {exc})")
                 continue
             unreachable_since = None
+            if peer_done:
+                self._done_seen.add(self.peer)
             if lost:  # some rank found its peer lost; the mark holds that rank + 1
                 self._exit(lost - 1, "reported by its watcher")
             if beat != seen:
