@@ -55,8 +55,10 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> DistInfo:
-    """Join (or create) the process group. Without a launcher this becomes a world of one."""
+def init_distributed(backend: str = "auto", timeout_minutes: int = 30, peer_timeout_s: float = 120.0) -> DistInfo:
+    """Join (or create) the process group. Without a launcher this becomes a world of one. With
+    several ranks, a watchdog (varpo.watchdog) makes every rank exit, naming the lost one, when
+    one stops for `peer_timeout_s` (0: no watchdog)."""
     if not torch_dist.is_initialized():
         _forget_inherited_world()
         for key, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
@@ -70,7 +72,10 @@ def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> DistIn
     deepspeed = import_deepspeed()
     if not torch_dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
-        _clean_up_at_exit(torch_dist.get_rank(), shm=not cuda)
+        unlink_shm = _clean_up_at_exit(torch_dist.get_rank(), shm=not cuda)
+        from . import watchdog
+
+        watchdog.start(torch_dist.get_rank(), torch_dist.get_world_size(), peer_timeout_s, before_exit=unlink_shm)
     local_rank = int(os.environ["LOCAL_RANK"])
     if cuda:
         torch.cuda.set_device(local_rank)
@@ -81,8 +86,9 @@ def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> DistIn
 _EXIT_GRACE_S = 0.2
 
 
-def _clean_up_at_exit(rank: int, shm: bool) -> None:
+def _clean_up_at_exit(rank: int, shm: bool):
     """At interpreter exit, while Python is still fully alive (atexit runs before finalisation):
+    - tell the watchdog this rank leaves normally;
     - with several ranks, first give the backend's worker threads a moment with the GIL released.
       A gloo worker drops its references to a finished collective's tensors just after the work
       completes, and for Python-owned tensors that takes the GIL; if the rank's last collective
@@ -100,18 +106,25 @@ def _clean_up_at_exit(rank: int, shm: bool) -> None:
 
     pattern = f"/dev/shm/deepspeed_allreduce_buffer_*_{os.environ.get('MASTER_ADDR')}_{os.environ.get('MASTER_PORT')}_{rank}"
 
-    def clean_up() -> None:
-        if torch_dist.is_initialized():
-            if torch_dist.get_world_size() > 1:
-                time.sleep(_EXIT_GRACE_S)  # sleeping releases the GIL to the worker threads
-            torch_dist.destroy_process_group()
+    def unlink_shm() -> None:
         for path in glob.glob(pattern) if shm else []:
             try:
                 os.unlink(path)
             except OSError:
                 pass
 
+    def clean_up() -> None:
+        from . import watchdog
+
+        watchdog.stop()
+        if torch_dist.is_initialized():
+            if torch_dist.get_world_size() > 1:
+                time.sleep(_EXIT_GRACE_S)  # sleeping releases the GIL to the worker threads
+            torch_dist.destroy_process_group()
+        unlink_shm()
+
     atexit.register(clean_up)
+    return unlink_shm
 
 
 def world_size() -> int:

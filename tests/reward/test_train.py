@@ -93,10 +93,19 @@ def _heads(path):
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path, rm_overrides):
+    """Resume continues exactly; with its newest checkpoint damaged it falls back, with a warning,
+    to the previous one (steps 4-6 are redone, their log rows replaced)."""
+    from varpo import checkpoint as ckpt
+
     straight = _train(tmp_path / "straight", rm_overrides)
-    first = _train(tmp_path / "resumed", rm_overrides, ["reward_training.epochs=1"])
+    first = _train(tmp_path / "resumed", rm_overrides, ["reward_training.epochs=1", "reward_training.checkpoint_every=3"])
     assert first["steps"] == 6
-    resumed = _train(tmp_path / "resumed", rm_overrides)  # same folder, 2 epochs: continues from step 6
+    root = tmp_path / "resumed" / "checkpoints"
+    assert sorted(p.name for p in root.glob("step_*")) == [ckpt.name_of(3), ckpt.name_of(6)]
+    assert json.loads((root / ckpt.name_of(6) / ckpt.STATE).read_text())["step"] == 6  # JSON, not DeepSpeed's pickle
+    (root / ckpt.name_of(6) / ckpt.STATE).unlink()
+    with pytest.warns(RuntimeWarning, match=f"{ckpt.name_of(6)} is skipped: missing file {ckpt.STATE}"):
+        resumed = _train(tmp_path / "resumed", rm_overrides)  # same folder, 2 epochs: continues from step 3
     assert resumed["steps"] == straight["steps"] == 12
     log = read_jsonl(tmp_path / "resumed" / "train_log.jsonl")
     assert [row["step"] for row in log if row["kind"] == "train"] == list(range(1, 13))

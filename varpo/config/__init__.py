@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from .checkpoint import CheckpointConfig
 from .core import ConfigError, Section, build_config, config_hash, redacted_dict, save_resolved
 from .data import DataConfig
 from .deepspeed import DeepSpeedConfig, RoleEngineConfig
@@ -33,6 +34,7 @@ class VarpoConfig(Section):
     ppo: PPOConfig = PPOConfig()
     generation: GenerationConfig = GenerationConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     kernels: KernelsConfig = KernelsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
@@ -54,7 +56,7 @@ def load_config(path=None, overrides=None) -> VarpoConfig:
 
 
 __all__ = [
-    "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
+    "CheckpointConfig", "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
     "PPOConfig", "VarianceWeightConfig", "WandbConfig", "ModelLoraConfig", "QuantizationConfig", "RewardConfig",

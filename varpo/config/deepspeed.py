@@ -29,6 +29,10 @@ class DeepSpeedConfig(Section):
     )
     dist_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
     timeout_minutes: int = Field(30, ge=1, description="collective timeout")
+    peer_timeout_s: float = Field(
+        120.0, ge=0.0, description="multi-rank runs: a rank whose heartbeat (a background thread writing to the "
+        "process group's store) stops for this long is declared lost, and every other rank exits with an error "
+        "naming it instead of waiting in a collective (0 disables; varpo.watchdog)")
 
     def stage_of(self, role: str) -> int:
         own = getattr(self, role).zero_stage

@@ -52,7 +52,8 @@ class PPOTrainer:
                  scorer: Scorer, critic_path: str | None = None, gold_fn=None,
                  callbacks: list[TrainerCallback] = ()):
         self.cfg, self.out = cfg, Path(out_dir)
-        self.info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
+        self.info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes,
+                                          cfg.deepspeed.peer_timeout_s)
         self.world, self.rank, self.device = self.info.world_size, self.info.rank, self.info.device
         p = cfg.ppo
         for name, n in (("batch_size", p.batch_size), ("mini_batch_size", p.mini_batch_size)):
@@ -330,8 +331,9 @@ class PPOTrainer:
                 "bad_steps_in_row": self.bad_steps_in_row, "counters": self.counters, "world_size": self.world}
 
     def save_checkpoint(self) -> None:
+        c = self.cfg.checkpoint
         path = checkpoint.save(self.out / "checkpoints", self.step, {"actor": self.actor, "critic": self.critic},
-                               self._state())
+                               self._state(), keep_last=c.keep_last, verify=c.verify)
         self.callbacks.on_checkpoint_saved(path)
 
     def _maybe_resume(self) -> None:

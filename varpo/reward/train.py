@@ -17,14 +17,13 @@ disagreement report), and the resolved config.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .. import dist
+from .. import checkpoint, dist
 from ..outputs import append_jsonl, console, progress, write_json
 
 
@@ -172,16 +171,31 @@ def _load_trainable_state(module, state: dict) -> None:
                 params[n].copy_(v.to(params[n]))
 
 
-def _save_checkpoint(engine, ckpt_dir: Path, step: int, client: dict) -> None:
-    """A DeepSpeed checkpoint of the trainable parameters and optimizer (all ranks take part);
-    older tags are removed once the new one is complete."""
-    tag = f"step{step:07d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, exclude_frozen_parameters=True)
-    dist.barrier()
-    if dist.rank() == 0:
-        for old in ckpt_dir.glob("step*"):
-            if old.is_dir() and old.name != tag:
-                shutil.rmtree(old, ignore_errors=True)
+def _save_checkpoint(engine, ckpt_dir: Path, st: dict, cfg) -> None:
+    """A crash-safe checkpoint (varpo.checkpoint) of the trainable parameters and optimizer (all
+    ranks take part) and of the training state: JSON, with the early-stopping best heads as tensors."""
+    state = {k: v for k, v in st.items() if k != "best_state"}
+    tensors = {f"best_state.{k}": v for k, v in (st["best_state"] or {}).items()}
+    checkpoint.save(ckpt_dir, st["step"], lambda folder: engine.save_checkpoint(
+        str(folder), tag="reward", exclude_frozen_parameters=True), state, keep_last=cfg.checkpoint.keep_last,
+        verify=cfg.checkpoint.verify, tensors=tensors)
+
+
+def _resume(engine, folder: Path, st: dict, log: Path, is_main: bool) -> None:
+    """Engine, state and RNG from checkpoint `folder`; log rows written after it are dropped."""
+    import json
+
+    from ..outputs import read_jsonl
+
+    load_path, _ = engine.load_checkpoint(str(folder), tag="reward", load_module_strict=False)
+    if load_path is None:
+        raise RuntimeError(f"checkpoint {folder}: no reward-model engine state")
+    saved, tensors = checkpoint.load_state(folder)
+    st.update(saved)
+    st["best_state"] = {k.removeprefix("best_state."): v for k, v in tensors.items()} or None
+    checkpoint.restore_rng(folder)
+    if is_main and log.exists():  # rows of steps the interrupted run did after this checkpoint are redone
+        log.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(log) if r["step"] <= st["step"]))
 
 
 # ------------------------------------------------------------------------------------ training
@@ -200,7 +214,8 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     t_start = time.perf_counter()
     check_environment(cfg)
     out = Path(out_dir)
-    info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
+    info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes,
+                                 cfg.deepspeed.peer_timeout_s)
     rt = cfg.reward_training
     train, held, backbone_path, held_source = load_pair_sets(cfg)
     world = info.world_size
@@ -212,7 +227,8 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     if global_batch < world:
         raise ValueError(f"reward_training.batch_size={rt.batch_size} is smaller than the world size {world}")
     ckpt_dir = out / "checkpoints"
-    resuming = rt.resume and (ckpt_dir / "latest").exists()
+    last = checkpoint.resolve(ckpt_dir) if rt.resume else None
+    resuming = last is not None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, out)
@@ -249,14 +265,11 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     # last_loss travels with the checkpoint: a run resumed after its last step still reports it
     st = {"step": 0, "best": None, "best_step": 0, "since_best": 0, "stopped_early": False, "best_state": None,
           "last_loss": None}
+    log = out / "train_log.jsonl"
     if resuming:
-        _, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=False)
-        st.update(client["varpo"])
+        _resume(engine, last, st, log, info.is_main)
         if info.is_main:
-            console.print(f"resuming reward-model training from {ckpt_dir} at step {st['step']}/{total}")
-
-    def client_state() -> dict:
-        return {"varpo": dict(st)}
+            console.print(f"resuming reward-model training from {last} at step {st['step']}/{total}")
 
     def evaluate() -> dict:
         engine.eval()
@@ -272,7 +285,6 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
             engine.module.backbone.eval()  # frozen features: no dropout noise in what the heads see
 
     _set_train_mode()
-    log = out / "train_log.jsonl"
     with progress() as bar:
         task = bar.add_task("reward ensemble", total=total, completed=st["step"], info="")
         while st["step"] < total and not st["stopped_early"]:
@@ -329,9 +341,9 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
                                       f"{st['since_best']} evaluations (best {st['best']:.4f} at step {st['best_step']})")
                 bar.update(task, info=f"loss {global_loss:.3f}  eval acc {ev['ensemble_accuracy']:.3f}")
             if rt.checkpoint_every and step % rt.checkpoint_every == 0 and step < total:
-                _save_checkpoint(engine, ckpt_dir, step, client_state())
+                _save_checkpoint(engine, ckpt_dir, st, cfg)
             bar.update(task, completed=step)
-    _save_checkpoint(engine, ckpt_dir, st["step"], client_state())
+    _save_checkpoint(engine, ckpt_dir, st, cfg)
     if st["best_state"] is not None:
         _load_trainable_state(engine.module, st["best_state"])  # early stopping keeps the best heads
     final = evaluate()
