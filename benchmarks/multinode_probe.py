@@ -46,6 +46,10 @@ def _rank_procs(node_pid: int) -> list[psutil.Process]:
     return out
 
 
+def _ip(addr) -> str:
+    return addr.ip.removeprefix("::ffff:")  # the TCPStore listens dual-stack: IPv4 peers come IPv6-mapped
+
+
 def _env(p: psutil.Process) -> dict:
     try:
         return p.environ()
@@ -61,27 +65,30 @@ def _alive(pid: int) -> bool:
 
 
 def watch(args) -> None:
-    addrs = set(args.addr)
+    """Per rank: node, pid, environment, the addresses it listens on (gloo binds the address its
+    node's hostname resolves to) and its connections to the other node's address."""
     ranks: dict[str, dict] = {}
-    links: set[tuple] = set()
     while _alive(args.until_pid):
         for node, pid in enumerate(args.node_pid):
+            others = {a for i, a in enumerate(args.addr) if i != node}
             for p in _rank_procs(pid):
                 env = _env(p)
                 if "RANK" not in env:
                     continue
-                ranks.setdefault(env["RANK"], {"node": node, "node_addr": args.addr[node], "pid": p.pid,
-                                                     "env": {k: env.get(k) for k in ENV_KEYS}})
+                rec = ranks.setdefault(env["RANK"], {"node": node, "node_addr": args.addr[node], "pid": p.pid,
+                                                     "env": {k: env.get(k) for k in ENV_KEYS}, "listen": [],
+                                                     "to_other_node": []})
                 try:
                     conns = p.net_connections(kind="tcp")
                 except psutil.Error:
                     conns = []
                 for c in conns:
-                    if c.raddr and c.laddr.ip in addrs and c.raddr.ip in addrs and c.laddr.ip != c.raddr.ip:
-                        links.add((env["RANK"], c.laddr.ip, c.raddr.ip))
+                    if c.status == psutil.CONN_LISTEN:
+                        rec["listen"] = sorted({*rec["listen"], f"{_ip(c.laddr)}:{c.laddr.port}"})
+                    elif c.raddr and _ip(c.raddr) in others:
+                        rec["to_other_node"] = sorted({*rec["to_other_node"], f"{_ip(c.laddr)} -> {_ip(c.raddr)}:{c.raddr.port}"})
         time.sleep(1)
-    cross = sorted(f"rank {r}: {a} -> {b}" for r, a, b in links)
-    Path(args.out).write_text(json.dumps({"ranks": ranks, "cross_node_links": cross}, indent=2))
+    Path(args.out).write_text(json.dumps({"ranks": ranks}, indent=2))
 
 
 def kill_rank(args) -> None:
@@ -130,7 +137,8 @@ def report(args) -> None:
         and f"at step {steps}" in resume_log and bool(universal)
         and (d / "resumed_one_rank/policy/model.safetensors").exists()
     )
-    shards = sorted(p.name for p in (d / "two_nodes/checkpoints").glob("step_*/actor/*")) if (d / "two_nodes/checkpoints").exists() else []
+    last = sorted((d / "two_nodes/checkpoints").glob("step_*"))[-1:]
+    shards = sorted(p.name for p in last[0].glob("actor/*")) if last else []
     probe = _load(d / "probe_two_nodes.json") or {}
     timing = _load(d / "timings.json") or {}
     out = {
@@ -146,7 +154,6 @@ def report(args) -> None:
         "resume": {"universal_checkpoints": universal, "log": [x for x in resume_log.splitlines() if "resumed from" in x]},
         "two_nodes_checkpoint_actor_files": shards,
         "ranks_seen": probe.get("ranks", {}),
-        "cross_node_links": probe.get("cross_node_links", []),
         "ssh_session_env": _load(d / "ssh_session_env.json"),
         "preflight": _load(d / "preflight_ok.json"),
         "failures": {
