@@ -275,6 +275,7 @@ killed=$("$PY" benchmarks/multinode_probe.py kill-rank --node-pid "${NODE_INITS[
 t0=$(now)
 wait_bounded "$RUNNER" "$FAIL_BOUND_S"
 T[killed_rc]=$WAIT_RC; T[killed_s]=$(secs "$t0" "$(now)")
+T[killed_names_host]=$(grep -q "${ADDRS[1]}: ssh exited with exit code" "$OUT/logs/rank_killed.log" && echo true || echo false)
 sleep 2
 T[killed_left]=$("$PY" benchmarks/multinode_probe.py leftovers --node-pid "${NODE_INITS[0]}" --node-pid "${NODE_INITS[1]}")
 
@@ -287,6 +288,7 @@ json.dump({
         "names_host": ${T[unreachable_names_host]^}, "bounded_by": "deepspeed.timeout_minutes=1 (rendezvous)",
         "hung": ${T[unreachable_rc]} == 124},
     "rank_killed": {"killed_pid": $killed, "exit_code": ${T[killed_rc]}, "seconds_after_kill": ${T[killed_s]},
+        "names_host": ${T[killed_names_host]^},
         "hung": ${T[killed_rc]} == 124, "processes_left_in_nodes": ${T[killed_left]}},
     "total": $(($(date +%s) - T_START)),
 }, open(sys.argv[1], "w"), indent=2)

@@ -1,6 +1,6 @@
 """Preflight for a multi-node launch: every host of a DeepSpeed hostfile must answer over ssh
-within a bounded time and import varpo from this checkout with the environment the launcher
-will export to it. Run it on the first host, from the repository root, before `deepspeed`:
+within a bounded time and import varpo from the same folder as this host, with the environment
+the launcher will export to it. Run it on the first host, from the repository root, before `deepspeed`:
 
     python launch/check_hosts.py --hostfile HOSTS && \\
         deepspeed --hostfile HOSTS launch/train_ppo.py --config CONFIG --out OUT
@@ -105,7 +105,16 @@ _REMOTE_PY = (
 )
 
 
-def check_host(host: str, ssh_args: list[str], remote: str, connect_timeout: int, timeout: int) -> dict:
+def local_varpo() -> str | None:
+    """Where this host's Python (with this PYTHONPATH) finds varpo, without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("varpo")
+    return os.path.dirname(spec.origin) if spec and spec.origin else None
+
+
+def check_host(host: str, ssh_args: list[str], remote: str, connect_timeout: int, timeout: int,
+               expected_varpo: str | None = None) -> dict:
     cmd = ["ssh", *ssh_args, "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}", host, remote]
     t0 = time.monotonic()
     try:
@@ -122,6 +131,9 @@ def check_host(host: str, ssh_args: list[str], remote: str, connect_timeout: int
         return {"host": host, "ok": False, "seconds": seconds,
                 "error": f"reachable, but the remote check failed (exit {proc.returncode}): {tail}"}
     info = json.loads(proc.stdout.strip().splitlines()[-1])
+    if expected_varpo is not None and info["varpo"] != expected_varpo:
+        return {"host": host, "ok": False, "seconds": seconds, **info,
+                "error": f"imports varpo from {info['varpo']}, this host from {expected_varpo} (another checkout or PYTHONPATH)"}
     return {"host": host, "ok": True, "seconds": seconds, **info}
 
 
@@ -146,8 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     remote = "true" if args.no_import_check else (
         f"{_export_line(exports)}cd {shlex.quote(os.path.abspath('.'))} && "
         f"{shlex.quote(sys.executable)} -c {shlex.quote(_REMOTE_PY)}")
+    # the remote side runs with the exported PYTHONPATH (current folder first): compare like with like
+    sys.path[:0] = [p for p in exports.get("PYTHONPATH", "").split(":") if p]
+    expected = None if args.no_import_check else local_varpo()
     with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
-        results = list(pool.map(lambda h: check_host(h[0], ssh_args, remote, args.connect_timeout, args.timeout), hosts))
+        results = list(pool.map(lambda h: check_host(h[0], ssh_args, remote, args.connect_timeout, args.timeout,
+                                                     expected), hosts))
     for (host, slots, line), r in zip(hosts, results):
         r.update(slots=slots, line=line)
         if r["ok"]:
