@@ -58,7 +58,8 @@ fi
 PY=$(python -c 'import sys; print(sys.executable)')
 PYBIN=$(dirname "$PY")
 mkdir -p "$OUT/logs"
-rm -rf "$OUT"/{one_node,two_nodes,resumed_one_rank,failure_rank_killed,failure_unreachable} "$OUT"/*.json
+rm -rf "$OUT"/{one_node,two_nodes,resumed_one_rank,failure_rank_killed,failure_unreachable} \
+    "$OUT"/{multinode,timings,cleanup,preflight_ok,failure_unreachable_preflight,failure_unreachable_hosts,probe_two_nodes,ssh_session_env}.json
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/varpo-multinode.XXXXXX")
 NODE_PIDS=()      # unshare processes (one per node); killing one kills its whole PID namespace
 NODE_INITS=()     # the ssh servers: PID 1 inside each node

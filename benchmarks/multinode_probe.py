@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -134,7 +135,8 @@ def report(args) -> None:
         [r["step"] for r in resumed] == [*range(steps + 1)]
         and [r["world_size"] for r in resumed] == [2] * steps + [1]
         and resumed[:steps] == two  # the 2-node rows kept as they were
-        and f"at step {steps}" in resume_log and bool(universal)
+        and f"step_{steps:06d} at step {steps}" in " ".join(resume_log.split())  # the console wraps long lines
+        and bool(universal) and (_load(ckpt / f"step_{steps + 1:06d}/trainer_state.json") or {}).get("world_size") == 1
         and (d / "resumed_one_rank/policy/model.safetensors").exists()
     )
     last = sorted((d / "two_nodes/checkpoints").glob("step_*"))[-1:]
@@ -151,7 +153,7 @@ def report(args) -> None:
         "steps_compared": steps,
         "world_sizes": {"two_nodes": sorted({r["world_size"] for r in two}), "one_node": sorted({r["world_size"] for r in one}),
                         "resumed_one_rank": [r["world_size"] for r in resumed]},
-        "resume": {"universal_checkpoints": universal, "log": [x for x in resume_log.splitlines() if "resumed from" in x]},
+        "resume": {"universal_checkpoints": universal, "log": re.findall(r"resumed from \S+ at step \d+", " ".join(resume_log.split()))},
         "two_nodes_checkpoint_actor_files": shards,
         "ranks_seen": probe.get("ranks", {}),
         "ssh_session_env": _load(d / "ssh_session_env.json"),
