@@ -68,12 +68,17 @@ PORTS=()
 MADE_RUN_SSHD=0
 T_START=$(date +%s)
 
+descendants() { local p; for p in $(ps -o pid= --ppid "$1" 2>/dev/null); do echo "$p"; descendants "$p"; done; }
+
 cleanup() {
     local rc=$?
     set +e
     # SIGKILL, never SIGTERM/SIGINT: DeepSpeed's pdsh runner answers those with
     # `pdsh … pkill -f "python -u -m deepspeed.launcher.launch"` on every host (here: inside the nodes)
-    for pid in "${BG_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    # whole trees: the single-node runner leaves its launcher and ranks running when it dies alone
+    local tree=()
+    for pid in "${BG_PIDS[@]}"; do tree+=($(descendants "$pid") "$pid"); done
+    for pid in "${tree[@]}"; do kill -KILL "$pid" 2>/dev/null; done
     for pid in "${NODE_INITS[@]}" "${NODE_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
     for pid in "${BG_PIDS[@]}" "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null; done
     sleep 1
@@ -85,9 +90,11 @@ cleanup() {
     rm -rf "$WORK"
     [[ $MADE_RUN_SSHD == 1 ]] && rmdir /run/sshd 2>/dev/null
     local procs
+    local procs ranks
     procs=$(ps -eo pid=,args= | grep -F "$WORK" | grep -v grep | wc -l)
-    printf '{"exit_code": %d, "node_processes_left": %d, "processes_naming_workdir_left": %d, "workdir_removed": %s, "shm_buffers_left": %d}\n' \
-        "$rc" "${#left[@]}" "$procs" "$([[ -e $WORK ]] && echo false || echo true)" "$shm_left" > "$OUT/cleanup.json"
+    ranks=$(ps -eo pid=,args= | grep -F -- "--out $OUT/" | grep -v grep | wc -l)   # launchers and ranks of every run
+    printf '{"exit_code": %d, "node_processes_left": %d, "processes_naming_workdir_left": %d, "run_processes_left": %d, "workdir_removed": %s, "shm_buffers_left": %d}\n' \
+        "$rc" "${#left[@]}" "$procs" "$ranks" "$([[ -e $WORK ]] && echo false || echo true)" "$shm_left" > "$OUT/cleanup.json"
     echo "cleanup: $(cat "$OUT/cleanup.json")"
     exit "$rc"
 }
@@ -240,9 +247,10 @@ T[two_nodes]=$(secs "$t0" "$(now)")
 echo "resume on one rank → $OUT/resumed_one_rank"
 cp -a "$OUT/two_nodes" "$OUT/resumed_one_rank"
 t0=$(now)
-timeout -s KILL "$RUN_BOUND_S" "$PY" "${PPO[@]}" --out "$OUT/resumed_one_rank" "${SETS[@]}" \
-    --set ppo.steps=$((STEPS + 1)) --set ppo.checkpoint_every=1 > "$OUT/logs/resume.log" 2>&1 \
-    || { echo "error: resume failed: $OUT/logs/resume.log" >&2; tail -20 "$OUT/logs/resume.log" >&2; exit 1; }
+"$PY" "${PPO[@]}" --out "$OUT/resumed_one_rank" "${SETS[@]}" \
+    --set ppo.steps=$((STEPS + 1)) --set ppo.checkpoint_every=1 > "$OUT/logs/resume.log" 2>&1 &
+pid=$!; BG_PIDS+=("$pid"); wait_bounded "$pid" "$RUN_BOUND_S"   # in the background: a TERM trap runs at once
+[[ $WAIT_RC == 0 ]] || { echo "error: resume failed (rc $WAIT_RC): $OUT/logs/resume.log" >&2; tail -20 "$OUT/logs/resume.log" >&2; exit 1; }
 T[resume]=$(secs "$t0" "$(now)")
 
 # ---- failure: an unreachable host --------------------------------------------------------------------
