@@ -1,5 +1,5 @@
 """The one interface every reward source implements for the trainer and the evaluation:
-texts in, a score s and its uncertainty σ² out (DESIGN.md §1 "Uncertainty sources")."""
+texts in, a score s and its uncertainty σ² out (docs/design.md §1 "Uncertainty sources")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

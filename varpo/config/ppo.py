@@ -1,4 +1,4 @@
-"""PPO hyper-parameters (DESIGN.md §1 "Variance-aware PPO") and rollout sampling knobs."""
+"""PPO hyper-parameters (docs/design.md §1 "Variance-aware PPO") and rollout sampling knobs."""
 from __future__ import annotations
 
 from typing import Literal
@@ -83,7 +83,7 @@ class PPOConfig(Section):
 class GenerationConfig(Section):
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="rollout engine: HF generate (everywhere); vllm is reserved for the colocated vLLM "
-        "engine of DESIGN.md §2 and refused until it exists (never silently replaced by HF generate)",
+        "engine of docs/design.md §2 and refused until it exists (never silently replaced by HF generate)",
     )
     max_new_tokens: int = Field(24, ge=1)
     min_new_tokens: int = Field(1, ge=0)

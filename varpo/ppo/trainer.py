@@ -1,4 +1,4 @@
-"""PPO for language models, vanilla and variance-aware (DESIGN.md §1, Algorithm 1).
+"""PPO for language models, vanilla and variance-aware (docs/design.md §1, Algorithm 1).
 
 One iteration:
   1. rollout    the actor samples a response for each prompt of this rank's share of the batch

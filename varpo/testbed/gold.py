@@ -1,4 +1,4 @@
-"""The programmatic gold reward r*(x, y) of the embedded task (DESIGN.md §3).
+"""The programmatic gold reward r*(x, y) of the embedded task (docs/design.md §3).
 
     gold(y) = positivity · variety · fluency · length          ∈ [0, 1]
 
