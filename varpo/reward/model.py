@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from varpo_kernels import EnsembleStats, ensemble_head_stats
 
 CONFIG_NAME = "config.json"
 HEADS_NAME = "heads.safetensors"
@@ -55,8 +56,25 @@ def init_heads(weight: torch.Tensor, bias: torch.Tensor, seeds: Sequence[int]) -
         bias.zero_()
 
 
+class EnsembleHeads(nn.Linear):
+    """The K scalar heads as one [K, hidden] linear map. forward(h) gives the per-head rewards
+    [B, K]; forward(h, ddof=d) also their mean, variance (ddof d), std and min over heads, fused
+    into the same pass (varpo_kernels.ensemble_head_stats: one Triton program per sample on CUDA).
+    A module of its own so that ZeRO-3 gathers the head weights when it runs."""
+
+    def forward(self, h: torch.Tensor, ddof: int | None = None):
+        if ddof is None:
+            return super().forward(h)
+        if self.out_features <= ddof:  # the spread of ≤ ddof heads is not measurable: σ² := 0
+            r = super().forward(h).float()
+            zero = torch.zeros_like(r[:, 0])
+            return r, EnsembleStats(r.mean(1), zero, zero, r.amin(1))
+        return ensemble_head_stats(h, self.weight, self.bias, ddof=ddof)
+
+
 class EnsembleRewardModel(nn.Module):
-    """forward(input_ids [B, T], attention_mask [B, T]) → per-head rewards [B, K] (float32)."""
+    """forward(input_ids [B, T], attention_mask [B, T]) → per-head rewards [B, K] (float32), or
+    with stats_ddof the rewards and their EnsembleStats."""
 
     def __init__(self, backbone: nn.Module, num_heads: int = 10, *, head_seeds: Sequence[int] | None = None,
                  head_seed: int = 0, pooling: str = "last", ddof: int = 1, separator: str = " ",
@@ -73,7 +91,7 @@ class EnsembleRewardModel(nn.Module):
         self.backbone = backbone
         self.num_heads, self.head_seeds, self.pooling, self.ddof, self.separator = num_heads, seeds, pooling, ddof, separator
         hidden = backbone.config.hidden_size
-        self.heads = nn.Linear(hidden, num_heads, dtype=torch.float32)
+        self.heads = EnsembleHeads(hidden, num_heads, dtype=torch.float32)
         init_heads(self.heads.weight, self.heads.bias, seeds)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -125,8 +143,12 @@ class EnsembleRewardModel(nn.Module):
         idx = last_token_index(attention_mask)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, stats_ddof: int | None = None):
+        """Per-head rewards [B, K] (float32); with `stats_ddof` = d, (rewards, EnsembleStats) with
+        the variance over heads at ddof d, computed with the heads in one fused pass."""
         h = self.pooled(input_ids, attention_mask)
+        if stats_ddof is not None:
+            return self.heads(h.to(self.heads.weight.dtype), ddof=stats_ddof)
         return self.heads(h.to(self.heads.weight.dtype)).float()
 
     # ------------------------------------------------------------------ persistence
