@@ -485,7 +485,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="PPO throughput: varpo vs TRL 1.12.0 (see the module docstring)")
     ap.add_argument("--out", required=True, type=Path, help="results folder (results.json, results.md, throughput.png)")
     ap.add_argument("--quick", action="store_true", help=f"{MODES['quick']} (about 5 minutes on 2 cores)")
-    ap.add_argument("--size", default="auto", choices=["auto", "tiny", "gpt2-small"],
+    ap.add_argument("--size", default="auto", choices=["auto", "tiny", "small", "gpt2-small"],
                     help="model/workload preset; auto: gpt2-small with CUDA, tiny otherwise")
     ap.add_argument("--rounds", type=int, default=None, help="rounds of (trl, varpo variants); default per mode")
     ap.add_argument("--steps", type=int, default=None, help="PPO steps per run; default per mode")
