@@ -1,6 +1,9 @@
 """PPO throughput, side by side: varpo against TRL 1.12.0's `trl.experimental.ppo.PPOTrainer`.
 
     python benchmarks/ppo_vs_trl.py --quick --out DIR          # ~5 min on 2 CPU cores
+    python benchmarks/ppo_vs_trl.py --size small --rounds 3 --steps 3 --warmup 1 \
+        --variants trl,varpo_vanilla,varpo_variance_aware --out DIR
+                                        # compute-bound CPU size (50k vocabulary, 64-token responses)
     python benchmarks/ppo_vs_trl.py --size gpt2-small --out DIR  # GPT-2 small, meant for a GPU
 
 Both trainers get the same inputs (benchmarks/bench_models.py): one randomly initialised policy
@@ -585,8 +588,9 @@ def main(argv=None) -> int:
 
 
 NOTES = [
-    "Phases. varpo: generate (tokenize + HF generate), score (decode + ensemble forward), reference "
-    "(reference AND actor old-log-prob forwards), value (critic forward), update (reward shaping, GAE, "
+    "Phases. varpo: generate (tokenize + HF generate, with the old log-probs read off its logits), score "
+    "(decode + ensemble forward with the fused head statistics), reference (the reference forward and the fused "
+    "shaping pass over its logits: ref log-probs, KL, σ²-weighting), value (critic forward), update (reward shaping, GAE, "
     "whitening, PPO epochs), as timed by the trainer; other = logging/tensorboard and the rest of the step.",
     "Phases. TRL, timed from outside by wrapping its module-level helpers in the runner process: generate "
     "(batch_generation; TRL reuses generate's scores as the old log-probs, so it has no separate actor "
@@ -599,9 +603,13 @@ NOTES = [
     "TRL's per-step gc.collect() time is measured separately (detail_s.update_gc_collect, inside update); "
     "ratios.varpo_vanilla_vs_trl_excluding_gc_collect is the counterfactual ratio against TRL with that time "
     "removed, to show how much of the gap that one habit explains.",
-    "Old log-probs: varpo recomputes them with one actor forward per rollout (as verl and OpenRLHF do); "
-    "TRL keeps generate's logits for every step (B x T x V floats held through the rollout: about 20 GB at "
-    "a 152k vocabulary, B=64, T=512). varpo's `reference` phase therefore holds one forward more than TRL's.",
+    "Old log-probs: both read them off generate's logits, with no extra actor forward. varpo turns each "
+    "decoding step's logits into the sampled token's log-prob as soon as it is known (B x V held at a time); "
+    "TRL stacks every step's scores (B x T x V floats held through the rollout: about 20 GB at a 152k vocabulary, "
+    "B=64, T=512) and log-softmaxes them afterwards.",
+    "Work TRL does that varpo does not: the LM head over the prompt positions in the reference forward and in "
+    "every training forward (varpo keeps only the T positions that predict response tokens), copies of the "
+    "sliced and temperature-divided logits, and a full softmax per minibatch for its entropy statistic.",
     "Peak memory is the RSS high-water mark of each run's process (getrusage), Python and library "
     "imports included (varpo also imports DeepSpeed).",
 ]

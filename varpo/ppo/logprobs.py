@@ -12,11 +12,13 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, kcfg: KernelsConfig,
                    inplace_backward: bool = False):
     """logits [B, T, V], ids [B, T] -> log p(ids) [B, T] float32 (and entropy [B, T]).
     inplace_backward: the backward writes d/dlogits into the logits' storage (the caller promises
-    nothing reads them after the loss; autograd's version check enforces it)."""
+    nothing reads them after the loss; autograd's version check enforces it). Ignored for a
+    strided view (a model without `logits_to_keep`), whose storage is not the logits alone."""
     from varpo_kernels import selective_log_softmax
 
     return selective_log_softmax(logits, ids, backend=kcfg.backend, return_entropy=with_entropy,
-                                 chunk_size=kcfg.chunk_size, inplace_backward=inplace_backward)
+                                 chunk_size=kcfg.chunk_size,
+                                 inplace_backward=inplace_backward and logits.is_contiguous())
 
 
 def shaping_pass(logits: torch.Tensor, ids: torch.Tensor, other_logp: torch.Tensor, mask: torch.Tensor,

@@ -3,7 +3,9 @@
 One iteration:
   1. rollout    the actor samples a response for each prompt of this rank's share of the batch
   2. score      the reward source returns a score s and its uncertainty σ² per response
-  3. reference  log-probs of the frozen reference; old log-probs of the actor; critic values
+  3. reference  log-probs of the frozen reference, and in the same pass over its logits the
+                per-token KL against the actor's old log-probs (read off generate's logits) and
+                its σ²-weighting (varpo_kernels.weighted_kl_from_logits); critic values
   4. shape      r_t = −β·w(σ²)·kl_t + 1[t = T]·s      (w ≡ 1 is vanilla PPO)
   5. GAE        advantages and returns, advantages whitened with statistics over all ranks
   6. update     ppo_epochs passes of clipped-surrogate (actor) and clipped-value (critic) steps
@@ -26,7 +28,7 @@ from ..engines import gathered_params, is_zero3
 from ..outputs import append_jsonl, console, progress, read_jsonl, write_json
 from ..scoring import Scorer
 from . import checkpoint, core
-from .logprobs import token_logprobs
+from .logprobs import shaping_pass, token_logprobs
 from .models import build_actor, build_critic, build_reference, load_tokenizer
 from .rollout import Rollout, generate, response_logits, response_values, tokenize_prompts
 
@@ -88,16 +90,52 @@ class PPOTrainer:
         torch.manual_seed(self.cfg.seed * 1_000_003 + step * 1009 + self.rank)
 
     # ------------------------------------------------------------------ phases
-    def _logprobs(self, model, ro: Rollout, with_entropy: bool = False):
+    def _logprobs(self, model, ro: Rollout, with_entropy: bool = False, inplace_backward: bool = False):
         logits = response_logits(model, ro, self.cfg.generation.temperature)
-        return token_logprobs(logits, ro.response_ids, self.cfg.kernels, with_entropy=with_entropy)
+        return token_logprobs(logits, ro.response_ids, self.cfg.kernels, with_entropy=with_entropy,
+                              inplace_backward=inplace_backward)
 
     @torch.no_grad()
-    def _forward_in_chunks(self, fn, ro: Rollout) -> torch.Tensor:
-        parts = []
-        for s in range(0, ro.response_ids.shape[0], self.local_mini):
-            parts.append(fn(ro.select(torch.arange(s, min(s + self.local_mini, ro.response_ids.shape[0])))))
+    def _forward_in_chunks(self, fn, ro: Rollout, *per_sample: torch.Tensor):
+        """fn(rollout chunk, *per-sample chunks) over minibatch-sized chunks; outputs concatenated
+        (a tuple's fields each)."""
+        parts, n = [], ro.response_ids.shape[0]
+        for s in range(0, n, self.local_mini):
+            idx = torch.arange(s, min(s + self.local_mini, n))
+            parts.append(fn(ro.select(idx), *(x[idx] for x in per_sample)))
+        if isinstance(parts[0], tuple):
+            return type(parts[0])(*(torch.cat(f, 0) for f in zip(*parts)))
         return torch.cat(parts, 0)
+
+    def _shaping(self, model, logits_of: str, other: torch.Tensor, ro: Rollout, mask, w):
+        """One forward of `model` and the fused shaping pass over its logits, chunk by chunk:
+        log-probs of `model`, per-token KL against `other` (the other model's log-probs), w·KL."""
+        k = self.cfg.kernels
+
+        def fn(r, o, m, ww):
+            logits = response_logits(model, r, self.cfg.generation.temperature)
+            return shaping_pass(logits, r.response_ids, o, m, ww, self.cfg.ppo.kl.estimator, logits_of, k)
+
+        return self._forward_in_chunks(fn, ro, other, mask, w)
+
+    def _variance_weights(self, var: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """w(σ²) [B] of this rank's samples; σ² normalisation uses the mean over all ranks (and,
+        for running_mean, over past batches) of the valid samples."""
+        p = self.cfg.ppo
+        keep = valid.bool() if valid.any() else torch.ones_like(valid, dtype=torch.bool)
+
+        def batch_mean_of(x: torch.Tensor) -> float:
+            return self._global_mean(x[keep])
+
+        batch_mean = batch_mean_of(var)
+        running = None
+        if p.variance.weighting == "running_mean":
+            running = self.sigma_mean.update(batch_mean)
+        return core.variance_weights(
+            var, p.variance.weighting, floor=p.variance.floor, ceiling=p.variance.ceiling,
+            running_mean=running, batch_mean=torch.tensor(batch_mean), eps=p.variance.eps,
+            heterogeneity=p.variance.heterogeneity, mean_fn=batch_mean_of,
+        )
 
     def _global_mean(self, x: torch.Tensor) -> float:
         s = dist.all_reduce_sum(torch.stack([x.double().sum(), torch.tensor(float(x.numel()), dtype=torch.float64)]))
@@ -113,7 +151,8 @@ class PPOTrainer:
         t0 = time.perf_counter()
         ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, cfg.generation.max_prompt_len, self.device)
         self.counters["truncated_prompts"] += n_trunc
-        ro = generate(self.actor, self.tokenizer, ids, mask, cfg.generation)
+        record = cfg.kernels if cfg.generation.logprobs_from_generate else None
+        ro = generate(self.actor, self.tokenizer, ids, mask, cfg.generation, record_logprobs=record)
         timings["generate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -127,39 +166,47 @@ class PPOTrainer:
         timings["score"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        ro.ref_logp = self._forward_in_chunks(lambda r: self._logprobs(self.reference, r), ro)
-        ro.logp = self._forward_in_chunks(lambda r: self._logprobs(self.actor, r), ro)
+        extra = {"valid": valid}
+        # the σ² weights are known before any forward, so the shaping happens inside the pass
+        # over the logits; a non-finite score or σ² skips the step (train_step) before it can
+        # reach the running mean
+        if cfg.kernels.fused_shaping and not self._any_rank(not bool(torch.isfinite(score).all() and torch.isfinite(var).all())):
+            extra["w"] = w = self._variance_weights(var, valid)
+            shaping_mask = ro.response_mask.float() * valid.float()[:, None]
+            if ro.logp is not None:  # old log-probs from generation: one reference forward does it all
+                out = self._shaping(self.reference, "reference", ro.logp, ro, shaping_mask, w)
+                ro.ref_logp = out.logp
+            else:  # reference first, then the actor's forward carries the shaping
+                ro.ref_logp = self._forward_in_chunks(lambda r: self._logprobs(self.reference, r), ro)
+                out = self._shaping(self.actor, "policy", ro.ref_logp, ro, shaping_mask, w)
+                ro.logp = out.logp
+            extra["kl"], extra["weighted_kl"] = out.kl, out.weighted_sum
+        else:
+            ro.ref_logp = self._forward_in_chunks(lambda r: self._logprobs(self.reference, r), ro)
+            if ro.logp is None:
+                ro.logp = self._forward_in_chunks(lambda r: self._logprobs(self.actor, r), ro)
         timings["reference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ro.values = self._forward_in_chunks(lambda r: response_values(self.critic, r), ro)
         timings["value"] = time.perf_counter() - t0
-        extra = {"valid": valid}
         if self.gold_fn is not None:
             extra["gold"] = torch.tensor(self.gold_fn(prompts, responses), dtype=torch.float32)
         return ro, {"score": score, "variance": var}, timings, extra
 
-    def shape_and_advantages(self, ro: Rollout, score: torch.Tensor, var: torch.Tensor, valid: torch.Tensor):
+    def shape_and_advantages(self, ro: Rollout, score: torch.Tensor, var: torch.Tensor, valid: torch.Tensor,
+                             fused: dict | None = None):
+        """Shaped rewards, GAE and whitening. `fused`: the rollout's fused shaping pass (w, masked
+        per-token kl, per-sequence weighted KL); without it the KL and weights are computed here."""
         p = self.cfg.ppo
         mask = ro.response_mask.float() * valid.float()[:, None]  # a dropped sample trains nothing
         score = core.apply_missing_eos_penalty(score, ro.has_eos, p.missing_eos_penalty)
         if p.score_clip is not None:
             score = score.clamp(-p.score_clip, p.score_clip)
-        # σ² normalisation uses the mean over all ranks (and, for running_mean, over past batches)
-        keep = valid.bool() if valid.any() else torch.ones_like(valid, dtype=torch.bool)
-
-        def batch_mean_of(x: torch.Tensor) -> float:
-            return self._global_mean(x[keep])
-
-        batch_mean = batch_mean_of(var)
-        running = None
-        if p.variance.weighting == "running_mean":
-            running = self.sigma_mean.update(batch_mean)
-        w = core.variance_weights(
-            var, p.variance.weighting, floor=p.variance.floor, ceiling=p.variance.ceiling,
-            running_mean=running, batch_mean=torch.tensor(batch_mean), eps=p.variance.eps,
-            heterogeneity=p.variance.heterogeneity, mean_fn=batch_mean_of,
-        )
-        kl = core.kl_per_token(ro.logp, ro.ref_logp, p.kl.estimator) * mask
+        if fused is not None and "kl" in fused:
+            w, kl = fused["w"], fused["kl"]
+        else:
+            w = self._variance_weights(var, valid)
+            kl = core.kl_per_token(ro.logp, ro.ref_logp, p.kl.estimator) * mask
         rewards, _penalty = core.shape_rewards(score, kl, w, mask, self.kl_ctl.value)
         if p.whiten_rewards:
             rewards = self._whiten(rewards, mask, shift_mean=False)
@@ -167,7 +214,10 @@ class PPOTrainer:
         if p.whiten_advantages:
             adv = self._whiten(adv, mask)
         # the logged weighted KL is the penalty divided back by β (a dropped row's σ² may be NaN: masked)
-        weighted = torch.where(mask.bool(), kl * w[:, None], torch.zeros_like(kl)).sum(-1)
+        if fused is not None and "weighted_kl" in fused:
+            weighted = fused["weighted_kl"]
+        else:
+            weighted = torch.where(mask.bool(), kl * w[:, None], torch.zeros_like(kl)).sum(-1)
         stats = {"kl": (kl * mask).sum(-1), "weighted_kl": weighted, "w": w,
                  "returns": ret, "score": score, "mask": mask}
         return adv, ret, stats
@@ -189,7 +239,7 @@ class PPOTrainer:
             for s in range(0, n, self.local_mini):
                 idx = order[s : s + self.local_mini]
                 mb, mb_adv, mb_ret, mb_mask = ro.select(idx), adv[idx], ret[idx], mask[idx]
-                logp, ent = self._logprobs(self.actor, mb, with_entropy=True)
+                logp, ent = self._logprobs(self.actor, mb, with_entropy=True, inplace_backward=self.cfg.kernels.inplace_backward)
                 pg_loss, pg_stats = core.policy_loss(logp, mb.logp, mb_adv, mb_mask, p.clip_range)
                 entropy = core.masked_mean(ent, mb_mask)
                 # with no bonus, entropy is only logged: keeping it out of the graph spares the
@@ -222,7 +272,7 @@ class PPOTrainer:
         if self._any_rank(not finite):
             return self._bad_step("non-finite score, variance or log-prob in the rollout")
         t0 = time.perf_counter()
-        adv, ret, st = self.shape_and_advantages(ro, sc["score"], sc["variance"], extra["valid"])
+        adv, ret, st = self.shape_and_advantages(ro, sc["score"], sc["variance"], extra["valid"], fused=extra)
         upd = self.update_phase(ro, adv, ret, st["mask"])
         timings["update"] = time.perf_counter() - t0
         if not upd:
