@@ -1,0 +1,83 @@
+"""The rollout's fused paths against their plain counterparts on a real tiny GPT-2:
+old log-probs read off generate's logits vs a full actor forward, and the fused shaping pass
+(reference logits -> ref log-probs, KL, σ²-weighting) vs log-probs then KL as separate steps."""
+import pytest
+import torch
+
+from varpo.config import KernelsConfig, load_config
+from varpo.ppo import core
+from varpo.ppo.gen_logprobs import GenerationLogprobs
+from varpo.ppo.rollout import Rollout, generate, response_logits, tokenize_prompts
+
+
+@pytest.mark.parametrize("temperature,min_new", [(1.0, 0), (0.7, 3)])
+def test_generation_logprobs_equal_a_full_forward(tiny_policy, prompts, temperature, min_new):
+    """Left-padded prompts of different lengths, EOS allowed (rows end early), temperature ≠ 1 and
+    min_new_tokens (an EOS mask the sampler applies but the policy's distribution does not): the
+    recorded log-probs equal log_softmax(full forward / T) at every real response token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_policy)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy).eval()
+    gen = load_config(None, ["generation.max_new_tokens=9", f"generation.min_new_tokens={min_new}",
+                             f"generation.temperature={temperature}"]).generation
+    ids, mask, _ = tokenize_prompts(tok, prompts[:7], 8, "cpu")
+    torch.manual_seed(3)
+    ro = generate(model, tok, ids, mask, gen, record_logprobs=KernelsConfig())
+    assert ro.logp is not None and ro.logp.shape == ro.response_ids.shape
+    with torch.no_grad():
+        full = torch.log_softmax(response_logits(model, ro, temperature).double(), -1)
+    full = full.gather(-1, ro.response_ids[..., None]).squeeze(-1)
+    m = ro.response_mask.bool()
+    assert m.sum() > 7
+    torch.testing.assert_close(ro.logp[m].double(), full[m], rtol=1e-4, atol=1e-4)
+
+
+def test_generation_logprobs_refuse_a_call_without_ids(tiny_policy):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy).eval()
+    emb = model.get_input_embeddings()(torch.tensor([[1, 5, 6]]))
+    with GenerationLogprobs(model, 1.0, KernelsConfig()), pytest.raises(RuntimeError, match="without input_ids"):
+        model(inputs_embeds=emb)
+
+
+def test_fused_shaping_equals_the_plain_steps(make_cfg, prompts, tmp_path, word_scorer):
+    """One rollout phase with kernels.fused_shaping on and off from the same seed: the same
+    responses, reference log-probs, masked KL and weighted KL sums, and the same shaped rewards
+    (w = σ²/mean σ², k3)."""
+    from varpo.ppo.trainer import PPOTrainer
+
+    base = ["ppo.variance.weighting=batch_mean", "ppo.kl.estimator=k3"]
+    out = {}
+    for fused in (True, False):
+        cfg = make_cfg(*base, f"kernels.fused_shaping={str(fused).lower()}")
+        tr = PPOTrainer(cfg, tmp_path / str(fused), prompts=prompts, policy_path=cfg.model.policy_path,
+                        scorer=word_scorer())
+        ro, sc, _, extra = tr.rollout_phase(0)
+        assert ("kl" in extra) == fused
+        adv, ret, st = tr.shape_and_advantages(ro, sc["score"], sc["variance"], extra["valid"], fused=extra)
+        out[fused] = (ro, st, adv, ret)
+    (ra, sa, aa, _), (rb, sb, ab, _) = out[True], out[False]
+    assert torch.equal(ra.response_ids, rb.response_ids)
+    torch.testing.assert_close(ra.ref_logp, rb.ref_logp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ra.logp, rb.logp, rtol=1e-5, atol=1e-5)
+    for k in ("kl", "weighted_kl", "w"):
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert sa["weighted_kl"].abs().sum() > 0  # a non-trivial comparison
+    # the fused pass's weighted sum is Σ_t mask·w·k3 of its own per-token outputs
+    mask = sa["mask"]
+    k3 = core.kl_per_token(ra.logp, ra.ref_logp, "k3") * mask
+    torch.testing.assert_close(sa["weighted_kl"], (k3 * sa["w"][:, None]).sum(-1), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(aa, ab, rtol=1e-3, atol=1e-4)
+
+
+def test_without_generation_logprobs_the_actor_forward_carries_the_shaping(make_cfg, prompts, tmp_path, word_scorer):
+    from varpo.ppo.trainer import PPOTrainer
+
+    cfg = make_cfg("generation.logprobs_from_generate=false", "ppo.variance.weighting=batch_mean")
+    tr = PPOTrainer(cfg, tmp_path, prompts=prompts, policy_path=cfg.model.policy_path, scorer=word_scorer())
+    ro, sc, _, extra = tr.rollout_phase(0)
+    assert isinstance(ro, Rollout) and "kl" in extra
+    torch.testing.assert_close(extra["kl"], (ro.logp - ro.ref_logp) * ro.response_mask, rtol=1e-5, atol=1e-6)
