@@ -54,7 +54,8 @@ VARIANTS = {
 }
 # quick: ~3 min on 2 idle cores, ~5 on busy ones; full: more rounds and steps for tighter medians
 MODES = {"quick": {"rounds": 5, "steps": 5, "warmup": 1}, "full": {"rounds": 5, "steps": 10, "warmup": 2}}
-REQUIRED_KEYS = ("trl", "varpo_vanilla", "varpo_variance_aware", "ratio_vs_trl", "machine")
+REQUIRED_KEYS = ("trl", "varpo_vanilla", "varpo_variance_aware", "ratio_vs_trl", "ratio_vs_trl_excluding_gc_collect",
+                 "machine")
 
 
 # ---------------------------------------------------------------------------------------- statistics
@@ -157,7 +158,20 @@ def build_results(runs: list[dict], warmup: int, machine: dict, meta: dict, comm
         rr = paired_ratios(per_round["varpo_vanilla"], ex)
         ratios["varpo_vanilla_vs_trl_excluding_gc_collect"] = {"per_round": rr, **summarize(rr)}
     res["ratios"] = ratios
+    return add_headline(res)
+
+
+def add_headline(res: dict) -> dict:
+    """The contract's top-level figures: ratio_vs_trl (median paired varpo_vanilla / trl),
+    ratio_vs_trl_excluding_gc_collect (the same against TRL minus its per-step gc.collect time),
+    variance_aware_vs_vanilla, and per variant `peak_memory_mb` (median peak RSS of its runs)."""
+    ratios = res["ratios"]
     res["ratio_vs_trl"] = ratios["varpo_vanilla_vs_trl"]["median"]
+    res["ratio_vs_trl_excluding_gc_collect"] = ratios.get("varpo_vanilla_vs_trl_excluding_gc_collect", {}).get("median")
+    res["variance_aware_vs_vanilla"] = ratios["variance_aware_vs_vanilla"]["median"]
+    for v in VARIANTS:
+        if v in res:
+            res[v]["peak_memory_mb"] = res[v]["peak_rss_mb"]["median"]
     return res
 
 
@@ -165,8 +179,9 @@ def validate_results(res: dict) -> None:
     """The external contract: these keys must be present (a value may be None if a side failed)."""
     missing = [k for k in REQUIRED_KEYS if k not in res]
     for v in ("trl", "varpo_vanilla", "varpo_variance_aware"):
-        if v in res and "episodes_per_s" not in res[v]:
-            missing.append(f"{v}.episodes_per_s")
+        for k in ("episodes_per_s", "peak_memory_mb"):
+            if v in res and k not in res[v]:
+                missing.append(f"{v}.{k}")
     for k in ("cpu_model", "cores", "torch", "trl"):
         if "machine" in res and k not in res["machine"]:
             missing.append(f"machine.{k}")
@@ -210,7 +225,9 @@ def results_markdown(res: dict) -> str:
     for k, r in res["ratios"].items():
         lines.append(f"| {k} | {', '.join(format(x, '.3f') for x in r['per_round']) or '—'} | "
                      f"{_fmt(r['min'])} / **{_fmt(r['median'])}** / {_fmt(r['max'])} |")
-    lines += ["", f"**ratio_vs_trl** (median varpo_vanilla / trl): {_fmt(res['ratio_vs_trl'])}", "",
+    lines += ["", f"**ratio_vs_trl** (median varpo_vanilla / trl): {_fmt(res['ratio_vs_trl'])}; "
+              f"**ratio_vs_trl_excluding_gc_collect**: {_fmt(res.get('ratio_vs_trl_excluding_gc_collect'))}; "
+              f"variance-aware / vanilla: {_fmt(res.get('variance_aware_vs_vanilla'))}", "",
               "Per-step phase seconds (median over runs):", "",
               "| variant | " + " | ".join(PHASES) + " |", "|---|" + "---|" * len(PHASES)]
     for v in VARIANTS:
@@ -485,6 +502,13 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_varpo_run":
         return varpo_run(argv[1:])
+    if argv and argv[0] == "_resummarize":  # rewrite DIR/results.json and .md with the current headline keys
+        out = Path(argv[1])
+        res = add_headline(json.loads((out / "results.json").read_text()))
+        validate_results(res)
+        (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+        (out / "results.md").write_text(results_markdown(res))
+        return 0
     ap = argparse.ArgumentParser(description="PPO throughput: varpo vs TRL 1.12.0 (see the module docstring)")
     ap.add_argument("--out", required=True, type=Path, help="results folder (results.json, results.md, throughput.png)")
     ap.add_argument("--quick", action="store_true", help=f"{MODES['quick']} (about 5 minutes on 2 cores)")
