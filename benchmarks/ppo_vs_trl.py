@@ -587,6 +587,15 @@ def main(argv=None) -> int:
             if not a.keep_run_dirs:  # the trainers' own outputs (exported policy, tensorboard): large, unused
                 shutil.rmtree(out_json.with_suffix(""), ignore_errors=True)
 
+        write_results(runs, r + 1, rounds, variants, warmup, meta, command, device, threads, load_before, size, t_all, out)
+    res = json.loads((out / "results.json").read_text())
+    print((out / "results.md").read_text())
+    return 0 if all(res[v]["episodes_per_s"] is not None for v in variants) else 1
+
+
+def write_results(runs, done, rounds, variants, warmup, meta, command, device, threads, load_before, size, t_all, out):
+    """results.json/.md/.png from the runs so far: rewritten after every round, so that a run cut
+    short (a shared machine, a deadline) still leaves the paired rounds it completed."""
     trl_version = next((r["result"]["versions"]["trl"] for r in runs if r["ok"] and r["variant"] == "trl"), None)
     machine = machine_info(device, threads, trl_version, load_before)
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -596,19 +605,19 @@ def main(argv=None) -> int:
     machine["foreign_cores_per_run"] = foreign
     machine["shared_machine"] = bool(any(x > SHARED_CORES for x in foreign)) if foreign else bool(
         any(x > threads + 0.5 for x in during))
+    runs = list(runs)
     for v in VARIANTS:
         if v not in variants:
             runs.append({"variant": v, "round": -1, "ok": False, "error": "not selected (--variants)"})
     res = build_results(runs, warmup, machine, meta, command)
     res["notes"] = NOTES + [f"the {size} preset ran on {device}"] + (
         [] if device == "cuda" else ["gpt2-small (--size gpt2-small) is meant for a GPU and was not run here"])
+    res["rounds_completed"], res["rounds_planned"] = done, rounds
     res["wall_s"] = time.perf_counter() - t_all
     validate_results(res)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "results.md").write_text(results_markdown(res))
     plot(res, out / "throughput.png")
-    print((out / "results.md").read_text())
-    return 0 if all(res[v]["episodes_per_s"] is not None for v in variants) else 1
 
 
 NOTES = [
