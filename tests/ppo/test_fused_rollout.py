@@ -81,3 +81,29 @@ def test_without_generation_logprobs_the_actor_forward_carries_the_shaping(make_
     ro, sc, _, extra = tr.rollout_phase(0)
     assert isinstance(ro, Rollout) and "kl" in extra
     torch.testing.assert_close(extra["kl"], (ro.logp - ro.ref_logp) * ro.response_mask, rtol=1e-5, atol=1e-6)
+
+
+def test_inplace_backward_gives_the_same_gradients(tiny_policy, prompts):
+    """kernels.inplace_backward (the update's default): d/dlogits written into the LM head's own
+    output buffer, the parameters' gradients unchanged; the logits really are contiguous (the
+    index logits_to_keep), or the option would silently do nothing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from varpo.ppo.logprobs import token_logprobs
+
+    tok = AutoTokenizer.from_pretrained(tiny_policy)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy)
+    ids, mask, _ = tokenize_prompts(tok, prompts[:5], 8, "cpu")
+    torch.manual_seed(5)
+    ro = generate(model, tok, ids, mask, load_config(None, ["generation.max_new_tokens=6"]).generation)
+    grads = []
+    for inplace in (False, True):
+        model.zero_grad(set_to_none=True)
+        logits = response_logits(model, ro, 1.0)  # no division: the LM head's own output
+        assert logits.is_contiguous()
+        lp, ent = token_logprobs(logits, ro.response_ids, KernelsConfig(), with_entropy=True, inplace_backward=inplace)
+        ((lp * ro.response_mask).sum() - 0.1 * ent.sum()).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
