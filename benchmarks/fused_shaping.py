@@ -78,13 +78,14 @@ def main(argv=None) -> int:
     policy_path, prompts, _, _ = resolve_sources(cfg)
     tr = PPOTrainer(cfg, out / "runs" / "trainer", prompts=prompts, policy_path=policy_path, scorer=build_scorer(cfg))
     watch = ForeignCpu()
-    ro, sc, _, extra = tr.rollout_phase(0)
-    valid, w = extra["valid"], extra["w"]
-    mask = ro.response_mask.float() * valid.float()[:, None]
+    ro = tr.rollout(0)
+    tr.score(ro)
+    tr.forward_passes(ro)  # fills mask and weights
+    mask, w = ro.mask, ro.weights
     est = cfg.ppo.kl.estimator
 
     def fused():
-        o = tr._shaping(tr.reference, "reference", ro.logp, ro, mask, w)
+        o = tr._shaping(tr.reference, "reference", ro)
         return o.logp, o.kl, o.weighted_sum
 
     def unfused():

@@ -6,8 +6,9 @@ import torch
 
 from varpo.config import KernelsConfig, load_config
 from varpo.ppo import core
+from varpo.ppo.experience import Experience
 from varpo.ppo.gen_logprobs import GenerationLogprobs
-from varpo.ppo.rollout import Rollout, generate, response_logits, tokenize_prompts
+from varpo.ppo.rollout import generate, response_logits, tokenize_prompts
 
 
 @pytest.mark.parametrize("temperature,min_new", [(1.0, 0), (0.7, 3)])
@@ -55,22 +56,24 @@ def test_fused_shaping_equals_the_plain_steps(make_cfg, prompts, tmp_path, word_
         cfg = make_cfg(*base, f"kernels.fused_shaping={str(fused).lower()}")
         tr = PPOTrainer(cfg, tmp_path / str(fused), prompts=prompts, policy_path=cfg.model.policy_path,
                         scorer=word_scorer())
-        ro, sc, _, extra = tr.rollout_phase(0)
-        assert ("kl" in extra) == fused
-        adv, ret, st = tr.shape_and_advantages(ro, sc["score"], sc["variance"], extra["valid"], fused=extra)
-        out[fused] = (ro, st, adv, ret)
-    (ra, sa, aa, _), (rb, sb, ab, _) = out[True], out[False]
-    assert torch.equal(ra.response_ids, rb.response_ids)
-    torch.testing.assert_close(ra.ref_logp, rb.ref_logp, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ra.logp, rb.logp, rtol=1e-5, atol=1e-5)
-    for k in ("kl", "weighted_kl", "w"):
-        torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
-    assert sa["weighted_kl"].abs().sum() > 0  # a non-trivial comparison
+        exp = tr.rollout(0)
+        tr.score(exp)
+        tr.forward_passes(exp)
+        assert ("weighted_kl_sum" in exp.extras) == fused
+        tr.shape(exp)
+        tr.advantages(exp)
+        out[fused] = exp
+    a, b = out[True], out[False]
+    assert torch.equal(a.response_ids, b.response_ids)
+    torch.testing.assert_close(a.ref_logp, b.ref_logp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.logp, b.logp, rtol=1e-5, atol=1e-5)
+    for k in ("kl", "weights", "rewards", "advantages"):
+        torch.testing.assert_close(getattr(a, k), getattr(b, k), rtol=1e-3, atol=1e-4, msg=k)
     # the fused pass's weighted sum is Σ_t mask·w·k3 of its own per-token outputs
-    mask = sa["mask"]
-    k3 = core.kl_per_token(ra.logp, ra.ref_logp, "k3") * mask
-    torch.testing.assert_close(sa["weighted_kl"], (k3 * sa["w"][:, None]).sum(-1), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(aa, ab, rtol=1e-3, atol=1e-4)
+    k3 = core.kl_per_token(a.logp, a.ref_logp, "k3") * a.mask
+    wsum = a.extras["weighted_kl_sum"]
+    assert wsum.abs().sum() > 0  # a non-trivial comparison
+    torch.testing.assert_close(wsum, (k3 * a.weights[:, None]).sum(-1), rtol=1e-4, atol=1e-6)
 
 
 def test_without_generation_logprobs_the_actor_forward_carries_the_shaping(make_cfg, prompts, tmp_path, word_scorer):
@@ -78,9 +81,12 @@ def test_without_generation_logprobs_the_actor_forward_carries_the_shaping(make_
 
     cfg = make_cfg("generation.logprobs_from_generate=false", "ppo.variance.weighting=batch_mean")
     tr = PPOTrainer(cfg, tmp_path, prompts=prompts, policy_path=cfg.model.policy_path, scorer=word_scorer())
-    ro, sc, _, extra = tr.rollout_phase(0)
-    assert isinstance(ro, Rollout) and "kl" in extra
-    torch.testing.assert_close(extra["kl"], (ro.logp - ro.ref_logp) * ro.response_mask, rtol=1e-5, atol=1e-6)
+    exp = tr.rollout(0)
+    assert isinstance(exp, Experience) and exp.logp is None
+    tr.score(exp)
+    tr.forward_passes(exp)
+    assert "weighted_kl_sum" in exp.extras
+    torch.testing.assert_close(exp.kl, (exp.logp - exp.ref_logp) * exp.response_mask, rtol=1e-5, atol=1e-6)
 
 
 def test_inplace_backward_gives_the_same_gradients(tiny_policy, prompts):

@@ -1,4 +1,4 @@
-"""The ensemble as a reward source (`varpo.scoring.Scorer`): texts in; score s (an aggregation of
+"""The ensemble as a reward source (`varpo.reward_source.Scorer`): texts in; score s (an aggregation of
 the K heads), σ² (variance over heads, `ddof`), the head mean for evaluation and the per-head
 rewards out."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from varpo_kernels import EnsembleStats
 
-from ..scoring import Scores
+from ..reward_source import Scores
 from .aggregate import AGGREGATIONS, aggregate_from_stats
 from .encode import encode
 
