@@ -17,6 +17,11 @@ Sources of each figure (reported per role in the output's `method` fields):
 - Frozen model parameters (no DeepSpeed estimator exists for inference): b·P whole (stage 0), or
   b·P/N sharded plus the gathered working set b·(largest layer + prefetch bucket) under ZeRO-3;
   with parameter offload the shard lives in CPU memory. b = 2 bytes (bf16/fp16) or 4 (fp32).
+- LoRA (`model.lora`): the adapters (counted by attaching them with peft on the meta device; plus
+  the critic's value head) are the trainable model states, through the same estimators; the base
+  is frozen parameters as above, or with `model.quantization.load_in_4bit` 0.5 B per linear weight
+  plus bitsandbytes' block constants (64-weight blocks, double-quantized) and the compute dtype for
+  the rest. A reference served by the actor's base (`model.lora.reference_from_base`) holds none.
 - Activations and KV cache: **estimates** from batch B, sequence length S, hidden size h, layers L,
   heads a, MLP width, vocabulary V (formulas in the functions below). They ignore allocator
   fragmentation, communication buckets, CUDA context (~0.5-1 GiB per GPU) and framework overhead.
@@ -55,6 +60,8 @@ class ModelShape:
     vocab_size: int
     lm_head: bool  # causal LM (logits over the vocabulary) or a backbone with a small head
     source: str
+    linear_params: int = 0  # weights of the linear layers a 4-bit load quantizes (all but the output head)
+    lora_params: int = 0  # LoRA adapter parameters when model.lora applies to this role's model
 
 
 def count_params(model) -> tuple[int, int]:
@@ -109,11 +116,30 @@ def _text_config(conf):
     return get() if callable(get) else conf
 
 
-def shape_of(conf, kind: str, num_heads_extra: int = 0, source: str = "") -> ModelShape:
+def linear_params(model) -> int:
+    """Weights of the linear layers (nn.Linear, GPT-2's Conv1D) except the output head: what
+    bitsandbytes quantizes in a 4-bit load (it keeps the head in the compute dtype)."""
+    return sum(m.weight.numel() for n, m in model.named_modules()
+               if type(m).__name__ in ("Linear", "Conv1D") and not n.endswith("lm_head"))
+
+
+def lora_params(model, lora_cfg) -> int:
+    """Adapter parameters peft adds to `model` for `lora_cfg` (a ModelLoraConfig), on the meta device."""
+    from .adapters import attach_lora, param_counts
+
+    try:
+        wrapped = on_meta(lambda: attach_lora(model, lora_cfg.r, lora_cfg.alpha, 0.0, lora_cfg.target_modules))
+    except ValueError as exc:
+        raise MemoryPlanError(str(exc)) from None
+    return param_counts(wrapped)[0]
+
+
+def shape_of(conf, kind: str, num_heads_extra: int = 0, source: str = "", lora=None) -> ModelShape:
     """Count a model built from `conf` on the meta device.
 
     kind: "causal_lm" (actor, reference), "value" (critic: backbone + 1 linear head) or
-    "ensemble" (reward: backbone + `num_heads_extra` linear heads with bias)."""
+    "ensemble" (reward: backbone + `num_heads_extra` linear heads with bias). `lora`: a
+    ModelLoraConfig whose adapters this role's model carries (counted into `lora_params`)."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     build = AutoModelForCausalLM.from_config if kind == "causal_lm" else AutoModel.from_config
@@ -122,7 +148,11 @@ def shape_of(conf, kind: str, num_heads_extra: int = 0, source: str = "") -> Mod
     except (ValueError, KeyError) as exc:
         raise MemoryPlanError(f"{source or 'model'}: cannot build a {kind} model from its config: {exc}") from None
     total, largest = count_params(model)
-    return _shape(conf, total, largest, kind, num_heads_extra, source)
+    shape = _shape(conf, total, largest, kind, num_heads_extra, source)
+    shape.linear_params = linear_params(model)
+    if lora is not None:
+        shape.lora_params = lora_params(model, lora)
+    return shape
 
 
 def _shape(conf, total: int, largest: int, kind: str, num_heads_extra: int, source: str) -> ModelShape:
@@ -144,7 +174,7 @@ def _shape(conf, total: int, largest: int, kind: str, num_heads_extra: int, sour
     )
 
 
-def testbed_shape(tb_cfg, kind: str, num_heads_extra: int = 0) -> ModelShape:
+def testbed_shape(tb_cfg, kind: str, num_heads_extra: int = 0, lora=None) -> ModelShape:
     """The embedded default's LM, built by the testbed's own `build_model` on the meta device.
     Its vocabulary is `testbed.vocab_size`, the upper bound of the trained tokenizer's."""
     try:
@@ -163,11 +193,13 @@ def testbed_shape(tb_cfg, kind: str, num_heads_extra: int = 0) -> ModelShape:
 
     lm = on_meta(lambda: build_model(tb_cfg, _VocabOnly()))
     src = "embedded testbed LM (testbed.* sizes)"
-    if kind == "causal_lm":
-        total, largest = count_params(lm)
-    else:
-        total, largest = count_params(lm.model)  # the backbone without the LM head
-    return _shape(lm.config, total, largest, kind, num_heads_extra, src)
+    model = lm if kind == "causal_lm" else lm.model  # the backbone without the LM head
+    total, largest = count_params(model)
+    shape = _shape(lm.config, total, largest, kind, num_heads_extra, src)
+    shape.linear_params = linear_params(model)
+    if lora is not None:
+        shape.lora_params = lora_params(model, lora)
+    return shape
 
 
 def reward_config_path(reward_path: str | Path) -> Path:
@@ -190,17 +222,20 @@ def role_shapes(cfg, reward_model_config: str | Path | None = None) -> dict[str,
     judge or gold reward runs outside the process group)."""
     K = cfg.reward_training.num_heads
     policy = cfg.model.policy_path
+    lc = cfg.model.lora
+    a_lora = lc if lc.enabled else None
+    c_lora = lc if lc.enabled and lc.critic else None
     if policy is None:
-        actor = testbed_shape(cfg.testbed, "causal_lm")
+        actor = testbed_shape(cfg.testbed, "causal_lm", lora=a_lora)
         critic = (shape_of(load_hf_config(cfg.model.critic_path, "model.critic_path"), "value",
-                           source=str(cfg.model.critic_path))
-                  if cfg.model.critic_path else testbed_shape(cfg.testbed, "value"))
+                           source=str(cfg.model.critic_path), lora=c_lora)
+                  if cfg.model.critic_path else testbed_shape(cfg.testbed, "value", lora=c_lora))
     else:
         pconf = load_hf_config(policy, "model.policy_path")
-        actor = shape_of(pconf, "causal_lm", source=str(policy))
+        actor = shape_of(pconf, "causal_lm", source=str(policy), lora=a_lora)
         cpath = cfg.model.critic_path
         critic = shape_of(load_hf_config(cpath, "model.critic_path") if cpath else pconf, "value",
-                          source=str(cpath or policy))
+                          source=str(cpath or policy), lora=c_lora)
     reward: ModelShape | None
     if reward_model_config is not None:
         reward = shape_of(load_hf_config(reward_model_config, "--reward-model-config"), "ensemble", K,
@@ -325,6 +360,28 @@ def frozen_params(P: int, largest: int, stage: int, world: int, offload_param: b
             "method": f"ZeRO-3 shard {b}·P/{world} + gathered layer/prefetch {b}·(largest+bucket)"}
 
 
+def quantized_bytes_per_param(double_quant: bool) -> float:
+    """bitsandbytes 4-bit storage per weight: half a byte, plus one absmax per block of 64 weights
+    (fp32; with double quantization 8-bit, plus one fp32 constant per 256 of those)."""
+    return 0.5 + (1 / 64 + 4 / (64 * 256) if double_quant else 4 / 64)
+
+
+def frozen_base_params(shape: ModelShape, stage: int, world: int, offload_param: bool, b: int, quant,
+                       conf: dict) -> dict:
+    """The frozen base under LoRA (or a frozen reference) per rank: 4-bit linear weights plus the
+    rest in the compute dtype when `quant.load_in_4bit` (never ZeRO-3: refused by the config),
+    else `frozen_params`."""
+    if quant.load_in_4bit:
+        qb = quantized_bytes_per_param(quant.double_quant)
+        cb = 4 if quant.compute_dtype == "float32" else 2
+        other = shape.total_params - shape.linear_params
+        return {"gpu": int(qb * shape.linear_params + cb * other), "cpu": 0,
+                "method": f"4-bit {quant.quant_type}: {qb:.3f} B/param × {shape.linear_params:,} linear weights "
+                          f"+ {cb} B/param × {other:,} others, whole on each rank"}
+    bucket = conf["zero_optimization"].get("stage3_prefetch_bucket_size", 0) if stage == 3 else 0
+    return frozen_params(shape.total_params, shape.largest_layer_params, stage, world, offload_param, b, bucket)
+
+
 def training_activations(s: ModelShape, batch: int, seq: int, act_bytes: int, checkpointing: bool) -> int:
     """Activation memory of a forward+backward (estimate). Per layer, Korthikanti et al. 2022
     ("Reducing Activation Recomputation in Large Transformer Models", eq. 1), written for 2-byte
@@ -396,11 +453,24 @@ def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
     b = _precision_bytes(conf)
     P, largest = shape.total_params, shape.largest_layer_params
     details: dict = {"seq_len": seq, "act_bytes": b}
-    if trainable:
+    lc, q = cfg.model.lora, cfg.model.quantization
+    adapters = trainable and shape.lora_params > 0
+    if trainable and adapters:
+        # LoRA: optimizer states only for the adapters (and the critic's value head); the base is
+        # frozen weights, 4-bit when configured
+        P_t = shape.lora_params + (shape.hidden_size + 1 if role == "critic" else 0)
+        ms = trainable_model_states(P_t, min(largest, P_t), stage, cluster, off_opt, off_par, fp32=b == 4)
+        base = frozen_base_params(shape, stage, N, off_par, b, q, conf)
+        ms_gpu, ms_cpu = ms["gpu"] + base["gpu"], ms["cpu"] + base["cpu"]
+        method = f"LoRA adapters ({P_t:,} params): {ms['method']}; frozen base: {base['method']}"
+        details.update(cpu_bytes_per_node=ms["cpu_node"], note=ms["note"], trainable_params=P_t,
+                       frozen_base_bytes=base["gpu"] + base["cpu"])
+    elif trainable:
         ms = trainable_model_states(P, largest, stage, cluster, off_opt, off_par, fp32=b == 4)
         ms_gpu, ms_cpu, method = ms["gpu"], ms["cpu"], ms["method"]
         details.update(cpu_bytes_per_node=ms["cpu_node"], note=ms["note"])
-        if b == 4 and stage >= 2:
+    if trainable:
+        if b == 4 and stage >= 2 and not adapters:
             details["precision_note"] = ("fp32 training: DeepSpeed's estimator assumes mixed precision "
                                          "(18-20 B/param); pure fp32 with Adam needs 16 B/param")
         train_act = training_activations(shape, local_mini, seq, b, cfg.model.gradient_checkpointing)
@@ -416,10 +486,16 @@ def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
                            generation_peak_extra=gathered + gen_act,
                            generation_per_layer_gather_extra=b * largest + gen_act)
             act = max(train_act, gathered + gen_act)
+    elif role == "reference" and lc.enabled and lc.reference_from_base:
+        ms_gpu, ms_cpu, method = 0, 0, "served by the actor's base with adapters disabled: no parameters of its own"
+    elif role == "reference" and q.load_in_4bit:
+        fp = frozen_base_params(shape, stage, N, off_par, b, q, conf)
+        ms_gpu, ms_cpu, method = fp["gpu"], fp["cpu"], fp["method"]
     else:
         bucket = zero.get("stage3_prefetch_bucket_size", 0) if stage == 3 else 0
         fp = frozen_params(P, largest, stage, N, off_par, b, bucket)
         ms_gpu, ms_cpu, method = fp["gpu"], fp["cpu"], fp["method"]
+    if not trainable:
         batch = local_mini if role == "reference" else local_batch
         act = inference_activations(shape, batch, seq, b)
         details.update(forward_batch=batch)

@@ -1,7 +1,7 @@
 """One configuration schema for every varpo command (see `varpo config show`)."""
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .core import ConfigError, Section, build_config, config_hash, redacted_dict, save_resolved
 from .data import DataConfig
@@ -9,7 +9,15 @@ from .deepspeed import DeepSpeedConfig, RoleEngineConfig
 from .evaluation import EvaluationConfig
 from .judge import JudgeConfig
 from .kernels import KernelsConfig
-from .ppo import GenerationConfig, KLConfig, ModelConfig, PPOConfig, VarianceWeightConfig
+from .ppo import (
+    GenerationConfig,
+    KLConfig,
+    ModelConfig,
+    ModelLoraConfig,
+    PPOConfig,
+    QuantizationConfig,
+    VarianceWeightConfig,
+)
 from .reward import RewardConfig, RewardTrainingConfig
 from .testbed import TestbedConfig
 
@@ -28,6 +36,18 @@ class VarpoConfig(Section):
     kernels: KernelsConfig = KernelsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
+    @model_validator(mode="after")
+    def _quantized_roles_not_zero3(self):
+        # bitsandbytes keeps 4-bit weights packed in uint8 tensors with their quantization state
+        # beside them; ZeRO-3 would flatten and partition those bytes and lose that state
+        if self.model.quantization.load_in_4bit:
+            bad = [r for r in ("actor", "critic", "reference") if self.deepspeed.stage_of(r) == 3]
+            if bad:
+                raise ValueError(f"model.quantization.load_in_4bit=true with ZeRO-3 for {', '.join(bad)}: 4-bit "
+                                 "bases are not partitioned; use deepspeed.zero_stage 0-2 for those roles (stage 2 "
+                                 "shards the adapters' gradients and optimizer states)")
+        return self
+
 
 def load_config(path=None, overrides=None) -> VarpoConfig:
     return build_config(VarpoConfig, path, overrides)
@@ -37,5 +57,5 @@ __all__ = [
     "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
-    "PPOConfig", "VarianceWeightConfig", "RewardConfig", "RewardTrainingConfig", "TestbedConfig",
+    "PPOConfig", "VarianceWeightConfig", "ModelLoraConfig", "QuantizationConfig", "RewardConfig", "RewardTrainingConfig", "TestbedConfig",
 ]

@@ -16,6 +16,10 @@ class DataConfig(Section):
     prompt_column: str = Field("prompt", min_length=1, description="column holding the prompt (prompt and pair files)")
     chosen_column: str = Field("chosen", min_length=1, description="column holding the preferred response")
     rejected_column: str = Field("rejected", min_length=1, description="column holding the dispreferred response")
+    chat_template: bool = Field(
+        False, description="wrap each prompt in the policy tokenizer's chat template as one user turn, with the "
+        "assistant's generation prompt (as TRL and OpenRLHF do) when the tokenizer has a template; raw text otherwise. "
+        "The reward model still sees the raw prompt")
     skip_bad_rows: bool = Field(False, description="skip malformed rows (and report how many) instead of failing")
 
     def pair_columns(self) -> dict[str, str]:

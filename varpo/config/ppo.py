@@ -120,9 +120,67 @@ class GenerationConfig(Section):
         return self
 
 
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+LoraTargets = list[str] | Literal["auto", "all-linear"]
+
+
+class ModelLoraConfig(Section):
+    """LoRA adapters (peft) on the actor and optionally the critic: only the adapters (and the
+    critic's value head) train, the base weights stay frozen."""
+
+    enabled: bool = Field(False, description="train LoRA adapters on the actor instead of all its weights")
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: int = Field(16, ge=1, description="scaling numerator: the update is (alpha / r)·B·A")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="adapter dropout (PPO disables every dropout of the "
+                           "actor so rollout and update log-probs agree; kept for fidelity to the paper's value)")
+    target_modules: LoraTargets = Field(
+        "auto", description="module names to adapt; auto: peft's per-architecture choice (q_proj, v_proj for Llama, "
+        "Qwen2, Mistral; c_attn for GPT-2), all-linear for an architecture peft has no entry for; all-linear: "
+        "every linear layer but the output head")
+    critic: bool = Field(False, description="also give the critic LoRA adapters (its value head trains in full); "
+                         "False: the critic is fully fine-tuned")
+    reference_from_base: bool = Field(
+        True, description="the reference is the actor's own base with its adapters disabled (one copy of the base "
+        "in memory instead of two; exact: LoRA's B starts at zero, so at step 0 actor = reference); False: a "
+        "separate frozen reference model")
+
+
+class QuantizationConfig(Section):
+    """4-bit base weights through bitsandbytes (QLoRA): actor, reference and critic bases load
+    quantized; only LoRA adapters can train on them."""
+
+    load_in_4bit: bool = Field(False, description="load the base weights in 4 bits (bitsandbytes; needs a CUDA GPU "
+                               "and model.lora.enabled with model.lora.critic)")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type: NormalFloat4 (QLoRA's) or FP4")
+    double_quant: bool = Field(True, description="quantize the quantization constants too (≈0.4 bit/param saved)")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype the 4-bit weights are dequantized to for each matmul")
+
+
 class ModelConfig(Section):
     policy_path: str | None = Field(None, description="HF folder of the initial policy; None: the embedded testbed LM")
     critic_path: str | None = Field(None, description="backbone of the critic; None: same as the policy")
     tokenizer_path: str | None = Field(None, description="None: the policy's folder")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
+        None, description="attention kernel of every HF model varpo loads (actor, reference, critic, reward "
+        "backbone): eager, sdpa (PyTorch's fused attention), flash_attention_2 (needs the flash-attn package and "
+        "a CUDA GPU, with dtype bfloat16/float16); None: transformers' default for the architecture")
+    lora: ModelLoraConfig = ModelLoraConfig()
+    quantization: QuantizationConfig = QuantizationConfig()
+
+    @model_validator(mode="after")
+    def _quantized_base_needs_adapters(self):
+        if self.quantization.load_in_4bit and not (self.lora.enabled and self.lora.critic):
+            raise ValueError("quantization.load_in_4bit=true: 4-bit base weights cannot be trained; set "
+                             "lora.enabled=true and lora.critic=true (adapters on actor and critic)")
+        return self
+
+    @model_validator(mode="after")
+    def _flash_attention_needs_half_precision(self):
+        if self.attn_implementation == "flash_attention_2" and self.dtype == "float32" \
+                and not self.quantization.load_in_4bit:
+            raise ValueError("attn_implementation=flash_attention_2 runs in bfloat16/float16 only; set "
+                             "model.dtype=bfloat16 (or float16)")
+        return self

@@ -30,7 +30,10 @@ class LoraConfig(Section):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], description="module names to adapt")
+    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
+        "auto", description="module names to adapt; auto: peft's per-architecture choice (the attention's query and "
+        "value projections: q_proj, v_proj for Llama, Qwen2, Mistral; c_attn for GPT-2), all-linear for an "
+        "architecture peft has no entry for; all-linear: every linear layer of the backbone")
 
 
 class RewardTrainingConfig(Section):

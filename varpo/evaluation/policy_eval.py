@@ -12,24 +12,26 @@ from ..config import GenerationConfig
 
 @torch.no_grad()
 def sample_responses(policy_path: str, prompts: list[str], gen: GenerationConfig, seed: int,
-                     batch_size: int = 64, device: str | torch.device = "cpu") -> list[str]:
+                     batch_size: int = 64, device: str | torch.device = "cpu", chat_template: bool = False,
+                     load_kw: dict | None = None) -> list[str]:
     from transformers import AutoModelForCausalLM
 
     from ..ppo.models import load_tokenizer
     from ..ppo.rollout import decode_responses, generate, tokenize_prompts
 
     tok = load_tokenizer(policy_path)
-    model = AutoModelForCausalLM.from_pretrained(policy_path).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(policy_path, **(load_kw or {})).to(device).eval()
     torch.manual_seed(seed)
     out: list[str] = []
     for s in range(0, len(prompts), batch_size):
-        ids, mask, _ = tokenize_prompts(tok, prompts[s : s + batch_size], gen.max_prompt_len, device)
+        ids, mask, _ = tokenize_prompts(tok, prompts[s : s + batch_size], gen.max_prompt_len, device, chat_template)
         out += decode_responses(tok, generate(model, tok, ids, mask, gen))
     return out
 
 
 def evaluate_policy(policy_path: str, prompts: list[str], reward_fn: Callable[[list[str], list[str]], list[float]],
-                    gen: GenerationConfig, seed: int, batch_size: int = 64, samples_per_prompt: int = 1) -> dict:
+                    gen: GenerationConfig, seed: int, batch_size: int = 64, samples_per_prompt: int = 1,
+                    chat_template: bool = False, load_kw: dict | None = None) -> dict:
     """Mean true reward of the policy's samples on `prompts`: the mean over prompts of each prompt's
     mean over its `samples_per_prompt` samples (1 is the paper's Algorithm 2).
 
@@ -41,7 +43,8 @@ def evaluate_policy(policy_path: str, prompts: list[str], reward_fn: Callable[[l
     if k < 1:
         raise ValueError(f"samples_per_prompt must be ≥ 1, got {k}")
     repeated = [p for p in prompts for _ in range(k)]
-    responses = sample_responses(policy_path, repeated, gen, seed, batch_size)
+    responses = sample_responses(policy_path, repeated, gen, seed, batch_size, chat_template=chat_template,
+                                 load_kw=load_kw)
     r = torch.tensor(reward_fn(repeated, responses), dtype=torch.float64).view(len(prompts), k)
     if not bool((~torch.isnan(r)).any()):
         raise RuntimeError(f"policy {policy_path}: the true reward dropped every evaluation sample")

@@ -118,7 +118,8 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
     # evaluation sampling is seeded apart from training, identically across methods
     ev = evaluate_policy(policy_path, eval_prompts(cfg), true_reward_fn(cfg), cfg.generation,
                          seed=1_000_000 + seed, batch_size=cfg.evaluation.eval_batch_size,
-                         samples_per_prompt=cfg.evaluation.samples_per_prompt)
+                         samples_per_prompt=cfg.evaluation.samples_per_prompt, chat_template=cfg.data.chat_template,
+                         load_kw=_eval_load_kwargs(cfg))
     row = {"method": method, "seed": seed, **ev, **extra, "policy_path": str(policy_path)}
     write_json(result_path(out_p, method, seed), row)
     return row
@@ -174,3 +175,10 @@ def summarize(rows: list[dict]) -> dict:
         out[method] = {"gold_reward_mean": st.fmean(r), "gold_reward_var": st.variance(r) if len(r) > 1 else 0.0,
                        "n_policies": len(r), "kl_mean": st.fmean(kl) if kl else 0.0}
     return out
+
+
+def _eval_load_kwargs(cfg) -> dict:
+    """How the exported policy is loaded for evaluation (on CPU): the configured attention kernel,
+    unless it is flash-attn, which has no CPU kernels."""
+    attn = cfg.model.attn_implementation
+    return {"attn_implementation": attn} if attn in ("eager", "sdpa") else {}

@@ -31,10 +31,12 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=()) -> dict:
     """Train one policy; writes metrics.jsonl, tensorboard/, checkpoints/, policy/, summary.json
     and config.yaml under out_dir. Resumes from the last complete checkpoint there. `callbacks`:
     varpo.ppo.callbacks.TrainerCallback instances, called after varpo's own loggers."""
+    from ..adapters import check_environment
     from ..dist import init_distributed
     from ..scoring import build_scorer
     from .trainer import PPOTrainer
 
+    check_environment(cfg)  # refuse what this machine cannot run before any model is built
     # join the process group first: building the default reward model coordinates the ranks
     init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
     policy_path, prompts, gold_fn, _ = resolve_sources(cfg)

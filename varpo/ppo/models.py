@@ -1,14 +1,19 @@
 """The four roles' models: actor and reference (causal LMs), critic (a backbone with a scalar
-value head), built ZeRO-3-aware and wrapped in DeepSpeed engines (varpo.engines)."""
+value head), built ZeRO-3-aware and wrapped in DeepSpeed engines (varpo.engines).
+
+With `model.lora.enabled` the actor (and with `model.lora.critic` the critic) trains LoRA adapters
+on a frozen base, optionally 4-bit (`model.quantization`); with `model.lora.reference_from_base`
+the reference is no model of its own but the actor's base with its adapters switched off."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..adapters import attach_lora, is_peft, is_quantized, load_kwargs, merged_state_dict, param_counts
 from ..config import VarpoConfig
-from ..engines import build_model, ds_config, inference_engine, train_engine
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from ..engines import build_model, ds_config, gathered_params, inference_engine, is_zero3, train_engine
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:
@@ -27,7 +32,7 @@ class ValueModel(nn.Module):
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
-        hidden = backbone.config.hidden_size
+        hidden = _base(backbone).config.hidden_size
         self.value_head = nn.Linear(hidden, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
@@ -52,22 +57,72 @@ def micro_batch_per_rank(cfg: VarpoConfig, world: int) -> int:
     return max(1, cfg.ppo.mini_batch_size // world)
 
 
+def _base(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if is_peft(model) else model
+
+
+def _prepare_quantized(model: nn.Module, cfg: VarpoConfig) -> nn.Module:
+    """A 4-bit base before adapters go on: norms and other small layers in fp32, input grads
+    enabled so gradient checkpointing reaches the adapters (peft's QLoRA preparation)."""
+    if not cfg.model.quantization.load_in_4bit:
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
+
+
+def _lora(model: nn.Module, cfg: VarpoConfig, task_type: str | None, field: str) -> nn.Module:
+    lc = cfg.model.lora
+    # adapter init draws from the global generator: the same A matrices on every rank and rerun
+    torch.manual_seed(cfg.seed)
+    return attach_lora(_prepare_quantized(model, cfg), lc.r, lc.alpha, lc.dropout, lc.target_modules,
+                       field=field, task_type=task_type)
+
+
 def build_actor(cfg: VarpoConfig, path: str, world: int):
     from transformers import AutoModelForCausalLM
 
     conf = ds_config(cfg.deepspeed, "actor", micro_batch_per_rank(cfg, world), trainable=True)
-    model = build_model(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.model.dtype]), conf)
+    model = build_model(lambda: AutoModelForCausalLM.from_pretrained(path, **load_kwargs(cfg.model)), conf)
+    if cfg.model.lora.enabled:
+        model = _lora(model, cfg, "CAUSAL_LM", "model.lora.target_modules")
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        _base(model).gradient_checkpointing_enable()
     disable_dropout(model)
     return train_engine(model, conf, lr=cfg.ppo.actor_lr, weight_decay=cfg.ppo.weight_decay)
 
 
-def build_reference(cfg: VarpoConfig, path: str, world: int):
+class ReferenceFromBase:
+    """The reference policy as the actor's base with its LoRA adapters disabled: called like the
+    reference engine (same forward arguments), no second copy of the base weights. Exact: what
+    the actor computes with adapters off is what the frozen initial policy computes, since only
+    the adapters ever train."""
+
+    def __init__(self, actor_engine):
+        self.engine = actor_engine
+        self.module = actor_engine.module  # for callers that inspect the wrapped module's signature
+
+    def __call__(self, *args, **kwargs):
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad(), self.module.disable_adapter():
+                return self.engine(*args, **kwargs)
+        finally:
+            self.module.train(was_training)
+
+
+def build_reference(cfg: VarpoConfig, path: str, world: int, actor=None):
+    """The frozen reference: `ReferenceFromBase(actor)` when LoRA is on and the config says so,
+    else its own (ZeRO-3-shardable) inference engine."""
     from transformers import AutoModelForCausalLM
 
+    if cfg.model.lora.enabled and cfg.model.lora.reference_from_base:
+        if actor is None or not is_peft(actor.module):
+            raise ValueError("model.lora.reference_from_base: the reference needs the LoRA actor's engine")
+        return ReferenceFromBase(actor)
     conf = ds_config(cfg.deepspeed, "reference", micro_batch_per_rank(cfg, world), trainable=False)
-    model = build_model(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.model.dtype]), conf)
+    model = build_model(lambda: AutoModelForCausalLM.from_pretrained(path, **load_kwargs(cfg.model)), conf)
     return inference_engine(disable_dropout(model), conf)
 
 
@@ -75,8 +130,67 @@ def build_critic(cfg: VarpoConfig, path: str, world: int):
     from transformers import AutoModel
 
     conf = ds_config(cfg.deepspeed, "critic", micro_batch_per_rank(cfg, world), trainable=True)
-    model = build_model(lambda: ValueModel(AutoModel.from_pretrained(path, dtype=_DTYPES[cfg.model.dtype])), conf)
+
+    def make():
+        backbone = AutoModel.from_pretrained(path, **load_kwargs(cfg.model))
+        if cfg.model.lora.enabled and cfg.model.lora.critic:
+            backbone = _lora(backbone, cfg, "FEATURE_EXTRACTION", "model.lora.target_modules (critic)")
+        return ValueModel(backbone)
+
+    model = build_model(make, conf)
     if cfg.model.gradient_checkpointing:
-        model.backbone.gradient_checkpointing_enable()
+        _base(model.backbone).gradient_checkpointing_enable()
     disable_dropout(model)
     return train_engine(model, conf, lr=cfg.ppo.critic_lr, weight_decay=cfg.ppo.weight_decay)
+
+
+def role_param_counts(actor, critic) -> dict:
+    """Trainable and total parameters of the trainable roles (ZeRO-3 shards counted whole);
+    `trainable_params`/`total_params` are the actor's."""
+    a_train, a_total = param_counts(actor.module)
+    c_train, c_total = param_counts(critic.module)
+    return {"trainable_params": a_train, "total_params": a_total,
+            "critic_trainable_params": c_train, "critic_total_params": c_total}
+
+
+def export_actor(actor, tokenizer, path: Path, is_main: bool) -> Path:
+    """Write the actor as a plain HF folder (safetensors) that `AutoModelForCausalLM` loads with
+    no peft: LoRA adapters are folded into the base weights (the training model is left as it
+    is), and the adapters alone are saved beside it in `<path>_adapter` (peft's format). ZeRO-3
+    shards are gathered first; every rank must call this, rank 0 writes."""
+    module = actor.module
+    with gathered_params(module, enabled=is_zero3(module)):
+        if not is_main:
+            return path
+        if is_peft(module):
+            base = module.get_base_model()
+            state = merged_state_dict(module)
+            if is_quantized(base):
+                base = _dense_twin(base, state)  # the merged weights are dense: no quantization config
+            base.save_pretrained(str(path), state_dict=state, safe_serialization=True)
+            adapter_dir = path.with_name(path.name + "_adapter")
+            module.save_pretrained(str(adapter_dir), state_dict={k: v.detach().cpu().clone()
+                                                                  for k, v in module.state_dict().items()})
+            tokenizer.save_pretrained(str(adapter_dir))
+        else:
+            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            module.save_pretrained(str(path), state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(str(path))
+    return path
+
+
+def _dense_twin(base: nn.Module, state: dict) -> nn.Module:
+    """A plain (unquantized) model of `base`'s architecture holding `state`, for saving."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    conf = copy.deepcopy(base.config)
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(conf, attr):
+            delattr(conf, attr)
+    with torch.device("meta"):
+        twin = AutoModelForCausalLM.from_config(conf)
+    twin.load_state_dict(state, strict=False, assign=True)
+    twin.tie_weights()
+    return twin

@@ -33,11 +33,28 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[tor
     return mask.long(), has_eos
 
 
-def tokenize_prompts(tokenizer, prompts: list[str], max_len: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Left-pad and left-truncate; returns ids, mask and how many prompts were truncated."""
-    full = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+def apply_chat_template(tokenizer, prompts: list[str]) -> tuple[list[str], bool]:
+    """Each prompt as one user turn of the tokenizer's chat template, ending with the assistant's
+    generation prompt; (prompts unchanged, False) when the tokenizer has no template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return prompts, False
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts], True
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], max_len: int, device,
+                     chat_template: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Left-pad and left-truncate; returns ids, mask and how many prompts were truncated. With
+    `chat_template` (data.chat_template), prompts go through the tokenizer's chat template when it
+    has one; the template writes its own special tokens, so none are added again."""
+    templated = False
+    if chat_template:
+        prompts, templated = apply_chat_template(tokenizer, prompts)
+    special = not templated
+    full = tokenizer(prompts, add_special_tokens=special)["input_ids"]
     n_truncated = sum(len(ids) > max_len for ids in full)
-    enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt",
+                    add_special_tokens=special)
     return enc["input_ids"].to(device), enc["attention_mask"].to(device), n_truncated
 
 

@@ -27,7 +27,6 @@ import torch
 
 from .. import dist
 from ..config import VarpoConfig, save_resolved
-from ..engines import gathered_params, is_zero3
 from ..outputs import console, progress, write_json
 from ..reward_source import Scorer
 from . import checkpoint, core
@@ -35,7 +34,14 @@ from .callbacks import CallbackList, TrainerCallback, TrainerControl
 from .experience import Experience
 from .loggers import MetricsJsonl, TensorBoardLogger
 from .logprobs import shaping_pass, token_logprobs
-from .models import build_actor, build_critic, build_reference, load_tokenizer
+from .models import (
+    build_actor,
+    build_critic,
+    build_reference,
+    export_actor,
+    load_tokenizer,
+    role_param_counts,
+)
 from .rollout import decode_responses, generate, response_logits, response_values, tokenize_prompts
 
 
@@ -63,8 +69,10 @@ class PPOTrainer:
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or policy_path)
         self.actor = build_actor(cfg, policy_path, self.world)
-        self.reference = build_reference(cfg, policy_path, self.world)
+        # with LoRA and model.lora.reference_from_base: the actor's base with adapters disabled
+        self.reference = build_reference(cfg, policy_path, self.world, actor=self.actor)
         self.critic = build_critic(cfg, critic_path or policy_path, self.world)
+        self.params = role_param_counts(self.actor, self.critic)
         self.kl_ctl = core.make_kl_controller(p.kl)
         self.sigma_mean = core.RunningMean(p.variance.running_momentum)
         self.step = 0
@@ -161,7 +169,8 @@ class PPOTrainer:
         with self._timed("generate"):
             self._seed_step(step)
             prompts = self._batch_prompts(step)
-            ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, self.cfg.generation.max_prompt_len, self.device)
+            ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, self.cfg.generation.max_prompt_len,
+                                                   self.device, self.cfg.data.chat_template)
             self.counters["truncated_prompts"] += n_trunc
             record = self.cfg.kernels if self.cfg.generation.logprobs_from_generate else None
             exp = generate(self.actor, self.tokenizer, ids, mask, self.cfg.generation, record_logprobs=record)
@@ -398,7 +407,7 @@ class PPOTrainer:
             "steps": self.step, "world_size": self.world, "policy_path": str(policy_dir),
             "episodes_per_s": sum(m["episodes_per_s"] for m in good) / max(len(good), 1),
             "tokens_per_s": sum(m["tokens_per_s"] for m in good) / max(len(good), 1),
-            "final": good[-1] if good else {}, **self.counters,
+            "final": good[-1] if good else {}, **self.counters, **self.params,
         }
         if self.step < p.steps:
             summary["stopped_early"] = self.control.reason or "a callback on another rank asked to stop"
@@ -408,12 +417,8 @@ class PPOTrainer:
         return summary
 
     def export_policy(self, path: Path) -> Path:
-        """The trained actor as one HF folder (safetensors), gathered from ZeRO-3 shards if any."""
-        module = self.actor.module
-        with gathered_params(module, enabled=is_zero3(module)):
-            if self.info.is_main:
-                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-                module.save_pretrained(str(path), state_dict=state, safe_serialization=True)
-                self.tokenizer.save_pretrained(str(path))
+        """The trained actor as one plain HF folder (LoRA adapters merged in; the adapters alone
+        also under `<path>_adapter`), gathered from ZeRO-3 shards if any."""
+        export_actor(self.actor, self.tokenizer, path, self.info.is_main)
         dist.barrier()
         return path

@@ -100,30 +100,27 @@ class EnsembleRewardModel(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_backbone(cls, path_or_config, num_heads: int = 10, *, dtype: torch.dtype = torch.float32, **kw) -> EnsembleRewardModel:
+    def from_backbone(cls, path_or_config, num_heads: int = 10, *, dtype: torch.dtype = torch.float32,
+                      load_kw: dict | None = None, **kw) -> EnsembleRewardModel:
         """Backbone via `AutoModel` from a local HF folder (a CausalLM checkpoint loads its base
-        model) or from a `PretrainedConfig` (random weights; tests and benchmarks)."""
+        model) or from a `PretrainedConfig` (random weights; tests and benchmarks). `load_kw`:
+        further `from_pretrained` options (e.g. attn_implementation)."""
         from transformers import AutoModel, PretrainedConfig
 
         if isinstance(path_or_config, PretrainedConfig):
-            backbone = AutoModel.from_config(copy.deepcopy(path_or_config), dtype=dtype)
+            backbone = AutoModel.from_config(copy.deepcopy(path_or_config), dtype=dtype, **(load_kw or {}))
         else:
-            backbone = AutoModel.from_pretrained(str(path_or_config), dtype=dtype)
+            backbone = AutoModel.from_pretrained(str(path_or_config), dtype=dtype, **(load_kw or {}))
         return cls(backbone, num_heads, **kw)
 
-    def add_lora(self, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: Sequence[str] | None = None) -> None:
-        """Attach LoRA adapters to the backbone: afterwards only the adapters and the heads train."""
-        from peft import LoraConfig, get_peft_model
+    def add_lora(self, r: int = 8, alpha: int = 16, dropout: float = 0.0,
+                 target_modules: str | Sequence[str] | None = "auto") -> None:
+        """Attach LoRA adapters to the backbone: afterwards only the adapters and the heads train.
+        `target_modules`: names, "all-linear", or "auto"/None (per architecture, varpo.adapters)."""
+        from ..adapters import attach_lora
 
-        conf = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                          target_modules=list(target_modules) if target_modules else None)
-        try:
-            self.backbone = get_peft_model(self.backbone, conf)
-        except ValueError as err:  # peft names the missing modules; add which ones exist
-            names = sorted({n.rsplit(".", 1)[-1] for n, m in self.backbone.named_modules()
-                            if type(m).__name__ in ("Linear", "Conv1D")})  # Conv1D: GPT-2's projections
-            raise ValueError(f"reward_training.lora.target_modules={list(target_modules or [])}: {err}; "
-                             f"linear modules in this backbone: {names}") from None
+        self.backbone = attach_lora(self.backbone, r, alpha, dropout, target_modules or "auto",
+                                    field="reward_training.lora.target_modules")
 
     @property
     def is_lora(self) -> bool:
@@ -179,7 +176,8 @@ class EnsembleRewardModel(nn.Module):
         return out
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> EnsembleRewardModel:
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
+                        load_kw: dict | None = None) -> EnsembleRewardModel:
         from safetensors.torch import load_file
         from transformers import AutoModel
 
@@ -191,7 +189,7 @@ class EnsembleRewardModel(nn.Module):
         if conf.get("model_type") != MODEL_TYPE:
             raise ValueError(f"{conf_file}: model_type is {conf.get('model_type')!r}, expected {MODEL_TYPE!r} "
                              "(a reward-ensemble folder written by EnsembleRewardModel.save_pretrained)")
-        backbone = AutoModel.from_pretrained(str(path / conf["backbone"]), dtype=dtype)
+        backbone = AutoModel.from_pretrained(str(path / conf["backbone"]), dtype=dtype, **(load_kw or {}))
         model = cls(backbone, conf["num_heads"], head_seeds=conf["head_seeds"], pooling=conf["pooling"],
                     ddof=conf["ddof"], separator=conf.get("separator", " "))
         state = load_file(str(path / HEADS_NAME))

@@ -73,11 +73,13 @@ class EnsembleScorer:
         return Scores(score=s, variance=st.var, eval_reward=st.mean, extras={"per_head": r, "truncated": cut})
 
 
-def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, **overrides) -> EnsembleScorer:
+def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, load_kw: dict | None = None,
+                **overrides) -> EnsembleScorer:
     """An EnsembleScorer for a saved ensemble folder (`EnsembleRewardModel.save_pretrained`).
     `cfg` (a RewardConfig) gives aggregation, λ, k, ddof, max_length, batch_size; keyword
     `overrides` replace single ones. With `ds_cfg` (a DeepSpeedConfig) the model is wrapped in a
-    frozen DeepSpeed engine, which ZeRO-3 shards across ranks when configured."""
+    frozen DeepSpeed engine, which ZeRO-3 shards across ranks when configured. `load_kw`: backbone
+    `from_pretrained` options (attn_implementation)."""
     from transformers import AutoTokenizer
 
     from ..config import RewardConfig
@@ -95,11 +97,11 @@ def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, **overr
         init_distributed(ds_cfg.dist_backend, ds_cfg.timeout_minutes)  # a no-op inside a launched job
         conf = ds_config(ds_cfg, "reward", opts["batch_size"], trainable=False)
         # under ZeRO-3 the backbone is partitioned while it loads: no rank ever holds all of it
-        model = build_model(lambda: EnsembleRewardModel.from_pretrained(path), conf)
+        model = build_model(lambda: EnsembleRewardModel.from_pretrained(path, load_kw=load_kw), conf)
         opts["max_length"] = model_max_length(model.backbone_config, opts["max_length"])
         model = inference_engine(model, conf)
     else:
-        model = EnsembleRewardModel.from_pretrained(path)
+        model = EnsembleRewardModel.from_pretrained(path, load_kw=load_kw)
         opts["max_length"] = model_max_length(model.backbone_config, opts["max_length"])
         if device is not None:
             model = model.to(device)

@@ -190,6 +190,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     report written to OUT/rm_report.json (same dict on every rank)."""
     from transformers import AutoTokenizer
 
+    from ..adapters import attn_kwargs, check_environment
     from ..config import save_resolved
     from ..engines import build_model, ds_config, gathered_params, train_engine
     from .encode import model_max_length, pad_id
@@ -197,6 +198,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     from .report import disagreement_report
 
     t_start = time.perf_counter()
+    check_environment(cfg)
     out = Path(out_dir)
     info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
     rt = cfg.reward_training
@@ -222,7 +224,8 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     micro = math.ceil(global_batch / world)
     conf = ds_config(cfg.deepspeed, "reward", micro, trainable=True)
     model = build_model(lambda: EnsembleRewardModel.from_backbone(
-        backbone_path, rt.num_heads, head_seed=rt.head_seed, pooling=rt.pooling, ddof=cfg.reward.ddof, separator=rt.separator), conf)
+        backbone_path, rt.num_heads, head_seed=rt.head_seed, pooling=rt.pooling, ddof=cfg.reward.ddof, separator=rt.separator,
+        load_kw=attn_kwargs(cfg.model)), conf)
     if rt.lora.enabled:
         torch.manual_seed(cfg.seed)  # LoRA's A matrices draw from the global generator: same on every rank and rerun
         model.add_lora(rt.lora.r, rt.lora.alpha, rt.lora.dropout, rt.lora.target_modules)
