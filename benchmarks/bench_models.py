@@ -48,6 +48,12 @@ SIZES = {
     "tiny": SizePreset("tiny", "llama", vocab_words=2000, hidden=128, layers=2, heads=4, intermediate=384,
                        max_positions=256, batch_size=16, mini_batch_size=8, ppo_epochs=2, prompt_len=16,
                        response_len=16, n_prompts=256),
+    # GPT-2's shape scaled to 2 CPU cores: its 50k vocabulary, 64-token prompts and responses, 4 layers
+    # of width 256 (16M parameters, 80% of them the tied embedding/LM head): compute-bound, the LM
+    # head over the vocabulary dominates every forward, as it does for GPT-2 small
+    "small": SizePreset("small", "gpt2", vocab_words=50254, hidden=256, layers=4, heads=4, intermediate=1024,
+                        max_positions=256, batch_size=8, mini_batch_size=4, ppo_epochs=2, prompt_len=64,
+                        response_len=64, n_prompts=512),
     # GPT-2 small (124M): 12 layers, 768 wide, 12 heads, GPT-2's vocabulary size; for a GPU
     "gpt2-small": SizePreset("gpt2-small", "gpt2", vocab_words=50254, hidden=768, layers=12, heads=12,
                              intermediate=3072, max_positions=1024, batch_size=64, mini_batch_size=16,

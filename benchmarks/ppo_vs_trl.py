@@ -1,6 +1,9 @@
 """PPO throughput, side by side: varpo against TRL 1.12.0's `trl.experimental.ppo.PPOTrainer`.
 
     python benchmarks/ppo_vs_trl.py --quick --out DIR          # ~5 min on 2 CPU cores
+    python benchmarks/ppo_vs_trl.py --size small --rounds 3 --steps 3 --warmup 1 \
+        --variants trl,varpo_vanilla,varpo_variance_aware --out DIR
+                                        # compute-bound CPU size (50k vocabulary, 64-token responses)
     python benchmarks/ppo_vs_trl.py --size gpt2-small --out DIR  # GPT-2 small, meant for a GPU
 
 Both trainers get the same inputs (benchmarks/bench_models.py): one randomly initialised policy
@@ -50,7 +53,8 @@ VARIANTS = {
 }
 # quick: ~3 min on 2 idle cores, ~5 on busy ones; full: more rounds and steps for tighter medians
 MODES = {"quick": {"rounds": 5, "steps": 5, "warmup": 1}, "full": {"rounds": 5, "steps": 10, "warmup": 2}}
-REQUIRED_KEYS = ("trl", "varpo_vanilla", "varpo_variance_aware", "ratio_vs_trl", "machine")
+REQUIRED_KEYS = ("trl", "varpo_vanilla", "varpo_variance_aware", "ratio_vs_trl", "ratio_vs_trl_excluding_gc_collect",
+                 "machine")
 
 
 # ---------------------------------------------------------------------------------------- statistics
@@ -153,7 +157,20 @@ def build_results(runs: list[dict], warmup: int, machine: dict, meta: dict, comm
         rr = paired_ratios(per_round["varpo_vanilla"], ex)
         ratios["varpo_vanilla_vs_trl_excluding_gc_collect"] = {"per_round": rr, **summarize(rr)}
     res["ratios"] = ratios
+    return add_headline(res)
+
+
+def add_headline(res: dict) -> dict:
+    """The contract's top-level figures: ratio_vs_trl (median paired varpo_vanilla / trl),
+    ratio_vs_trl_excluding_gc_collect (the same against TRL minus its per-step gc.collect time),
+    variance_aware_vs_vanilla, and per variant `peak_memory_mb` (median peak RSS of its runs)."""
+    ratios = res["ratios"]
     res["ratio_vs_trl"] = ratios["varpo_vanilla_vs_trl"]["median"]
+    res["ratio_vs_trl_excluding_gc_collect"] = ratios.get("varpo_vanilla_vs_trl_excluding_gc_collect", {}).get("median")
+    res["variance_aware_vs_vanilla"] = ratios["variance_aware_vs_vanilla"]["median"]
+    for v in VARIANTS:
+        if v in res:
+            res[v]["peak_memory_mb"] = res[v]["peak_rss_mb"]["median"]
     return res
 
 
@@ -161,8 +178,9 @@ def validate_results(res: dict) -> None:
     """The external contract: these keys must be present (a value may be None if a side failed)."""
     missing = [k for k in REQUIRED_KEYS if k not in res]
     for v in ("trl", "varpo_vanilla", "varpo_variance_aware"):
-        if v in res and "episodes_per_s" not in res[v]:
-            missing.append(f"{v}.episodes_per_s")
+        for k in ("episodes_per_s", "peak_memory_mb"):
+            if v in res and k not in res[v]:
+                missing.append(f"{v}.{k}")
     for k in ("cpu_model", "cores", "torch", "trl"):
         if "machine" in res and k not in res["machine"]:
             missing.append(f"machine.{k}")
@@ -206,7 +224,9 @@ def results_markdown(res: dict) -> str:
     for k, r in res["ratios"].items():
         lines.append(f"| {k} | {', '.join(format(x, '.3f') for x in r['per_round']) or '—'} | "
                      f"{_fmt(r['min'])} / **{_fmt(r['median'])}** / {_fmt(r['max'])} |")
-    lines += ["", f"**ratio_vs_trl** (median varpo_vanilla / trl): {_fmt(res['ratio_vs_trl'])}", "",
+    lines += ["", f"**ratio_vs_trl** (median varpo_vanilla / trl): {_fmt(res['ratio_vs_trl'])}; "
+              f"**ratio_vs_trl_excluding_gc_collect**: {_fmt(res.get('ratio_vs_trl_excluding_gc_collect'))}; "
+              f"variance-aware / vanilla: {_fmt(res.get('variance_aware_vs_vanilla'))}", "",
               "Per-step phase seconds (median over runs):", "",
               "| variant | " + " | ".join(PHASES) + " |", "|---|" + "---|" * len(PHASES)]
     for v in VARIANTS:
@@ -465,10 +485,17 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_varpo_run":
         return varpo_run(argv[1:])
+    if argv and argv[0] == "_resummarize":  # rewrite DIR/results.json and .md with the current headline keys
+        out = Path(argv[1])
+        res = add_headline(json.loads((out / "results.json").read_text()))
+        validate_results(res)
+        (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+        (out / "results.md").write_text(results_markdown(res))
+        return 0
     ap = argparse.ArgumentParser(description="PPO throughput: varpo vs TRL 1.12.0 (see the module docstring)")
     ap.add_argument("--out", required=True, type=Path, help="results folder (results.json, results.md, throughput.png)")
     ap.add_argument("--quick", action="store_true", help=f"{MODES['quick']} (about 5 minutes on 2 cores)")
-    ap.add_argument("--size", default="auto", choices=["auto", "tiny", "gpt2-small"],
+    ap.add_argument("--size", default="auto", choices=["auto", "tiny", "small", "gpt2-small"],
                     help="model/workload preset; auto: gpt2-small with CUDA, tiny otherwise")
     ap.add_argument("--rounds", type=int, default=None, help="rounds of (trl, varpo variants); default per mode")
     ap.add_argument("--steps", type=int, default=None, help="PPO steps per run; default per mode")
@@ -543,6 +570,15 @@ def main(argv=None) -> int:
             if not a.keep_run_dirs:  # the trainers' own outputs (exported policy, tensorboard): large, unused
                 shutil.rmtree(out_json.with_suffix(""), ignore_errors=True)
 
+        write_results(runs, r + 1, rounds, variants, warmup, meta, command, device, threads, load_before, size, t_all, out)
+    res = json.loads((out / "results.json").read_text())
+    print((out / "results.md").read_text())
+    return 0 if all(res[v]["episodes_per_s"] is not None for v in variants) else 1
+
+
+def write_results(runs, done, rounds, variants, warmup, meta, command, device, threads, load_before, size, t_all, out):
+    """results.json/.md/.png from the runs so far: rewritten after every round, so that a run cut
+    short (a shared machine, a deadline) still leaves the paired rounds it completed."""
     trl_version = next((r["result"]["versions"]["trl"] for r in runs if r["ok"] and r["variant"] == "trl"), None)
     machine = machine_info(device, threads, trl_version, load_before)
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -552,24 +588,25 @@ def main(argv=None) -> int:
     machine["foreign_cores_per_run"] = foreign
     machine["shared_machine"] = bool(any(x > SHARED_CORES for x in foreign)) if foreign else bool(
         any(x > threads + 0.5 for x in during))
+    runs = list(runs)
     for v in VARIANTS:
         if v not in variants:
             runs.append({"variant": v, "round": -1, "ok": False, "error": "not selected (--variants)"})
     res = build_results(runs, warmup, machine, meta, command)
     res["notes"] = NOTES + [f"the {size} preset ran on {device}"] + (
         [] if device == "cuda" else ["gpt2-small (--size gpt2-small) is meant for a GPU and was not run here"])
+    res["rounds_completed"], res["rounds_planned"] = done, rounds
     res["wall_s"] = time.perf_counter() - t_all
     validate_results(res)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "results.md").write_text(results_markdown(res))
     plot(res, out / "throughput.png")
-    print((out / "results.md").read_text())
-    return 0 if all(res[v]["episodes_per_s"] is not None for v in variants) else 1
 
 
 NOTES = [
-    "Phases. varpo: generate (tokenize + HF generate), score (decode + ensemble forward), reference "
-    "(reference AND actor old-log-prob forwards), value (critic forward), update (reward shaping, GAE, "
+    "Phases. varpo: generate (tokenize + HF generate, with the old log-probs read off its logits), score "
+    "(decode + ensemble forward with the fused head statistics), reference (the reference forward and the fused "
+    "shaping pass over its logits: ref log-probs, KL, σ²-weighting), value (critic forward), update (reward shaping, GAE, "
     "whitening, PPO epochs), as timed by the trainer; other = logging/tensorboard and the rest of the step.",
     "Phases. TRL, timed from outside by wrapping its module-level helpers in the runner process: generate "
     "(batch_generation; TRL reuses generate's scores as the old log-probs, so it has no separate actor "
@@ -582,9 +619,13 @@ NOTES = [
     "TRL's per-step gc.collect() time is measured separately (detail_s.update_gc_collect, inside update); "
     "ratios.varpo_vanilla_vs_trl_excluding_gc_collect is the counterfactual ratio against TRL with that time "
     "removed, to show how much of the gap that one habit explains.",
-    "Old log-probs: varpo recomputes them with one actor forward per rollout (as verl and OpenRLHF do); "
-    "TRL keeps generate's logits for every step (B x T x V floats held through the rollout: about 20 GB at "
-    "a 152k vocabulary, B=64, T=512). varpo's `reference` phase therefore holds one forward more than TRL's.",
+    "Old log-probs: both read them off generate's logits, with no extra actor forward. varpo turns each "
+    "decoding step's logits into the sampled token's log-prob as soon as it is known (B x V held at a time); "
+    "TRL stacks every step's scores (B x T x V floats held through the rollout: about 20 GB at a 152k vocabulary, "
+    "B=64, T=512) and log-softmaxes them afterwards.",
+    "Work TRL does that varpo does not: the LM head over the prompt positions in the reference forward and in "
+    "every training forward (varpo keeps only the T positions that predict response tokens), copies of the "
+    "sliced and temperature-divided logits, and a full softmax per minibatch for its entropy statistic.",
     "Peak memory is the RSS high-water mark of each run's process (getrusage), Python and library "
     "imports included (varpo also imports DeepSpeed).",
 ]

@@ -55,3 +55,48 @@ def ensemble_stats(rewards: torch.Tensor, ddof: int = 1, backend: str = "auto") 
             return ensemble_stats_torch(rewards, ddof)
         return EnsembleStats(*triton_module("ensemble_stats").ensemble_stats(rewards, ddof))
     return ensemble_stats_torch(rewards, ddof)
+
+
+# ---------------------------------------------------------------------------- fused into the head
+
+
+def _check_head(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ddof: int) -> None:
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden must be [B, H] and weight [K, H] with the same H; got {tuple(hidden.shape)} "
+                         f"and {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be [K] = [{weight.shape[0]}], got shape {tuple(bias.shape)}")
+    for name, t in (("hidden", hidden), ("weight", weight)):
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+    K = weight.shape[0]
+    if ddof < 0 or K - ddof <= 0:
+        raise ValueError(f"ensemble variance needs K > ddof ≥ 0 heads; got K = {K}, ddof = {ddof}")
+
+
+def ensemble_head_stats_torch(hidden, weight, bias=None, ddof: int = 1) -> tuple[torch.Tensor, EnsembleStats]:
+    """The PyTorch path (differentiable): the [B, K] head GEMM, then the shifted two-pass stats."""
+    cdt = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
+    r = torch.nn.functional.linear(hidden.to(cdt), weight.to(cdt), None if bias is None else bias.to(cdt))
+    return r, ensemble_stats_torch(r, ddof)
+
+
+def ensemble_head_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                        ddof: int = 1, backend: str = "auto") -> tuple[torch.Tensor, EnsembleStats]:
+    """The K linear reward heads and their statistics in one pass: hidden [B, H] (pooled features),
+    weight [K, H], bias [K] -> (rewards [B, K], EnsembleStats(mean, var, std, min) each [B]).
+    rewards[b, k] = hidden[b] · weight[k] + bias[k] in float32 (float64 if an input is float64).
+    Triton: one program per sample computes its K rewards block by block and folds each block
+    into a running (count, mean, M2, min) with Chan et al.'s merge (Welford over K), so the
+    rewards are written once and never re-read. Forward-only: under autograd the (differentiable)
+    PyTorch path is taken for "auto" and "triton" raises."""
+    _check_head(hidden, weight, bias, ddof)
+    if resolve_backend(backend, hidden.device) == "triton":
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
+            if backend == "triton":
+                raise RuntimeError("ensemble_head_stats: the Triton kernel has no backward; use backend='torch' "
+                                   "or call it under torch.no_grad()")
+            return ensemble_head_stats_torch(hidden, weight, bias, ddof)
+        r, *stats = triton_module("ensemble_stats").ensemble_head_stats(hidden, weight, bias, ddof)
+        return r, EnsembleStats(*stats)
+    return ensemble_head_stats_torch(hidden, weight, bias, ddof)

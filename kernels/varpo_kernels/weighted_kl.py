@@ -89,3 +89,63 @@ def weighted_kl(
     if resolve_backend(backend, logp.device) == "triton":
         return WeightedKL(*triton_module("weighted_kl").TritonWeightedKL.apply(logp, ref_logp, mask, weights, estimator))
     return weighted_kl_torch(logp, ref_logp, mask, weights, estimator)
+
+
+# ---------------------------------------------------------------------------- from logits, fused
+
+LOGITS_OF = ("reference", "policy")
+
+
+class FusedKL(NamedTuple):
+    logp: torch.Tensor  # [B, T] log p(ids) under the given logits (every position, masked or not)
+    kl: torch.Tensor  # [B, T] per-token KL estimate of log π − log π_ref, 0 where masked
+    weighted: torch.Tensor  # [B, T] w_b · kl, 0 where masked
+    kl_sum: torch.Tensor  # [B]
+    weighted_sum: torch.Tensor  # [B]
+
+
+def _check_fused(logits, ids, other_logp, mask, weights, estimator, logits_of) -> None:
+    if logits_of not in LOGITS_OF:
+        raise ValueError(f"logits_of must be one of {LOGITS_OF} (whose logits these are), got {logits_of!r}")
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
+    if tuple(other_logp.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"other_logp shape {tuple(other_logp.shape)} must equal logits.shape[:2] = "
+                         f"{tuple(logits.shape[:2])} ([B, T])")
+    _check(other_logp, other_logp, mask, weights, estimator)
+
+
+def weighted_kl_from_logits(
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    other_logp: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor,
+    estimator: str = "k1",
+    *,
+    logits_of: str = "reference",
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> FusedKL:
+    """The reward-shaping pass of (variance-aware) PPO in one sweep over the logits: log p(ids)
+    of the model whose logits [B, T, V] these are, the per-token KL estimator of
+    r = log π − log π_ref against the other model's log-probs `other_logp` [B, T], its σ²-weighting
+    by `weights` [B] and the masking, without ever materialising a [B, T, V] log-softmax.
+
+    logits_of="reference": the logits are π_ref's, other_logp are the policy's (r = other − logp);
+    logits_of="policy": the logits are π's, other_logp are the reference's (r = logp − other).
+    Returns FusedKL(logp, kl, weighted, kl_sum, weighted_sum); differentiable w.r.t. logits,
+    other_logp and weights on both backends. Triton on CUDA: one program per token streams the
+    vocabulary once (online log-sum-exp) and writes logp, kl and w·kl; chunked PyTorch elsewhere:
+    rows of logits in chunks (`chunk_size` as in selective_log_softmax), then the [B, T] KL."""
+    from .selective_log_softmax import _check_inputs, selective_log_softmax
+
+    _check_inputs(logits, ids)
+    _check_fused(logits, ids, other_logp, mask, weights, estimator, logits_of)
+    if resolve_backend(backend, logits.device) == "triton":
+        fn = triton_module("weighted_kl").TritonWeightedKLFromLogits.apply
+        x = logits if logits.stride(-1) == 1 else logits.contiguous()
+        return FusedKL(*fn(x, ids.long(), other_logp, mask, weights, estimator, logits_of))
+    logp = selective_log_softmax(logits, ids, backend="torch", chunk_size=chunk_size)
+    pol, ref = (other_logp, logp) if logits_of == "reference" else (logp, other_logp)
+    return FusedKL(logp, *weighted_kl_torch(pol, ref, mask, weights, estimator))

@@ -199,3 +199,32 @@ def test_trl_gc_counterfactual_removes_only_gc_time():
         assert p["episodes_per_s_excluding_gc_collect"] == pytest.approx(expect, rel=1e-12)
     assert res["trl"]["detail_s"]["update_gc_collect"] > 0
     assert len(res["ratios"]["varpo_vanilla_vs_trl_excluding_gc_collect"]["per_round"]) == 2
+
+
+def test_headline_keys_without_gc_collect_and_peak_memory(tmp_path):
+    """ratio_vs_trl_excluding_gc_collect = median over rounds of vanilla / (TRL with its measured
+    gc.collect seconds removed from each step); peak_memory_mb = median peak RSS; _resummarize
+    rewrites an older results.json with them."""
+    rng = random.Random(7)
+    runs = _fake_runs(rng, rounds=3)
+    for r in runs:
+        if r["variant"] == "trl":
+            for s in r["result"]["steps"]:
+                s["time/update_gc_collect"] = rng.uniform(0.01, 0.1)
+    res = bench.build_results(runs, warmup=1, machine=_machine(), meta=META, command="c")
+    bench.validate_results(res)
+    exp = []
+    for k in range(3):
+        trl = next(r["result"]["steps"][1:] for r in runs if r["round"] == k and r["variant"] == "trl")
+        van = next(r["result"]["steps"][1:] for r in runs if r["round"] == k and r["variant"] == "varpo_vanilla")
+        trl_ex = sum(s["episodes"] for s in trl) / sum(s["wall_s"] - s["time/update_gc_collect"] for s in trl)
+        exp.append(sum(s["episodes"] for s in van) / sum(s["wall_s"] for s in van) / trl_ex)
+    assert res["ratio_vs_trl_excluding_gc_collect"] == pytest.approx(statistics.median(exp), rel=1e-9)
+    peaks = [r["result"]["peak_rss_mb"] for r in runs if r["variant"] == "varpo_variance_aware"]
+    assert res["varpo_variance_aware"]["peak_memory_mb"] == pytest.approx(statistics.median(peaks))
+    old = {k: v for k, v in res.items() if k not in ("ratio_vs_trl_excluding_gc_collect",)}
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    assert bench.main(["_resummarize", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["ratio_vs_trl_excluding_gc_collect"] == pytest.approx(res["ratio_vs_trl_excluding_gc_collect"])
+    assert "ratio_vs_trl_excluding_gc_collect" in (tmp_path / "results.md").read_text()

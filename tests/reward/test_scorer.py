@@ -64,6 +64,30 @@ def test_scorer_outputs_and_aggregations():
     assert cut.extras["truncated"] == 9
 
 
+@pytest.mark.parametrize("heads,ddof", [(5, 0), (5, 1), (1, 1)])
+@pytest.mark.parametrize("how", ["mean", "median", "min", "mean_minus_var", "mean_minus_std"])
+def test_scorer_statistics_come_from_the_fused_head_pass(monkeypatch, heads, ddof, how):
+    """score/variance/eval_reward are the reward heads' fused statistics (varpo_kernels.
+    ensemble_head_stats, called once per batch), equal to float64 numpy on the per-head rewards;
+    with K ≤ ddof the variance is 0 (a single head is a certain reward)."""
+    import varpo.reward.model as rm
+
+    calls = []
+    real = rm.ensemble_head_stats
+    monkeypatch.setattr(rm, "ensemble_head_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, tok = _model(heads), make_tokenizer()
+    prompts, responses = ["the food", "we visited a place", "the view"], ["was great .", "and the staff .", "ok"]
+    out = EnsembleScorer(model, tok, aggregation=how, ddof=ddof, lam=0.5, k=1.5, batch_size=2, max_length=32).score(prompts, responses)
+    assert len(calls) == (2 if heads > ddof else 0)
+    r = out.extras["per_head"].double().numpy()
+    var = r.var(-1, ddof=ddof) if heads > ddof else np.zeros(3)
+    expect = {"mean": r.mean(-1), "median": np.median(r, -1), "min": r.min(-1),
+              "mean_minus_var": r.mean(-1) - 0.5 * var, "mean_minus_std": r.mean(-1) - 1.5 * np.sqrt(var)}[how]
+    np.testing.assert_allclose(out.score.numpy(), expect, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.variance.numpy(), var, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.eval_reward.numpy(), r.mean(-1), rtol=1e-5, atol=1e-5)
+
+
 def test_load_scorer_round_trip_and_engine(tmp_path):
     from varpo.config import DeepSpeedConfig, RewardConfig
 

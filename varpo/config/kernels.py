@@ -19,6 +19,12 @@ class KernelsConfig(Section):
                     "(≈ 32 MiB per float32 temporary). Triton ignores it",
     )
     inplace_backward: bool = Field(
-        False, description="write d/dlogits into the logits buffer (saves a tokens × vocab tensor; the logits "
-                           "are overwritten, so only when nothing else reads them after the loss)",
+        True, description="the PPO update's backward writes d/dlogits into the logits buffer instead of a new "
+                          "tokens × vocab tensor (the logits are dead after the loss; autograd's version check "
+                          "raises if anything still needed them); false allocates a separate gradient",
+    )
+    fused_shaping: bool = Field(
+        True, description="reward shaping in one pass over a forward's logits (log-probs, KL against the other "
+                          "model's log-probs, σ²-weighting, mask: varpo_kernels.weighted_kl_from_logits); false: "
+                          "log-probs first, then the KL and weights as separate [B, T] steps (kept for comparison)",
     )

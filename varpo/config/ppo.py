@@ -112,6 +112,11 @@ class GenerationConfig(Section):
     top_k: int = Field(0, ge=0, description="0 disables top-k")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_prompt_len: int = Field(32, ge=1, description="prompts are left-truncated to this many tokens (counted)")
+    logprobs_from_generate: bool = Field(
+        True, description="hf backend: the rollout's old log-probs are read off generate's own logits (one B × V "
+                          "step at a time) instead of a second actor forward over the sequences; they differ from "
+                          "a full forward's only by rounding. false: recompute them with a forward (as verl, OpenRLHF)",
+    )
     zero3_gather: Literal["full", "grouped", "per_layer"] = Field(
         "full", description="how a ZeRO-3 actor's sharded parameters are gathered while it generates a rollout. "
         "full: gathered once per rollout phase and released after (fastest: no gather inside the decode loop; "

@@ -6,12 +6,15 @@ response token t sits at absolute position P + t. Its log-prob and its value are
 P + t − 1 (the state before emitting it)."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
-from ..config import GenerationConfig
+from ..config import GenerationConfig, KernelsConfig
 from ..engines import generation_gather
 from ..masks import position_ids_from_mask
 from .experience import Experience
+from .gen_logprobs import GenerationLogprobs
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,10 +54,13 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_len: int, device,
 
 
 @torch.no_grad()
-def generate(actor, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig) -> Experience:
+def generate(actor, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig,
+             record_logprobs: KernelsConfig | None = None) -> Experience:
     """Sample responses: the one place an `Experience` is created (its rollout fields). `actor` is a DeepSpeed engine or a bare HF model; under ZeRO-3 its
     parameters are gathered as `gen.zero3_gather` says (varpo.engines.generation_gather), and
-    every rank must then call generate together."""
+    every rank must then call generate together. With `record_logprobs` (the kernels config) the
+    rollout's old log-probs `logp` are read off generate's own logits (varpo.ppo.gen_logprobs)
+    instead of needing a second actor forward."""
     from transformers import GenerationConfig as HFGen
 
     hf = HFGen(
@@ -66,17 +72,19 @@ def generate(actor, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig) -
     actor_module = getattr(actor, "module", actor)
     was_training = actor_module.training
     actor_module.eval()
-    with generation_gather(actor, gen.zero3_gather, gen.zero3_gather_budget_mb) as synced_gpus:
+    rec = GenerationLogprobs(actor_module, gen.temperature, record_logprobs) if record_logprobs else nullcontext()
+    with generation_gather(actor, gen.zero3_gather, gen.zero3_gather_budget_mb) as synced_gpus, rec:
         out = actor_module.generate(
             input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=hf, synced_gpus=synced_gpus
         )
     actor_module.train(was_training)
     response = out[:, prompt_ids.shape[1]:]
+    logp = rec.result(response) if record_logprobs and response.shape[1] else None
     if response.shape[1] == 0:  # every sequence stopped at once; keep one (pad) position
         response = torch.full_like(prompt_ids[:, :1], tokenizer.pad_token_id)
     mask, has_eos = response_mask_from_ids(response, tokenizer.eos_token_id)
     response = torch.where(mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
-    return Experience(prompt_ids, prompt_mask, response, mask, has_eos)
+    return Experience(prompt_ids, prompt_mask, response, mask, has_eos, logp=logp)
 
 
 def decode_responses(tokenizer, exp: Experience) -> list[str]:
@@ -87,14 +95,21 @@ def decode_responses(tokenizer, exp: Experience) -> list[str]:
 
 def response_logits(model, rollout: Experience, temperature: float) -> torch.Tensor:
     """Logits [B, T, V] that predicted each response token, divided by the sampling temperature
-    so that log-probs are those of the distribution the tokens were drawn from. Only the T + 1
-    last positions go through the LM head (`logits_to_keep`): prompt positions predict nothing
-    PPO uses, and the head over the vocabulary is a large share of a forward."""
+    so that log-probs are those of the distribution the tokens were drawn from. Only the T
+    positions that predict response tokens go through the LM head (`logits_to_keep`): prompt
+    positions predict nothing PPO uses, and the head over the vocabulary is a large share of a
+    forward."""
     seq, att = rollout.sequences, rollout.attention_mask
-    T = rollout.response_ids.shape[1]
-    keep = {"logits_to_keep": T + 1} if _takes_logits_to_keep(model) else {}
-    out = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att), **keep)
-    logits = out.logits[:, -(T + 1) : -1]  # position P − 1 + t predicts response token t
+    T, L = rollout.response_ids.shape[1], seq.shape[1]
+    if _takes_logits_to_keep(model):
+        # position P − 1 + t predicts response token t: keeping exactly those T positions (an index
+        # tensor, not the last T + 1 then a slice) makes the LM head's output the contiguous
+        # [B, T, V] the kernels read, with no B·T·V copy forward or backward
+        keep = torch.arange(L - T - 1, L - 1, device=seq.device)
+        logits = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att),
+                       logits_to_keep=keep).logits
+    else:
+        logits = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att)).logits[:, -(T + 1) : -1]
     return logits / temperature if temperature != 1.0 else logits
 
 

@@ -4,7 +4,9 @@ One iteration, `PPOTrainer.train_step`: seven stages, each a method that fills i
 `Experience` (varpo.ppo.experience), the object the update consumes:
   1. rollout    `rollout`         the actor samples a response for each prompt of this rank's share of the batch
   2. score      `score`           the reward source returns a score s and its uncertainty σ² per response
-  3. reference  `forward_passes`  log-probs of the frozen reference; old log-probs of the actor; critic values
+  3. reference  `forward_passes`  log-probs of the frozen reference and, in the same pass over its logits, the
+                                  per-token KL against the actor's old log-probs (read off generate's logits)
+                                  and its σ²-weighting (varpo_kernels.weighted_kl_from_logits); critic values
   4. shape      `shape`           r_t = −β·w(σ²)·kl_t + 1[t = T]·s      (w ≡ 1 is vanilla PPO)
   5. GAE        `advantages`      advantages and returns, advantages whitened with statistics over all ranks
   6. update     `update`          ppo_epochs passes of clipped-surrogate (actor) and clipped-value (critic) steps
@@ -31,7 +33,7 @@ from . import checkpoint, core
 from .callbacks import CallbackList, TrainerCallback, TrainerControl
 from .experience import Experience
 from .loggers import MetricsJsonl, SampleTable, TensorBoardLogger, WandbLogger
-from .logprobs import token_logprobs
+from .logprobs import shaping_pass, token_logprobs
 from .models import (
     build_actor,
     build_critic,
@@ -122,13 +124,49 @@ class PPOTrainer:
         yield
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
 
-    def _logprobs(self, model, exp: Experience, with_entropy: bool = False):
+    def _logprobs(self, model, exp: Experience, with_entropy: bool = False, inplace_backward: bool = False):
         logits = response_logits(model, exp, self.cfg.generation.temperature)
-        return token_logprobs(logits, exp.response_ids, self.cfg.kernels, with_entropy=with_entropy)
+        return token_logprobs(logits, exp.response_ids, self.cfg.kernels, with_entropy=with_entropy,
+                              inplace_backward=inplace_backward)
 
     @torch.no_grad()
-    def _forward_in_chunks(self, fn, exp: Experience) -> torch.Tensor:
-        return torch.cat([fn(chunk) for chunk in exp.chunks(self.local_mini)], 0)
+    def _forward_in_chunks(self, fn, exp: Experience):
+        """fn over minibatch-sized chunks, outputs concatenated (a tuple's fields each)."""
+        parts = [fn(chunk) for chunk in exp.chunks(self.local_mini)]
+        if isinstance(parts[0], tuple):
+            return type(parts[0])(*(torch.cat(f, 0) for f in zip(*parts)))
+        return torch.cat(parts, 0)
+
+    def _shaping(self, model, logits_of: str, exp: Experience):
+        """One forward of `model` and the fused shaping pass over its logits, chunk by chunk:
+        log-probs of `model`, per-token KL against the other model's log-probs (exp.logp for the
+        reference's logits, exp.ref_logp for the actor's), w·KL, masked by exp.mask."""
+        def fn(c: Experience):
+            logits = response_logits(model, c, self.cfg.generation.temperature)
+            other = c.logp if logits_of == "reference" else c.ref_logp
+            return shaping_pass(logits, c.response_ids, other, c.mask, c.weights, self.cfg.ppo.kl.estimator,
+                                logits_of, self.cfg.kernels)
+
+        return self._forward_in_chunks(fn, exp)
+
+    def _variance_weights(self, exp: Experience) -> torch.Tensor:
+        """w(σ²) [B]; σ² normalisation uses the mean over all ranks (and, for running_mean, over
+        past batches) of the valid samples."""
+        p = self.cfg.ppo
+        keep = exp.valid.bool() if exp.valid.any() else torch.ones_like(exp.valid, dtype=torch.bool)
+
+        def batch_mean_of(x: torch.Tensor) -> float:
+            return self._global_mean(x[keep])
+
+        batch_mean = batch_mean_of(exp.variance)
+        running = None
+        if p.variance.weighting == "running_mean":
+            running = self.sigma_mean.update(batch_mean)
+        return core.variance_weights(
+            exp.variance, p.variance.weighting, floor=p.variance.floor, ceiling=p.variance.ceiling,
+            running_mean=running, batch_mean=torch.tensor(batch_mean), eps=p.variance.eps,
+            heterogeneity=p.variance.heterogeneity, mean_fn=batch_mean_of,
+        )
 
     def _global_mean(self, x: torch.Tensor) -> float:
         s = dist.all_reduce_sum(torch.stack([x.double().sum(), torch.tensor(float(x.numel()), dtype=torch.float64)]))
@@ -146,7 +184,8 @@ class PPOTrainer:
             ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, self.cfg.generation.max_prompt_len,
                                                    self.device, self.cfg.data.chat_template)
             self.counters["truncated_prompts"] += n_trunc
-            exp = generate(self.actor, self.tokenizer, ids, mask, self.cfg.generation)
+            record = self.cfg.kernels if self.cfg.generation.logprobs_from_generate else None
+            exp = generate(self.actor, self.tokenizer, ids, mask, self.cfg.generation, record_logprobs=record)
         exp.prompts = prompts
         return exp
 
@@ -163,10 +202,28 @@ class PPOTrainer:
             exp.gold = torch.tensor(self.gold_fn(exp.prompts, exp.responses), dtype=torch.float32)
 
     def forward_passes(self, exp: Experience) -> None:
-        """3. Reference log-probs, the actor's old log-probs and the critic's values."""
+        """3. Reference log-probs, the actor's old log-probs and the critic's values; with
+        kernels.fused_shaping the per-token KL and its σ²-weighting in the same pass over the logits
+        (the weights are known before any forward; a non-finite score or σ² skips the step before
+        it can reach the running mean)."""
         with self._timed("reference"):
-            exp.ref_logp = self._forward_in_chunks(lambda c: self._logprobs(self.reference, c), exp)
-            exp.logp = self._forward_in_chunks(lambda c: self._logprobs(self.actor, c), exp)
+            fused = self.cfg.kernels.fused_shaping and not self._any_rank(
+                not bool(torch.isfinite(exp.score).all() and torch.isfinite(exp.variance).all()))
+            if fused:
+                exp.mask = exp.response_mask.float() * exp.valid.float()[:, None]
+                exp.weights = self._variance_weights(exp)
+                if exp.logp is not None:  # old log-probs from generation: one reference forward does it all
+                    out = self._shaping(self.reference, "reference", exp)
+                    exp.ref_logp = out.logp
+                else:  # reference first, then the actor's forward carries the shaping
+                    exp.ref_logp = self._forward_in_chunks(lambda c: self._logprobs(self.reference, c), exp)
+                    out = self._shaping(self.actor, "policy", exp)
+                    exp.logp = out.logp
+                exp.kl, exp.extras["weighted_kl_sum"] = out.kl, out.weighted_sum
+            else:
+                exp.ref_logp = self._forward_in_chunks(lambda c: self._logprobs(self.reference, c), exp)
+                if exp.logp is None:
+                    exp.logp = self._forward_in_chunks(lambda c: self._logprobs(self.actor, c), exp)
         with self._timed("value"):
             exp.values = self._forward_in_chunks(lambda c: response_values(self.critic, c), exp)
 
@@ -182,22 +239,9 @@ class PPOTrainer:
             score = core.apply_missing_eos_penalty(exp.score, exp.has_eos, p.missing_eos_penalty)
             if p.score_clip is not None:
                 score = score.clamp(-p.score_clip, p.score_clip)
-            # σ² normalisation uses the mean over all ranks (and, for running_mean, over past batches)
-            keep = exp.valid.bool() if exp.valid.any() else torch.ones_like(exp.valid, dtype=torch.bool)
-
-            def batch_mean_of(x: torch.Tensor) -> float:
-                return self._global_mean(x[keep])
-
-            batch_mean = batch_mean_of(exp.variance)
-            running = None
-            if p.variance.weighting == "running_mean":
-                running = self.sigma_mean.update(batch_mean)
-            exp.weights = core.variance_weights(
-                exp.variance, p.variance.weighting, floor=p.variance.floor, ceiling=p.variance.ceiling,
-                running_mean=running, batch_mean=torch.tensor(batch_mean), eps=p.variance.eps,
-                heterogeneity=p.variance.heterogeneity, mean_fn=batch_mean_of,
-            )
-            exp.kl = core.kl_per_token(exp.logp, exp.ref_logp, p.kl.estimator) * exp.mask
+            if exp.kl is None:  # not fused into the forward pass (kernels.fused_shaping=false)
+                exp.weights = self._variance_weights(exp)
+                exp.kl = core.kl_per_token(exp.logp, exp.ref_logp, p.kl.estimator) * exp.mask
             exp.rewards, _penalty = core.shape_rewards(score, exp.kl, exp.weights, exp.mask, self.kl_ctl.value)
             if p.whiten_rewards:
                 exp.rewards = self._whiten(exp.rewards, exp.mask, shift_mean=False)
@@ -232,7 +276,8 @@ class PPOTrainer:
                 order = torch.randperm(exp.batch_size, generator=gen)
                 for s in range(0, exp.batch_size, self.local_mini):
                     mb = exp.select(order[s : s + self.local_mini])
-                    logp, ent = self._logprobs(self.actor, mb, with_entropy=True)
+                    logp, ent = self._logprobs(self.actor, mb, with_entropy=True,
+                                               inplace_backward=self.cfg.kernels.inplace_backward)
                     pg_loss, pg_stats = core.policy_loss(logp, mb.logp, mb.advantages, mb.mask, p.clip_range)
                     entropy = core.masked_mean(ent, mb.mask)
                     # with no bonus, entropy is only logged: keeping it out of the graph spares the
@@ -288,7 +333,9 @@ class PPOTrainer:
         n_tokens = dist.all_reduce_sum(exp.response_mask.sum().double()).item()
         self.counters["dropped_samples"] += int(dist.all_reduce_sum((~exp.valid.bool()).sum()).item())
         # the logged weighted KL is the penalty divided back by β (a dropped row's σ² may be NaN: masked)
-        weighted_kl = torch.where(exp.mask.bool(), exp.kl * exp.weights[:, None], torch.zeros_like(exp.kl)).sum(-1)
+        weighted_kl = exp.extras.get("weighted_kl_sum")
+        if weighted_kl is None:
+            weighted_kl = torch.where(exp.mask.bool(), exp.kl * exp.weights[:, None], torch.zeros_like(exp.kl)).sum(-1)
         m = {
             "step": self.step, "world_size": self.world,
             "score_mean": self._global_mean(exp.score), "score_std": self._global_std(exp.score),

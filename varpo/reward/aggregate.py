@@ -59,3 +59,19 @@ def aggregate(rewards: torch.Tensor, how: str = "mean", *, ddof: int = 1, lam: f
 def head_mean_var(rewards: torch.Tensor, ddof: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., K] → (mean [...], variance [...] with `ddof`)."""
     return head_mean(rewards), head_variance(rewards, ddof)
+
+
+def aggregate_from_stats(rewards: torch.Tensor, stats, how: str = "mean", *, lam: float = 1.0, k: float = 1.0) -> torch.Tensor:
+    """`aggregate` from statistics already computed with the heads (mean, var, std, min: the fused
+    reward-head pass); only the median reads the per-head rewards [B, K] again."""
+    if how == "mean":
+        return stats.mean
+    if how == "median":
+        return head_median(rewards)
+    if how == "min":
+        return stats.min
+    if how == "mean_minus_var":
+        return stats.mean - lam * stats.var
+    if how == "mean_minus_std":
+        return stats.mean - k * stats.std
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from varpo_kernels import EnsembleStats, ensemble_head_stats, ensemble_stats
 
 from ..masks import last_token_index, position_ids_from_mask
 
@@ -44,8 +45,25 @@ def init_heads(weight: torch.Tensor, bias: torch.Tensor, seeds: Sequence[int]) -
         bias.zero_()
 
 
+class EnsembleHeads(nn.Linear):
+    """The K scalar heads as one [K, hidden] linear map. forward(h) gives the per-head rewards
+    [B, K]; forward(h, ddof=d) also their mean, variance (ddof d), std and min over heads, fused
+    into the same pass (varpo_kernels.ensemble_head_stats: one Triton program per sample on CUDA).
+    A module of its own so that ZeRO-3 gathers the head weights when it runs."""
+
+    def forward(self, h: torch.Tensor, ddof: int | None = None):
+        if ddof is None:
+            return super().forward(h)
+        if self.out_features <= ddof:  # the spread of ≤ ddof heads is not measurable: σ² := 0
+            r = super().forward(h).float()
+            zero = torch.zeros_like(r[:, 0])
+            return r, EnsembleStats(r.mean(1), zero, zero, r.amin(1))
+        return ensemble_head_stats(h, self.weight, self.bias, ddof=ddof)
+
+
 class EnsembleRewardModel(nn.Module):
-    """forward(input_ids [B, T], attention_mask [B, T]) → per-head rewards [B, K] (float32)."""
+    """forward(input_ids [B, T], attention_mask [B, T]) → per-head rewards [B, K] (float32), or
+    with stats_ddof the rewards and their EnsembleStats."""
 
     def __init__(self, backbone: nn.Module, num_heads: int = 10, *, head_seeds: Sequence[int] | None = None,
                  head_seed: int = 0, pooling: str = "last", ddof: int = 1, separator: str = " ",
@@ -62,7 +80,7 @@ class EnsembleRewardModel(nn.Module):
         self.backbone = backbone
         self.num_heads, self.head_seeds, self.pooling, self.ddof, self.separator = num_heads, seeds, pooling, ddof, separator
         hidden = backbone.config.hidden_size
-        self.heads = nn.Linear(hidden, num_heads, dtype=torch.float32)
+        self.heads = EnsembleHeads(hidden, num_heads, dtype=torch.float32)
         init_heads(self.heads.weight, self.heads.bias, seeds)
         # randomized prior functions (Osband et al. 2018): member k adds prior_scale · p_k(h), p_k a
         # fixed random head from its own seed, never trained, so members keep disagreeing where the
@@ -122,12 +140,27 @@ class EnsembleRewardModel(nn.Module):
         idx = last_token_index(attention_mask)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, stats_ddof: int | None = None):
+        """Per-head rewards [B, K] (float32); with `stats_ddof` = d, (rewards, EnsembleStats) with
+        the variance over heads at ddof d. A plain ensemble computes heads and statistics in one
+        fused pass; prior heads or member standardisation add terms after the heads, so there the
+        statistics come from the [B, K] rewards (varpo_kernels.ensemble_stats)."""
         h = self.pooled(input_ids, attention_mask).to(self.heads.weight.dtype)
+        if stats_ddof is not None and self._is_plain():
+            return self.heads(h, ddof=stats_ddof)
         r = self.heads(h)
         if self.prior_scale:
             r = r + self.prior_scale * self.prior(h)
-        return ((r - self.member_shift) / self.member_scale).float()
+        r = ((r - self.member_shift) / self.member_scale).float()
+        if stats_ddof is None:
+            return r
+        if self.num_heads <= stats_ddof:  # the spread of ≤ ddof heads is not measurable: σ² := 0
+            zero = torch.zeros_like(r[:, 0])
+            return r, EnsembleStats(r.mean(1), zero, zero, r.amin(1))
+        return r, ensemble_stats(r, ddof=stats_ddof)
+
+    def _is_plain(self) -> bool:
+        return not self.prior_scale and bool((self.member_shift == 0).all() and (self.member_scale == 1).all())
 
     @torch.no_grad()
     def standardize(self, raw: torch.Tensor) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from varpo_kernels import EnsembleStats
 
 from ..reward_source import Scores
-from .aggregate import AGGREGATIONS, aggregate, head_mean_var
+from .aggregate import AGGREGATIONS, aggregate_from_stats
 from .encode import encode
 
 
@@ -36,15 +37,24 @@ class EnsembleScorer:
         self.truncated = 0
         self._warned = False
 
-    @torch.no_grad()
     def head_rewards(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, int]:
         """Per-head rewards [B, K] (float32, CPU) and how many texts were truncated."""
-        out, cut = [], 0
+        r, _stats, cut = self.head_rewards_and_stats(prompts, responses)
+        return r, cut
+
+    @torch.no_grad()
+    def head_rewards_and_stats(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, EnsembleStats, int]:
+        """Per-head rewards [B, K], their EnsembleStats (mean, variance at `ddof`, std, min; from the
+        reward heads' fused pass, varpo_kernels.ensemble_head_stats) on the CPU, and how many texts
+        were truncated."""
+        out, stats, cut = [], [], 0
         for s in range(0, len(prompts), self.batch_size):
             ids, mask, n = encode(self.tokenizer, prompts[s : s + self.batch_size], responses[s : s + self.batch_size],
                                   self.max_length, self.device, self.separator)
             cut += n
-            out.append(self.model(ids, mask).float().cpu())
+            r, st = self.model(ids, mask, stats_ddof=self.ddof)
+            out.append(r.float().cpu())
+            stats.append([x.float().cpu() for x in st])
         self.truncated += cut
         if cut and not self._warned:
             from ..outputs import console
@@ -53,14 +63,14 @@ class EnsembleScorer:
                           "tokens and lost the start of their prompt (counted in Scores.extras['truncated'])[/]")
             self._warned = True
         if not out:
-            return torch.zeros(0, _module(self.model).num_heads), 0
-        return torch.cat(out, 0), cut
+            empty = torch.zeros(0)
+            return torch.zeros(0, _module(self.model).num_heads), EnsembleStats(empty, empty, empty, empty), 0
+        return torch.cat(out, 0), EnsembleStats(*(torch.cat(c, 0) for c in zip(*stats))), cut
 
     def score(self, prompts: list[str], responses: list[str]) -> Scores:
-        r, cut = self.head_rewards(prompts, responses)
-        mean, var = head_mean_var(r, self.ddof)
-        s = aggregate(r, self.aggregation, ddof=self.ddof, lam=self.lam, k=self.k)
-        return Scores(score=s, variance=var, eval_reward=mean, extras={"per_head": r, "truncated": cut})
+        r, st, cut = self.head_rewards_and_stats(prompts, responses)
+        s = aggregate_from_stats(r, st, self.aggregation, lam=self.lam, k=self.k)
+        return Scores(score=s, variance=st.var, eval_reward=st.mean, extras={"per_head": r, "truncated": cut})
 
 
 def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, load_kw: dict | None = None,
