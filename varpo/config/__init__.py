@@ -9,7 +9,7 @@ from .deepspeed import DeepSpeedConfig, RoleEngineConfig
 from .evaluation import EvaluationConfig
 from .judge import JudgeConfig
 from .kernels import KernelsConfig
-from .ppo import GenerationConfig, KLConfig, ModelConfig, PPOConfig, VarianceWeightConfig
+from .ppo import GenerationConfig, KLConfig, ModelConfig, PPOConfig, VarianceWeightConfig, VLLMConfig
 from .reward import RewardConfig, RewardTrainingConfig
 from .testbed import TestbedConfig
 
@@ -37,5 +37,5 @@ __all__ = [
     "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
-    "PPOConfig", "VarianceWeightConfig", "RewardConfig", "RewardTrainingConfig", "TestbedConfig",
+    "PPOConfig", "VarianceWeightConfig", "VLLMConfig", "RewardConfig", "RewardTrainingConfig", "TestbedConfig",
 ]

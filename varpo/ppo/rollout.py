@@ -24,6 +24,7 @@ class Rollout:
     logp: torch.Tensor | None = None  # [B, T] actor log-probs at rollout time ("old")
     ref_logp: torch.Tensor | None = None  # [B, T]
     values: torch.Tensor | None = None  # [B, T]
+    rollout_logp: torch.Tensor | None = None  # [B, T] the sampling engine's own log-probs (vLLM), if any
 
     def select(self, idx: torch.Tensor) -> Rollout:
         return Rollout(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx]) for f in fields(self)})

@@ -26,9 +26,10 @@ from ..engines import gathered_params, is_zero3
 from ..outputs import append_jsonl, console, progress, read_jsonl, write_json
 from ..scoring import Scorer
 from . import checkpoint, core
+from .generation import build_rollout_engine, sampling_seed
 from .logprobs import token_logprobs
 from .models import build_actor, build_critic, build_reference, load_tokenizer
-from .rollout import Rollout, generate, response_logits, response_values, tokenize_prompts
+from .rollout import Rollout, response_logits, response_values, tokenize_prompts
 
 
 class NonFiniteError(RuntimeError):
@@ -69,6 +70,11 @@ class PPOTrainer:
 
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
         self._maybe_resume()
+        # the rollout engine (generation.backend): HF generate with the actor itself, or a colocated
+        # vLLM engine that starts from policy_path and is synced after every update
+        self.rollout_engine = build_rollout_engine(cfg, self.actor, self.tokenizer, policy_path, self.rank, self.world)
+        if self.step > 0:  # resumed: the engine must sample from the checkpoint's policy
+            self.rollout_engine.sync_weights(self.actor)
 
     # ------------------------------------------------------------------ data
     def _batch_prompts(self, step: int) -> list[str]:
@@ -85,7 +91,7 @@ class PPOTrainer:
     def _seed_step(self, step: int) -> None:
         # sampling randomness is a function of (seed, step, rank): a resumed run draws what the
         # uninterrupted one would have drawn
-        torch.manual_seed(self.cfg.seed * 1_000_003 + step * 1009 + self.rank)
+        torch.manual_seed(sampling_seed(self.cfg.seed, step, self.rank))
 
     # ------------------------------------------------------------------ phases
     def _logprobs(self, model, ro: Rollout, with_entropy: bool = False):
@@ -113,7 +119,7 @@ class PPOTrainer:
         t0 = time.perf_counter()
         ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, cfg.generation.max_prompt_len, self.device)
         self.counters["truncated_prompts"] += n_trunc
-        ro = generate(self.actor, self.tokenizer, ids, mask, cfg.generation)
+        ro = self.rollout_engine.generate(ids, mask, step)
         timings["generate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -134,6 +140,9 @@ class PPOTrainer:
         ro.values = self._forward_in_chunks(lambda r: response_values(self.critic, r), ro)
         timings["value"] = time.perf_counter() - t0
         extra = {"valid": valid}
+        if ro.rollout_logp is not None:
+            # the sampling engine's log-probs against the trainer's, for the same tokens and weights
+            extra["logprob_mismatch"] = core.logprob_mismatch(ro.logp, ro.rollout_logp, ro.response_mask)
         if self.gold_fn is not None:
             extra["gold"] = torch.tensor(self.gold_fn(prompts, responses), dtype=torch.float32)
         return ro, {"score": score, "variance": var}, timings, extra
@@ -190,7 +199,8 @@ class PPOTrainer:
                 idx = order[s : s + self.local_mini]
                 mb, mb_adv, mb_ret, mb_mask = ro.select(idx), adv[idx], ret[idx], mask[idx]
                 logp, ent = self._logprobs(self.actor, mb, with_entropy=True)
-                pg_loss, pg_stats = core.policy_loss(logp, mb.logp, mb_adv, mb_mask, p.clip_range)
+                pg_loss, pg_stats = core.policy_loss(logp, mb.logp, mb_adv, mb_mask, p.clip_range,
+                                                     token_weights=self._importance_weights(mb, mb_mask))
                 entropy = core.masked_mean(ent, mb_mask)
                 # with no bonus, entropy is only logged: keeping it out of the graph spares the
                 # backward its vocabulary-wide term (a 0·entropy term would still be differentiated)
@@ -213,6 +223,20 @@ class PPOTrainer:
                     acc.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
         return {k: self._global_mean(torch.tensor(v)) for k, v in acc.items()}
 
+    def _importance_weights(self, mb: Rollout, mask: torch.Tensor) -> torch.Tensor | None:
+        v = self.cfg.generation.vllm
+        if mb.rollout_logp is None or v.importance_correction == "none":
+            return None
+        return core.truncated_importance_weights(mb.logp, mb.rollout_logp, mask, v.tis_cap)
+
+    def _mismatch_metrics(self, extra: dict) -> dict:
+        if "logprob_mismatch" not in extra:
+            return {}
+        total, count, largest = extra["logprob_mismatch"]
+        tot = dist.all_reduce_sum(torch.stack([total.double(), count.double()]))
+        return {"rollout_logprob_diff_mean": (tot[0] / tot[1].clamp(min=1)).item(),
+                "rollout_logprob_diff_max": dist.all_reduce_max(largest.double()).item()}
+
     # ------------------------------------------------------------------ loop
     def train_step(self) -> dict:
         t_step = time.perf_counter()
@@ -225,6 +249,9 @@ class PPOTrainer:
         adv, ret, st = self.shape_and_advantages(ro, sc["score"], sc["variance"], extra["valid"])
         upd = self.update_phase(ro, adv, ret, st["mask"])
         timings["update"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.rollout_engine.sync_weights(self.actor)  # the next rollout samples from the updated policy
+        timings["sync"] = time.perf_counter() - t0
         if not upd:
             return self._bad_step("every minibatch update was non-finite")
         self.bad_steps_in_row = 0
@@ -245,7 +272,7 @@ class PPOTrainer:
             "returns_mean": self._global_mean(ret[st["mask"].bool()]),
             "response_length": self._global_mean(ro.response_mask.sum(-1).float()),
             "eos_fraction": self._global_mean(ro.has_eos.float()),
-            **upd,
+            **self._mismatch_metrics(extra), **upd,
             "episodes_per_s": self.cfg.ppo.batch_size / elapsed, "tokens_per_s": n_tokens / elapsed,
             **{f"time/{k}": v for k, v in timings.items()}, "time/step": elapsed, **self.counters,
         }
@@ -322,6 +349,7 @@ class PPOTrainer:
                     bar.update(task, advance=1, info="skipped")
         if p.checkpoint_every:
             self.save_checkpoint()
+        self.rollout_engine.close()
         policy_dir = self.export_policy(self.out / "policy")
         good = [m for m in history if "score_mean" in m]
         summary = {
