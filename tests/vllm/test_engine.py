@@ -39,14 +39,17 @@ def setup(tiny_llama, prompts):
     engine.close()
 
 
-def _trainer_logp(cfg, actor, ro):
-    """What the trainer computes as old log-probs (varpo.ppo.trainer.PPOTrainer._logprobs)."""
-    from varpo.ppo.logprobs import token_logprobs
+def _trainer_logp(cfg, actor, ro, eos_id=2):
+    """The trainer's forward (varpo.ppo.rollout.response_logits, as PPOTrainer._logprobs) turned
+    into the distribution vLLM samples from: temperature, and EOS masked for the first
+    min_new_tokens positions (vLLM's processed log-probs include that masking; the trainer's
+    old log-probs do not)."""
     from varpo.ppo.rollout import response_logits
 
     with torch.no_grad():
-        logits = response_logits(actor, ro, cfg.generation.temperature)
-        return token_logprobs(logits, ro.response_ids, cfg.kernels)
+        logits = response_logits(actor, ro, cfg.generation.temperature).float().clone()
+        logits[:, : cfg.generation.min_new_tokens, eos_id] = float("-inf")
+        return logits.log_softmax(-1).gather(-1, ro.response_ids[..., None]).squeeze(-1)
 
 
 def _max_diff(a, b, mask):

@@ -28,6 +28,7 @@ def test_two_ranks_zero3_with_vllm(tiny_llama, prompts, tmp_path):
         "deepspeed.zero_stage=3", "deepspeed.param_persistence_threshold=0", "deepspeed.dist_backend=gloo",
         "ppo.steps=2", "ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.ppo_epochs=1", "ppo.actor_lr=1e-3",
         "ppo.critic_lr=1e-3", "generation.backend=vllm", "generation.max_new_tokens=6", "generation.max_prompt_len=8",
+        "generation.min_new_tokens=0",  # no EOS masking: vLLM and the trainer sample the same distribution
         "generation.vllm.sync_bucket_mb=0.01",
     ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "VARPO_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}

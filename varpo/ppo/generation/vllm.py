@@ -145,6 +145,10 @@ class VLLMRolloutEngine:
         )
         if self.cuda:
             kwargs.update(gpu_memory_utilization=v.gpu_memory_utilization, enable_sleep_mode=self.sleep)
+        else:
+            # an explicit KV-cache size; otherwise the CPU worker reserves gpu_memory_utilization of the
+            # host's memory and refuses to start when less than that is free
+            kwargs.update(kv_cache_memory_bytes=v.cpu_kvcache_gb * 2**30)
         self.llm = LLM(**kwargs)
         self._asleep = False
 
@@ -186,7 +190,8 @@ class VLLMRolloutEngine:
                 # host copies: they leave this process (and the engine must not see later updates)
                 weights = [(name, p.detach().to("cpu", copy=True)) for name, p in bucket]
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
-        self._wake(["kv_cache"])
+        if self.sleep and self._asleep:
+            self.llm.wake_up()  # the rest: KV cache and scheduling
         self._asleep = False
 
     def close(self) -> None:
