@@ -9,7 +9,7 @@ GPU alike; the price is that synced weights cross a process boundary, through ho
 Weight sync: the actor's parameters go out in buckets of whole transformer blocks (at most
 `generation.vllm.sync_bucket_mb`, a larger block alone), gathered from ZeRO-3 shards bucket by
 bucket (every rank joins every gather, as each rank has its own engine to feed), and are loaded
-by the worker's `reload_weights(weights_iterator=...)`. That entry point, unlike calling the
+by the worker's `reload_weights(weights_iterator=...)` (varpo.ppo.generation.vllm_worker). That entry point, unlike calling the
 model's `load_weights` directly, re-runs the post-load processing: the CPU backend pre-packs GEMM
 weights into its kernel layout (there is no `weight_loader` left to call), and reload restores the
 checkpoint layout, loads, and packs again. It processes a vLLM layer once all of its weights have
@@ -37,6 +37,7 @@ import torch
 from ...dist import import_deepspeed
 from ..rollout import Rollout, response_mask_from_ids
 from . import sampling_seed
+from .vllm_worker import pack
 
 _BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
 
@@ -142,6 +143,7 @@ class VLLMRolloutEngine:
             model=policy_path, skip_tokenizer_init=True, dtype=cfg.model.dtype, seed=cfg.seed,
             enforce_eager=enforce_eager, max_model_len=v.max_model_len or gen.max_prompt_len + gen.max_new_tokens,
             tensor_parallel_size=v.tensor_parallel_size, logprobs_mode="processed_logprobs",
+            worker_extension_cls="varpo.ppo.generation.vllm_worker.WeightSyncExtension",
         )
         if self.cuda:
             kwargs.update(gpu_memory_utilization=v.gpu_memory_utilization, enable_sleep_mode=self.sleep)
@@ -189,7 +191,9 @@ class VLLMRolloutEngine:
             with _gathered([p for _, p in bucket], zero3):
                 # host copies: they leave this process (and the engine must not see later updates)
                 weights = [(name, p.detach().to("cpu", copy=True)) for name, p in bucket]
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+            loaded = self.llm.collective_rpc("varpo_load_weights", args=(pack(weights),))
+            if any(n != len(weights) for n in loaded):
+                raise RuntimeError(f"vLLM workers loaded {loaded} tensors of a bucket of {len(weights)}")
         if self.sleep and self._asleep:
             self.llm.wake_up()  # the rest: KV cache and scheduling
         self._asleep = False

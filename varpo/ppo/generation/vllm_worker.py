@@ -1,0 +1,29 @@
+"""Loaded inside vLLM's worker process (`worker_extension_cls`): the receiving end of the weight
+sync. vLLM's RPC encodes a tensor nested in plain arguments as a bare [dtype, shape, data] list,
+so the trainer sends raw bytes with their dtype and shape, and they become tensors here."""
+from __future__ import annotations
+
+import torch
+
+Packed = list[tuple[str, str, list[int], bytes]]
+
+
+def pack(weights: list[tuple[str, torch.Tensor]]) -> Packed:
+    """(name, tensor) on the host -> (name, dtype, shape, bytes)."""
+    return [(name, str(t.dtype).removeprefix("torch."), list(t.shape), t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            for name, t in weights]
+
+
+def unpack(packed: Packed):
+    for name, dtype, shape, raw in packed:
+        yield name, torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(getattr(torch, dtype)).reshape(shape)
+
+
+class WeightSyncExtension:
+    """Mixed into vLLM's worker class: `collective_rpc("varpo_load_weights", args=(packed,))`."""
+
+    def varpo_load_weights(self, packed: Packed) -> int:
+        # reload_weights (not model.load_weights): it restores the checkpoint layout of the layers
+        # it receives, loads, and re-runs the post-load processing (CPU GEMM pre-packing)
+        self.reload_weights(weights_iterator=unpack(packed), is_checkpoint_format=True)
+        return len(packed)
