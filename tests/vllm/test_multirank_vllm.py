@@ -14,7 +14,7 @@ import pytest
 
 from varpo.dist import free_port
 
-pytestmark = [pytest.mark.vllm, pytest.mark.multirank, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.multirank, pytest.mark.slow, pytest.mark.timeout(2400)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -36,7 +36,7 @@ def test_two_ranks_zero3_with_vllm(tiny_llama, prompts, tmp_path):
            "--master_port", str(port), str(ROOT / "launch/train_ppo.py"), "--out", str(out),
            *[x for s in sets for x in ("--set", s)]]
     try:
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2300)
     finally:
         for seg in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
             seg.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2400)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -22,7 +22,7 @@ def test_train_ppo_cli_with_vllm(tmp_path, testbed):
            "--set", "generation.backend=vllm", "--set", "ppo.steps=3",
            # the first step's rollout is logged, the third's after two syncs
            "--set", "generation.vllm.importance_correction=tis", "--out", str(out)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 1, 2]
