@@ -194,6 +194,7 @@ class VLLMRolloutEngine:
             loaded = self.llm.collective_rpc("varpo_load_weights", args=(pack(weights),))
             if any(n != len(weights) for n in loaded):
                 raise RuntimeError(f"vLLM workers loaded {loaded} tensors of a bucket of {len(weights)}")
+        self.llm.collective_rpc("varpo_finish_sync")
         if self.sleep and self._asleep:
             self.llm.wake_up()  # the rest: KV cache and scheduling
         self._asleep = False

@@ -27,3 +27,23 @@ class WeightSyncExtension:
         # it receives, loads, and re-runs the post-load processing (CPU GEMM pre-packing)
         self.reload_weights(weights_iterator=unpack(packed), is_checkpoint_format=True)
         return len(packed)
+
+    def varpo_finish_sync(self) -> int:
+        """After the last bucket. On CPU, vLLM's embedding-shaped GEMM layers (the LM head) keep
+        their weight and run from a packed copy made at load time; a head tied to the embedding
+        receives no weight of its own in a reload (the checkpoint has none), so its packed copy
+        would keep the old embedding: pack it again from the current weight. Returns how many
+        layers were re-packed."""
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return 0
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+        n = 0
+        for module in self.model_runner.get_model().modules():
+            weight = getattr(module, "weight", None)
+            if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.numel() > 0:
+                dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+                n += 1
+        return n
