@@ -386,29 +386,29 @@ def varpo_run(argv: list[str]) -> int:
     from varpo.config import load_config
     from varpo.outputs import read_jsonl
     from varpo.ppo import train_ppo
-    from varpo.ppo.trainer import PPOTrainer
+    from varpo.ppo.callbacks import TrainerCallback
 
     meta = json.loads((Path(a.inputs) / "inputs.json").read_text())
     cfg = load_config(None, override_strings(varpo_overrides(meta, a.variant, a.reward_path, a.steps, a.seed, a.lr, a.kl_coef)))
     run_dir = Path(a.out).with_suffix("")
-    # step boundaries measured from outside the trainer, as for TRL: a step runs from the end of
-    # the previous one (its logging included) to the end of its own train_step + log
-    marks: list[float] = []
-    t_setup = {}
-    orig_train_step, orig_log = PPOTrainer.train_step, PPOTrainer._log
+    # step boundaries measured from outside the trainer's own timers, as for TRL: a step runs from
+    # the end of the previous one (its logging included: varpo's loggers run before this callback)
+    # to the end of its own
+    class StepMarks(TrainerCallback):
+        def __init__(self):
+            self.marks: list[float] = []
+            self.setup_s = None
 
-    def train_step(self):
-        if not marks:
-            t_setup["s"] = time.perf_counter() - t_start
-            marks.append(time.perf_counter())
-        return orig_train_step(self)
+        def on_train_begin(self, trainer):
+            self.setup_s = time.perf_counter() - t_start
+            self.marks.append(time.perf_counter())
 
-    def _log(self, m):
-        orig_log(self, m)
-        marks.append(time.perf_counter())
+        def on_step_end(self, metrics):
+            self.marks.append(time.perf_counter())
 
-    PPOTrainer.train_step, PPOTrainer._log = train_step, _log
-    train_ppo(cfg, run_dir)
+    timer = StepMarks()
+    train_ppo(cfg, run_dir, callbacks=[timer])
+    marks = timer.marks
     rows = read_jsonl(run_dir / "metrics.jsonl")
     if len(rows) != a.steps or len(marks) != a.steps + 1:
         raise RuntimeError(f"expected {a.steps} logged steps, got {len(rows)} rows and {len(marks) - 1} step marks")
@@ -427,7 +427,7 @@ def varpo_run(argv: list[str]) -> int:
     import transformers
 
     result = {
-        "side": "varpo", "variant": a.variant, "steps": steps, "setup_s": t_setup.get("s"),
+        "side": "varpo", "variant": a.variant, "steps": steps, "setup_s": timer.setup_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,

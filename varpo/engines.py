@@ -1,4 +1,4 @@
-"""DeepSpeed engines for the four roles (DESIGN.md §2): trainable roles (actor, critic, the
+"""DeepSpeed engines for the four roles (docs/design.md §2): trainable roles (actor, critic, the
 reward ensemble while it is trained) get a training engine with a client AdamW (no JIT-built
 optimizer ops); frozen roles (reference, reward) get an inference engine, ZeRO-3-sharded when
 the config says so -- that is how a reward model larger than one device fits."""

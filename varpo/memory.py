@@ -1,4 +1,4 @@
-"""Per-rank memory planning for the four PPO roles (DESIGN.md §2, §4): how many bytes of GPU and
+"""Per-rank memory planning for the four PPO roles (docs/design.md §2, §4): how many bytes of GPU and
 CPU memory each rank needs for actor, critic (trainable), reference and reward (frozen), under the
 ZeRO stage, offload options, precision and world size of a config.
 
@@ -434,7 +434,7 @@ def plan(cfg, cluster: Cluster, reward_model_config: str | Path | None = None,
          gpu_memory_gib: float | None = None) -> dict:
     """The JSON-ready memory plan: one entry per role plus the per-rank totals.
 
-    The total adds every role: all four engines stay resident in one process (DESIGN.md §2), and
+    The total adds every role: all four engines stay resident in one process (docs/design.md §2), and
     the activation figures are peaks of phases that do not overlap, so the sum of the per-role
     peaks is an upper bound for activations and exact for resident model states."""
     shapes = role_shapes(cfg, reward_model_config)

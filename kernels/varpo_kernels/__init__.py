@@ -1,5 +1,5 @@
 """Fused Triton kernels with chunked PyTorch twins: the hot per-token math of RLHF
-(DESIGN.md §2 "Kernels"). Same API on CPU and GPU; backend "auto" picks Triton for CUDA tensors and
+(docs/design.md §2 "Kernels"). Same API on CPU and GPU; backend "auto" picks Triton for CUDA tensors and
 PyTorch otherwise. Importing this package never imports Triton (see dispatch.py)."""
 from .dispatch import BACKENDS, interpreter_enabled, resolve_backend
 from .ensemble_stats import EnsembleStats, ensemble_stats, ensemble_stats_torch

@@ -1,4 +1,4 @@
-"""Covariance-weighted per-token KL (DESIGN.md §1, eq. 5–6): the σ²-weighted penalty of
+"""Covariance-weighted per-token KL (docs/design.md §1, eq. 5–6): the σ²-weighted penalty of
 variance-aware PPO and its per-sequence sums, in one pass.
 
 Conventions: logp, ref_logp, mask [B, T]; weights [B] (w = f(σ²), see varpo.ppo.core.variance_weights).

@@ -7,7 +7,7 @@ from scipy import integrate, stats
 
 from varpo.judge import JudgeScorer, combine_intervals, draw_rewards, sample_seed
 from varpo.judge.local_server import reference_interval
-from varpo.scoring import Scorer
+from varpo.reward_source import Scorer
 
 
 def _random_intervals(rng, B, J, lo=0.0, hi=10.0):

@@ -41,7 +41,7 @@ class WordScorer:
         self.constant_variance, self.nan_from_call, self.calls = constant_variance, nan_from_call, 0
 
     def score(self, prompts, responses):
-        from varpo.scoring import Scores
+        from varpo.reward_source import Scores
 
         self.calls += 1
         s, v = [], []

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from varpo.ppo.rollout import Rollout, position_ids_from_mask, response_logits, response_mask_from_ids
+from varpo.ppo.experience import Experience
+from varpo.ppo.rollout import position_ids_from_mask, response_logits, response_mask_from_ids
 
 TIMING = ("time/", "episodes_per_s", "tokens_per_s")
 
@@ -68,7 +69,7 @@ def test_response_logits_match_unpadded_rows(tiny_policy, wrap):
         prompt_ids[b, P - len(pr):], prompt_mask[b, P - len(pr):] = pr, 1
         resp_ids[b, : len(rs)], resp_mask[b, : len(rs)] = rs, 1
         rows.append((pr, rs))
-    ro = Rollout(prompt_ids, prompt_mask, resp_ids, resp_mask, resp_mask[:, -1] == 0)
+    ro = Experience(prompt_ids, prompt_mask, resp_ids, resp_mask, resp_mask[:, -1] == 0)
     for temperature in (1.0, 0.7):
         with torch.no_grad():
             got = response_logits(model, ro, temperature)

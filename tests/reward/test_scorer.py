@@ -6,7 +6,7 @@ import torch
 from varpo.reward.encode import encode, model_max_length, truncate_left
 from varpo.reward.model import EnsembleRewardModel
 from varpo.reward.scorer import EnsembleScorer, load_scorer
-from varpo.scoring import Scorer
+from varpo.reward_source import Scorer
 
 from .conftest import llama_config, make_tokenizer
 

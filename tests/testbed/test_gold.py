@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from varpo.scoring import Scorer
+from varpo.reward_source import Scorer
 from varpo.testbed import GOLD_MAX, GOLD_MIN, GoldScorer, gold_reward, gold_score
 from varpo.testbed import lexicon as L
 from varpo.testbed.corpus import corpus_vocabulary, generate_corpus

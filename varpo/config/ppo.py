@@ -1,4 +1,4 @@
-"""PPO hyper-parameters (DESIGN.md §1 "Variance-aware PPO") and rollout sampling knobs."""
+"""PPO hyper-parameters (docs/design.md §1 "Variance-aware PPO") and rollout sampling knobs."""
 from __future__ import annotations
 
 from typing import Literal

@@ -1,4 +1,4 @@
-"""The embedded default task (DESIGN.md §3). Owned by varpo/testbed; extend freely.
+"""The embedded default task (docs/design.md §3). Owned by varpo/testbed; extend freely.
 
 Every field except `cache_dir` is part of the cache key: change one and the testbed is rebuilt.
 """

@@ -16,7 +16,7 @@ def sample_responses(policy_path: str, prompts: list[str], gen: GenerationConfig
     from transformers import AutoModelForCausalLM
 
     from ..ppo.models import load_tokenizer
-    from ..ppo.rollout import generate, tokenize_prompts
+    from ..ppo.rollout import decode_responses, generate, tokenize_prompts
 
     tok = load_tokenizer(policy_path)
     model = AutoModelForCausalLM.from_pretrained(policy_path).to(device).eval()
@@ -24,8 +24,7 @@ def sample_responses(policy_path: str, prompts: list[str], gen: GenerationConfig
     out: list[str] = []
     for s in range(0, len(prompts), batch_size):
         ids, mask, _ = tokenize_prompts(tok, prompts[s : s + batch_size], gen.max_prompt_len, device)
-        ro = generate(model, tok, ids, mask, gen)
-        out += tok.batch_decode([r[m.bool()] for r, m in zip(ro.response_ids, ro.response_mask)], skip_special_tokens=True)
+        out += decode_responses(tok, generate(model, tok, ids, mask, gen))
     return out
 
 

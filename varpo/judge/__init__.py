@@ -1,5 +1,5 @@
 """Prompted interval reward models: LLM judges behind OpenAI-compatible endpoints answer an
-interval [a, b]; reward ~ U[a, b], variance (b − a)²/12, midpoint for evaluation (DESIGN.md §1)."""
+interval [a, b]; reward ~ U[a, b], variance (b − a)²/12, midpoint for evaluation (docs/design.md §1)."""
 from .cache import JudgeCache, cache_key
 from .client import JudgeEndpoint, JudgeError, JudgeStats, resolve_api_key, scrub
 from .panel import JudgePanel, Verdicts

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config.judge import JudgeConfig
-from ..scoring import Scores
+from ..reward_source import Scores
 from .panel import JudgePanel, Verdicts
 
 
@@ -80,7 +80,7 @@ class JudgedBatch:
 
 
 class JudgeScorer:
-    """`varpo.scoring.Scorer` over interval judges (reward.type: judge). Dropped samples
+    """`varpo.reward_source.Scorer` over interval judges (reward.type: judge). Dropped samples
     (on_invalid=drop) get valid=False and the know-nothing prior: score = eval_reward = (lo+hi)/2,
     variance = (hi−lo)²/12, so every tensor stays finite; consumers must mask them by `valid`."""
 

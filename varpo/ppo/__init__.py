@@ -27,9 +27,10 @@ def resolve_sources(cfg):
     return policy_path, prompts, gold_fn, testbed
 
 
-def train_ppo(cfg, out_dir: str | Path, *, scorer=None) -> dict:
+def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=()) -> dict:
     """Train one policy; writes metrics.jsonl, tensorboard/, checkpoints/, policy/, summary.json
-    and config.yaml under out_dir. Resumes from the last complete checkpoint there."""
+    and config.yaml under out_dir. Resumes from the last complete checkpoint there. `callbacks`:
+    varpo.ppo.callbacks.TrainerCallback instances, called after varpo's own loggers."""
     from ..dist import init_distributed
     from ..scoring import build_scorer
     from .trainer import PPOTrainer
@@ -40,8 +41,10 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None) -> dict:
     if scorer is None:
         scorer = build_scorer(cfg)
     trainer = PPOTrainer(cfg, out_dir, prompts=prompts, policy_path=policy_path, scorer=scorer,
-                         critic_path=cfg.model.critic_path, gold_fn=gold_fn)
+                         critic_path=cfg.model.critic_path, gold_fn=gold_fn, callbacks=callbacks)
     return trainer.train()
 
 
-__all__ = ["train_ppo", "resolve_sources"]
+from .callbacks import TrainerCallback, TrainerControl  # noqa: E402  (light: no torch, no engines)
+
+__all__ = ["TrainerCallback", "TrainerControl", "resolve_sources", "train_ppo"]

@@ -13,7 +13,7 @@ Conventions (every function):
 Sources: Schulman et al. 2016 (GAE), Schulman et al. 2017 (PPO clipped surrogate and value clip as
 in OpenAI baselines), Schulman 2020 "Approximating KL divergence" (k1/k2/k3), Ziegler et al. 2019
 "Fine-tuning LMs from human preferences" (per-token KL reward, adaptive KL controller), and
-arXiv 2507.15906 Algorithm 1, eq. 5–6 (the σ²-weighted KL penalty; DESIGN.md §1).
+arXiv 2507.15906 Algorithm 1, eq. 5–6 (the σ²-weighted KL penalty; docs/design.md §1).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Per-token log-probs (and entropy) of the sampled tokens, through varpo_kernels: a fused
 Triton kernel on CUDA, a chunked PyTorch path on CPU; neither materialises a float32
-log-softmax of size tokens × vocabulary (DESIGN.md §2 "Kernels")."""
+log-softmax of size tokens × vocabulary (docs/design.md §2 "Kernels")."""
 from __future__ import annotations
 
 import torch

@@ -1,41 +1,16 @@
-"""Rollout: generate responses with the actor, then compute the per-token quantities PPO needs
-(old log-probs, reference log-probs, values) on prompt+response sequences.
+"""Rollout: generate responses with the actor into a new `Experience`, then compute the per-token
+quantities PPO needs (old log-probs, reference log-probs, values) on prompt+response sequences.
 
-Layout: prompts are left-padded to P tokens, responses right-padded to T tokens, so a sequence
-is [pad.. prompt | response ..pad] and response token t sits at absolute position P + t. Its
-log-prob and its value are read at position P + t − 1 (the state before emitting it)."""
+Layout (varpo.ppo.experience): prompts left-padded to P tokens, responses right-padded to T, so
+response token t sits at absolute position P + t. Its log-prob and its value are read at position
+P + t − 1 (the state before emitting it)."""
 from __future__ import annotations
-
-from dataclasses import dataclass, fields
 
 import torch
 
 from ..config import GenerationConfig
 from ..engines import generation_gather
-
-
-@dataclass
-class Rollout:
-    prompt_ids: torch.Tensor  # [B, P] left-padded
-    prompt_mask: torch.Tensor  # [B, P]
-    response_ids: torch.Tensor  # [B, T] right-padded
-    response_mask: torch.Tensor  # [B, T] 1 on real response tokens (EOS included)
-    has_eos: torch.Tensor  # [B] bool
-    logp: torch.Tensor | None = None  # [B, T] actor log-probs at rollout time ("old")
-    ref_logp: torch.Tensor | None = None  # [B, T]
-    values: torch.Tensor | None = None  # [B, T]
-    rollout_logp: torch.Tensor | None = None  # [B, T] the sampling engine's own log-probs (vLLM), if any
-
-    def select(self, idx: torch.Tensor) -> Rollout:
-        return Rollout(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx]) for f in fields(self)})
-
-    @property
-    def sequences(self) -> torch.Tensor:
-        return torch.cat([self.prompt_ids, self.response_ids], 1)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        return torch.cat([self.prompt_mask, self.response_mask], 1)
+from .experience import Experience
 
 
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -64,8 +39,8 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_len: int, device) -> tup
 
 
 @torch.no_grad()
-def generate(actor, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig) -> Rollout:
-    """Sample responses. `actor` is a DeepSpeed engine or a bare HF model; under ZeRO-3 its
+def generate(actor, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig) -> Experience:
+    """Sample responses: the one place an `Experience` is created (its rollout fields). `actor` is a DeepSpeed engine or a bare HF model; under ZeRO-3 its
     parameters are gathered as `gen.zero3_gather` says (varpo.engines.generation_gather), and
     every rank must then call generate together."""
     from transformers import GenerationConfig as HFGen
@@ -89,10 +64,16 @@ def generate(actor, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig) -
         response = torch.full_like(prompt_ids[:, :1], tokenizer.pad_token_id)
     mask, has_eos = response_mask_from_ids(response, tokenizer.eos_token_id)
     response = torch.where(mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
-    return Rollout(prompt_ids, prompt_mask, response, mask, has_eos)
+    return Experience(prompt_ids, prompt_mask, response, mask, has_eos)
 
 
-def response_logits(model, rollout: Rollout, temperature: float) -> torch.Tensor:
+def decode_responses(tokenizer, exp: Experience) -> list[str]:
+    """The real tokens of each response as text (special tokens removed)."""
+    return tokenizer.batch_decode([r[m.bool()] for r, m in zip(exp.response_ids, exp.response_mask)],
+                                  skip_special_tokens=True)
+
+
+def response_logits(model, rollout: Experience, temperature: float) -> torch.Tensor:
     """Logits [B, T, V] that predicted each response token, divided by the sampling temperature
     so that log-probs are those of the distribution the tokens were drawn from. Only the T + 1
     last positions go through the LM head (`logits_to_keep`): prompt positions predict nothing
@@ -113,7 +94,7 @@ def _takes_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(module.forward).parameters
 
 
-def response_values(critic, rollout: Rollout) -> torch.Tensor:
+def response_values(critic, rollout: Experience) -> torch.Tensor:
     seq, att = rollout.sequences, rollout.attention_mask
     v = critic(seq, attention_mask=att, position_ids=position_ids_from_mask(att))
     P = rollout.prompt_ids.shape[1]

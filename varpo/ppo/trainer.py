@@ -1,14 +1,16 @@
-"""PPO for language models, vanilla and variance-aware (DESIGN.md §1, Algorithm 1).
+"""PPO for language models, vanilla and variance-aware (docs/design.md §1, Algorithm 1).
 
-One iteration:
-  1. rollout    the actor samples a response for each prompt of this rank's share of the batch
-  2. score      the reward source returns a score s and its uncertainty σ² per response
-  3. reference  log-probs of the frozen reference; old log-probs of the actor; critic values
-  4. shape      r_t = −β·w(σ²)·kl_t + 1[t = T]·s      (w ≡ 1 is vanilla PPO)
-  5. GAE        advantages and returns, advantages whitened with statistics over all ranks
-  6. update     ppo_epochs passes of clipped-surrogate (actor) and clipped-value (critic) steps
-  7. control    the KL controller sees the batch's mean sequence KL
+One iteration, `PPOTrainer.train_step`: seven stages, each a method that fills in one
+`Experience` (varpo.ppo.experience), the object the update consumes:
+  1. rollout    `rollout`         the actor samples a response for each prompt of this rank's share of the batch
+  2. score      `score`           the reward source returns a score s and its uncertainty σ² per response
+  3. reference  `forward_passes`  log-probs of the frozen reference; old log-probs of the actor; critic values
+  4. shape      `shape`           r_t = −β·w(σ²)·kl_t + 1[t = T]·s      (w ≡ 1 is vanilla PPO)
+  5. GAE        `advantages`      advantages and returns, advantages whitened with statistics over all ranks
+  6. update     `update`          ppo_epochs passes of clipped-surrogate (actor) and clipped-value (critic) steps
+  7. control    `adapt_kl`        the KL controller sees the batch's mean sequence KL
 The maths lives in varpo.ppo.core as pure functions; this file only orchestrates engines.
+Outputs (metrics.jsonl, TensorBoard) and user hooks are callbacks (varpo.ppo.callbacks).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,13 +26,16 @@ import torch
 from .. import dist
 from ..config import VarpoConfig, save_resolved
 from ..engines import gathered_params, is_zero3
-from ..outputs import append_jsonl, console, progress, read_jsonl, write_json
-from ..scoring import Scorer
+from ..outputs import console, progress, write_json
+from ..reward_source import Scorer
 from . import checkpoint, core
+from .callbacks import CallbackList, TrainerCallback, TrainerControl
+from .experience import Experience
 from .generation import build_rollout_engine, sampling_seed
+from .loggers import MetricsJsonl, TensorBoardLogger
 from .logprobs import token_logprobs
 from .models import build_actor, build_critic, build_reference, load_tokenizer
-from .rollout import Rollout, response_logits, response_values, tokenize_prompts
+from .rollout import decode_responses, response_logits, response_values, tokenize_prompts
 
 
 class NonFiniteError(RuntimeError):
@@ -38,7 +44,8 @@ class NonFiniteError(RuntimeError):
 
 class PPOTrainer:
     def __init__(self, cfg: VarpoConfig, out_dir: str | Path, *, prompts: list[str], policy_path: str,
-                 scorer: Scorer, critic_path: str | None = None, gold_fn=None):
+                 scorer: Scorer, critic_path: str | None = None, gold_fn=None,
+                 callbacks: list[TrainerCallback] = ()):
         self.cfg, self.out = cfg, Path(out_dir)
         self.info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
         self.world, self.rank, self.device = self.info.world_size, self.info.rank, self.info.device
@@ -62,13 +69,14 @@ class PPOTrainer:
         self.step = 0
         self.bad_steps_in_row = 0
         self.counters = {"skipped_steps": 0, "skipped_updates": 0, "truncated_prompts": 0, "dropped_samples": 0}
-        self.writer = None
+        self.timings: dict[str, float] = {}
+        own = []
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_resolved(cfg, self.out)
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            own = [MetricsJsonl(self.out / "metrics.jsonl"), TensorBoardLogger(self.out / "tensorboard")]
+        self.control = TrainerControl()
+        self.callbacks = CallbackList([*own, *callbacks], self.control)
         self._maybe_resume()
         # the rollout engine (generation.backend): HF generate with the actor itself, or a colocated
         # vLLM engine that starts from policy_path and is synced after every update
@@ -93,17 +101,20 @@ class PPOTrainer:
         # uninterrupted one would have drawn
         torch.manual_seed(sampling_seed(self.cfg.seed, step, self.rank))
 
-    # ------------------------------------------------------------------ phases
-    def _logprobs(self, model, ro: Rollout, with_entropy: bool = False):
-        logits = response_logits(model, ro, self.cfg.generation.temperature)
-        return token_logprobs(logits, ro.response_ids, self.cfg.kernels, with_entropy=with_entropy)
+    # ------------------------------------------------------------------ helpers
+    @contextmanager
+    def _timed(self, phase: str):
+        t0 = time.perf_counter()
+        yield
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
+
+    def _logprobs(self, model, exp: Experience, with_entropy: bool = False):
+        logits = response_logits(model, exp, self.cfg.generation.temperature)
+        return token_logprobs(logits, exp.response_ids, self.cfg.kernels, with_entropy=with_entropy)
 
     @torch.no_grad()
-    def _forward_in_chunks(self, fn, ro: Rollout) -> torch.Tensor:
-        parts = []
-        for s in range(0, ro.response_ids.shape[0], self.local_mini):
-            parts.append(fn(ro.select(torch.arange(s, min(s + self.local_mini, ro.response_ids.shape[0])))))
-        return torch.cat(parts, 0)
+    def _forward_in_chunks(self, fn, exp: Experience) -> torch.Tensor:
+        return torch.cat([fn(chunk) for chunk in exp.chunks(self.local_mini)], 0)
 
     def _global_mean(self, x: torch.Tensor) -> float:
         s = dist.all_reduce_sum(torch.stack([x.double().sum(), torch.tensor(float(x.numel()), dtype=torch.float64)]))
@@ -112,74 +123,77 @@ class PPOTrainer:
     def _any_rank(self, flag: bool) -> bool:
         return bool(dist.all_reduce_max(torch.tensor(float(flag))).item() > 0)
 
-    def rollout_phase(self, step: int) -> tuple[Rollout, dict, dict, dict]:
-        cfg, timings = self.cfg, {}
-        self._seed_step(step)
-        prompts = self._batch_prompts(step)
-        t0 = time.perf_counter()
-        ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, cfg.generation.max_prompt_len, self.device)
-        self.counters["truncated_prompts"] += n_trunc
-        ro = self.rollout_engine.generate(ids, mask, step)
-        timings["generate"] = time.perf_counter() - t0
+    # ------------------------------------------------------------------ the seven stages
+    def rollout(self, step: int) -> Experience:
+        """1. This rank's prompts for `step`, and the actor's sampled responses (ids and texts)."""
+        with self._timed("generate"):
+            self._seed_step(step)
+            prompts = self._batch_prompts(step)
+            ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, self.cfg.generation.max_prompt_len, self.device)
+            self.counters["truncated_prompts"] += n_trunc
+            exp = self.rollout_engine.generate(ids, mask, step)
+        exp.prompts = prompts
+        return exp
 
-        t0 = time.perf_counter()
-        responses = self.tokenizer.batch_decode(
-            [r[m.bool()] for r, m in zip(ro.response_ids, ro.response_mask)], skip_special_tokens=True
-        )
-        scores = self.scorer.score(prompts, responses)
-        score = scores.score.to(self.device, torch.float32)
-        var = scores.variance.to(self.device, torch.float32)
-        valid = scores.valid.to(self.device) if scores.valid is not None else torch.ones_like(score, dtype=torch.bool)
-        timings["score"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        ro.ref_logp = self._forward_in_chunks(lambda r: self._logprobs(self.reference, r), ro)
-        ro.logp = self._forward_in_chunks(lambda r: self._logprobs(self.actor, r), ro)
-        timings["reference"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ro.values = self._forward_in_chunks(lambda r: response_values(self.critic, r), ro)
-        timings["value"] = time.perf_counter() - t0
-        extra = {"valid": valid}
-        if ro.rollout_logp is not None:
-            # the sampling engine's log-probs against the trainer's, for the same tokens and weights
-            extra["logprob_mismatch"] = core.logprob_mismatch(ro.logp, ro.rollout_logp, ro.response_mask)
+    def score(self, exp: Experience) -> None:
+        """2. Score s, uncertainty σ² and validity from the reward source; the gold reward if any."""
+        with self._timed("score"):
+            exp.responses = decode_responses(self.tokenizer, exp)
+            scores = self.scorer.score(exp.prompts, exp.responses)
+            exp.score = scores.score.to(self.device, torch.float32)
+            exp.variance = scores.variance.to(self.device, torch.float32)
+            exp.valid = (scores.valid.to(self.device) if scores.valid is not None
+                         else torch.ones_like(exp.score, dtype=torch.bool))
         if self.gold_fn is not None:
-            extra["gold"] = torch.tensor(self.gold_fn(prompts, responses), dtype=torch.float32)
-        return ro, {"score": score, "variance": var}, timings, extra
+            exp.gold = torch.tensor(self.gold_fn(exp.prompts, exp.responses), dtype=torch.float32)
 
-    def shape_and_advantages(self, ro: Rollout, score: torch.Tensor, var: torch.Tensor, valid: torch.Tensor):
-        p = self.cfg.ppo
-        mask = ro.response_mask.float() * valid.float()[:, None]  # a dropped sample trains nothing
-        score = core.apply_missing_eos_penalty(score, ro.has_eos, p.missing_eos_penalty)
-        if p.score_clip is not None:
-            score = score.clamp(-p.score_clip, p.score_clip)
-        # σ² normalisation uses the mean over all ranks (and, for running_mean, over past batches)
-        keep = valid.bool() if valid.any() else torch.ones_like(valid, dtype=torch.bool)
+    def forward_passes(self, exp: Experience) -> None:
+        """3. Reference log-probs, the actor's old log-probs and the critic's values."""
+        with self._timed("reference"):
+            exp.ref_logp = self._forward_in_chunks(lambda c: self._logprobs(self.reference, c), exp)
+            exp.logp = self._forward_in_chunks(lambda c: self._logprobs(self.actor, c), exp)
+        with self._timed("value"):
+            exp.values = self._forward_in_chunks(lambda c: response_values(self.critic, c), exp)
 
-        def batch_mean_of(x: torch.Tensor) -> float:
-            return self._global_mean(x[keep])
+    def _rollout_is_finite(self, exp: Experience) -> bool:
+        return bool(torch.isfinite(exp.score).all() and torch.isfinite(exp.variance).all()
+                    and torch.isfinite(exp.logp).all() and torch.isfinite(exp.ref_logp).all())
 
-        batch_mean = batch_mean_of(var)
-        running = None
-        if p.variance.weighting == "running_mean":
-            running = self.sigma_mean.update(batch_mean)
-        w = core.variance_weights(
-            var, p.variance.weighting, floor=p.variance.floor, ceiling=p.variance.ceiling,
-            running_mean=running, batch_mean=torch.tensor(batch_mean), eps=p.variance.eps,
-            heterogeneity=p.variance.heterogeneity, mean_fn=batch_mean_of,
-        )
-        kl = core.kl_per_token(ro.logp, ro.ref_logp, p.kl.estimator) * mask
-        rewards, _penalty = core.shape_rewards(score, kl, w, mask, self.kl_ctl.value)
-        if p.whiten_rewards:
-            rewards = self._whiten(rewards, mask, shift_mean=False)
-        adv, ret = core.gae(rewards, ro.values, mask, p.gamma, p.lam)
-        if p.whiten_advantages:
-            adv = self._whiten(adv, mask)
-        # the logged weighted KL is the penalty divided back by β (a dropped row's σ² may be NaN: masked)
-        weighted = torch.where(mask.bool(), kl * w[:, None], torch.zeros_like(kl)).sum(-1)
-        stats = {"kl": (kl * mask).sum(-1), "weighted_kl": weighted, "w": w,
-                 "returns": ret, "score": score, "mask": mask}
-        return adv, ret, stats
+    def shape(self, exp: Experience) -> None:
+        """4. Per-token rewards r_t = −β·w(σ²)·kl_t + 1[t = T]·s (w ≡ 1 for vanilla PPO)."""
+        with self._timed("update"):
+            p = self.cfg.ppo
+            exp.mask = exp.response_mask.float() * exp.valid.float()[:, None]  # a dropped sample trains nothing
+            score = core.apply_missing_eos_penalty(exp.score, exp.has_eos, p.missing_eos_penalty)
+            if p.score_clip is not None:
+                score = score.clamp(-p.score_clip, p.score_clip)
+            # σ² normalisation uses the mean over all ranks (and, for running_mean, over past batches)
+            keep = exp.valid.bool() if exp.valid.any() else torch.ones_like(exp.valid, dtype=torch.bool)
+
+            def batch_mean_of(x: torch.Tensor) -> float:
+                return self._global_mean(x[keep])
+
+            batch_mean = batch_mean_of(exp.variance)
+            running = None
+            if p.variance.weighting == "running_mean":
+                running = self.sigma_mean.update(batch_mean)
+            exp.weights = core.variance_weights(
+                exp.variance, p.variance.weighting, floor=p.variance.floor, ceiling=p.variance.ceiling,
+                running_mean=running, batch_mean=torch.tensor(batch_mean), eps=p.variance.eps,
+                heterogeneity=p.variance.heterogeneity, mean_fn=batch_mean_of,
+            )
+            exp.kl = core.kl_per_token(exp.logp, exp.ref_logp, p.kl.estimator) * exp.mask
+            exp.rewards, _penalty = core.shape_rewards(score, exp.kl, exp.weights, exp.mask, self.kl_ctl.value)
+            if p.whiten_rewards:
+                exp.rewards = self._whiten(exp.rewards, exp.mask, shift_mean=False)
+
+    def advantages(self, exp: Experience) -> None:
+        """5. GAE advantages and returns; advantages whitened with statistics over all ranks."""
+        with self._timed("update"):
+            p = self.cfg.ppo
+            exp.advantages, exp.returns = core.gae(exp.rewards, exp.values, exp.mask, p.gamma, p.lam)
+            if p.whiten_advantages:
+                exp.advantages = self._whiten(exp.advantages, exp.mask)
 
     def _whiten(self, x, mask, shift_mean=True):
         s, sq, n = core.masked_moments(x, mask)
@@ -188,97 +202,114 @@ class PPOTrainer:
         var = (tot[1] / tot[2] - mean**2) * tot[2] / (tot[2] - 1).clamp(min=1)
         return core.whiten_with(x, mean.to(x.dtype), var.to(x.dtype), mask, shift_mean=shift_mean)
 
-    def update_phase(self, ro: Rollout, adv: torch.Tensor, ret: torch.Tensor, mask: torch.Tensor) -> dict:
-        p = self.cfg.ppo
-        acc: dict[str, list[float]] = {}
-        n = ro.response_ids.shape[0]
-        gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.step * 31 + self.rank)
-        for _ in range(p.ppo_epochs):
-            order = torch.randperm(n, generator=gen)
-            for s in range(0, n, self.local_mini):
-                idx = order[s : s + self.local_mini]
-                mb, mb_adv, mb_ret, mb_mask = ro.select(idx), adv[idx], ret[idx], mask[idx]
-                logp, ent = self._logprobs(self.actor, mb, with_entropy=True)
-                pg_loss, pg_stats = core.policy_loss(logp, mb.logp, mb_adv, mb_mask, p.clip_range,
-                                                     token_weights=self._importance_weights(mb, mb_mask))
-                entropy = core.masked_mean(ent, mb_mask)
-                # with no bonus, entropy is only logged: keeping it out of the graph spares the
-                # backward its vocabulary-wide term (a 0·entropy term would still be differentiated)
-                loss = pg_loss - p.entropy_coef * entropy if p.entropy_coef > 0 else pg_loss
-                values = response_values(self.critic, mb)
-                v_loss, v_stats = core.value_loss(values, mb.values, mb_ret, mb_mask, p.clip_range_value)
-                v_loss = p.vf_coef * v_loss
-                # every rank must take the same decision, or the collectives inside step() hang
-                if self._any_rank(not (torch.isfinite(loss) and torch.isfinite(v_loss) and torch.isfinite(logp).all())):
-                    self.counters["skipped_updates"] += 1
-                    warnings.warn(f"step {self.step}: non-finite loss or log-prob; minibatch update skipped")
-                    self.actor.zero_grad()
-                    self.critic.zero_grad()
-                    continue
-                self.actor.backward(loss)
-                self.actor.step()
-                self.critic.backward(v_loss)
-                self.critic.step()
-                for k, v in {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, **pg_stats, **v_stats}.items():
-                    acc.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
-        return {k: self._global_mean(torch.tensor(v)) for k, v in acc.items()}
+    def update(self, exp: Experience) -> dict:
+        """6. ppo_epochs passes of clipped-surrogate (actor) and clipped-value (critic) steps over
+        shuffled minibatches; returns the mean of each loss statistic over them (all ranks)."""
+        with self._timed("update"):
+            p = self.cfg.ppo
+            acc: dict[str, list[float]] = {}
+            gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.step * 31 + self.rank)
+            for _ in range(p.ppo_epochs):
+                order = torch.randperm(exp.batch_size, generator=gen)
+                for s in range(0, exp.batch_size, self.local_mini):
+                    mb = exp.select(order[s : s + self.local_mini])
+                    logp, ent = self._logprobs(self.actor, mb, with_entropy=True)
+                    pg_loss, pg_stats = core.policy_loss(logp, mb.logp, mb.advantages, mb.mask, p.clip_range,
+                                                         token_weights=self._importance_weights(mb))
+                    entropy = core.masked_mean(ent, mb.mask)
+                    # with no bonus, entropy is only logged: keeping it out of the graph spares the
+                    # backward its vocabulary-wide term (a 0·entropy term would still be differentiated)
+                    loss = pg_loss - p.entropy_coef * entropy if p.entropy_coef > 0 else pg_loss
+                    values = response_values(self.critic, mb)
+                    v_loss, v_stats = core.value_loss(values, mb.values, mb.returns, mb.mask, p.clip_range_value)
+                    v_loss = p.vf_coef * v_loss
+                    # every rank must take the same decision, or the collectives inside step() hang
+                    if self._any_rank(not (torch.isfinite(loss) and torch.isfinite(v_loss) and torch.isfinite(logp).all())):
+                        self.counters["skipped_updates"] += 1
+                        warnings.warn(f"step {self.step}: non-finite loss or log-prob; minibatch update skipped")
+                        self.actor.zero_grad()
+                        self.critic.zero_grad()
+                        continue
+                    self.actor.backward(loss)
+                    self.actor.step()
+                    self.critic.backward(v_loss)
+                    self.critic.step()
+                    for k, v in {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, **pg_stats, **v_stats}.items():
+                        acc.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
+            return {k: self._global_mean(torch.tensor(v)) for k, v in acc.items()}
 
-    def _importance_weights(self, mb: Rollout, mask: torch.Tensor) -> torch.Tensor | None:
+    def _importance_weights(self, mb: Experience) -> torch.Tensor | None:
         v = self.cfg.generation.vllm
         if mb.rollout_logp is None or v.importance_correction == "none":
             return None
-        return core.truncated_importance_weights(mb.logp, mb.rollout_logp, mask, v.tis_cap)
+        return core.truncated_importance_weights(mb.logp, mb.rollout_logp, mb.mask, v.tis_cap)
 
-    def _mismatch_metrics(self, extra: dict) -> dict:
-        if "logprob_mismatch" not in extra:
-            return {}
-        total, count, largest = extra["logprob_mismatch"]
-        tot = dist.all_reduce_sum(torch.stack([total.double(), count.double()]))
-        return {"rollout_logprob_diff_mean": (tot[0] / tot[1].clamp(min=1)).item(),
-                "rollout_logprob_diff_max": dist.all_reduce_max(largest.double()).item()}
+    def sync_rollout_engine(self) -> None:
+        """After the update: the next rollout samples from the updated policy (vLLM: weights
+        loaded into the engine in memory; HF: nothing to do)."""
+        with self._timed("sync"):
+            self.rollout_engine.sync_weights(self.actor)
+
+    def adapt_kl(self, exp: Experience) -> float:
+        """7. The KL controller sees the batch's mean sequence KL (over all ranks); returns it."""
+        kl_mean = self._global_mean((exp.kl * exp.mask).sum(-1))
+        if math.isfinite(kl_mean):
+            self.kl_ctl.update(kl_mean, self.cfg.ppo.batch_size)
+        return kl_mean
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> dict:
+        """One PPO iteration: the seven stages of the module docstring on one Experience."""
+        self.timings = {}
         t_step = time.perf_counter()
-        ro, sc, timings, extra = self.rollout_phase(self.step)
-        finite = bool(torch.isfinite(sc["score"]).all() and torch.isfinite(sc["variance"]).all()
-                      and torch.isfinite(ro.logp).all() and torch.isfinite(ro.ref_logp).all())
-        if self._any_rank(not finite):
+        exp = self.rollout(self.step)
+        self.score(exp)
+        self.callbacks.on_rollout_scored(exp.prompts, exp.responses, exp)
+        self.forward_passes(exp)
+        if self._any_rank(not self._rollout_is_finite(exp)):
             return self._bad_step("non-finite score, variance or log-prob in the rollout")
-        t0 = time.perf_counter()
-        adv, ret, st = self.shape_and_advantages(ro, sc["score"], sc["variance"], extra["valid"])
-        upd = self.update_phase(ro, adv, ret, st["mask"])
-        timings["update"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self.rollout_engine.sync_weights(self.actor)  # the next rollout samples from the updated policy
-        timings["sync"] = time.perf_counter() - t0
-        if not upd:
+        beta = self.kl_ctl.value  # the β this step's rewards were shaped with
+        self.shape(exp)
+        self.advantages(exp)
+        losses = self.update(exp)
+        self.sync_rollout_engine()
+        if not losses:
             return self._bad_step("every minibatch update was non-finite")
         self.bad_steps_in_row = 0
-        kl_mean = self._global_mean(st["kl"])
-        beta = self.kl_ctl.value
-        if math.isfinite(kl_mean):
-            self.kl_ctl.update(kl_mean, self.cfg.ppo.batch_size)
-        elapsed = time.perf_counter() - t_step
-        n_tokens = dist.all_reduce_sum(ro.response_mask.sum().double()).item()
-        self.counters["dropped_samples"] += int(dist.all_reduce_sum((~extra["valid"].bool()).sum()).item())
+        kl_mean = self.adapt_kl(exp)
+        return self._metrics(exp, losses, kl_mean, beta, time.perf_counter() - t_step)
+
+    def _metrics(self, exp: Experience, losses: dict, kl_mean: float, beta: float, elapsed: float) -> dict:
+        n_tokens = dist.all_reduce_sum(exp.response_mask.sum().double()).item()
+        self.counters["dropped_samples"] += int(dist.all_reduce_sum((~exp.valid.bool()).sum()).item())
+        # the logged weighted KL is the penalty divided back by β (a dropped row's σ² may be NaN: masked)
+        weighted_kl = torch.where(exp.mask.bool(), exp.kl * exp.weights[:, None], torch.zeros_like(exp.kl)).sum(-1)
         m = {
             "step": self.step, "world_size": self.world,
-            "score_mean": self._global_mean(sc["score"]), "score_std": self._global_std(sc["score"]),
-            "variance_mean": self._global_mean(sc["variance"]), "weight_mean": self._global_mean(st["w"]),
+            "score_mean": self._global_mean(exp.score), "score_std": self._global_std(exp.score),
+            "variance_mean": self._global_mean(exp.variance), "weight_mean": self._global_mean(exp.weights),
             # the realised heterogeneity of the weights (what a Table-4 sweep reports against)
-            "weight_std": self._global_std(st["w"]),
-            "kl_mean": kl_mean, "weighted_kl_mean": self._global_mean(st["weighted_kl"]), "kl_coef": beta,
-            "returns_mean": self._global_mean(ret[st["mask"].bool()]),
-            "response_length": self._global_mean(ro.response_mask.sum(-1).float()),
-            "eos_fraction": self._global_mean(ro.has_eos.float()),
-            **self._mismatch_metrics(extra), **upd,
+            "weight_std": self._global_std(exp.weights),
+            "kl_mean": kl_mean, "weighted_kl_mean": self._global_mean(weighted_kl), "kl_coef": beta,
+            "returns_mean": self._global_mean(exp.returns[exp.mask.bool()]),
+            "response_length": self._global_mean(exp.response_mask.sum(-1).float()),
+            "eos_fraction": self._global_mean(exp.has_eos.float()),
+            **self._mismatch_metrics(exp), **losses,
             "episodes_per_s": self.cfg.ppo.batch_size / elapsed, "tokens_per_s": n_tokens / elapsed,
-            **{f"time/{k}": v for k, v in timings.items()}, "time/step": elapsed, **self.counters,
+            **{f"time/{k}": v for k, v in self.timings.items()}, "time/step": elapsed, **self.counters,
         }
-        if "gold" in extra:
-            m["gold_mean"] = self._global_mean(extra["gold"])
+        if exp.gold is not None:
+            m["gold_mean"] = self._global_mean(exp.gold)
         return m
+
+    def _mismatch_metrics(self, exp: Experience) -> dict:
+        """|Δ log p| between the sampling engine's log-probs and the trainer's old log-probs."""
+        if exp.rollout_logp is None:
+            return {}
+        total, count, largest = core.logprob_mismatch(exp.logp, exp.rollout_logp, exp.response_mask)
+        tot = dist.all_reduce_sum(torch.stack([total.double(), count.double()]))
+        return {"rollout_logprob_diff_mean": (tot[0] / tot[1].clamp(min=1)).item(),
+                "rollout_logprob_diff_max": dist.all_reduce_max(largest.double()).item()}
 
     def _global_std(self, x):
         mean = self._global_mean(x)
@@ -296,27 +327,18 @@ class PPOTrainer:
             )
         return {"step": self.step, "world_size": self.world, "skipped": True, **self.counters}
 
-    def _log(self, m: dict) -> None:
-        if not self.info.is_main:
-            return
-        append_jsonl(self.out / "metrics.jsonl", m)
-        for k, v in m.items():
-            if isinstance(v, (int, float)) and k != "step":
-                self.writer.add_scalar(k, v, m["step"])
-        self.writer.flush()
-
     def _state(self) -> dict:
         return {"step": self.step, "kl_ctl": self.kl_ctl.state_dict(), "sigma_mean": self.sigma_mean.state_dict(),
                 "bad_steps_in_row": self.bad_steps_in_row, "counters": self.counters, "world_size": self.world}
 
     def save_checkpoint(self) -> None:
-        checkpoint.save(self.out / "checkpoints", self.step, {"actor": self.actor, "critic": self.critic}, self._state())
+        path = checkpoint.save(self.out / "checkpoints", self.step, {"actor": self.actor, "critic": self.critic},
+                               self._state())
+        self.callbacks.on_checkpoint_saved(path)
 
     def _maybe_resume(self) -> None:
         last = checkpoint.latest(self.out / "checkpoints")
         if last is None:
-            if self.info.is_main and (self.out / "metrics.jsonl").exists():
-                (self.out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
             return
         saved = json.loads((last / "trainer_state.json").read_text())
         st = checkpoint.load(last, {"actor": self.actor, "critic": self.critic}, saved_world_size=saved["world_size"])
@@ -325,28 +347,31 @@ class PPOTrainer:
         self.sigma_mean.load_state_dict(st["sigma_mean"])
         self.bad_steps_in_row, self.counters = st["bad_steps_in_row"], st["counters"]
         if self.info.is_main:
-            # drop log rows written after the checkpoint by the interrupted run: they are redone
-            path = self.out / "metrics.jsonl"
-            rows = [r for r in read_jsonl(path) if r["step"] < self.step] if path.exists() else []
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
             console.print(f"resumed from {last} at step {self.step}")
 
     def train(self) -> dict:
+        """Steps until ppo.steps, or until a callback asks to stop; then the last checkpoint (when
+        ppo.checkpoint_every is set), the exported policy and summary.json."""
         p = self.cfg.ppo
         history = []
+        self.callbacks.on_train_begin(self)
         with progress() as bar:
             task = bar.add_task("PPO", total=p.steps, completed=self.step, info="")
             while self.step < p.steps:
                 m = self.train_step()
-                self._log(m)
+                self.callbacks.on_step_end(m)
                 history.append(m)
                 self.step += 1
-                if p.checkpoint_every and self.step % p.checkpoint_every == 0 and self.step < p.steps:
+                # every rank must leave the loop together (the next step's collectives)
+                stop = self._any_rank(self.control.should_stop)
+                if p.checkpoint_every and self.step % p.checkpoint_every == 0 and self.step < p.steps and not stop:
                     self.save_checkpoint()
                 if "score_mean" in m:
                     bar.update(task, advance=1, info=f"score {m['score_mean']:.3f} kl {m['kl_mean']:.3f}")
                 else:
                     bar.update(task, advance=1, info="skipped")
+                if stop:
+                    break
         if p.checkpoint_every:
             self.save_checkpoint()
         self.rollout_engine.close()
@@ -358,9 +383,11 @@ class PPOTrainer:
             "tokens_per_s": sum(m["tokens_per_s"] for m in good) / max(len(good), 1),
             "final": good[-1] if good else {}, **self.counters,
         }
+        if self.step < p.steps:
+            summary["stopped_early"] = self.control.reason or "a callback on another rank asked to stop"
         if self.info.is_main:
             write_json(self.out / "summary.json", summary)
-            self.writer.close()
+        self.callbacks.on_train_end(summary)
         return summary
 
     def export_policy(self, path: Path) -> Path:

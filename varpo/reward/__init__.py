@@ -1,4 +1,4 @@
-"""The multi-head reward ensemble (DESIGN.md §1): model, aggregations, scorer, training, report."""
+"""The multi-head reward ensemble (docs/design.md §1): model, aggregations, scorer, training, report."""
 from .aggregate import (
            AGGREGATIONS,
            aggregate,

@@ -1,4 +1,4 @@
-"""Per-head rewards [B, K] → the ensemble's statistics and its score aggregations (DESIGN.md §1
+"""Per-head rewards [B, K] → the ensemble's statistics and its score aggregations (docs/design.md §1
 "Uncertainty sources"). Pure tensor functions; the head axis is the last one.
 
 Conventions

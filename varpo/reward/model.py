@@ -1,4 +1,4 @@
-"""The multi-head reward ensemble (DESIGN.md §1 "Ensemble reward model"; paper Appendix B): one
+"""The multi-head reward ensemble (docs/design.md §1 "Ensemble reward model"; paper Appendix B): one
 HF backbone, K scalar linear heads evaluated in a single forward pass.
 
 - Heads: one `nn.Linear(hidden, K)`; column k of the head matrix (row k of `weight`) is drawn from

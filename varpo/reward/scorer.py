@@ -1,4 +1,4 @@
-"""The ensemble as a reward source (`varpo.scoring.Scorer`): texts in; score s (an aggregation of
+"""The ensemble as a reward source (`varpo.reward_source.Scorer`): texts in; score s (an aggregation of
 the K heads), σ² (variance over heads, `ddof`), the head mean for evaluation and the per-head
 rewards out."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..scoring import Scores
+from ..reward_source import Scores
 from .aggregate import AGGREGATIONS, aggregate, head_mean_var
 from .encode import encode
 

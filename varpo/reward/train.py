@@ -1,4 +1,4 @@
-"""Training the reward ensemble (DESIGN.md §1; paper Appendix B): a Bradley–Terry loss per head,
+"""Training the reward ensemble (docs/design.md §1; paper Appendix B): a Bradley–Terry loss per head,
 summed over heads, on a DeepSpeed engine — the same code in-process (`varpo train-rm`) and on
 every rank under the launcher (`launch/train_reward.py`): data parallel, each rank takes a shard
 of every global batch, and the loss is scaled so DeepSpeed's gradient average equals the

@@ -1,4 +1,4 @@
-"""The embedded default task (DESIGN.md §3): a generated review corpus, a word-level tokenizer and a
+"""The embedded default task (docs/design.md §3): a generated review corpus, a word-level tokenizer and a
 tiny Llama pretrained on it, a programmatic gold reward (sentiment, guarded against repetition and
 empty output), prompt sets and Bradley–Terry-labelled preference pairs, all cached by config."""
 from .build import Testbed, build_testbed, cache_key, cache_root

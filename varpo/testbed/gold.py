@@ -1,4 +1,4 @@
-"""The programmatic gold reward r*(x, y) of the embedded task (DESIGN.md §3).
+"""The programmatic gold reward r*(x, y) of the embedded task (docs/design.md §3).
 
     gold(y) = positivity · variety · fluency · length          ∈ [0, 1]
 
@@ -25,7 +25,7 @@ import re
 
 import torch
 
-from ..scoring import Scores
+from ..reward_source import Scores
 from .lexicon import FUNCTION_WORDS, INTENSIFIERS, NEGATIVE_SET, POSITIVE_SET
 
 GOLD_MIN, GOLD_MAX = 0.0, 1.0
@@ -63,7 +63,7 @@ def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
 
 
 class GoldScorer:
-    """The gold reward as a `varpo.scoring.Scorer`: exact, so σ² = 0 and eval_reward = score."""
+    """The gold reward as a `varpo.reward_source.Scorer`: exact, so σ² = 0 and eval_reward = score."""
 
     def score(self, prompts: list[str], responses: list[str]) -> Scores:
         s = torch.tensor(gold_reward(prompts, responses), dtype=torch.float32)

@@ -1,20 +1,20 @@
-"""Rollout engines behind one small interface (DESIGN: docs/design.md, "Hybrid engine").
+"""Rollout engines behind one small interface (docs/design.md §2, "Hybrid engine").
 
     engine = build_rollout_engine(cfg, actor, tokenizer, policy_path, rank, world)
-    ro = engine.generate(prompt_ids, prompt_mask, step)   # a Rollout; every rank calls it together
+    ro = engine.generate(prompt_ids, prompt_mask, step)   # an Experience; every rank calls it together
     engine.sync_weights(actor)                            # after every actor update (collective)
 
 `hf` samples with the trained actor itself (HF generate, ZeRO-3 parameters gathered as
 generation.zero3_gather says): there is nothing to sync. `vllm` samples with a colocated vLLM
 engine per rank whose weights are replaced in memory after each update, and also returns vLLM's
-own log-probs of the sampled tokens (`Rollout.rollout_logp`)."""
+own log-probs of the sampled tokens (`Experience.rollout_logp`)."""
 from __future__ import annotations
 
 from typing import Protocol
 
 import torch
 
-from ..rollout import Rollout
+from ..experience import Experience
 
 
 def sampling_seed(seed: int, step: int, rank: int) -> int:
@@ -26,7 +26,7 @@ def sampling_seed(seed: int, step: int, rank: int) -> int:
 class RolloutEngine(Protocol):
     name: str
 
-    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, step: int) -> Rollout: ...
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, step: int) -> Experience: ...
 
     def sync_weights(self, actor) -> None: ...
 

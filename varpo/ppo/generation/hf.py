@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..rollout import Rollout, generate
+from ..experience import Experience
+from ..rollout import generate
 from . import sampling_seed
 
 
@@ -14,7 +15,7 @@ class HFRolloutEngine:
     def __init__(self, cfg, actor, tokenizer, rank: int):
         self.cfg, self.actor, self.tokenizer, self.rank = cfg, actor, tokenizer, rank
 
-    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, step: int) -> Rollout:
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, step: int) -> Experience:
         # HF samples from the global torch generator
         torch.manual_seed(sampling_seed(self.cfg.seed, step, self.rank))
         return generate(self.actor, self.tokenizer, prompt_ids, prompt_mask, self.cfg.generation)

@@ -18,7 +18,7 @@ projections into one layer, so a bucket never splits a transformer block.
 
 Sampling is mapped one to one from generation.* (`sampling_params`); the engine returns its
 processed log-probs (after temperature, top-k/top-p and min-tokens masking: the distribution it
-actually sampled from) as `Rollout.rollout_logp`. The trainer still recomputes the old log-probs
+actually sampled from) as `Experience.rollout_logp`. The trainer still recomputes the old log-probs
 itself; the difference is logged and can be corrected for (generation.vllm.importance_correction).
 
 GPU: `gpu_memory_utilization` bounds vLLM's share of the device; with sleep mode the engine frees
@@ -35,7 +35,8 @@ from collections.abc import Iterable
 import torch
 
 from ...dist import import_deepspeed
-from ..rollout import Rollout, response_mask_from_ids
+from ..experience import Experience
+from ..rollout import response_mask_from_ids
 from . import sampling_seed
 from .vllm_worker import pack
 
@@ -166,7 +167,7 @@ class VLLMRolloutEngine:
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
-    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, step: int) -> Rollout:
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, step: int) -> Experience:
         from vllm.inputs import TokensPrompt
 
         if self._asleep:  # a rollout without a sync before it (the update was skipped)
@@ -224,8 +225,8 @@ def _gathered(params: list, zero3: bool):
 
 
 def rollout_from_outputs(outs, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, eos_token_id: int,
-                         pad_token_id: int) -> Rollout:
-    """vLLM RequestOutputs -> a Rollout in varpo's layout (responses right-padded with the pad id,
+                         pad_token_id: int) -> Experience:
+    """vLLM RequestOutputs -> an Experience in varpo's layout (responses right-padded with the pad id,
     at least one position), with vLLM's log-probs of the sampled tokens (0 on padding)."""
     rows, lps = [], []
     for o in outs:
@@ -243,5 +244,5 @@ def rollout_from_outputs(outs, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     mask, has_eos = response_mask_from_ids(response, eos_token_id)
     response = torch.where(mask.bool(), response, torch.full_like(response, pad_token_id))
     rollout_logp = rollout_logp * mask
-    return Rollout(prompt_ids, prompt_mask, response.to(device), mask.to(device), has_eos.to(device),
+    return Experience(prompt_ids, prompt_mask, response.to(device), mask.to(device), has_eos.to(device),
                    rollout_logp=rollout_logp.to(device))
