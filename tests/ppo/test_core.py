@@ -623,13 +623,80 @@ def test_adaptive_controller_state_round_trip_and_errors():
         core.FixedKLController(-0.1)
 
 
-def test_vllm_backend_is_refused_not_silently_replaced():
+def test_vllm_backend_validates_and_names_bad_fields():
     from varpo.config import ConfigError, load_config
     from varpo.defaults import EMBEDDED
 
-    with pytest.raises(ConfigError, match=r"generation: .*backend=vllm: the vLLM rollout engine is not implemented"):
-        load_config(EMBEDDED, ["generation.backend=vllm"])
-    assert load_config(EMBEDDED, ["generation.backend=hf"]).generation.backend == "hf"
+    cfg = load_config(EMBEDDED, ["generation.backend=vllm", "generation.vllm.importance_correction=tis"])
+    assert cfg.generation.backend == "vllm" and cfg.generation.vllm.importance_correction == "tis"
+    with pytest.raises(ConfigError, match=r"generation\.vllm\.importance_correction"):
+        load_config(EMBEDDED, ["generation.vllm.importance_correction=always"])
+    with pytest.raises(ConfigError, match=r"generation\.vllm\.gpu_memory_utilization"):
+        load_config(EMBEDDED, ["generation.vllm.gpu_memory_utilization=1.5"])
+    with pytest.raises(ConfigError, match=r"generation\.backend"):
+        load_config(EMBEDDED, ["generation.backend=sglang"])
+
+
+def _ragged_case(g, B, T, dtype=torch.float32):
+    logp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 4
+    rollout = logp + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.5
+    lengths = torch.randint(0, T + 1, (B,), generator=g)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+    logp[mask == 0] = float("nan")  # padding may hold anything
+    rollout[mask == 0] = float("inf")
+    return logp.to(dtype), rollout.to(dtype), mask
+
+
+@pytest.mark.parametrize("B,T,cap", [(3, 7, 2.0), (5, 1, 1.0), (4, 13, 0.5)])
+def test_truncated_importance_weights_match_float64_loop(B, T, cap):
+    g = torch.Generator().manual_seed(B * 100 + T)
+    logp, rollout, mask = _ragged_case(g, B, T)
+    got = core.truncated_importance_weights(logp, rollout, mask, cap)
+    assert got.dtype == torch.float32
+    for b in range(B):
+        for t in range(T):
+            want = min(math.exp(float(logp[b, t].double()) - float(rollout[b, t].double())), cap) if mask[b, t] else 0.0
+            assert abs(float(got[b, t]) - want) <= 1e-6 * max(1.0, want)
+    with pytest.raises(ValueError, match="cap"):
+        core.truncated_importance_weights(logp, rollout, mask, 0.0)
+
+
+def test_logprob_mismatch_matches_float64_loop():
+    g = torch.Generator().manual_seed(5)
+    logp, rollout, mask = _ragged_case(g, 6, 9, torch.float64)
+    total, count, largest = core.logprob_mismatch(logp, rollout, mask)
+    diffs = [abs(float(logp[b, t]) - float(rollout[b, t])) for b in range(6) for t in range(9) if mask[b, t]]
+    assert count.item() == len(diffs)
+    assert total.item() == pytest.approx(sum(diffs), rel=1e-12)
+    assert largest.item() == pytest.approx(max(diffs), rel=1e-12)
+    empty = core.logprob_mismatch(logp, rollout, torch.zeros_like(mask))
+    assert [x.item() for x in empty] == [0.0, 0.0, 0.0]
+
+
+def test_policy_loss_with_token_weights_matches_float64_loop():
+    """c_t multiplies each token's clipped-surrogate term; the weights carry no gradient."""
+    g = torch.Generator().manual_seed(9)
+    B, T, eps = 4, 6, 0.2
+    logp, old, mask = _ragged_case(g, B, T, torch.float64)
+    logp = torch.where(mask.bool(), old + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.3, logp)
+    adv = torch.randn(B, T, generator=g, dtype=torch.float64)
+    w = torch.rand(B, T, generator=g, dtype=torch.float64) * 2
+    w.requires_grad_(True)
+    x = logp.clone().requires_grad_(True)
+    loss, _ = core.policy_loss(x, old, adv, mask, eps, token_weights=w)
+    terms = []
+    for b in range(B):
+        for t in range(T):
+            if mask[b, t]:
+                r = math.exp(float(logp[b, t]) - float(old[b, t]))
+                a = float(adv[b, t])
+                terms.append(float(w.detach()[b, t]) * max(-a * r, -a * min(max(r, 1 - eps), 1 + eps)))
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-10)
+    loss.backward()
+    assert w.grad is None and torch.isfinite(x.grad).all()
+    unweighted, _ = core.policy_loss(logp, old, adv, mask, eps)
+    ones, _ = core.policy_loss(logp, old, adv, mask, eps, token_weights=torch.ones(B, T, dtype=torch.float64))
+    assert ones.item() == pytest.approx(unweighted.item(), rel=1e-12)
 
 
 # ---------------------------------------------------------------------------- explained variance

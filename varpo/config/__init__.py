@@ -18,6 +18,7 @@ from .ppo import (
     PPOConfig,
     QuantizationConfig,
     VarianceWeightConfig,
+    VLLMConfig,
 )
 from .reward import RewardConfig, RewardTrainingConfig
 from .testbed import TestbedConfig
@@ -59,6 +60,6 @@ __all__ = [
     "CheckpointConfig", "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
-    "PPOConfig", "VarianceWeightConfig", "WandbConfig", "ModelLoraConfig", "QuantizationConfig", "RewardConfig",
-    "RewardTrainingConfig", "TestbedConfig",
+    "PPOConfig", "VarianceWeightConfig", "VLLMConfig", "WandbConfig", "ModelLoraConfig", "QuantizationConfig",
+    "RewardConfig", "RewardTrainingConfig", "TestbedConfig",
 ]

@@ -101,10 +101,48 @@ class PPOConfig(Section):
         return self
 
 
+class VLLMConfig(Section):
+    """The colocated vLLM engine of generation.backend=vllm (one per rank; varpo.ppo.generation.vllm)."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0.0, le=1.0, description="GPU: share of the device's memory vLLM may take for weights and KV "
+        "cache; it shares the GPU with the trainer's engines (colocated), so keep it well below 1",
+    )
+    sleep_mode: bool = Field(
+        True, description="GPU: put the engine to sleep after each rollout (KV cache freed, weights offloaded "
+        "per sleep_level) and wake it for the next weight sync; CPU: vLLM has no sleep mode (ignored)",
+    )
+    sleep_level: Literal[1, 2] = Field(
+        1, description="1: weights offloaded to host memory during the update; 2: weights discarded too "
+        "(every step re-syncs all of them anyway, so level 2 saves the host copy)",
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one engine spans (an actor that does not fit one GPU); needs a world of "
+        "one trainer rank (per-rank engines spanning several trainer ranks are not implemented)",
+    )
+    sync_bucket_mb: float = Field(
+        256.0, gt=0.0, description="weight sync: most MB of parameters gathered (ZeRO-3) and sent to the "
+        "engine at once; whole transformer blocks only (a block larger than this goes alone)",
+    )
+    cpu_kvcache_gb: int = Field(1, ge=1, description="CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    enforce_eager: bool | None = Field(
+        None, description="no CUDA graphs / torch.compile; None: True on CPU (compile time dominates tiny "
+        "runs), False on GPU",
+    )
+    max_model_len: int | None = Field(None, ge=16, description="None: max_prompt_len + max_new_tokens")
+    importance_correction: Literal["none", "tis"] = Field(
+        "none", description="tis: truncated importance sampling, each token's policy-loss term weighted by "
+        "min(π_trainer/π_vllm, tis_cap) (vLLM samples from a slightly different distribution than the "
+        "trainer computes); none: no correction. The mismatch is logged either way",
+    )
+    tis_cap: float = Field(2.0, gt=0.0, description="truncation C of the importance weight (tis only)")
+
+
 class GenerationConfig(Section):
     backend: Literal["hf", "vllm"] = Field(
-        "hf", description="rollout engine: HF generate (everywhere); vllm is reserved for the colocated vLLM "
-        "engine of docs/design.md §2 and refused until it exists (never silently replaced by HF generate)",
+        "hf", description="rollout engine: hf (HF generate, with zero3_gather under ZeRO-3; everywhere) or "
+        "vllm (a colocated vLLM engine per rank, weights synced in memory after every update; needs vLLM "
+        "installed: the README's vLLM environment)",
     )
     max_new_tokens: int = Field(24, ge=1)
     min_new_tokens: int = Field(1, ge=0)
@@ -133,12 +171,7 @@ class GenerationConfig(Section):
         "(a single module larger than this is gathered alone)"
     )
 
-    @model_validator(mode="after")
-    def _backend_exists(self):
-        if self.backend == "vllm":
-            raise ValueError("backend=vllm: the vLLM rollout engine is not implemented yet; use backend=hf "
-                             "(HF generate, with generation.zero3_gather under ZeRO-3)")
-        return self
+    vllm: VLLMConfig = VLLMConfig()
 
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")

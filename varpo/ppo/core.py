@@ -301,10 +301,11 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                clip_range: float, token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017), to be minimised:
-        L = token_mean( max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) ),   ρ = exp(logp − old_logp),
-    the mean taken over all real tokens of the minibatch. Stats (detached 0-d tensors):
+        L = token_mean( c_t · max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) ),   ρ = exp(logp − old_logp),
+    the mean taken over all real tokens of the minibatch; c_t = `token_weights` (constants, e.g.
+    truncated importance weights), 1 when None. Stats (detached 0-d tensors):
       clipfrac     share of real tokens where the clipped branch is the active one
       approx_kl    token_mean ½(log ρ)²           (k2 estimate of KL; TRL's `approxkl`)
       approx_kl_k3 token_mean (ρ − 1) − log ρ     (k3 estimate of KL(π_old‖π), unbiased, ≥ 0)
@@ -316,7 +317,11 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     advantages = advantages.to(ratio.dtype)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    if token_weights is not None:
+        _check_same_shape(logp=logp, token_weights=token_weights)
+        per_token = per_token * _apply_mask(token_weights.detach().to(per_token.dtype), mask)
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
@@ -325,6 +330,32 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
             "ratio_mean": masked_mean(ratio, mask),
         }
     return loss, stats
+
+
+def truncated_importance_weights(logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor,
+                                 cap: float) -> torch.Tensor:
+    """Truncated importance sampling (TIS) for a rollout sampled by another engine:
+        c_t = min(exp(logp_t − rollout_logp_t), cap),
+    logp: the trainer's log-probs of the sampled tokens under the policy that sampled them (old
+    log-probs), rollout_logp: the sampling engine's own log-probs of the same tokens. PPO's
+    surrogate assumes the tokens came from π_old as the trainer computes it; the engine's
+    numerics differ slightly, and c_t reweights each token toward the trainer's distribution,
+    truncated at `cap` so a token the engine found far likelier than the trainer cannot dominate.
+    Constants (no gradient); 0 on padding."""
+    _check_same_shape(logp=logp, rollout_logp=rollout_logp, mask=mask)
+    if not cap > 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    log_w = _apply_mask(_float(logp).detach() - _float(rollout_logp).detach(), mask)
+    return _apply_mask(torch.exp(log_w).clamp(max=cap), mask)
+
+
+def logprob_mismatch(logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """|Δ log p| between the trainer's and the sampling engine's log-probs of the sampled tokens:
+    (sum over real tokens, count of real tokens, max; max is 0 without real tokens). Sums and
+    counts, not a mean, so ranks can be combined exactly."""
+    _check_same_shape(logp=logp, rollout_logp=rollout_logp, mask=mask)
+    diff = _apply_mask((_float(logp) - _float(rollout_logp)).abs(), mask)
+    return diff.sum(), mask.to(diff.dtype).sum(), diff.max() if diff.numel() else diff.new_zeros(())
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,

@@ -27,6 +27,7 @@ class Experience:
     has_eos: torch.Tensor  # [B] bool: the response ended with EOS (not cut at max_new_tokens)
     prompts: list[str] | None = None  # B prompt texts
     responses: list[str] | None = None  # B decoded responses (special tokens removed)
+    rollout_logp: torch.Tensor | None = None  # [B, T] the sampling engine's own log-probs (vLLM), else None
     # 2. score: the reward source's verdict (varpo.reward_source.Scores), float32
     score: torch.Tensor | None = None  # [B] s(x, y) as the source gave it (before EOS penalty / clip)
     variance: torch.Tensor | None = None  # [B] σ²(x, y) ≥ 0, the uncertainty of s

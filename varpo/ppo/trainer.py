@@ -32,6 +32,7 @@ from ..reward_source import Scorer
 from . import checkpoint, core
 from .callbacks import CallbackList, TrainerCallback, TrainerControl
 from .experience import Experience
+from .generation import build_rollout_engine, sampling_seed
 from .loggers import MetricsJsonl, SampleTable, TensorBoardLogger, WandbLogger
 from .logprobs import shaping_pass, token_logprobs
 from .models import (
@@ -42,7 +43,7 @@ from .models import (
     load_tokenizer,
     role_param_counts,
 )
-from .rollout import decode_responses, generate, response_logits, response_values, tokenize_prompts
+from .rollout import decode_responses, response_logits, response_values, tokenize_prompts
 
 
 class NonFiniteError(RuntimeError):
@@ -86,6 +87,11 @@ class PPOTrainer:
         self.control = TrainerControl()
         self.callbacks = CallbackList([*own_callbacks, *callbacks], self.control)
         self._maybe_resume()
+        # the rollout engine (generation.backend): HF generate with the actor itself, or a colocated
+        # vLLM engine that starts from policy_path and is synced after every update
+        self.rollout_engine = build_rollout_engine(cfg, self.actor, self.tokenizer, policy_path, self.rank, self.world)
+        if self.step > 0:  # resumed: the engine must sample from the checkpoint's policy
+            self.rollout_engine.sync_weights(self.actor)
 
     def _own_callbacks(self) -> list[TrainerCallback]:
         """metrics.jsonl, TensorBoard, the sample table and (ppo.wandb.enabled) W&B, on rank 0."""
@@ -115,7 +121,7 @@ class PPOTrainer:
     def _seed_step(self, step: int) -> None:
         # sampling randomness is a function of (seed, step, rank): a resumed run draws what the
         # uninterrupted one would have drawn
-        torch.manual_seed(self.cfg.seed * 1_000_003 + step * 1009 + self.rank)
+        torch.manual_seed(sampling_seed(self.cfg.seed, step, self.rank))
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
@@ -184,8 +190,7 @@ class PPOTrainer:
             ids, mask, n_trunc = tokenize_prompts(self.tokenizer, prompts, self.cfg.generation.max_prompt_len,
                                                    self.device, self.cfg.data.chat_template)
             self.counters["truncated_prompts"] += n_trunc
-            record = self.cfg.kernels if self.cfg.generation.logprobs_from_generate else None
-            exp = generate(self.actor, self.tokenizer, ids, mask, self.cfg.generation, record_logprobs=record)
+            exp = self.rollout_engine.generate(ids, mask, step)
         exp.prompts = prompts
         return exp
 
@@ -278,7 +283,8 @@ class PPOTrainer:
                     mb = exp.select(order[s : s + self.local_mini])
                     logp, ent = self._logprobs(self.actor, mb, with_entropy=True,
                                                inplace_backward=self.cfg.kernels.inplace_backward)
-                    pg_loss, pg_stats = core.policy_loss(logp, mb.logp, mb.advantages, mb.mask, p.clip_range)
+                    pg_loss, pg_stats = core.policy_loss(logp, mb.logp, mb.advantages, mb.mask, p.clip_range,
+                                                         token_weights=self._importance_weights(mb))
                     entropy = core.masked_mean(ent, mb.mask)
                     # with no bonus, entropy is only logged: keeping it out of the graph spares the
                     # backward its vocabulary-wide term (a 0·entropy term would still be differentiated)
@@ -300,6 +306,18 @@ class PPOTrainer:
                     for k, v in {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, **pg_stats, **v_stats}.items():
                         acc.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
             return {k: self._global_mean(torch.tensor(v)) for k, v in acc.items()}
+
+    def _importance_weights(self, mb: Experience) -> torch.Tensor | None:
+        v = self.cfg.generation.vllm
+        if mb.rollout_logp is None or v.importance_correction == "none":
+            return None
+        return core.truncated_importance_weights(mb.logp, mb.rollout_logp, mb.mask, v.tis_cap)
+
+    def sync_rollout_engine(self) -> None:
+        """After the update: the next rollout samples from the updated policy (vLLM: weights
+        loaded into the engine in memory; HF: nothing to do)."""
+        with self._timed("sync"):
+            self.rollout_engine.sync_weights(self.actor)
 
     def adapt_kl(self, exp: Experience) -> float:
         """7. The KL controller sees the batch's mean sequence KL (over all ranks); returns it."""
@@ -323,6 +341,7 @@ class PPOTrainer:
         self.shape(exp)
         self.advantages(exp)
         losses = self.update(exp)
+        self.sync_rollout_engine()
         if not losses:
             return self._bad_step("every minibatch update was non-finite")
         self.bad_steps_in_row = 0
@@ -349,13 +368,22 @@ class PPOTrainer:
                 exp.values, exp.returns, exp.mask, var_fn=lambda x, m: self._global_mean_var(x, m)[1])),
             "response_length": self._global_mean(exp.response_mask.sum(-1).float()),
             "eos_fraction": self._global_mean(exp.has_eos.float()),
-            **losses,
+            **self._mismatch_metrics(exp), **losses,
             "episodes_per_s": self.cfg.ppo.batch_size / elapsed, "tokens_per_s": n_tokens / elapsed,
             **{f"time/{k}": v for k, v in self.timings.items()}, "time/step": elapsed, **self.counters,
         }
         if exp.gold is not None:
             m["gold_mean"] = self._global_mean(exp.gold)
         return m
+
+    def _mismatch_metrics(self, exp: Experience) -> dict:
+        """|Δ log p| between the sampling engine's log-probs and the trainer's old log-probs."""
+        if exp.rollout_logp is None:
+            return {}
+        total, count, largest = core.logprob_mismatch(exp.logp, exp.rollout_logp, exp.response_mask)
+        tot = dist.all_reduce_sum(torch.stack([total.double(), count.double()]))
+        return {"rollout_logprob_diff_mean": (tot[0] / tot[1].clamp(min=1)).item(),
+                "rollout_logprob_diff_max": dist.all_reduce_max(largest.double()).item()}
 
     def _global_std(self, x):
         mean = self._global_mean(x)
@@ -421,6 +449,7 @@ class PPOTrainer:
                     break
         if p.checkpoint_every:
             self.save_checkpoint()
+        self.rollout_engine.close()
         policy_dir = self.export_policy(self.out / "policy")
         good = [m for m in history if "score_mean" in m]
         summary = {

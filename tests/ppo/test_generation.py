@@ -1,0 +1,53 @@
+"""Rollout engines: the parts that need no vLLM (bucketing, seeds, the missing-vLLM error)."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from varpo.ppo.generation import sampling_seed
+from varpo.ppo.generation.vllm import request_seeds, weight_buckets
+
+
+def _named(sizes: dict[str, int]):
+    return [(name, torch.nn.Parameter(torch.zeros(n))) for name, n in sizes.items()]
+
+
+def test_weight_buckets_keep_blocks_whole_and_bounded():
+    sizes = {"model.embed_tokens.weight": 100}
+    for i in range(5):
+        sizes |= {f"model.layers.{i}.self_attn.q_proj.weight": 10, f"model.layers.{i}.self_attn.k_proj.weight": 10,
+                  f"model.layers.{i}.mlp.up_proj.weight": 20, f"model.layers.{i}.input_layernorm.weight": 1}
+    sizes["model.norm.weight"] = 1
+    named = _named(sizes)
+    for budget_elems in (1, 41, 90, 100, 1000):
+        buckets = weight_buckets(named, budget_elems * 4)
+        flat = [n for b in buckets for n, _ in b]
+        assert flat == list(sizes), "every parameter once, in order"
+        for b in buckets:
+            blocks = {n.split(".")[2] for n, _ in b if ".layers." in n}
+            per_block = {k: sum(1 for n, _ in b if f".layers.{k}." in n) for k in blocks}
+            assert all(v == 4 for v in per_block.values()), "a block is never split"
+            size = sum(sizes[n] for n, _ in b)
+            # over the budget only when a single block (or parameter) is larger than it
+            assert size <= budget_elems or len(blocks) <= 1 and all(".layers." in n for n, _ in b) or len(b) == 1
+    assert len(weight_buckets(named, 10**9)) == 1
+
+
+def test_request_seeds_depend_on_seed_step_rank_only():
+    a = request_seeds(0, 5, 1, 4)
+    assert a == request_seeds(0, 5, 1, 4) and len(set(a)) == 4
+    assert a != request_seeds(0, 6, 1, 4) and a != request_seeds(0, 5, 0, 4) and a != request_seeds(1, 5, 1, 4)
+    assert sampling_seed(2, 3, 1) == 2 * 1_000_003 + 3 * 1009 + 1  # the HF backend's torch seed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_backend_without_vllm_fails_clearly(tiny_policy):
+    """backend=vllm never falls back to HF generate: without vLLM it stops, saying what to install."""
+    from varpo.config import load_config
+    from varpo.ppo.generation import build_rollout_engine
+
+    cfg = load_config(None, [f"model.policy_path={tiny_policy}", "generation.backend=vllm"])
+    with pytest.raises(RuntimeError, match=r"needs vLLM.*setup_vllm_env\.sh"):
+        build_rollout_engine(cfg, None, None, tiny_policy, 0, 1)

@@ -1,0 +1,131 @@
+"""The vLLM rollout engine on CPU, for real: one engine process (~40 s to start) shared by the
+tests of this file, a tiny Llama, weights synced in memory."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.vllm
+
+TOL = 5e-3  # |Δ log p| between vLLM (CPU kernels, fp32) and the trainer's forward on the same weights
+
+
+def _cfg(path, *overrides):
+    from varpo.config import load_config
+
+    return load_config(None, [
+        f"model.policy_path={path}", "generation.backend=vllm", "generation.max_new_tokens=8",
+        "generation.min_new_tokens=2", "generation.max_prompt_len=8",
+        # a bucket per transformer block (and one each for the embedding and the final norm): the
+        # sync is several partial reloads, as under ZeRO-3 with a bounded bucket
+        "generation.vllm.sync_bucket_mb=0.0001", *overrides,
+    ])
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama, prompts):
+    from transformers import AutoModelForCausalLM
+
+    from varpo.ppo.generation import build_rollout_engine
+    from varpo.ppo.models import load_tokenizer
+    from varpo.ppo.rollout import tokenize_prompts
+
+    cfg = _cfg(tiny_llama)
+    tok = load_tokenizer(tiny_llama)
+    actor = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    engine = build_rollout_engine(cfg, actor, tok, tiny_llama, rank=0, world=1)
+    ids, mask, _ = tokenize_prompts(tok, prompts, cfg.generation.max_prompt_len, "cpu")
+    yield cfg, tok, actor, engine, ids, mask
+    engine.close()
+
+
+def _trainer_logp(cfg, actor, ro, eos_id=2):
+    """The trainer's forward (varpo.ppo.rollout.response_logits, as PPOTrainer._logprobs) turned
+    into the distribution vLLM samples from: temperature, and EOS masked for the first
+    min_new_tokens positions (vLLM's processed log-probs include that masking; the trainer's
+    old log-probs do not)."""
+    from varpo.ppo.rollout import response_logits
+
+    with torch.no_grad():
+        logits = response_logits(actor, ro, cfg.generation.temperature).float().clone()
+        logits[:, : cfg.generation.min_new_tokens, eos_id] = float("-inf")
+        return logits.log_softmax(-1).gather(-1, ro.response_ids[..., None]).squeeze(-1)
+
+
+def _max_diff(a, b, mask):
+    return float(((a - b).abs() * mask).max())
+
+
+def test_rollout_layout_and_sampling_limits(setup):
+    cfg, tok, _, engine, ids, mask = setup
+    ro = engine.generate(ids, mask, step=0)
+    B, T = ro.response_ids.shape
+    assert B == ids.shape[0] and 1 <= T <= cfg.generation.max_new_tokens
+    assert torch.equal(ro.prompt_ids, ids) and torch.equal(ro.prompt_mask, mask)
+    lengths = ro.response_mask.sum(-1)
+    assert int(lengths.min()) >= cfg.generation.min_new_tokens  # min_new_tokens: no EOS before it
+    for b in range(B):
+        n = int(lengths[b])
+        row = ro.response_ids[b].tolist()
+        if ro.has_eos[b]:
+            assert row[n - 1] == tok.eos_token_id and tok.eos_token_id not in row[: n - 1]
+        else:
+            assert n == cfg.generation.max_new_tokens and tok.eos_token_id not in row
+        assert all(x == tok.pad_token_id for x in row[n:])
+        assert (ro.rollout_logp[b, :n] < 0).all() and (ro.rollout_logp[b, n:] == 0).all()
+    assert ro.has_eos.any() and not ro.has_eos.all(), "the tiny model should both stop and run to the limit"
+
+
+def test_seeds_are_a_function_of_step(setup):
+    _, _, _, engine, ids, mask = setup
+    a, b, c = engine.generate(ids, mask, step=3), engine.generate(ids, mask, step=3), engine.generate(ids, mask, step=4)
+    assert torch.equal(a.response_ids, b.response_ids)
+    assert not torch.equal(a.response_ids, c.response_ids)
+
+
+def test_sync_replaces_stale_weights(setup):
+    """After a sync, the engine's log-probs are the updated actor's; a stale engine fails this."""
+    cfg, _, actor, engine, ids, mask = setup
+    before = engine.generate(ids, mask, step=7)
+    m = before.response_mask.float()
+    assert _max_diff(before.rollout_logp, _trainer_logp(cfg, actor, before), m) < TOL
+
+    with torch.no_grad():  # an "update": every parameter moves
+        g = torch.Generator().manual_seed(0)
+        for p in actor.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05 * p.abs().mean().clamp(min=1e-3) * 10)
+    updated = _trainer_logp(cfg, actor, before)
+    stale_gap = _max_diff(before.rollout_logp, updated, m)
+    assert stale_gap > 50 * TOL, "the perturbation must be visible in the log-probs"
+
+    engine.sync_weights(actor)
+    after = engine.generate(ids, mask, step=7)  # same seeds, new weights
+    assert not torch.equal(after.response_ids, before.response_ids)
+    am = after.response_mask.float()
+    assert _max_diff(after.rollout_logp, _trainer_logp(cfg, actor, after), am) < TOL
+
+
+def test_sync_from_a_deepspeed_zero3_engine(setup, tiny_llama):
+    """The actor as PPO holds it: a ZeRO-3 DeepSpeed engine (world of one); the sync gathers its
+    partitioned parameters bucket by bucket."""
+    from transformers import AutoModelForCausalLM
+
+    from varpo.dist import init_distributed
+    from varpo.engines import build_model, ds_config, gathered_params, train_engine
+
+    cfg, _, _, engine, ids, mask = setup
+    init_distributed("gloo")
+    cfg_ds = cfg.deepspeed.model_copy(update={"zero_stage": 3})
+    conf = ds_config(cfg_ds, "actor", 2, trainable=True)
+    model = build_model(lambda: AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), conf)
+    actor = train_engine(model, conf, lr=1e-3)
+    assert all(p.numel() == 0 for p in actor.module.parameters()), "parameters must be partitioned"
+    with gathered_params(actor.module):
+        with torch.no_grad():
+            for p in actor.module.parameters():
+                p.mul_(1.3)
+    engine.sync_weights(actor)
+    ro = engine.generate(ids, mask, step=11)
+    with gathered_params(actor.module):
+        want = _trainer_logp(cfg, actor.module.eval(), ro)
+    assert _max_diff(ro.rollout_logp, want, ro.response_mask.float()) < TOL

@@ -1,0 +1,248 @@
+"""A colocated vLLM engine per rank, its weights replaced in memory after every actor update.
+
+Process layout: `vllm.LLM` runs its engine core (scheduler, worker, model, KV cache) in a child
+process of the trainer rank (vLLM's default V1 multiprocessing). That keeps vLLM's own
+torch.distributed world (one process) apart from the trainer's (DeepSpeed, N ranks), on CPU and
+GPU alike; the price is that synced weights cross a process boundary, through host memory
+(vLLM's msgpack IPC), bucket by bucket, never through files.
+
+Weight sync: the actor's parameters go out in buckets of whole transformer blocks (at most
+`generation.vllm.sync_bucket_mb`, a larger block alone), gathered from ZeRO-3 shards bucket by
+bucket (every rank joins every gather, as each rank has its own engine to feed), and are loaded
+by the worker's `reload_weights(weights_iterator=...)` (varpo.ppo.generation.vllm_worker). That entry point, unlike calling the
+model's `load_weights` directly, re-runs the post-load processing: the CPU backend pre-packs GEMM
+weights into its kernel layout (there is no `weight_loader` left to call), and reload restores the
+checkpoint layout, loads, and packs again. It processes a vLLM layer once all of its weights have
+arrived and leaves layers that received nothing untouched; vLLM fuses HF's q/k/v and gate/up
+projections into one layer, so a bucket never splits a transformer block.
+
+Sampling is mapped one to one from generation.* (`sampling_params`); the engine returns its
+processed log-probs (after temperature, top-k/top-p and min-tokens masking: the distribution it
+actually sampled from) as `Experience.rollout_logp`. The trainer still recomputes the old log-probs
+itself; the difference is logged and can be corrected for (generation.vllm.importance_correction).
+
+GPU: `gpu_memory_utilization` bounds vLLM's share of the device; with sleep mode the engine frees
+its KV cache (and offloads or drops its weights, `sleep_level`) after each rollout, so the update
+has the memory, and wakes for the next sync. CPU: vLLM has no sleep mode; the KV cache is
+`cpu_kvcache_gb` GiB, and with several ranks on one host each engine is bound to its own share
+of the cores."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+import torch
+
+from ...dist import import_deepspeed
+from ..experience import Experience
+from ..rollout import response_mask_from_ids
+from . import sampling_seed
+from .vllm_worker import pack
+
+_BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
+
+
+def request_seeds(seed: int, step: int, rank: int, n: int) -> list[int]:
+    """One seed per prompt of this rank's rollout, a function of (seed, step, rank) only."""
+    base = sampling_seed(seed, step, rank)
+    return [(base * 100_003 + i) % (2**63 - 1) for i in range(n)]
+
+
+def sampling_params(gen, eos_token_id: int, seeds: list[int]) -> list:
+    """vLLM SamplingParams equal to HF generate's settings in varpo.ppo.rollout.generate: sampled,
+    at most max_new_tokens, EOS masked for the first min_new_tokens, temperature, top-k (0: off),
+    top-p, stop at the tokenizer's EOS only (kept in the output, as HF keeps it), one log-prob per
+    sampled token."""
+    from vllm import SamplingParams
+
+    return [
+        SamplingParams(
+            n=1, max_tokens=gen.max_new_tokens, min_tokens=gen.min_new_tokens, temperature=gen.temperature,
+            top_k=gen.top_k if gen.top_k > 0 else 0, top_p=gen.top_p, seed=s, stop_token_ids=[eos_token_id],
+            ignore_eos=False, logprobs=0, detokenize=False, skip_special_tokens=False,
+        )
+        for s in seeds
+    ]
+
+
+def weight_buckets(named: Iterable[tuple[str, torch.nn.Parameter]], budget_bytes: float) -> list[list[tuple[str, torch.nn.Parameter]]]:
+    """Consecutive parameters in buckets of at most `budget_bytes`, never splitting a transformer
+    block (`...layers.<i>.` / `h.<i>.` / `blocks.<i>.`); a block or a parameter larger than the
+    budget is a bucket of its own. Sizes are full (unsharded) sizes: `ds_numel` under ZeRO-3."""
+    groups: list[list[tuple[str, torch.nn.Parameter]]] = []
+    last_key = None
+    for name, p in named:
+        m = _BLOCK.match(name)
+        key = m.group(1) if m else name
+        if key != last_key:
+            groups.append([])
+            last_key = key
+        groups[-1].append((name, p))
+
+    def nbytes(group) -> int:
+        return sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for _, p in group)
+
+    buckets: list[list[tuple[str, torch.nn.Parameter]]] = []
+    size = 0
+    for g in groups:
+        n = nbytes(g)
+        if not buckets or (size > 0 and size + n > budget_bytes):
+            buckets.append([])
+            size = 0
+        buckets[-1].extend(g)
+        size += n
+    return buckets
+
+
+def _cpu_environment(kvcache_gb: int, local_rank: int, local_world: int) -> None:
+    """vLLM CPU settings, read by the engine process it spawns (the user's own values win)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kvcache_gb))
+    # vLLM reserves a core for its frontend by default; on a small host that halves the compute
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    if local_world > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        # several ranks' engines on one host: each gets its own cores (by default each would bind
+        # all of them, and the engines would fight over every core)
+        cores = sorted(os.sched_getaffinity(0))
+        share = max(1, len(cores) // local_world)
+        mine = cores[local_rank * share: (local_rank + 1) * share] or cores[-share:]
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))
+
+
+class VLLMRolloutEngine:
+    name = "vllm"
+
+    def __init__(self, cfg, tokenizer, policy_path: str, rank: int, world: int):
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError(
+                "generation.backend=vllm needs vLLM, which is not importable in this environment "
+                f"({exc}). On a CPU machine build the vLLM environment (scripts/setup_vllm_env.sh) and "
+                "run varpo from .venv-vllm; on a GPU machine `pip install -e '.[vllm]'`."
+            ) from None
+        from vllm import LLM
+
+        v, gen = cfg.generation.vllm, cfg.generation
+        if v.tensor_parallel_size > 1 and world > 1:
+            raise ValueError(
+                f"generation.vllm.tensor_parallel_size={v.tensor_parallel_size} with {world} trainer ranks: "
+                "a tensor-parallel engine is supported for a world of one trainer rank (one engine over "
+                "several GPUs); per-rank engines spanning trainer ranks are not implemented"
+            )
+        self.cfg, self.gen, self.v, self.rank = cfg, gen, v, rank
+        self.eos_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.cuda = torch.cuda.is_available()
+        if not self.cuda:
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))
+            _cpu_environment(v.cpu_kvcache_gb, int(os.environ.get("LOCAL_RANK", rank)), local_world)
+        # the engine process must not inherit the trainer's threads and process-group state mid-flight
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        enforce_eager = (not self.cuda) if v.enforce_eager is None else v.enforce_eager
+        self.sleep = self.cuda and v.sleep_mode
+        kwargs = dict(
+            model=policy_path, skip_tokenizer_init=True, dtype=cfg.model.dtype, seed=cfg.seed,
+            enforce_eager=enforce_eager, max_model_len=v.max_model_len or gen.max_prompt_len + gen.max_new_tokens,
+            tensor_parallel_size=v.tensor_parallel_size, logprobs_mode="processed_logprobs",
+            worker_extension_cls="varpo.ppo.generation.vllm_worker.WeightSyncExtension",
+        )
+        if self.cuda:
+            kwargs.update(gpu_memory_utilization=v.gpu_memory_utilization, enable_sleep_mode=self.sleep)
+        else:
+            # an explicit KV-cache size; otherwise the CPU worker reserves gpu_memory_utilization of the
+            # host's memory and refuses to start when less than that is free
+            kwargs.update(kv_cache_memory_bytes=v.cpu_kvcache_gb * 2**30)
+        self.llm = LLM(**kwargs)
+        self._asleep = False
+
+    # ------------------------------------------------------------------ sleep mode (GPU)
+    def _wake(self, tags: list[str]) -> None:
+        if self.sleep and self._asleep:
+            self.llm.wake_up(tags=tags)
+
+    def _sleep(self) -> None:
+        if self.sleep:
+            self.llm.sleep(level=self.v.sleep_level)
+            self._asleep = True
+
+    # ------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, step: int) -> Experience:
+        from vllm.inputs import TokensPrompt
+
+        if self._asleep:  # a rollout without a sync before it (the update was skipped)
+            self.llm.wake_up()
+            self._asleep = False
+        prompts = [TokensPrompt(prompt_token_ids=ids[m.bool()].tolist()) for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+        params = sampling_params(self.gen, self.eos_token_id, request_seeds(self.cfg.seed, step, self.rank, len(prompts)))
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        self._sleep()
+        return rollout_from_outputs(outs, prompt_ids, prompt_mask, self.eos_token_id, self.pad_token_id)
+
+    # ------------------------------------------------------------------ weight sync
+    @torch.no_grad()
+    def sync_weights(self, actor) -> None:
+        """Load the actor's current weights into the engine. Every rank calls it after every update
+        (under ZeRO-3 each bucket is an all-gather all ranks join)."""
+        module = getattr(actor, "module", actor)
+        named = list(module.named_parameters())
+        zero3 = any(hasattr(p, "ds_id") for _, p in named)
+        self._wake(["weights"])
+        for bucket in weight_buckets(named, self.v.sync_bucket_mb * 2**20):
+            with _gathered([p for _, p in bucket], zero3):
+                # host copies: they leave this process (and the engine must not see later updates)
+                weights = [(name, p.detach().to("cpu", copy=True)) for name, p in bucket]
+            loaded = self.llm.collective_rpc("varpo_load_weights", args=(pack(weights),))
+            if any(n != len(weights) for n in loaded):
+                raise RuntimeError(f"vLLM workers loaded {loaded} tensors of a bucket of {len(weights)}")
+        self.llm.collective_rpc("varpo_finish_sync")
+        if self.sleep and self._asleep:
+            self.llm.wake_up()  # the rest: KV cache and scheduling
+        self._asleep = False
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+            del llm
+
+
+class _NoGather:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _gathered(params: list, zero3: bool):
+    if not zero3:
+        return _NoGather()
+    return import_deepspeed().zero.GatheredParameters(params, modifier_rank=None)
+
+
+def rollout_from_outputs(outs, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, eos_token_id: int,
+                         pad_token_id: int) -> Experience:
+    """vLLM RequestOutputs -> an Experience in varpo's layout (responses right-padded with the pad id,
+    at least one position), with vLLM's log-probs of the sampled tokens (0 on padding)."""
+    rows, lps = [], []
+    for o in outs:
+        c = o.outputs[0]
+        ids = list(c.token_ids)
+        rows.append(ids)
+        lps.append([d[t].logprob for d, t in zip(c.logprobs, ids)] if c.logprobs is not None else [0.0] * len(ids))
+    T = max(1, max(len(r) for r in rows))
+    device = prompt_ids.device
+    response = torch.full((len(rows), T), pad_token_id, dtype=torch.long)
+    rollout_logp = torch.zeros((len(rows), T), dtype=torch.float32)
+    for i, (r, lp) in enumerate(zip(rows, lps)):
+        response[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        rollout_logp[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    mask, has_eos = response_mask_from_ids(response, eos_token_id)
+    response = torch.where(mask.bool(), response, torch.full_like(response, pad_token_id))
+    rollout_logp = rollout_logp * mask
+    return Experience(prompt_ids, prompt_mask, response.to(device), mask.to(device), has_eos.to(device),
+                   rollout_logp=rollout_logp.to(device))
