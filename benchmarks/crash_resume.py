@@ -351,7 +351,7 @@ def main() -> None:
 def write_report(args, results: list[dict], reference: dict, long: dict | None, watch, t_start: float,
                  complete: bool) -> dict:
     """crash.json and crash.md from the trials so far (rewritten after each: a cut run keeps them)."""
-    from host import cpu_model, describe
+    from host import cpu_model, describe, machine
 
     killed = [r for r in results if r["killed_before_end"]]
     summary = {
@@ -373,8 +373,7 @@ def write_report(args, results: list[dict], reference: dict, long: dict | None, 
         summary["step_time_late_over_early"] = long["step_time_late_over_early"]
     cores = watch.cores()
     report = {**summary, "long_run": long, "per_trial": results, "command": " ".join(sys.argv),
-              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "other_processes_cores": cores,
-                          "contention": describe(cores)}, "wall_s": round(time.monotonic() - t_start, 1)}
+              "machine": machine(other_processes_cores=cores, contention=describe(cores)), "wall_s": round(time.monotonic() - t_start, 1)}
     (args.out / "crash.json").write_text(json.dumps(report, indent=1))
     lines = ["# crash_resume", "", f"`{report['command']}` — {cpu_model()}, {os.cpu_count()} cores; {describe(cores)}; "
              f"{report['wall_s']:.0f} s", "", "| figure | value |", "|---|---|"]

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     sys.path.insert(0, str(HERE))
     from bench_models import build_inputs
-    from host import ForeignCpu, cpu_model, describe
+    from host import ForeignCpu, describe, machine
     from ppo_vs_trl import build_ensemble, override_strings, varpo_overrides
 
     from varpo.config import load_config
@@ -108,8 +108,7 @@ def main(argv=None) -> int:
     B, T = ro.response_ids.shape
     res = {
         "command": "python benchmarks/fused_shaping.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu_model": cpu_model(), "cores": os.cpu_count(), "threads": a.threads,
-                    "torch": torch.__version__, "foreign_cores": foreign, "contention": describe(foreign)},
+        "machine": machine(threads=a.threads, foreign_cores=foreign, contention=describe(foreign)),
         "size": a.size, "batch": B, "response_len": T, "vocab": meta["vocab_size"], "estimator": est,
         "reps": a.reps, "max_abs_difference": max_err,
         **{p: {"seconds_median": statistics.median(times[p]), "seconds": times[p],

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from host import ForeignCpu, cpu_model, describe  # benchmarks/, the script's own folder
+from host import ForeignCpu, describe, machine  # benchmarks/, the script's own folder
 
 
 def _rss_bytes() -> int:
@@ -127,8 +127,7 @@ def driver(out: Path, hidden: int, layers: int) -> None:
         "model": f"Llama {layers} layers × {hidden}, vocab {conf.vocab_size} ({n_params / 1e6:.1f} M params, fp32), "
                  "LoRA r=8 on q_proj/v_proj (peft's default for Llama)",
         "rows": rows, "max_over_ranks": summary,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+        "machine": machine(),
         "other_processes_cores": cores, "contention": describe(cores),
         "command": f"python benchmarks/lora_reference_memory.py --out {out} --hidden {hidden} --layers {layers}",
     }

@@ -164,18 +164,18 @@ def report(args) -> None:
             "rank_killed": timing.get("rank_killed"),
         },
         "seconds": {k: v for k, v in timing.items() if isinstance(v, (int, float))},
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "mem_gib": round(psutil.virtual_memory().total / 2**30, 1)},
+        "machine": _machine(mem_gib=round(psutil.virtual_memory().total / 2**30, 1)),
     }
     (d / "multinode.json").write_text(json.dumps(out, indent=2))
     print(json.dumps({k: out[k] for k in ("max_abs_diff_score_mean", "max_abs_diff_kl_mean", "two_nodes_match_one_node",
                                           "resumed_on_one_rank")}))
 
 
-def _cpu() -> str:
+def _machine(**extra) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from host import cpu_model
+    from host import machine
 
-    return cpu_model()
+    return machine(**extra)
 
 
 def main() -> None:

@@ -16,30 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from bench_models import SIZES, build_inputs, load_prompts  # benchmarks/, the script's own folder
-from host import ForeignCpu, cpu_model, describe
+from host import ForeignCpu, describe, machine
 
 
-def machine() -> dict:
-    import torch
-
-    out = {"cpu": cpu_model(), "cores": len(__import__("os").sched_getaffinity(0)), "python": platform.python_version(),
-           "torch": torch.__version__}
+def _vllm_version() -> str | None:
     try:
         import vllm
-
-        out["vllm"] = vllm.__version__
     except ImportError:
-        pass
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
-    return out
+        return None
+    return vllm.__version__
 
 
 def main(argv=None) -> dict:
@@ -137,7 +128,7 @@ def main(argv=None) -> dict:
                      "prompt_len": p.prompt_len, "new_tokens": T, "repeats": args.repeats,
                      "sampling": {"temperature": cfg.generation.temperature, "top_k": cfg.generation.top_k,
                                   "top_p": cfg.generation.top_p}},
-        "machine": {**machine(), "other_processes_cores": contention, "contention": describe(contention)},
+        "machine": machine(vllm=_vllm_version(), other_processes_cores=contention, contention=describe(contention)),
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
