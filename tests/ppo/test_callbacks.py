@@ -33,7 +33,9 @@ class UserLogger(TrainerCallback):
 
     def on_checkpoint_saved(self, path):
         self.events.append(("checkpoint_saved", path.name))
-        assert (path / "COMPLETE").exists()
+        from varpo import checkpoint
+
+        assert checkpoint.check(path) is None  # committed and whole when the callback sees it
 
     def on_train_end(self, summary):
         self.events.append(("train_end", summary["steps"]))
@@ -41,6 +43,7 @@ class UserLogger(TrainerCallback):
 
 
 def test_user_logger_and_early_stop(make_cfg, prompts, tmp_path, word_scorer):
+    from varpo import checkpoint
     from varpo.ppo.loggers import WandbLogger
     from varpo.ppo.trainer import PPOTrainer
 
@@ -54,9 +57,9 @@ def test_user_logger_and_early_stop(make_cfg, prompts, tmp_path, word_scorer):
 
     assert user.events == [
         ("train_begin", 0),
-        ("rollout_scored", 8), ("step_end", 0), ("checkpoint_saved", "step_000001"),
+        ("rollout_scored", 8), ("step_end", 0), ("checkpoint_saved", checkpoint.name_of(1)),
         ("rollout_scored", 8), ("step_end", 1),  # stop requested: no periodic checkpoint, the final one
-        ("checkpoint_saved", "step_000002"), ("train_end", 2),
+        ("checkpoint_saved", checkpoint.name_of(2)), ("train_end", 2),
     ]
     assert summary["steps"] == 2 and summary["stopped_early"] == "enough after 2 steps"
     assert user.summary == summary == json.loads((tmp_path / "summary.json").read_text())
