@@ -11,16 +11,23 @@ from varpo.ppo.gen_logprobs import GenerationLogprobs
 from varpo.ppo.rollout import generate, response_logits, tokenize_prompts
 
 
-@pytest.mark.parametrize("temperature,min_new", [(1.0, 0), (0.7, 3)])
-def test_generation_logprobs_equal_a_full_forward(tiny_policy, prompts, temperature, min_new):
+@pytest.mark.parametrize("temperature,min_new,lora", [(1.0, 0, False), (0.7, 3, False), (0.7, 2, True)])
+def test_generation_logprobs_equal_a_full_forward(tiny_policy, prompts, temperature, min_new, lora):
     """Left-padded prompts of different lengths, EOS allowed (rows end early), temperature ≠ 1 and
     min_new_tokens (an EOS mask the sampler applies but the policy's distribution does not): the
-    recorded log-probs equal log_softmax(full forward / T) at every real response token."""
+    recorded log-probs equal log_softmax(full forward / T) at every real response token. With LoRA
+    the actor is a peft model, whose generate bypasses its own forward."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_policy)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(tiny_policy).eval()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+        model.eval()
     gen = load_config(None, ["generation.max_new_tokens=9", f"generation.min_new_tokens={min_new}",
                              f"generation.temperature={temperature}"]).generation
     ids, mask, _ = tokenize_prompts(tok, prompts[:7], 8, "cpu")

@@ -42,7 +42,10 @@ class GenerationLogprobs:
         self.prev = out.logits[:, -1].detach()
 
     def __enter__(self) -> GenerationLogprobs:
-        self.handle = self.model.register_forward_hook(self._hook, with_kwargs=True)
+        # a peft model's generate calls the wrapped causal LM directly, never its own forward:
+        # hook the module whose forward the decoding steps actually run
+        target = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.handle = target.register_forward_hook(self._hook, with_kwargs=True)
         return self
 
     def __exit__(self, *exc) -> None:
