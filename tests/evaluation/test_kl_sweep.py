@@ -55,7 +55,9 @@ def test_kl_sweep_cli_contract_on_the_oracle(tmp_path):
     assert sorted((p["method"], p["beta"]) for p in swept) == [("vanilla", 0.1), ("variance_aware", 0.1)]
     for p in swept:
         assert set(p) >= {"method", "beta", "kl_mean", "gold_mean", "gold_se", "proxy_mean"}
-        assert p["kl_mean"] >= 0 and 0 <= p["gold_mean"] <= 1 and p["gold_se"] > 0 and p["proxy_mean"] is not None
+        # one step from the reference: k1 compares equal models, 0 up to the rounding of generation's
+        # KV-cached forward (the old log-probs) against the reference's full forward
+        assert p["kl_mean"] > -1e-4 and 0 <= p["gold_mean"] <= 1 and p["gold_se"] > 0 and p["proxy_mean"] is not None
     bon = [p for p in pts if p["method"] == "best_of_n"]
     assert [p["n"] for p in bon] == [1, 2, 4]
     assert [p["kl_mean"] for p in bon] == pytest.approx([math.log(n) - (n - 1) / n for n in (1, 2, 4)])
