@@ -122,6 +122,8 @@ def _load(path: Path):
 
 
 def report(args) -> None:
+    from varpo.checkpoint import name_of  # the checkpoint folders' names, as varpo writes them
+
     d = Path(args.dir)
     two, one, resumed = _rows(d / "two_nodes/metrics.jsonl"), _rows(d / "one_node/metrics.jsonl"), _rows(d / "resumed_one_rank/metrics.jsonl")
     diffs = {k: max((abs(a[k] - b[k]) for a, b in zip(two, one) if k in a and k in b), default=None) for k in COMPARED}
@@ -135,8 +137,9 @@ def report(args) -> None:
         [r["step"] for r in resumed] == [*range(steps + 1)]
         and [r["world_size"] for r in resumed] == [2] * steps + [1]
         and resumed[:steps] == two  # the 2-node rows kept as they were
-        and f"step_{steps:06d} at step {steps}" in " ".join(resume_log.split())  # the console wraps long lines
-        and bool(universal) and (_load(ckpt / f"step_{steps + 1:06d}/trainer_state.json") or {}).get("world_size") == 1
+        # the console wraps long lines anywhere, even inside the path: compare without whitespace
+        and f"{name_of(steps)}atstep{steps}" in "".join(resume_log.split())
+        and bool(universal) and (_load(ckpt / name_of(steps + 1) / "trainer_state.json") or {}).get("world_size") == 1
         and (d / "resumed_one_rank/policy/model.safetensors").exists()
     )
     last = sorted((d / "two_nodes/checkpoints").glob("step_*"))[-1:]
@@ -153,7 +156,8 @@ def report(args) -> None:
         "steps_compared": steps,
         "world_sizes": {"two_nodes": sorted({r["world_size"] for r in two}), "one_node": sorted({r["world_size"] for r in one}),
                         "resumed_one_rank": [r["world_size"] for r in resumed]},
-        "resume": {"universal_checkpoints": universal, "log": re.findall(r"resumed from \S+ at step \d+", " ".join(resume_log.split()))},
+        "resume": {"universal_checkpoints": universal,
+                   "log": re.findall(r"resumedfrom\S+atstep\d+", "".join(resume_log.split()))},
         "two_nodes_checkpoint_actor_files": shards,
         "ranks_seen": probe.get("ranks", {}),
         "ssh_session_env": _load(d / "ssh_session_env.json"),
