@@ -135,19 +135,24 @@ def rank() -> int:
     return torch_dist.get_rank() if torch_dist.is_initialized() else 0
 
 
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
+    """A reduced copy of t, on t's device. NCCL reduces only CUDA tensors, so a host tensor
+    (a statistic gathered on the CPU) makes a round trip through the GPU."""
+    out = t.clone()
+    if world_size() > 1:
+        comm = out.cuda() if out.device.type != "cuda" and torch_dist.get_backend() == "nccl" else out
+        torch_dist.all_reduce(comm, op=op)
+        out = comm.to(t.device)
+    return out
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (identity in a world of one); returns a new tensor."""
-    t = t.clone()
-    if world_size() > 1:
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
-    return t
+    return _all_reduce(t, torch_dist.ReduceOp.SUM)
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    t = t.clone()
-    if world_size() > 1:
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
-    return t
+    return _all_reduce(t, torch_dist.ReduceOp.MAX)
 
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:

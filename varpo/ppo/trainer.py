@@ -175,11 +175,25 @@ class PPOTrainer:
         )
 
     def _global_mean(self, x: torch.Tensor) -> float:
-        s = dist.all_reduce_sum(torch.stack([x.double().sum(), torch.tensor(float(x.numel()), dtype=torch.float64)]))
+        s = dist.all_reduce_sum(torch.stack([x.double().sum(), x.new_tensor(float(x.numel()), dtype=torch.float64)]))
         return (s[0] / s[1]).item()
 
     def _any_rank(self, flag: bool) -> bool:
         return bool(dist.all_reduce_max(torch.tensor(float(flag))).item() > 0)
+
+    def _any_rank_tensor(self, flag: torch.Tensor) -> bool:
+        return bool(dist.all_reduce_max(flag.detach().float().reshape(())).item() > 0)
+
+    def _global_means(self, acc: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        """Per key, the mean over every rank's minibatch values: one all-reduce and one host
+        transfer for all keys (the same sums as a _global_mean per key)."""
+        if not acc:
+            return {}
+        keys = list(acc)
+        sums = torch.stack([torch.stack(acc[k]).double().sum() for k in keys])
+        counts = torch.tensor([float(len(acc[k])) for k in keys], dtype=torch.float64)
+        tot = dist.all_reduce_sum(torch.stack([sums.cpu(), counts]))
+        return dict(zip(keys, (tot[0] / tot[1]).tolist()))
 
     # ------------------------------------------------------------------ the seven stages
     def rollout(self, step: int) -> Experience:
@@ -293,7 +307,9 @@ class PPOTrainer:
                     v_loss, v_stats = core.value_loss(values, mb.values, mb.returns, mb.mask, p.clip_range_value)
                     v_loss = p.vf_coef * v_loss
                     # every rank must take the same decision, or the collectives inside step() hang
-                    if self._any_rank(not (torch.isfinite(loss) and torch.isfinite(v_loss) and torch.isfinite(logp).all())):
+                    # one host sync per minibatch: the three finiteness tests as one tensor, one reduction
+                    finite = torch.isfinite(loss) & torch.isfinite(v_loss) & torch.isfinite(logp).all()
+                    if self._any_rank_tensor(~finite):
                         self.counters["skipped_updates"] += 1
                         warnings.warn(f"step {self.step}: non-finite loss or log-prob; minibatch update skipped")
                         self.actor.zero_grad()
@@ -303,9 +319,10 @@ class PPOTrainer:
                     self.actor.step()
                     self.critic.backward(v_loss)
                     self.critic.step()
+                    # statistics stay on the device until the end: no host sync per minibatch
                     for k, v in {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, **pg_stats, **v_stats}.items():
-                        acc.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
-            return {k: self._global_mean(torch.tensor(v)) for k, v in acc.items()}
+                        acc.setdefault(k, []).append(v.detach().float() if torch.is_tensor(v) else pg_loss.new_tensor(float(v)))
+            return self._global_means(acc)
 
     def _importance_weights(self, mb: Experience) -> torch.Tensor | None:
         v = self.cfg.generation.vllm
