@@ -33,6 +33,14 @@ pins="$VENV/vllm-pins.txt"
 "$PY" -m pip freeze | grep -i -E '^(torch|transformers|setuptools|tokenizers|numpy)==' > "$pins"
 "$PY" -m pip install -q -c "$pins" -e ".[dev]"
 "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+# DeepSpeed JIT-builds its CPU ops (the shared-memory all-reduce of every multi-rank CPU run) into
+# torch's extension cache, keyed by name only: this environment's DeepSpeed and the main one's
+# would overwrite each other's build there, and every launch in either would compile it again
+# (minutes on a loaded host). The vLLM environment keeps its own cache, set for every process it runs.
+site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+ext_dir="$(cd "$VENV" && pwd)/torch_extensions"
+"$PY" -c 'import sys; print(f"import os; os.environ.setdefault(\"TORCH_EXTENSIONS_DIR\", {sys.argv[1]!r})")' "$ext_dir" \
+  > "$site/varpo_torch_extensions.pth"
 
 "$PY" - <<'PY'
 import torch, transformers, vllm, varpo, deepspeed  # noqa: F401

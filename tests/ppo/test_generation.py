@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -51,3 +52,31 @@ def test_vllm_backend_without_vllm_fails_clearly(tiny_policy):
     cfg = load_config(None, [f"model.policy_path={tiny_policy}", "generation.backend=vllm"])
     with pytest.raises(RuntimeError, match=r"needs vLLM.*setup_vllm_env\.sh"):
         build_rollout_engine(cfg, None, None, tiny_policy, 0, 1)
+
+
+def test_cpu_engines_of_ranks_on_one_host_get_disjoint_cores(monkeypatch):
+    """generation.backend=vllm on CPU with several ranks on a host: each rank's engine is bound to
+    its own cores (VLLM_CPU_OMP_THREADS_BIND), together covering the host's; a value the user set wins."""
+    from varpo.ppo.generation.vllm import _cpu_environment, host_ranks
+
+    assert host_ranks(0, 1) == (0, 1)
+    cores = sorted(os.sched_getaffinity(0))
+    n = min(len(cores), 4)
+    binds = []
+    for r in range(n):
+        env = {}
+        monkeypatch.setattr(os, "environ", env)
+        _cpu_environment(2, r, n)
+        assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+        binds.append({int(c) for c in env["VLLM_CPU_OMP_THREADS_BIND"].split(",")})
+    assert all(b for b in binds) and set().union(*binds) <= set(cores)
+    if n > 1:
+        assert all(not (a & b) for i, a in enumerate(binds) for b in binds[i + 1:]), binds
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+    monkeypatch.setattr(os, "environ", env)
+    _cpu_environment(1, 1, 2)
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    env = {}
+    monkeypatch.setattr(os, "environ", env)
+    _cpu_environment(1, 0, 1)  # one rank on the host: vLLM's own binding
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in env

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Iterable
 
 import torch
@@ -109,6 +110,26 @@ def _cpu_environment(kvcache_gb: int, local_rank: int, local_world: int) -> None
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))
 
 
+def host_ranks(rank: int, world: int) -> tuple[int, int]:
+    """(index of this rank among the trainer ranks on its host, how many there are), from the
+    ranks' hostnames (a collective: every rank calls it). Not from LOCAL_WORLD_SIZE: vLLM's CPU
+    platform overwrites that variable in the calling process with its own tensor-parallel size (1),
+    so after one engine has started in a process, or in a parent whose environment a launcher
+    passes on, it no longer names the trainer's ranks per host."""
+    if world == 1 or not torch.distributed.is_initialized():
+        return 0, 1
+    hosts: list[str | None] = [None] * world
+    torch.distributed.all_gather_object(hosts, socket.gethostname())
+    same = [r for r, h in enumerate(hosts) if h == hosts[rank]]
+    return same.index(rank), len(same)
+
+
+# what vLLM's CPU platform sets in the calling process's environment for its own engine processes
+# (LD_PRELOAD: its tcmalloc; LOCAL_WORLD_SIZE: its tensor-parallel size); restored afterwards so
+# the trainer rank, and any process it starts later, keeps its own
+_VLLM_OVERWRITES = ("LD_PRELOAD", "LOCAL_WORLD_SIZE")
+
+
 class VLLMRolloutEngine:
     name = "vllm"
 
@@ -134,8 +155,7 @@ class VLLMRolloutEngine:
         self.eos_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.cuda = torch.cuda.is_available()
         if not self.cuda:
-            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))
-            _cpu_environment(v.cpu_kvcache_gb, int(os.environ.get("LOCAL_RANK", rank)), local_world)
+            _cpu_environment(v.cpu_kvcache_gb, *host_ranks(rank, world))
         # the engine process must not inherit the trainer's threads and process-group state mid-flight
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         enforce_eager = (not self.cuda) if v.enforce_eager is None else v.enforce_eager
@@ -152,7 +172,15 @@ class VLLMRolloutEngine:
             # an explicit KV-cache size; otherwise the CPU worker reserves gpu_memory_utilization of the
             # host's memory and refuses to start when less than that is free
             kwargs.update(kv_cache_memory_bytes=v.cpu_kvcache_gb * 2**30)
-        self.llm = LLM(**kwargs)
+        saved = {k: os.environ.get(k) for k in _VLLM_OVERWRITES}
+        try:
+            self.llm = LLM(**kwargs)
+        finally:
+            for k, val in saved.items():
+                if val is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = val
         self._asleep = False
 
     # ------------------------------------------------------------------ sleep mode (GPU)
