@@ -84,8 +84,9 @@ def load(path: Path, engines: dict, saved_world_size: int | None = None) -> dict
             for group, h in zip(_param_groups(engine), hyper):
                 group.update(h)
             # ...and it assigns one `step` tensor object to the state of every optimizer sub-group,
-            # which torch's Adam then increments in place once per sub-group per step: with two
-            # groups (a shared-trunk value head) Adam's step count ran at twice the rate
+            # which torch's Adam then increments in place once per sub-group per step: with k
+            # sub-groups (two groups with a shared-trunk value head; any model over ZeRO-3's
+            # sub_group_size, 1e9 parameters) Adam's step count ran k times too fast after a resume
             for state in _optimizer(engine).state.values():
                 if torch.is_tensor(state.get("step")):
                     state["step"] = state["step"].clone()
