@@ -267,7 +267,8 @@ class PPOTrainer:
         if exp.values is None:
             with self._timed("value"):
                 # the critic, or the shared trunk's value head when no actor forward ran above
-                exp.values = self._forward_in_chunks(lambda c: response_values(self.actor if self.shared_trunk else self.critic, c), exp)
+                critic = self.actor if self.shared_trunk else self.critic
+                exp.values = self._forward_in_chunks(lambda c: response_values(critic, c), exp)
 
     def _rollout_is_finite(self, exp: Experience) -> bool:
         return bool(torch.isfinite(exp.score).all() and torch.isfinite(exp.variance).all()
