@@ -20,6 +20,9 @@ Variants, one fresh subprocess per run, alternating trl, vanilla, variance-aware
   varpo_vanilla          varpo PPO, 10-head ensemble, w = 1
   varpo_variance_aware   varpo PPO, 10-head ensemble, w = σ²/mean(σ²) (batch_mean)
   varpo_1head            varpo PPO, 1-head ensemble, w = 1 (the reward model TRL has)
+  varpo_shared_trunk     as varpo_vanilla with model.critic=shared_trunk (the value head on the actor's
+                         trunk: no critic model, one forward per minibatch for logits and values); opt-in,
+                         not in the default --variants (select it with --variants ...,varpo_shared_trunk)
 
 Throughput of one run = episodes (tokens) of its steps after warm-up / their wall time, where a
 step's wall time runs from the end of the previous step to the end of this one (both trainers'
@@ -50,7 +53,10 @@ VARIANTS = {
     "varpo_vanilla": {"side": "varpo", "heads": 10, "weighting": "none"},
     "varpo_variance_aware": {"side": "varpo", "heads": 10, "weighting": "batch_mean"},
     "varpo_1head": {"side": "varpo", "heads": 1, "weighting": "none"},
+    # opt-in: the default run keeps its time budget
+    "varpo_shared_trunk": {"side": "varpo", "heads": 10, "weighting": "none", "critic": "shared_trunk", "opt_in": True},
 }
+DEFAULT_VARIANTS = [v for v, spec in VARIANTS.items() if not spec.get("opt_in")]
 # quick: ~3 min on 2 idle cores, ~5 on busy ones; full: more rounds and steps for tighter medians
 MODES = {"quick": {"rounds": 5, "steps": 5, "warmup": 1}, "full": {"rounds": 5, "steps": 10, "warmup": 2}}
 REQUIRED_KEYS = ("trl", "varpo_vanilla", "varpo_variance_aware", "ratio_vs_trl", "ratio_vs_trl_excluding_gc_collect",
@@ -139,18 +145,22 @@ def build_results(runs: list[dict], warmup: int, machine: dict, meta: dict, comm
     """The results document: one summary per variant, paired ratios against TRL per round."""
     res = {"command": command, "machine": machine, "size": meta["size"], "preset": meta["preset"],
            "n_params": meta.get("n_params"), "warmup_steps": warmup}
-    by_variant = {v: [r for r in runs if r["variant"] == v] for v in VARIANTS}
-    for v, rs in by_variant.items():
-        res[v] = variant_summary(rs, warmup)
-    per_round = {v: {p["round"]: p["episodes_per_s"] for p in res[v]["runs"]} for v in VARIANTS}
+    # every default variant (the contract's keys, None where it did not run); an opt-in one only if it ran
+    shown = [v for v in VARIANTS if v in DEFAULT_VARIANTS or any(r["variant"] == v for r in runs)]
+    for v in shown:
+        res[v] = variant_summary([r for r in runs if r["variant"] == v], warmup)
+    per_round = {v: {p["round"]: p["episodes_per_s"] for p in res[v]["runs"]} for v in shown}
     ratios = {}
-    for v in VARIANTS:
+    for v in shown:
         if v == "trl":
             continue
         rr = paired_ratios(per_round[v], per_round["trl"])
         ratios[f"{v}_vs_trl"] = {"per_round": rr, **summarize(rr)}
     va = paired_ratios(per_round["varpo_variance_aware"], per_round["varpo_vanilla"])
     ratios["variance_aware_vs_vanilla"] = {"per_round": va, **summarize(va)}
+    if "varpo_shared_trunk" in shown:
+        st = paired_ratios(per_round["varpo_shared_trunk"], per_round["varpo_vanilla"])
+        ratios["shared_trunk_vs_vanilla"] = {"per_round": st, **summarize(st)}
     ex = {p["round"]: p.get("episodes_per_s_excluding_gc_collect") for p in res["trl"]["runs"]}
     ex = {r: x for r, x in ex.items() if x is not None}
     if ex:
@@ -168,6 +178,8 @@ def add_headline(res: dict) -> dict:
     res["ratio_vs_trl"] = ratios["varpo_vanilla_vs_trl"]["median"]
     res["ratio_vs_trl_excluding_gc_collect"] = ratios.get("varpo_vanilla_vs_trl_excluding_gc_collect", {}).get("median")
     res["variance_aware_vs_vanilla"] = ratios["variance_aware_vs_vanilla"]["median"]
+    if "shared_trunk_vs_vanilla" in ratios:
+        res["shared_trunk_vs_vanilla"] = ratios["shared_trunk_vs_vanilla"]["median"]
     for v in VARIANTS:
         if v in res:
             res[v]["peak_memory_mb"] = res[v]["peak_rss_mb"]["median"]
@@ -193,6 +205,11 @@ def _fmt(x, spec=".3g"):
     return "—" if x is None else format(x, spec)
 
 
+def _shown(res: dict) -> list[str]:
+    """The variants the results document holds, in VARIANTS order."""
+    return [v for v in VARIANTS if v in res]
+
+
 def results_markdown(res: dict) -> str:
     m, p = res["machine"], res["preset"]
     lines = [
@@ -213,7 +230,7 @@ def results_markdown(res: dict) -> str:
         "| variant | episodes/s min / **median** / max | tokens/s median | s/step | peak RSS MB (median) | runs ok |",
         "|---|---|---|---|---|---|",
     ]
-    for v in VARIANTS:
+    for v in _shown(res):
         s = res[v]
         e = s["episodes_per_s_stats"]
         lines.append(f"| {v} | {_fmt(e['min'])} / **{_fmt(e['median'])}** / {_fmt(e['max'])} | "
@@ -226,16 +243,18 @@ def results_markdown(res: dict) -> str:
                      f"{_fmt(r['min'])} / **{_fmt(r['median'])}** / {_fmt(r['max'])} |")
     lines += ["", f"**ratio_vs_trl** (median varpo_vanilla / trl): {_fmt(res['ratio_vs_trl'])}; "
               f"**ratio_vs_trl_excluding_gc_collect**: {_fmt(res.get('ratio_vs_trl_excluding_gc_collect'))}; "
-              f"variance-aware / vanilla: {_fmt(res.get('variance_aware_vs_vanilla'))}", "",
+              f"variance-aware / vanilla: {_fmt(res.get('variance_aware_vs_vanilla'))}"
+              + (f"; shared-trunk / vanilla: {_fmt(res['shared_trunk_vs_vanilla'])}" if "shared_trunk_vs_vanilla" in res
+                 else ""), "",
               "Per-step phase seconds (median over runs):", "",
               "| variant | " + " | ".join(PHASES) + " |", "|---|" + "---|" * len(PHASES)]
-    for v in VARIANTS:
+    for v in _shown(res):
         lines.append(f"| {v} | " + " | ".join(_fmt(res[v]["phases_s"][ph]) for ph in PHASES) + " |")
-    for v in VARIANTS:
+    for v in _shown(res):
         for k, x in res[v].get("detail_s", {}).items():
             lines.append(f"\n{v}: of which {k} {_fmt(x)} s per step")
     lines += ["", "Phase definitions: see `notes` in results.json.", ""]
-    for v in VARIANTS:
+    for v in _shown(res):
         for f in res[v]["failed_runs"]:
             lines.append(f"- {v} round {f['round']}: not run or failed: {str(f['error'])[-300:]}")
     if res.get("notes"):
@@ -249,7 +268,7 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [v for v in VARIANTS if res[v]["episodes_per_s"] is not None]
+    names = [v for v in _shown(res) if res[v]["episodes_per_s"] is not None]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     med = [res[v]["episodes_per_s"] for v in names]
     lo = [med[i] - res[v]["episodes_per_s_stats"]["min"] for i, v in enumerate(names)]
@@ -340,7 +359,8 @@ def build_ensemble(policy_path: str, heads: int, out: Path, seed: int) -> Path:
 def varpo_overrides(meta: dict, variant: str, reward_path: str, steps: int, seed: int, lr: float, kl_coef: float) -> dict:
     """The VarpoConfig overrides that mirror the TRL run's settings (see trl_side.py)."""
     p, spec = meta["preset"], VARIANTS[variant]
-    return {
+    critic = spec.get("critic", "separate")
+    over = {
         "seed": seed,
         "model.policy_path": meta["policy_path"], "model.critic_path": meta["policy_path"],
         "reward.type": "ensemble", "reward.path": reward_path, "reward.aggregation": "mean",
@@ -356,8 +376,11 @@ def varpo_overrides(meta: dict, variant: str, reward_path: str, steps: int, seed
         "generation.backend": "hf", "generation.max_new_tokens": p["response_len"],
         "generation.min_new_tokens": p["response_len"], "generation.temperature": 1.0,
         "generation.top_k": 0, "generation.top_p": 1.0, "generation.max_prompt_len": p["prompt_len"] + 8,
-        "deepspeed.zero_stage": 0,
+        "deepspeed.zero_stage": 0, "model.critic": critic,
     }
+    if critic == "shared_trunk":  # the value head on the actor's trunk: no critic backbone to load
+        del over["model.critic_path"]
+    return over
 
 
 def override_strings(overrides: dict) -> list[str]:
@@ -439,7 +462,8 @@ def varpo_run(argv: list[str]) -> int:
         "settings": {"batch_size": p["batch_size"], "mini_batch_size": p["mini_batch_size"],
                      "ppo_epochs": p["ppo_epochs"], "response_len": p["response_len"], "prompt_len": p["prompt_len"],
                      "kl_estimator": "k1", "kl_coef": a.kl_coef, "lr": a.lr, "reward_heads": VARIANTS[a.variant]["heads"],
-                     "variance_weighting": VARIANTS[a.variant]["weighting"]},
+                     "variance_weighting": VARIANTS[a.variant]["weighting"],
+                     "critic": VARIANTS[a.variant].get("critic", "separate")},
     }
     Path(a.out).write_text(json.dumps(result, indent=1))
     return 0
@@ -500,7 +524,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rounds of (trl, varpo variants); default per mode")
     ap.add_argument("--steps", type=int, default=None, help="PPO steps per run; default per mode")
     ap.add_argument("--warmup", type=int, default=None, help="steps dropped at the start of each run")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (trl must stay for ratios)")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help=f"comma-separated, from {list(VARIANTS)} (trl must stay for ratios); default "
+                         f"{','.join(DEFAULT_VARIANTS)}")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 on CPU, all on GPU)")
     ap.add_argument("--work", type=Path, default=None, help="where shared inputs are built (default OUT/runs/work)")
     ap.add_argument("--trl-venv", type=Path, default=HERE / ".venv-trl")
@@ -589,7 +615,7 @@ def write_results(runs, done, rounds, variants, warmup, meta, command, device, t
     machine["shared_machine"] = bool(any(x > SHARED_CORES for x in foreign)) if foreign else bool(
         any(x > threads + 0.5 for x in during))
     runs = list(runs)
-    for v in VARIANTS:
+    for v in DEFAULT_VARIANTS:
         if v not in variants:
             runs.append({"variant": v, "round": -1, "ok": False, "error": "not selected (--variants)"})
     res = build_results(runs, warmup, machine, meta, command)
@@ -606,8 +632,10 @@ def write_results(runs, done, rounds, variants, warmup, meta, command, device, t
 NOTES = [
     "Phases. varpo: generate (tokenize + HF generate, with the old log-probs read off its logits), score "
     "(decode + ensemble forward with the fused head statistics), reference (the reference forward and the fused "
-    "shaping pass over its logits: ref log-probs, KL, σ²-weighting), value (critic forward), update (reward shaping, GAE, "
-    "whitening, PPO epochs), as timed by the trainer; other = logging/tensorboard and the rest of the step.",
+    "shaping pass over its logits: ref log-probs, KL, σ²-weighting), value (critic forward; varpo_shared_trunk: a "
+    "forward of the actor's trunk feeding the value head, its LM head at one position only), update (reward shaping, "
+    "GAE, whitening, PPO epochs; varpo_shared_trunk: one forward and one optimizer step per minibatch for policy "
+    "and value), as timed by the trainer; other = logging/tensorboard and the rest of the step.",
     "Phases. TRL, timed from outside by wrapping its module-level helpers in the runner process: generate "
     "(batch_generation; TRL reuses generate's scores as the old log-probs, so it has no separate actor "
     "forward), reference (forward of the reference model), value (get_reward on the value model), score "

@@ -82,10 +82,19 @@ def build_model(fn: Callable[[], torch.nn.Module], conf: dict) -> torch.nn.Modul
     return model
 
 
-def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: float = 0.0):
-    """A trainable DeepSpeed engine with a client AdamW over the trainable parameters."""
+def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: float = 0.0,
+                 lr_of: dict[str, float] | None = None):
+    """A trainable DeepSpeed engine with a client AdamW over the trainable parameters. `lr_of`:
+    {parameter-name prefix: learning rate} for parameters that get their own group (e.g. a value
+    head sharing the actor's trunk), the rest at `lr`."""
     deepspeed = import_deepspeed()
-    params = [p for p in model.parameters() if p.requires_grad]
+    lr_of = lr_of or {}
+    groups: dict[float, list] = {lr: []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            own = next((v for k, v in lr_of.items() if name.startswith(k)), lr)
+            groups.setdefault(own, []).append(p)
+    params = [{"params": ps, "lr": g} for g, ps in groups.items() if ps]
     # foreach: one multi-tensor kernel per step instead of a Python loop over parameters
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), eps=1e-8, foreach=True)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=conf)
@@ -343,11 +352,14 @@ class GroupedGather:
 
 
 @contextmanager
-def generation_gather(actor, mode: str, budget_mb: float) -> Iterator[bool]:
+def generation_gather(actor, mode: str, budget_mb: float, module: torch.nn.Module | None = None) -> Iterator[bool]:
     """Make a (possibly ZeRO-3) actor's parameters available for one rollout's `generate`, per
     `mode` (GenerationConfig.zero3_gather); yields the `synced_gpus` flag to pass to HF generate.
-    `actor` is a DeepSpeed engine or a bare module (not ZeRO-3, or zero3_gather=per_layer)."""
-    module = getattr(actor, "module", actor)
+    `actor` is a DeepSpeed engine or a bare module (not ZeRO-3, or zero3_gather=per_layer);
+    `module` the part of it that generates when that is not the whole engine module (a causal LM
+    under a value head that shares its trunk): only it is gathered."""
+    root = getattr(actor, "module", actor)
+    module = root if module is None else module
     if not is_zero3(module):
         yield False
         return
@@ -358,11 +370,21 @@ def generation_gather(actor, mode: str, budget_mb: float) -> Iterator[bool]:
     # (an all-reduce of one flag per token), instead of leaving the others waiting in a collective.
     synced = world_size() > 1
     if mode == "per_layer":
-        yield synced
+        offload = zero3_param_offload(actor) if module is not root else None
+        if offload is None:
+            yield synced
+            return
+        # DeepSpeed starts each step of its coordinator in a pre-hook of the engine's root module,
+        # which generate never calls when it runs on a submodule: start it there instead
+        handle = module.register_forward_pre_hook(lambda *_: offload.get_param_coordinator().reset_step())
+        try:
+            yield synced
+        finally:
+            handle.remove()
         return
     if mode not in ("full", "grouped"):
         raise ValueError(f"zero3_gather: expected full, grouped or per_layer, got {mode!r}")
-    with zero3_hooks_suspended(actor) as module:
+    with zero3_hooks_suspended(actor):
         if mode == "full":
             with gathered_params(module):
                 yield synced

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .config import ConfigError
@@ -62,6 +62,7 @@ class ModelShape:
     source: str
     linear_params: int = 0  # weights of the linear layers a 4-bit load quantizes (all but the output head)
     lora_params: int = 0  # LoRA adapter parameters when model.lora applies to this role's model
+    value_head_params: int = 0  # a value head on this causal LM's trunk (model.critic=shared_trunk)
 
 
 def count_params(model) -> tuple[int, int]:
@@ -252,6 +253,13 @@ def role_shapes(cfg, reward_model_config: str | Path | None = None) -> dict[str,
             "reward.path is null with a user policy (model.policy_path): the default ensemble is trained on "
             "the embedded testbed's LM, which is not this policy; set reward.path or pass --reward-model-config"
         )
+    if cfg.model.critic == "shared_trunk":
+        # no critic model: the actor's engine carries the value head (h + 1 parameters, trainable
+        # beside LoRA adapters); the reference keeps the plain causal LM's shape
+        h = actor.hidden_size
+        shared = replace(actor, total_params=actor.total_params + h + 1, value_head_params=h + 1,
+                         source=f"{actor.source} + value head (model.critic=shared_trunk)")
+        return {"actor": shared, "critic": None, "reference": actor, "reward": reward}
     return {"actor": actor, "critic": critic, "reference": actor, "reward": reward}
 
 
@@ -458,7 +466,8 @@ def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
     if trainable and adapters:
         # LoRA: optimizer states only for the adapters (and the critic's value head); the base is
         # frozen weights, 4-bit when configured
-        P_t = shape.lora_params + (shape.hidden_size + 1 if role == "critic" else 0)
+        head = shape.hidden_size + 1 if role == "critic" else shape.value_head_params
+        P_t = shape.lora_params + head
         ms = trainable_model_states(P_t, min(largest, P_t), stage, cluster, off_opt, off_par, fp32=b == 4)
         base = frozen_base_params(shape, stage, N, off_par, b, q, conf)
         ms_gpu, ms_cpu = ms["gpu"] + base["gpu"], ms["cpu"] + base["cpu"]

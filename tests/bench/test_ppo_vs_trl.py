@@ -179,7 +179,12 @@ def test_varpo_settings_are_valid_config_and_mirror_trl(variant):
     assert (g.temperature, g.top_k, g.top_p) == (1.0, 0, 1.0)
     assert p.kl.estimator == "k1" and p.kl.beta == 0.1 and p.kl.controller == "fixed"
     assert (p.batch_size, p.mini_batch_size, p.ppo_epochs) == (16, 8, 2)
-    assert cfg.model.policy_path == cfg.model.critic_path == "/p/policy"
+    if variant == "varpo_shared_trunk":  # the value head on the actor: no critic backbone
+        assert cfg.model.critic == "shared_trunk" and cfg.model.critic_path is None
+        assert cfg.model.policy_path == "/p/policy"
+    else:
+        assert cfg.model.critic == "separate"
+        assert cfg.model.policy_path == cfg.model.critic_path == "/p/policy"
     assert cfg.reward.type == "ensemble" and cfg.reward.path == "/p/reward"
     assert p.variance.weighting == bench.VARIANTS[variant]["weighting"]
     assert g.max_prompt_len >= META["preset"]["prompt_len"]  # no prompt is truncated
@@ -228,3 +233,23 @@ def test_headline_keys_without_gc_collect_and_peak_memory(tmp_path):
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["ratio_vs_trl_excluding_gc_collect"] == pytest.approx(res["ratio_vs_trl_excluding_gc_collect"])
     assert "ratio_vs_trl_excluding_gc_collect" in (tmp_path / "results.md").read_text()
+
+
+def test_shared_trunk_variant_is_opt_in_and_paired_with_vanilla(tmp_path):
+    """varpo_shared_trunk is not in the default --variants; when it ran, its ratio to vanilla is the
+    median over rounds of the paired ratios, and without it the documents do not mention it."""
+    assert "varpo_shared_trunk" in bench.VARIANTS and "varpo_shared_trunk" not in bench.DEFAULT_VARIANTS
+    assert {"trl", "varpo_vanilla", "varpo_variance_aware"} <= set(bench.DEFAULT_VARIANTS)
+    runs = _fake_runs(random.Random(8), rounds=3)
+    res = bench.build_results(runs, 1, _machine(), META, "c")
+    bench.validate_results(res)
+    eps = {(r["round"], r["variant"]): sum(s["episodes"] for s in r["result"]["steps"][1:])
+           / sum(s["wall_s"] for s in r["result"]["steps"][1:]) for r in runs}
+    want = [eps[(k, "varpo_shared_trunk")] / eps[(k, "varpo_vanilla")] for k in range(3)]
+    assert res["shared_trunk_vs_vanilla"] == pytest.approx(statistics.median(want), rel=1e-12)
+    assert "varpo_shared_trunk" in bench.results_markdown(res)
+    without = bench.build_results([r for r in runs if r["variant"] != "varpo_shared_trunk"], 1, _machine(), META, "c")
+    bench.validate_results(without)
+    assert "varpo_shared_trunk" not in without and "shared_trunk_vs_vanilla" not in without
+    assert "shared_trunk" not in bench.results_markdown(without)
+    bench.plot(without, tmp_path / "t.png")

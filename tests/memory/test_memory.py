@@ -260,3 +260,21 @@ def test_bad_hostfile_line_names_file_and_line(tmp_path):
     hf.write_text("# comment\nnode-a slots=8\nnode-b 8\n")
     with pytest.raises(MemoryPlanError, match=r"hosts:3: expected 'HOSTNAME slots=N'"):
         read_hostfile(hf)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_trunk_plans_no_critic_and_a_head_on_the_actor(lora):
+    """model.critic=shared_trunk: no critic model in the plan; the actor holds h + 1 more
+    parameters (trainable beside LoRA adapters), the reference the plain causal LM's."""
+    over = ["deepspeed.zero_stage=3", "deepspeed.precision=bf16", f"model.policy_path={SHAPES / 'llama3_8b_shape.json'}",
+            *(["model.lora.enabled=true"] if lora else [])]
+    sep = plan(load_config(None, over), Cluster(1, 8), SHAPES / "llama_34b_shape.json")
+    shared = plan(load_config(None, [*over, "model.critic=shared_trunk"]), Cluster(1, 8), SHAPES / "llama_34b_shape.json")
+    roles_sep, roles_sh = ({r["role"]: r for r in p["roles"]} for p in (sep, shared))
+    assert "critic" in roles_sep and "critic" not in roles_sh and shared["omitted_roles"] == ["critic"]
+    h = 4096  # Llama 3 8B
+    assert roles_sh["actor"]["total_params"] == roles_sep["actor"]["total_params"] + h + 1
+    assert roles_sh["reference"]["total_params"] == roles_sep["reference"]["total_params"]
+    if lora:
+        assert roles_sh["actor"]["details"]["trainable_params"] == roles_sep["actor"]["details"]["trainable_params"] + h + 1
+    assert shared["total_per_rank"]["gpu_bytes_model_states"] < sep["total_per_rank"]["gpu_bytes_model_states"]

@@ -135,3 +135,35 @@ def test_zero3_gather_modes_agree(tiny_policy, prompts_file, tmp_path):
     assert g["peak_gathered_bytes"] < full[0]["peak_gathered_bytes"] / 2
     assert full[0]["peak_gathered_bytes"] == full[0]["model_bytes"]
     assert full[0]["still_gathered_after_generate"] == grouped[0]["still_gathered_after_generate"] == []
+
+
+def test_shared_trunk_two_ranks_match_one_rank_and_resume_on_one(tiny_policy, tiny_reward, prompts_file, tmp_path):
+    """model.critic=shared_trunk under ZeRO-3: the value head sits in the actor's sharded engine
+    (a second optimizer group). Two ranks (generating with per_layer fetches, on the causal LM
+    inside the head's module) give the one-rank run's metrics and exported head; their checkpoint
+    (actor engine only) resumes on one rank through the universal format."""
+    from safetensors.torch import load_file
+
+    common = [*_common(tiny_policy), f"data.prompts_path={prompts_file}", "reward.type=ensemble",
+              f"reward.path={tiny_reward}", "ppo.variance.weighting=batch_mean", "model.critic=shared_trunk",
+              "ppo.vf_coef=0.5", "ppo.critic_lr=3e-3"]
+    _launch(1, tmp_path / "one", [*common, "ppo.steps=3"])
+    _launch(2, tmp_path / "two", [*common, "ppo.steps=2", "ppo.checkpoint_every=1", "generation.zero3_gather=per_layer"])
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert [r["world_size"] for r in two] == [2, 2] and one[0]["world_size"] == 1
+    assert one[0]["value_loss"] > 0 and one[1]["kl_mean"] > 0 and one[1]["explained_variance"] != 0
+    for a, b in zip(one, two):
+        for k in ("score_mean", "variance_mean", "kl_mean", "weighted_kl_mean", "policy_loss", "value_loss",
+                  "returns_mean", "entropy", "explained_variance"):
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (a["step"], k)
+    h2 = load_file(str(tmp_path / "two" / "policy_value_head" / "value_head.safetensors"))
+    assert h2["weight"].abs().max() > 0
+    ckpt = sorted((tmp_path / "two" / "checkpoints").glob("step_*"))[-1]
+    assert (ckpt / "actor").is_dir() and not (ckpt / "critic").exists()
+    _launch(1, tmp_path / "two", [*common, "ppo.steps=3", "ppo.checkpoint_every=1"])
+    resumed = _rows(tmp_path / "two")
+    assert [r["step"] for r in resumed] == [0, 1, 2] and resumed[2]["world_size"] == 1
+    for k in ("score_mean", "value_loss", "policy_loss", "explained_variance"):
+        assert resumed[2][k] == pytest.approx(one[2][k], rel=1e-3, abs=1e-5), k
+    h1, h3 = (load_file(str(tmp_path / d / "policy_value_head" / "value_head.safetensors")) for d in ("one", "two"))
+    torch.testing.assert_close(h3["weight"], h1["weight"], rtol=1e-3, atol=1e-5)

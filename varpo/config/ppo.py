@@ -73,11 +73,13 @@ class PPOConfig(Section):
     clip_range: float = Field(0.2, gt=0.0, description="policy ratio clip ε")
     clip_range_value: float = Field(0.2, gt=0.0, description="value clip around the old values")
     vf_coef: float = Field(
-        0.1, ge=0.0, description="multiplies the critic's value loss. The critic has its own Adam optimizer, which "
-        "is invariant to a constant loss scale, so this is not a policy/value trade-off as with a shared network: "
-        "it moves the critic's gradient-clipping threshold (deepspeed.gradient_clipping applies to vf_coef·∇L, i.e. "
+        0.1, ge=0.0, description="multiplies the critic's value loss. model.critic=separate: the critic has its own "
+        "Adam optimizer, which is invariant to a constant loss scale, so this is not a policy/value trade-off: it "
+        "moves the critic's gradient-clipping threshold (deepspeed.gradient_clipping applies to vf_coef·∇L, i.e. "
         "to ∇L at gradient_clipping/vf_coef) and scales the logged value_loss; set the critic's step size with "
-        "critic_lr")
+        "critic_lr. model.critic=shared_trunk: one optimizer minimises policy loss + vf_coef·value loss, so vf_coef "
+        "weighs the value gradient against the policy gradient in the shared trunk (the head alone sees only the "
+        "value loss and takes critic_lr), and gradient clipping applies to the joint gradient")
     entropy_coef: float = Field(0.0, ge=0.0, description="entropy bonus weight")
     whiten_advantages: bool = True
     whiten_rewards: bool = False
@@ -213,7 +215,14 @@ class QuantizationConfig(Section):
 
 class ModelConfig(Section):
     policy_path: str | None = Field(None, description="HF folder of the initial policy; None: the embedded testbed LM")
-    critic_path: str | None = Field(None, description="backbone of the critic; None: same as the policy")
+    critic_path: str | None = Field(None, description="backbone of the critic (critic=separate); None: same as the policy")
+    critic: Literal["separate", "shared_trunk"] = Field(
+        "separate", description="separate: the critic is its own model (a backbone from critic_path with a value "
+        "head), own DeepSpeed engine and optimizer (critic_lr, deepspeed.critic); shared_trunk: the critic is a "
+        "value head on the actor's own trunk, trained in the actor's engine and optimizer (deepspeed.actor; the "
+        "head's learning rate is critic_lr): one forward per minibatch gives the logits and the values, no second "
+        "model in memory, and the loss is policy loss + ppo.vf_coef·value loss, so vf_coef weighs the two. The "
+        "exported policy stays a plain causal LM; the head is saved beside it in OUT/policy_value_head")
     tokenizer_path: str | None = Field(None, description="None: the policy's folder")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
@@ -226,9 +235,24 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _quantized_base_needs_adapters(self):
-        if self.quantization.load_in_4bit and not (self.lora.enabled and self.lora.critic):
+        critic_adapted = self.lora.critic or self.critic == "shared_trunk"  # a shared trunk has the actor's
+        if self.quantization.load_in_4bit and not (self.lora.enabled and critic_adapted):
             raise ValueError("quantization.load_in_4bit=true: 4-bit base weights cannot be trained; set "
                              "lora.enabled=true and lora.critic=true (adapters on actor and critic)")
+        return self
+
+    @model_validator(mode="after")
+    def _shared_trunk_has_no_critic_model(self):
+        if self.critic != "shared_trunk":
+            return self
+        if self.critic_path is not None:
+            raise ValueError(f"model.critic=shared_trunk puts the value head on the actor's trunk, so model.critic_path "
+                             f"({self.critic_path!r}) has nothing to load; unset model.critic_path or set "
+                             "model.critic=separate")
+        if self.lora.critic:
+            raise ValueError("model.critic=shared_trunk with model.lora.critic=true: there is no separate critic "
+                             "to give adapters; the value head trains beside the actor's adapters (model.lora.enabled). Set "
+                             "model.lora.critic=false or model.critic=separate")
         return self
 
     @model_validator(mode="after")

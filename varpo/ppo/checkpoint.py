@@ -8,6 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from .. import checkpoint as ckpt
 from ..dist import barrier, rank, world_size
 
@@ -47,6 +49,20 @@ def _to_universal(path: Path, tag: str) -> str:
     return out_tag
 
 
+def _optimizer(engine):
+    """The torch optimizer inside a DeepSpeed engine (ZeRO wraps it)."""
+    opt = getattr(engine, "optimizer", None)
+    return getattr(opt, "optimizer", opt)
+
+
+def _param_groups(engine) -> list[dict]:
+    return list(getattr(_optimizer(engine), "param_groups", []))
+
+
+def _group_hyperparameters(engine) -> list[dict]:
+    return [{k: v for k, v in g.items() if k != "params"} for g in _param_groups(engine)]
+
+
 def load(path: Path, engines: dict, saved_world_size: int | None = None) -> dict:
     """Restore engines and RNG states; returns the trainer state. A checkpoint written at another
     world size (e.g. 2 ranks resumed on 1) goes through DeepSpeed's universal checkpoint, which
@@ -57,9 +73,23 @@ def load(path: Path, engines: dict, saved_world_size: int | None = None) -> dict
         if elastic:
             tag = _to_universal(path, name)
             engine._config.load_universal_checkpoint = True  # read by load_checkpoint only
+            hyper = _group_hyperparameters(engine)
         load_path, _ = engine.load_checkpoint(str(path), tag=tag, load_module_strict=True)
         if elastic:
             engine._config.load_universal_checkpoint = False
+            # DeepSpeed's universal load gives every optimizer group the hyperparameters of group 0
+            # (ZeRO-3: load_hp_checkpoint_state_from_checkpoint_dir_stage3), which would put a
+            # shared-trunk value head at the actor's learning rate. varpo has no LR schedule, so the
+            # groups' values as built from the config are the ones the checkpoint was trained with.
+            for group, h in zip(_param_groups(engine), hyper):
+                group.update(h)
+            # ...and it assigns one `step` tensor object to the state of every optimizer sub-group,
+            # which torch's Adam then increments in place once per sub-group per step: with k
+            # sub-groups (two groups with a shared-trunk value head; any model over ZeRO-3's
+            # sub_group_size, 1e9 parameters) Adam's step count ran k times too fast after a resume
+            for state in _optimizer(engine).state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].clone()
         if load_path is None:
             raise RuntimeError(f"checkpoint {path}: no state for role {name!r}")
     if not elastic:

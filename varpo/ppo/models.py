@@ -1,12 +1,17 @@
 """The four roles' models: actor and reference (causal LMs), critic (a backbone with a scalar
 value head), built ZeRO-3-aware and wrapped in DeepSpeed engines (varpo.engines).
 
+With `model.critic: shared_trunk` there is no critic model: the value head sits on the actor's
+own trunk (`PolicyWithValueHead`), one engine and one optimizer train both, and one forward gives
+the logits and the values.
+
 With `model.lora.enabled` the actor (and with `model.lora.critic` the critic) trains LoRA adapters
 on a frozen base, optionally 4-bit (`model.quantization`); with `model.lora.reference_from_base`
 the reference is no model of its own but the actor's base with its adapters switched off."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +45,50 @@ class ValueModel(nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
         return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+
+
+class PolicyWithValueHead(nn.Module):
+    """model.critic=shared_trunk: the actor's causal LM (`policy`, possibly a peft model) and a
+    value head on its last hidden state, the same position-wise head as ValueModel's (zero
+    init). Called like the causal LM it is the causal LM (what the reference-from-base and any
+    logits-only caller see); with `value_positions` (an index tensor over the sequence) the same
+    forward also returns the values at those positions. Generation runs on `policy` directly
+    (`causal_lm`)."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+        hidden = _base(policy).config.hidden_size
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, value_positions=None):
+        kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  logits_to_keep=logits_to_keep)
+        if value_positions is None:
+            return self.policy(**kw)
+        # the last entry of hidden_states is the trunk's output after its final norm, i.e. the
+        # last_hidden_state a separate critic's AutoModel gives (the input of the LM head)
+        out = self.policy(**kw, output_hidden_states=True)
+        h = out.hidden_states[-1][:, value_positions]
+        values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        return LogitsAndValues(out.logits, values)
+
+
+class LogitsAndValues(NamedTuple):
+    logits: torch.Tensor  # [B, kept positions, V]
+    values: torch.Tensor  # [B, len(value_positions)] float32
+
+
+def causal_lm(module: nn.Module) -> nn.Module:
+    """The HF causal LM inside an actor module (the module itself unless it carries a value head)."""
+    return module.policy if isinstance(module, PolicyWithValueHead) else module
+
+
+def shares_trunk(model) -> bool:
+    """Whether an actor engine (or module) carries the value head (model.critic=shared_trunk)."""
+    return isinstance(getattr(model, "module", model), PolicyWithValueHead)
 
 
 def load_tokenizer(path: str):
@@ -80,6 +129,9 @@ def _lora(model: nn.Module, cfg: VarpoConfig, task_type: str | None, field: str)
 
 
 def build_actor(cfg: VarpoConfig, path: str, world: int):
+    """The actor's training engine; with model.critic=shared_trunk its module is a
+    PolicyWithValueHead, the head in its own optimizer group at ppo.critic_lr (trainable beside
+    LoRA adapters when those are on)."""
     from transformers import AutoModelForCausalLM
 
     conf = ds_config(cfg.deepspeed, "actor", micro_batch_per_rank(cfg, world), trainable=True)
@@ -88,8 +140,12 @@ def build_actor(cfg: VarpoConfig, path: str, world: int):
         model = _lora(model, cfg, "CAUSAL_LM", "model.lora.target_modules")
     if cfg.model.gradient_checkpointing:
         _base(model).gradient_checkpointing_enable()
+    lr_of = {}
+    if cfg.model.critic == "shared_trunk":
+        model = PolicyWithValueHead(model)
+        lr_of = {"value_head.": cfg.ppo.critic_lr}
     disable_dropout(model)
-    return train_engine(model, conf, lr=cfg.ppo.actor_lr, weight_decay=cfg.ppo.weight_decay)
+    return train_engine(model, conf, lr=cfg.ppo.actor_lr, weight_decay=cfg.ppo.weight_decay, lr_of=lr_of)
 
 
 class ReferenceFromBase:
@@ -106,7 +162,7 @@ class ReferenceFromBase:
         was_training = self.module.training
         self.module.eval()
         try:
-            with torch.no_grad(), self.module.disable_adapter():
+            with torch.no_grad(), causal_lm(self.module).disable_adapter():
                 return self.engine(*args, **kwargs)
         finally:
             self.module.train(was_training)
@@ -118,7 +174,7 @@ def build_reference(cfg: VarpoConfig, path: str, world: int, actor=None):
     from transformers import AutoModelForCausalLM
 
     if cfg.model.lora.enabled and cfg.model.lora.reference_from_base:
-        if actor is None or not is_peft(actor.module):
+        if actor is None or not is_peft(causal_lm(actor.module)):
             raise ValueError("model.lora.reference_from_base: the reference needs the LoRA actor's engine")
         return ReferenceFromBase(actor)
     conf = ds_config(cfg.deepspeed, "reference", micro_batch_per_rank(cfg, world), trainable=False)
@@ -127,7 +183,11 @@ def build_reference(cfg: VarpoConfig, path: str, world: int, actor=None):
 
 
 def build_critic(cfg: VarpoConfig, path: str, world: int):
+    """The critic's engine, or None with model.critic=shared_trunk (the values come from the actor)."""
     from transformers import AutoModel
+
+    if cfg.model.critic == "shared_trunk":
+        return None
 
     conf = ds_config(cfg.deepspeed, "critic", micro_batch_per_rank(cfg, world), trainable=True)
 
@@ -146,9 +206,10 @@ def build_critic(cfg: VarpoConfig, path: str, world: int):
 
 def role_param_counts(actor, critic) -> dict:
     """Trainable and total parameters of the trainable roles (ZeRO-3 shards counted whole);
-    `trainable_params`/`total_params` are the actor's."""
-    a_train, a_total = param_counts(actor.module)
-    c_train, c_total = param_counts(critic.module)
+    `trainable_params`/`total_params` are the actor's causal LM; the critic's are its whole model,
+    or with a shared trunk the value head alone (the trunk is counted with the actor)."""
+    a_train, a_total = param_counts(causal_lm(actor.module))
+    c_train, c_total = param_counts(critic.module if critic is not None else actor.module.value_head)
     return {"trainable_params": a_train, "total_params": a_total,
             "critic_trainable_params": c_train, "critic_total_params": c_total}
 
@@ -156,12 +217,16 @@ def role_param_counts(actor, critic) -> dict:
 def export_actor(actor, tokenizer, path: Path, is_main: bool) -> Path:
     """Write the actor as a plain HF folder (safetensors) that `AutoModelForCausalLM` loads with
     no peft: LoRA adapters are folded into the base weights (the training model is left as it
-    is), and the adapters alone are saved beside it in `<path>_adapter` (peft's format). ZeRO-3
+    is), and the adapters alone are saved beside it in `<path>_adapter` (peft's format). A shared
+    trunk's value head is not part of the policy folder (which stays a plain causal LM that vLLM
+    and `from_pretrained` load as is): it is saved beside it in `<path>_value_head`. ZeRO-3
     shards are gathered first; every rank must call this, rank 0 writes."""
-    module = actor.module
-    with gathered_params(module, enabled=is_zero3(module)):
+    with gathered_params(actor.module, enabled=is_zero3(actor.module)):
         if not is_main:
             return path
+        if shares_trunk(actor):
+            save_value_head(actor.module.value_head, path.with_name(path.name + "_value_head"))
+        module = causal_lm(actor.module)
         if is_peft(module):
             base = module.get_base_model()
             state = merged_state_dict(module)
@@ -177,6 +242,22 @@ def export_actor(actor, tokenizer, path: Path, is_main: bool) -> Path:
             module.save_pretrained(str(path), state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(str(path))
     return path
+
+
+def save_value_head(head: nn.Linear, folder: Path) -> Path:
+    """`value_head.safetensors` (weight [1, hidden], bias [1], float32) and `value_head.json`
+    saying what it applies to: the policy's last hidden state, one value per position."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"weight": head.weight.detach().float().cpu().contiguous(),
+               "bias": head.bias.detach().float().cpu().contiguous()}, str(folder / "value_head.safetensors"))
+    (folder / "value_head.json").write_text(json.dumps({
+        "hidden_size": head.in_features, "input": "the policy's last hidden state (after its final norm)",
+        "output": "V(s_t) at each position t: the value of the state before the token at t + 1"}, indent=1) + "\n")
+    return folder
 
 
 def _dense_twin(base: nn.Module, state: dict) -> nn.Module:

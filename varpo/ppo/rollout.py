@@ -15,6 +15,7 @@ from ..engines import generation_gather
 from ..masks import position_ids_from_mask
 from .experience import Experience
 from .gen_logprobs import GenerationLogprobs
+from .models import causal_lm, shares_trunk
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,11 +70,12 @@ def generate(actor, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
-    actor_module = getattr(actor, "module", actor)
+    # the causal LM generates (an actor with a shared-trunk value head: its policy, without the head)
+    actor_module = causal_lm(getattr(actor, "module", actor))
     was_training = actor_module.training
     actor_module.eval()
     rec = GenerationLogprobs(actor_module, gen.temperature, record_logprobs) if record_logprobs else nullcontext()
-    with generation_gather(actor, gen.zero3_gather, gen.zero3_gather_budget_mb) as synced_gpus, rec:
+    with generation_gather(actor, gen.zero3_gather, gen.zero3_gather_budget_mb, module=actor_module) as synced_gpus, rec:
         out = actor_module.generate(
             input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=hf, synced_gpus=synced_gpus
         )
@@ -93,24 +95,32 @@ def decode_responses(tokenizer, exp: Experience) -> list[str]:
                                   skip_special_tokens=True)
 
 
-def response_logits(model, rollout: Experience, temperature: float) -> torch.Tensor:
+def response_logits(model, rollout: Experience, temperature: float, with_values: bool = False):
     """Logits [B, T, V] that predicted each response token, divided by the sampling temperature
     so that log-probs are those of the distribution the tokens were drawn from. Only the T
     positions that predict response tokens go through the LM head (`logits_to_keep`): prompt
     positions predict nothing PPO uses, and the head over the vocabulary is a large share of a
-    forward."""
+    forward. with_values (an actor that shares its trunk with the value head,
+    model.critic=shared_trunk): (logits, values [B, T]) from the same forward, the values read at
+    the same T positions (the state before each response token)."""
     seq, att = rollout.sequences, rollout.attention_mask
     T, L = rollout.response_ids.shape[1], seq.shape[1]
+    values = None
     if _takes_logits_to_keep(model):
         # position P − 1 + t predicts response token t: keeping exactly those T positions (an index
         # tensor, not the last T + 1 then a slice) makes the LM head's output the contiguous
         # [B, T, V] the kernels read, with no B·T·V copy forward or backward
         keep = torch.arange(L - T - 1, L - 1, device=seq.device)
-        logits = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att),
-                       logits_to_keep=keep).logits
+        extra = {"value_positions": keep} if with_values else {}
+        out = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att),
+                    logits_to_keep=keep, **extra)
+        logits, values = out.logits, (out.values if with_values else None)
     else:
+        if with_values:
+            raise ValueError("response_logits(with_values=True) needs an actor with a value head (model.critic=shared_trunk)")
         logits = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att)).logits[:, -(T + 1) : -1]
-    return logits / temperature if temperature != 1.0 else logits
+    logits = logits / temperature if temperature != 1.0 else logits
+    return (logits, values) if with_values else logits
 
 
 def _takes_logits_to_keep(model) -> bool:
@@ -122,7 +132,14 @@ def _takes_logits_to_keep(model) -> bool:
 
 
 def response_values(critic, rollout: Experience) -> torch.Tensor:
+    """Values [B, T] of the states before each response token. `critic`: the critic's engine, or
+    with model.critic=shared_trunk the actor's, whose trunk forward then feeds the value head and
+    the LM head only at the last position (the logits are not wanted here)."""
     seq, att = rollout.sequences, rollout.attention_mask
-    v = critic(seq, attention_mask=att, position_ids=position_ids_from_mask(att))
     P = rollout.prompt_ids.shape[1]
+    if shares_trunk(critic):
+        keep = torch.arange(P - 1, seq.shape[1] - 1, device=seq.device)
+        return critic(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att),
+                      logits_to_keep=1, value_positions=keep).values
+    v = critic(seq, attention_mask=att, position_ids=position_ids_from_mask(att))
     return v[:, P - 1 : -1]

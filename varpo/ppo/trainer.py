@@ -7,9 +7,11 @@ One iteration, `PPOTrainer.train_step`: seven stages, each a method that fills i
   3. reference  `forward_passes`  log-probs of the frozen reference and, in the same pass over its logits, the
                                   per-token KL against the actor's old log-probs (read off generate's logits)
                                   and its σ²-weighting (varpo_kernels.weighted_kl_from_logits); critic values
+                                  (model.critic=shared_trunk: a value head on the actor's trunk, see models.py)
   4. shape      `shape`           r_t = −β·w(σ²)·kl_t + 1[t = T]·s      (w ≡ 1 is vanilla PPO)
   5. GAE        `advantages`      advantages and returns, advantages whitened with statistics over all ranks
   6. update     `update`          ppo_epochs passes of clipped-surrogate (actor) and clipped-value (critic) steps
+                                  (shared trunk: one forward, one step on policy loss + vf_coef·value loss)
   7. control    `adapt_kl`        the KL controller sees the batch's mean sequence KL
 The maths lives in varpo.ppo.core as pure functions; this file only orchestrates engines.
 Outputs (metrics.jsonl, TensorBoard) and user hooks are callbacks (varpo.ppo.callbacks).
@@ -76,7 +78,9 @@ class PPOTrainer:
         self.actor = build_actor(cfg, policy_path, self.world)
         # with LoRA and model.lora.reference_from_base: the actor's base with adapters disabled
         self.reference = build_reference(cfg, policy_path, self.world, actor=self.actor)
+        # None with model.critic=shared_trunk: the actor's engine carries the value head (self.shared_trunk)
         self.critic = build_critic(cfg, critic_path or policy_path, self.world)
+        self.shared_trunk = self.critic is None
         self.params = role_param_counts(self.actor, self.critic)
         self.kl_ctl = core.make_kl_controller(p.kl)
         self.sigma_mean = core.ExponentialMovingAverage(p.variance.running_momentum)
@@ -130,28 +134,39 @@ class PPOTrainer:
         yield
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
 
+    def _logits(self, model, exp: Experience):
+        """(logits, values) of one forward: values from the same forward when `model` is the actor
+        and it shares its trunk with the value head, else None."""
+        if model is self.actor and self.shared_trunk:
+            return response_logits(model, exp, self.cfg.generation.temperature, with_values=True)
+        return response_logits(model, exp, self.cfg.generation.temperature), None
+
     def _logprobs(self, model, exp: Experience, with_entropy: bool = False, inplace_backward: bool = False):
-        logits = response_logits(model, exp, self.cfg.generation.temperature)
-        return token_logprobs(logits, exp.response_ids, self.cfg.kernels, with_entropy=with_entropy,
-                              inplace_backward=inplace_backward)
+        """Log-probs (and entropy) of `model`; for a shared-trunk actor also its values, as the
+        last element of a tuple."""
+        logits, values = self._logits(model, exp)
+        out = token_logprobs(logits, exp.response_ids, self.cfg.kernels, with_entropy=with_entropy,
+                             inplace_backward=inplace_backward)
+        if values is None:
+            return out
+        return (*out, values) if with_entropy else (out, values)
 
     @torch.no_grad()
     def _forward_in_chunks(self, fn, exp: Experience):
-        """fn over minibatch-sized chunks, outputs concatenated (a tuple's fields each)."""
-        parts = [fn(chunk) for chunk in exp.chunks(self.local_mini)]
-        if isinstance(parts[0], tuple):
-            return type(parts[0])(*(torch.cat(f, 0) for f in zip(*parts)))
-        return torch.cat(parts, 0)
+        """fn over minibatch-sized chunks, outputs concatenated (a tuple's fields each, nested)."""
+        return _cat([fn(chunk) for chunk in exp.chunks(self.local_mini)])
 
     def _shaping(self, model, logits_of: str, exp: Experience):
         """One forward of `model` and the fused shaping pass over its logits, chunk by chunk:
         log-probs of `model`, per-token KL against the other model's log-probs (exp.logp for the
-        reference's logits, exp.ref_logp for the actor's), w·KL, masked by exp.mask."""
+        reference's logits, exp.ref_logp for the actor's), w·KL, masked by exp.mask. For a
+        shared-trunk actor: (that, values of the same forward)."""
         def fn(c: Experience):
-            logits = response_logits(model, c, self.cfg.generation.temperature)
+            logits, values = self._logits(model, c)
             other = c.logp if logits_of == "reference" else c.ref_logp
-            return shaping_pass(logits, c.response_ids, other, c.mask, c.weights, self.cfg.ppo.kl.estimator,
-                                logits_of, self.cfg.kernels)
+            out = shaping_pass(logits, c.response_ids, other, c.mask, c.weights, self.cfg.ppo.kl.estimator,
+                               logits_of, self.cfg.kernels)
+            return out if values is None else (out, values)
 
         return self._forward_in_chunks(fn, exp)
 
@@ -224,7 +239,9 @@ class PPOTrainer:
         """3. Reference log-probs, the actor's old log-probs and the critic's values; with
         kernels.fused_shaping the per-token KL and its σ²-weighting in the same pass over the logits
         (the weights are known before any forward; a non-finite score or σ² skips the step before
-        it can reach the running mean)."""
+        it can reach the running mean). With model.critic=shared_trunk the values come from the
+        actor's trunk: from the actor forward that computes the old log-probs when there is one,
+        else (old log-probs read off generate) from a trunk forward of their own."""
         with self._timed("reference"):
             fused = self.cfg.kernels.fused_shaping and not self._any_rank(
                 not bool(torch.isfinite(exp.score).all() and torch.isfinite(exp.variance).all()))
@@ -237,14 +254,21 @@ class PPOTrainer:
                 else:  # reference first, then the actor's forward carries the shaping
                     exp.ref_logp = self._forward_in_chunks(lambda c: self._logprobs(self.reference, c), exp)
                     out = self._shaping(self.actor, "policy", exp)
+                    if self.shared_trunk:
+                        out, exp.values = out
                     exp.logp = out.logp
                 exp.kl, exp.extras["weighted_kl_sum"] = out.kl, out.weighted_sum
             else:
                 exp.ref_logp = self._forward_in_chunks(lambda c: self._logprobs(self.reference, c), exp)
                 if exp.logp is None:
                     exp.logp = self._forward_in_chunks(lambda c: self._logprobs(self.actor, c), exp)
-        with self._timed("value"):
-            exp.values = self._forward_in_chunks(lambda c: response_values(self.critic, c), exp)
+                    if self.shared_trunk:
+                        exp.logp, exp.values = exp.logp
+        if exp.values is None:
+            with self._timed("value"):
+                # the critic, or the shared trunk's value head when no actor forward ran above
+                critic = self.actor if self.shared_trunk else self.critic
+                exp.values = self._forward_in_chunks(lambda c: response_values(critic, c), exp)
 
     def _rollout_is_finite(self, exp: Experience) -> bool:
         return bool(torch.isfinite(exp.score).all() and torch.isfinite(exp.variance).all()
@@ -295,15 +319,16 @@ class PPOTrainer:
                 order = torch.randperm(exp.batch_size, generator=gen)
                 for s in range(0, exp.batch_size, self.local_mini):
                     mb = exp.select(order[s : s + self.local_mini])
-                    logp, ent = self._logprobs(self.actor, mb, with_entropy=True,
-                                               inplace_backward=self.cfg.kernels.inplace_backward)
+                    # a shared trunk: logits and values from this one forward
+                    logp, ent, *shared_values = self._logprobs(self.actor, mb, with_entropy=True,
+                                                               inplace_backward=self.cfg.kernels.inplace_backward)
                     pg_loss, pg_stats = core.policy_loss(logp, mb.logp, mb.advantages, mb.mask, p.clip_range,
                                                          token_weights=self._importance_weights(mb))
                     entropy = core.masked_mean(ent, mb.mask)
                     # with no bonus, entropy is only logged: keeping it out of the graph spares the
                     # backward its vocabulary-wide term (a 0·entropy term would still be differentiated)
                     loss = pg_loss - p.entropy_coef * entropy if p.entropy_coef > 0 else pg_loss
-                    values = response_values(self.critic, mb)
+                    values = shared_values[0] if self.shared_trunk else response_values(self.critic, mb)
                     v_loss, v_stats = core.value_loss(values, mb.values, mb.returns, mb.mask, p.clip_range_value)
                     v_loss = p.vf_coef * v_loss
                     # every rank must take the same decision, or the collectives inside step() hang
@@ -312,13 +337,17 @@ class PPOTrainer:
                     if self._any_rank_tensor(~finite):
                         self.counters["skipped_updates"] += 1
                         warnings.warn(f"step {self.step}: non-finite loss or log-prob; minibatch update skipped")
-                        self.actor.zero_grad()
-                        self.critic.zero_grad()
+                        for engine in self._trained_engines().values():
+                            engine.zero_grad()
                         continue
-                    self.actor.backward(loss)
-                    self.actor.step()
-                    self.critic.backward(v_loss)
-                    self.critic.step()
+                    if self.shared_trunk:  # one engine, one optimizer: vf_coef weighs the value loss
+                        self.actor.backward(loss + v_loss)
+                        self.actor.step()
+                    else:
+                        self.actor.backward(loss)
+                        self.actor.step()
+                        self.critic.backward(v_loss)
+                        self.critic.step()
                     # statistics stay on the device until the end: no host sync per minibatch
                     for k, v in {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, **pg_stats, **v_stats}.items():
                         acc.setdefault(k, []).append(v.detach().float() if torch.is_tensor(v) else pg_loss.new_tensor(float(v)))
@@ -422,9 +451,14 @@ class PPOTrainer:
         return {"step": self.step, "kl_ctl": self.kl_ctl.state_dict(), "sigma_mean": self.sigma_mean.state_dict(),
                 "bad_steps_in_row": self.bad_steps_in_row, "counters": self.counters, "world_size": self.world}
 
+    def _trained_engines(self) -> dict:
+        """The engines with weights and optimizer state: actor and critic, or with a shared trunk
+        the actor alone (its module holds the value head, its optimizer the head's group)."""
+        return {"actor": self.actor} if self.shared_trunk else {"actor": self.actor, "critic": self.critic}
+
     def save_checkpoint(self) -> None:
         c = self.cfg.checkpoint
-        path = checkpoint.save(self.out / "checkpoints", self.step, {"actor": self.actor, "critic": self.critic},
+        path = checkpoint.save(self.out / "checkpoints", self.step, self._trained_engines(),
                                self._state(), keep_last=c.keep_last, verify=c.verify)
         self.callbacks.on_checkpoint_saved(path)
 
@@ -433,7 +467,7 @@ class PPOTrainer:
         if last is None:
             return
         saved = json.loads((last / "trainer_state.json").read_text())
-        st = checkpoint.load(last, {"actor": self.actor, "critic": self.critic}, saved_world_size=saved["world_size"])
+        st = checkpoint.load(last, self._trained_engines(), saved_world_size=saved["world_size"])
         self.step = st["step"]
         self.kl_ctl.load_state_dict(st["kl_ctl"])
         self.sigma_mean.load_state_dict(st["sigma_mean"])
@@ -484,7 +518,16 @@ class PPOTrainer:
 
     def export_policy(self, path: Path) -> Path:
         """The trained actor as one plain HF folder (LoRA adapters merged in; the adapters alone
-        also under `<path>_adapter`), gathered from ZeRO-3 shards if any."""
+        also under `<path>_adapter`; a shared trunk's value head under `<path>_value_head`),
+        gathered from ZeRO-3 shards if any."""
         export_actor(self.actor, self.tokenizer, path, self.info.is_main)
         dist.barrier()
         return path
+
+
+def _cat(parts: list):
+    """Chunk outputs concatenated along the batch: tensors, or (named) tuples of them, nested."""
+    if torch.is_tensor(parts[0]):
+        return torch.cat(parts, 0)
+    fields = [_cat(list(f)) for f in zip(*parts)]
+    return tuple(fields) if type(parts[0]) is tuple else type(parts[0])(*fields)

@@ -37,6 +37,7 @@ import torch
 
 from ...dist import import_deepspeed
 from ..experience import Experience
+from ..models import causal_lm
 from ..rollout import response_mask_from_ids
 from . import sampling_seed
 from .vllm_worker import pack
@@ -212,7 +213,8 @@ class VLLMRolloutEngine:
     def sync_weights(self, actor) -> None:
         """Load the actor's current weights into the engine. Every rank calls it after every update
         (under ZeRO-3 each bucket is an all-gather all ranks join)."""
-        module = getattr(actor, "module", actor)
+        # the causal LM's parameters only (a shared-trunk value head is not part of the policy vLLM runs)
+        module = causal_lm(getattr(actor, "module", actor))
         named = list(module.named_parameters())
         zero3 = any(hasattr(p, "ds_id") for _, p in named)
         self._wake(["weights"])
