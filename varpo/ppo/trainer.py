@@ -56,7 +56,7 @@ class PPOTrainer:
                  callbacks: list[TrainerCallback] = ()):
         self.cfg, self.out = cfg, Path(out_dir)
         self.info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes,
-                                          cfg.deepspeed.peer_timeout_s)
+                                          cfg.deepspeed.peer_timeout_s, cfg.deepspeed.rendezvous_timeout_s)
         self.world, self.rank, self.device = self.info.world_size, self.info.rank, self.info.device
         p = cfg.ppo
         for name, n in (("batch_size", p.batch_size), ("mini_batch_size", p.mini_batch_size)):
