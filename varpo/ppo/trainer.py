@@ -347,7 +347,7 @@ class PPOTrainer:
     def train_step(self) -> dict:
         """One PPO iteration: the seven stages of the module docstring on one Experience."""
         self.timings = {}
-        t_step = time.perf_counter()
+        t_step, cpu_step = time.perf_counter(), time.process_time()
         exp = self.rollout(self.step)
         self.score(exp)
         self.callbacks.on_rollout_scored(exp.prompts, exp.responses, exp)
@@ -363,6 +363,8 @@ class PPOTrainer:
             return self._bad_step("every minibatch update was non-finite")
         self.bad_steps_in_row = 0
         kl_mean = self.adapt_kl(exp)
+        # CPU seconds of this process (all its threads): unlike wall time, barely moved by other jobs
+        self.timings["step_cpu"] = time.process_time() - cpu_step
         return self._metrics(exp, losses, kl_mean, beta, time.perf_counter() - t_step)
 
     def _metrics(self, exp: Experience, losses: dict, kl_mean: float, beta: float, elapsed: float) -> dict:
