@@ -173,6 +173,16 @@ class Run:
         return self.log.read_text(errors="replace")
 
 
+def warm_ops(log: Path) -> None:
+    """Build (or load) DeepSpeed's CPU communication op once, before anything is timed or killed:
+    the first build takes minutes, which would stretch the reference run (whose duration sets the
+    random kill moments) and widen the window in which a kill leaves a JIT lock behind."""
+    code = ("from varpo.dist import import_deepspeed; import_deepspeed(); "
+            "from deepspeed.comm.torch import build_shm_op; build_shm_op()")
+    with open(log, "w") as fh:
+        subprocess.run([sys.executable, "-c", code], env=_env(), stdout=fh, stderr=subprocess.STDOUT, check=True)
+
+
 def rows(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     if not path.exists():
@@ -350,6 +360,7 @@ def main() -> None:
     assets = build_assets(args.out / "assets")
     sets = overrides(assets, args.steps, args.every, args.peer_timeout, args.rendezvous_timeout)
     kinds = args.kinds.split(",")
+    warm_ops(args.out / "warm_ops.txt")
     reference = {}
     for n in sorted({1 if k in ("timed", "save") else 2 for k in kinds}):
         out = args.out / f"reference_{n}rank"
