@@ -177,8 +177,8 @@ def warm_ops(log: Path) -> None:
     """Build (or load) DeepSpeed's CPU communication op once, before anything is timed or killed:
     the first build takes minutes, which would stretch the reference run (whose duration sets the
     random kill moments) and widen the window in which a kill leaves a JIT lock behind."""
-    code = ("from varpo.dist import import_deepspeed; import_deepspeed(); "
-            "from deepspeed.comm.torch import build_shm_op; build_shm_op()")
+    code = ("from varpo.dist import import_deepspeed; import_deepspeed(); from varpo import jit_lock; "
+            "from deepspeed.comm.torch import build_shm_op\nwith jit_lock.watch(): build_shm_op()")
     with open(log, "w") as fh:
         subprocess.run([sys.executable, "-c", code], env=_env(), stdout=fh, stderr=subprocess.STDOUT, check=True)
 

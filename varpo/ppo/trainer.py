@@ -447,14 +447,17 @@ class PPOTrainer:
         """Steps until ppo.steps, or until a callback asks to stop; then the last checkpoint (when
         ppo.checkpoint_every is set), the exported policy and summary.json."""
         p = self.cfg.ppo
-        history = []
+        # running sums for the summary, not a list of every step's metrics (which grew with the run)
+        good, eps_sum, tok_sum, final = 0, 0.0, 0.0, {}
         self.callbacks.on_train_begin(self)
         with progress() as bar:
             task = bar.add_task("PPO", total=p.steps, completed=self.step, info="")
             while self.step < p.steps:
                 m = self.train_step()
                 self.callbacks.on_step_end(m)
-                history.append(m)
+                if "score_mean" in m:  # a step whose update ran (not skipped)
+                    good, final = good + 1, m
+                    eps_sum, tok_sum = eps_sum + m["episodes_per_s"], tok_sum + m["tokens_per_s"]
                 self.step += 1
                 # every rank must leave the loop together (the next step's collectives)
                 stop = self._any_rank(self.control.should_stop)
@@ -470,12 +473,10 @@ class PPOTrainer:
             self.save_checkpoint()
         self.rollout_engine.close()
         policy_dir = self.export_policy(self.out / "policy")
-        good = [m for m in history if "score_mean" in m]
         summary = {
             "steps": self.step, "world_size": self.world, "policy_path": str(policy_dir),
-            "episodes_per_s": sum(m["episodes_per_s"] for m in good) / max(len(good), 1),
-            "tokens_per_s": sum(m["tokens_per_s"] for m in good) / max(len(good), 1),
-            "final": good[-1] if good else {}, **self.counters, **self.params,
+            "episodes_per_s": eps_sum / max(good, 1), "tokens_per_s": tok_sum / max(good, 1),
+            "final": final, **self.counters, **self.params,
         }
         if self.step < p.steps:
             summary["stopped_early"] = self.control.reason or "a callback on another rank asked to stop"
