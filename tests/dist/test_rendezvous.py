@@ -140,3 +140,13 @@ def test_store_host_killed_during_set_up(tmp_path):
     assert "rank 1: rank 0 of 2 is lost" in text
     assert "up" not in text.split()
     assert took < PEER_S * 10
+
+
+def test_the_config_field_is_validated_and_read():
+    """deepspeed.rendezvous_timeout_s is a validated field: a value is kept; a bound that is not > 0
+    is refused with an error naming the field."""
+    from varpo.config import ConfigError, load_config
+
+    assert load_config(overrides=["deepspeed.rendezvous_timeout_s=45"]).deepspeed.rendezvous_timeout_s == 45.0
+    with pytest.raises(ConfigError, match=r"deepspeed\.rendezvous_timeout_s"):
+        load_config(overrides=["deepspeed.rendezvous_timeout_s=0"])
