@@ -18,8 +18,10 @@ with the same seed; lost steps are the steps done before the kill minus the step
 a rank still alive `--hang-bound` seconds after the kill is counted hung (then killed).
 
 Finally a long 1-rank run (`--long-steps`, 300 by default) samples its resident memory (VmRSS)
-every second: growth after warm-up (step 50, or a sixth of the run) and the step-time ratio of the
-last 50 steps to steps 50–100 tell whether memory and speed stay flat.
+every second: growth after warm-up (step 50, or a sixth of the run) and the ratio of the median
+step time of the last 50 steps to that of steps 50–100 tell whether memory and speed stay flat.
+The ratio is taken for the wall time (`time/step`) and for the process's own CPU time
+(`time/step_cpu`, which other jobs on a shared machine barely move); the stated bound is 1.10.
 
 Writes DIR/crash.json and DIR/crash.md."""
 from __future__ import annotations
@@ -72,14 +74,14 @@ def build_assets(folder: Path) -> dict:
     return {"policy": policy, "reward": reward, "prompts": prompts}
 
 
-def overrides(assets: dict, steps: int, every: int, peer_timeout: float) -> list[str]:
+def overrides(assets: dict, steps: int, every: int, peer_timeout: float, rendezvous_timeout: float = 600.0) -> list[str]:
     return [
         f"model.policy_path={assets['policy']}", f"data.prompts_path={assets['prompts']}", "reward.type=ensemble",
         f"reward.path={assets['reward']}", f"ppo.steps={steps}", f"ppo.checkpoint_every={every}",
         "checkpoint.keep_last=2", "ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.ppo_epochs=2",
         "ppo.actor_lr=1e-3", "ppo.critic_lr=1e-3", "ppo.variance.weighting=running_mean", "ppo.kl.controller=adaptive",
         "generation.max_new_tokens=8", "generation.max_prompt_len=8", f"deepspeed.peer_timeout_s={peer_timeout}",
-        "seed=3",
+        f"deepspeed.rendezvous_timeout_s={rendezvous_timeout}", "seed=3",
     ]
 
 
@@ -171,6 +173,16 @@ class Run:
         return self.log.read_text(errors="replace")
 
 
+def warm_ops(log: Path) -> None:
+    """Build (or load) DeepSpeed's CPU communication op once, before anything is timed or killed:
+    the first build takes minutes, which would stretch the reference run (whose duration sets the
+    random kill moments) and widen the window in which a kill leaves a JIT lock behind."""
+    code = ("from varpo.dist import import_deepspeed; import_deepspeed(); from varpo import jit_lock; "
+            "from deepspeed.comm.torch import build_shm_op\nwith jit_lock.watch(): build_shm_op()")
+    with open(log, "w") as fh:
+        subprocess.run([sys.executable, "-c", code], env=_env(), stdout=fh, stderr=subprocess.STDOUT, check=True)
+
+
 def rows(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     if not path.exists():
@@ -245,7 +257,9 @@ def trial(k: int, kind: str, rng: random.Random, base: Path, sets: list[str], re
     res["killed_before_end"] = any(c not in (0, None) for c in codes)
     if n > 1 and "killed_rank" in res and res["killed_before_end"]:
         lost = res["killed_rank"]
-        res["lost_rank_named"] = f"rank {lost} of {n} is lost" in text
+        # by the watchdog, or (a rank killed before the process group existed) by the rendezvous
+        res["lost_rank_named"] = f"rank {lost} of {n} is lost" in text or bool(re.search(
+            rf"RendezvousError: .*(rank\(s\) {lost} did not reach|hosted by rank {lost}\))", text))
     res["steps_before_kill"] = done_before
     code, text, secs = run_to_end(out, n, sets, mode, out.parent / f"{out.name}_rerun.txt", args.run_timeout)
     m = re.search(r"resumed from\s+\S+\s+at\s+step\s+(\d+)", text)
@@ -258,6 +272,7 @@ def trial(k: int, kind: str, rng: random.Random, base: Path, sets: list[str], re
         res["first_mismatch"] = next(
             (a["step"], k) for a, b in zip(got, reference[n]["rows"]) for k in a if a.get(k) != b.get(k))
     res["skipped_checkpoint_warnings"] = text.count("is skipped:")
+    res["stale_jit_locks_removed"] = text.count("removed the stale DeepSpeed JIT lock")
     print(json.dumps(res), flush=True)
     return res
 
@@ -292,17 +307,22 @@ def long_run(base: Path, assets: dict, steps: int, peer_timeout: float, timeout:
     for done, r in samples:
         at.setdefault(done, []).append(r)
     after = [statistics.median(v) for d, v in sorted(at.items()) if d >= warm]
-    times = [r["time/step"] for r in got if "time/step" in r]
-    early = times[warm: warm + 50] or times[:1]
-    late = times[-50:] or times[-1:]
+    late_over_early = {}
+    for key in ("time/step", "time/step_cpu"):  # wall time, and the process's own CPU time
+        times = [r[key] for r in got if key in r]
+        early, late = times[warm: warm + 50], times[-50:]
+        if early and late and len(times) >= warm + 100:  # two windows that do not overlap
+            late_over_early[key] = (statistics.median(early), statistics.median(late))
+    ratio = {k: round(b / a, 3) for k, (a, b) in late_over_early.items()}
     return {
         "steps": len(got), "returncode": run.procs[0].returncode, "warmup_steps": warm,
         "rss_mb_at_warmup": round(after[0], 1) if after else None, "rss_mb_end": round(after[-1], 1) if after else None,
         "rss_mb_max_after_warmup": round(max(after), 1) if after else None,
         "rss_growth_mb": round(max(after) - after[0], 1) if after else None,
-        "step_time_s_early_median": round(statistics.median(early), 4) if early else None,
-        "step_time_s_late_median": round(statistics.median(late), 4) if late else None,
-        "step_time_late_over_early": round(statistics.median(late) / statistics.median(early), 3) if early else None,
+        **{f"{name}_s_{w}_median": round(v[i], 4) for k, v in late_over_early.items()
+           for name in [k.split("/")[1]] for i, w in enumerate(("early", "late"))},
+        "step_time_late_over_early": ratio.get("time/step"),
+        "step_cpu_late_over_early": ratio.get("time/step_cpu"),
         "rss_trace": [(d, round(statistics.median(v), 1)) for d, v in sorted(at.items())],
     }
 
@@ -311,24 +331,38 @@ def long_run(base: Path, assets: dict, steps: int, peer_timeout: float, timeout:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--trials", type=int, default=24, help="kills (at least 20 for the full figure)")
+    ap.add_argument("--trials", type=int, default=24,
+                    help="kills (at least 20 for the full figure): trials run until this many killed a run "
+                    "(at most twice as many trials)")
     ap.add_argument("--steps", type=int, default=8, help="PPO steps per trial run")
     ap.add_argument("--every", type=int, default=2, help="checkpoint every N steps")
     ap.add_argument("--long-steps", type=int, default=300, help="steps of the memory/step-time run (0: skip)")
     ap.add_argument("--rss-bound-mb", type=float, default=20.0, help="the stated bound on the long run's RSS growth")
+    ap.add_argument("--step-time-bound", type=float, default=1.10,
+                    help="the stated bound on the long run's median step time, last 50 steps / steps warm-up..+50")
     ap.add_argument("--kinds", default="timed,save,rank,rank_save,bare", help="trial kinds, drawn in turn")
     ap.add_argument("--peer-timeout", type=float, default=20.0, help="deepspeed.peer_timeout_s of the runs")
+    ap.add_argument("--rendezvous-timeout", type=float, default=30.0,
+                    help="deepspeed.rendezvous_timeout_s of the runs (a `bare` rank whose peer died before the "
+                    "process group existed waits this long at the rendezvous)")
     ap.add_argument("--hang-bound", type=float, default=90.0, help="seconds after a kill before live ranks count as hung")
     ap.add_argument("--run-timeout", type=float, default=900.0)
+    ap.add_argument("--extensions-dir", default=str(Path.home() / ".cache" / "varpo_crash_resume" / "torch_extensions"),
+                    help="TORCH_EXTENSIONS_DIR of the runs ('' = the shared default). A folder of its own: a rank "
+                    "killed while DeepSpeed builds or loads its op leaves a lock there (varpo.jit_lock removes it), "
+                    "and other environments on the machine, which build the op with other flags, do not rebuild ours")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.extensions_dir:
+        os.environ["TORCH_EXTENSIONS_DIR"] = args.extensions_dir  # the runs inherit it (_env)
     from host import ForeignCpu
 
     watch, t_start = ForeignCpu(), time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     assets = build_assets(args.out / "assets")
-    sets = overrides(assets, args.steps, args.every, args.peer_timeout)
+    sets = overrides(assets, args.steps, args.every, args.peer_timeout, args.rendezvous_timeout)
     kinds = args.kinds.split(",")
+    warm_ops(args.out / "warm_ops.txt")
     reference = {}
     for n in sorted({1 if k in ("timed", "save") else 2 for k in kinds}):
         out = args.out / f"reference_{n}rank"
@@ -342,9 +376,14 @@ def main() -> None:
     rng = random.Random(args.seed)
     results: list[dict] = []
     write_report(args, results, reference, long, watch, t_start, complete=args.trials == 0)
-    for k in range(args.trials):
+    # a kill drawn at a random moment can fall after the run's end (it was faster than the
+    # reference): that trial killed nothing, is kept in the report, and one more is run
+    k = 0
+    while sum(r["killed_before_end"] for r in results) < args.trials and k < 2 * args.trials:
         results.append(trial(k, kinds[k % len(kinds)], rng, args.out / "trials", sets, reference, args))
-        write_report(args, results, reference, long, watch, t_start, complete=k + 1 == args.trials)
+        k += 1
+        done = sum(r["killed_before_end"] for r in results) >= args.trials or k == 2 * args.trials
+        write_report(args, results, reference, long, watch, t_start, complete=done)
     print((args.out / "crash.md").read_text())
 
 
@@ -361,9 +400,11 @@ def write_report(args, results: list[dict], reference: dict, long: dict | None, 
         "hung_ranks": sum(r["hung_ranks"] for r in results),
         "kills_inside_checkpoint_writes": sum("fault" in r for r in killed),
         "kills_of_one_rank_of_two": sum(r["ranks"] == 2 for r in killed),
+        "stale_jit_locks_removed": sum(r.get("stale_jit_locks_removed", 0) for r in results),
         "lost_rank_named": sum(bool(r.get("lost_rank_named")) for r in killed),
         "max_survivor_exit_s": max((r["survivors_exit_s"] or 0 for r in killed if r["ranks"] == 2), default=None),
         "checkpoint_every": args.every, "steps": args.steps, "peer_timeout_s": args.peer_timeout,
+        "rendezvous_timeout_s": args.rendezvous_timeout,
         "hang_bound_s": args.hang_bound, "reference_seconds": {n: round(v["seconds"], 1) for n, v in reference.items()},
     }
     if long:
@@ -371,6 +412,11 @@ def write_report(args, results: list[dict], reference: dict, long: dict | None, 
         summary["rss_bound_mb"] = args.rss_bound_mb
         summary["rss_within_bound"] = long["rss_growth_mb"] is not None and long["rss_growth_mb"] < args.rss_bound_mb
         summary["step_time_late_over_early"] = long["step_time_late_over_early"]
+        summary["step_cpu_late_over_early"] = long["step_cpu_late_over_early"]
+        summary["step_time_bound"] = args.step_time_bound
+        for key in ("step_time", "step_cpu"):
+            r = long[f"{key}_late_over_early"]
+            summary[f"{key}_within_bound"] = r is not None and r <= args.step_time_bound
     cores = watch.cores()
     report = {**summary, "long_run": long, "per_trial": results, "command": " ".join(sys.argv),
               "machine": machine(other_processes_cores=cores, contention=describe(cores)), "wall_s": round(time.monotonic() - t_start, 1)}

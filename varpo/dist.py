@@ -55,10 +55,18 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(backend: str = "auto", timeout_minutes: int = 30, peer_timeout_s: float = 120.0) -> DistInfo:
+class RendezvousError(RuntimeError):
+    """The ranks of a job could not all meet at start-up (bounded by deepspeed.rendezvous_timeout_s)."""
+
+
+def init_distributed(backend: str = "auto", timeout_minutes: int = 30, peer_timeout_s: float = 120.0,
+                     rendezvous_timeout_s: float = 600.0) -> DistInfo:
     """Join (or create) the process group. Without a launcher this becomes a world of one. With
-    several ranks, a watchdog (varpo.watchdog) makes every rank exit, naming the lost one, when
-    one stops for `peer_timeout_s` (0: no watchdog)."""
+    several ranks: every rank waits at most `rendezvous_timeout_s` for the others to reach the
+    rendezvous (then raises RendezvousError naming the missing ranks and the address), and a
+    watchdog (varpo.watchdog) makes every rank exit, naming the lost one, when one stops for
+    `peer_timeout_s` (0: no watchdog) — from the end of the rendezvous on, so a rank that dies
+    while the others set up the process group or load DeepSpeed's ops is caught too."""
     if not torch_dist.is_initialized():
         _forget_inherited_world()
         for key, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
@@ -70,17 +78,79 @@ def init_distributed(backend: str = "auto", timeout_minutes: int = 30, peer_time
     if backend == "auto":
         backend = "nccl" if cuda else "gloo"
     deepspeed = import_deepspeed()
-    if not torch_dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
-        unlink_shm = _clean_up_at_exit(torch_dist.get_rank(), shm=not cuda)
-        from . import watchdog
-
-        watchdog.start(torch_dist.get_rank(), torch_dist.get_world_size(), peer_timeout_s, before_exit=unlink_shm)
     local_rank = int(os.environ["LOCAL_RANK"])
+    if not torch_dist.is_initialized():
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        timeout = timedelta(minutes=timeout_minutes)
+        unlink_shm = _clean_up_at_exit(rank, shm=not cuda)
+        if world > 1:
+            # DeepSpeed's env:// start would wait for missing ranks (or a dead store host) for the
+            # whole collective timeout: meet on our own store first, with its own bound
+            store = rendezvous(rank, world, rendezvous_timeout_s)
+            store.set_timeout(timeout)  # from here on, store operations wait as long as collectives
+            from . import watchdog
+
+            watchdog.start(rank, world, peer_timeout_s, before_exit=unlink_shm, store=store)
+            device = {"device_id": torch.device("cuda", local_rank)} if cuda else {}  # as DeepSpeed binds it
+            torch_dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout, **device)
+        from . import jit_lock
+
+        with jit_lock.watch():  # DeepSpeed loads (or builds) its communication op here
+            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     if cuda:
         torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(torch_dist.get_rank(), local_rank, torch_dist.get_world_size(), device)
+
+
+_RDZV = "varpo_rendezvous/{}/rank/{}"
+
+
+def rendezvous(rank: int, world: int, timeout_s: float):
+    """Meet the other ranks on the TCP store at MASTER_ADDR:MASTER_PORT (hosted by rank 0, or by
+    torchrun's agent) and return it once all `world` ranks have checked in. Raises RendezvousError
+    within about `timeout_s` when the store cannot be reached, when some ranks never arrive
+    (naming them), or when the store's host dies while this rank waits."""
+    import time
+
+    from torch.distributed import TCPStore
+
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts it
+    host = "torchrun's agent" if agent_store else "rank 0"
+    where = f"{addr}:{port} (hosted by {host})"
+    field = f"deepspeed.rendezvous_timeout_s = {timeout_s:g} s"
+    me = f"rank {rank} of {world}"
+    is_host = rank == 0 and not agent_store
+    end = time.monotonic() + timeout_s
+    try:
+        store = TCPStore(addr, port, world_size=None, is_master=is_host, timeout=timedelta(seconds=timeout_s),
+                         wait_for_workers=False, multi_tenant=True)
+    except Exception as exc:  # noqa: BLE001  (DistNetworkError, DistStoreError, RuntimeError)
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if is_host:
+            raise RendezvousError(f"{me}: could not host the rendezvous store at {addr}:{port} ({why})") from exc
+        raise RendezvousError(f"{me}: could not reach the rendezvous store at {where} within {field} ({why}). "
+                              f"Is {host} running, and are MASTER_ADDR/MASTER_PORT right?") from exc
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # an agent's store outlives a restart
+    keys = [_RDZV.format(attempt, r) for r in range(world)]
+    missing = list(range(world))
+    try:
+        store.set(keys[rank], str(os.getpid()))
+        while True:
+            missing = [r for r, k in enumerate(keys) if not store.check([k])]
+            if not missing or time.monotonic() >= end:
+                break
+            time.sleep(0.2)
+    except Exception as exc:  # noqa: BLE001  the store went away: its host died during start-up
+        raise RendezvousError(f"{me}: lost the rendezvous store at {where} while waiting for rank(s) "
+                              f"{', '.join(map(str, missing))} to arrive ({type(exc).__name__}: {exc}); "
+                              f"{host} died during start-up. Restart the job.") from exc
+    if missing:
+        raise RendezvousError(f"{me}: rank(s) {', '.join(map(str, missing))} did not reach the rendezvous at "
+                              f"{where} within {field} ({world - len(missing)} of {world} arrived). "
+                              "They failed to start, or WORLD_SIZE/MASTER_ADDR/MASTER_PORT differ between ranks.")
+    return store
 
 
 _EXIT_GRACE_S = 0.2

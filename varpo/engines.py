@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
+from . import jit_lock
 from .config import DeepSpeedConfig
 from .dist import import_deepspeed, world_size
 
@@ -97,7 +98,8 @@ def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: fl
     params = [{"params": ps, "lr": g} for g, ps in groups.items() if ps]
     # foreach: one multi-tensor kernel per step instead of a Python loop over parameters
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), eps=1e-8, foreach=True)
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=conf)
+    with jit_lock.watch():  # DeepSpeed may build or load a C++ op here (a stale lock must not block it)
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=conf)
     if world_size() == 1 and conf["zero_optimization"]["stage"] < 2:
         # alone, averaging gradients over ranks is the identity, yet stage 0/1 would still flatten
         # every gradient into a bucket and all-reduce it after each backward (the attribute is
@@ -112,7 +114,8 @@ def inference_engine(model: torch.nn.Module, conf: dict):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    engine, *_ = deepspeed.initialize(model=model, config=conf)
+    with jit_lock.watch():
+        engine, *_ = deepspeed.initialize(model=model, config=conf)
     engine.eval()
     return engine
 

@@ -6,7 +6,8 @@ operations that have none. Under one launcher on one node the launcher notices t
 kills the rest; across nodes, or under a per-node launcher, nothing does.
 
 So each rank runs a heartbeat thread on the process group's own key-value store (the TCPStore
-rank 0 hosts, already there for the rendezvous): it bumps its own counter every
+rank 0 hosts, already there for the rendezvous; started as soon as all ranks have met there, so
+it also covers the process group's and DeepSpeed's set-up): it bumps its own counter every
 `peer_timeout_s / 10` seconds and watches the counter of the next rank in a ring. A counter that
 has not moved for `peer_timeout_s` (measured on the watcher's own clock: no clock sync needed)
 marks that rank lost in the store; every rank polls that mark and exits with EXIT_RANK_LOST and
@@ -25,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 
 EXIT_RANK_LOST = 75  # EX_TEMPFAIL: try again (a restart resumes from the last checkpoint)
@@ -32,6 +34,7 @@ _BEAT, _DONE, _LOST, _HOST = ("varpo_watchdog/beat/{}", "varpo_watchdog/done/{}"
                               "varpo_watchdog/host/{}")
 # messages of a collective that failed because a peer's connection went away (gloo, NCCL)
 PEER_LOSS_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
+                   "Connection was likely closed",  # the store's host (rank 0) gone during a store operation
                    "timed out", "NCCL communicator was aborted", "remote process exited")
 
 
@@ -160,22 +163,32 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _stderr():
+    """The process's real stderr: torch's excepthook (installed by init_process_group, around this
+    module's) points sys.stderr at a buffer while the hooks run, and a rank that exits with
+    os._exit from there would lose everything written to it."""
+    return sys.__stderr__ or sys.stderr
+
+
 def _say(rank: int, world: int, lost: int, why: str, action: str) -> None:
     print(f"varpo: rank {rank}: rank {lost} of {world} is lost ({why}); {action}. Restart the job: it resumes "
-          "from its last checkpoint.", file=sys.stderr, flush=True)
+          "from its last checkpoint.", file=_stderr(), flush=True)
 
 
 _current: Watchdog | None = None
 
 
-def start(rank: int, world_size: int, timeout_s: float, before_exit: Callable[[], None] = lambda: None) -> Watchdog | None:
-    """Start this rank's watchdog on the default process group's store (world size > 1)."""
+def start(rank: int, world_size: int, timeout_s: float, before_exit: Callable[[], None] = lambda: None,
+          store=None) -> Watchdog | None:
+    """Start this rank's watchdog (world size > 1) on `store`, by default the default process
+    group's (varpo.dist starts it on the rendezvous store, before the process group exists)."""
     global _current
     if world_size < 2 or timeout_s <= 0 or _current is not None:
         return _current
-    import torch.distributed.distributed_c10d as c10d
+    if store is None:
+        import torch.distributed.distributed_c10d as c10d
 
-    store = c10d._get_default_store()
+        store = c10d._get_default_store()
     _current = Watchdog(store, rank, world_size, timeout_s, before_exit).start()
     previous = sys.excepthook
 
@@ -183,10 +196,10 @@ def start(rank: int, world_size: int, timeout_s: float, before_exit: Callable[[]
         # a collective that failed because a peer vanished: name the lost rank (at once if it ran
         # on this host, else once the watchdog sees its heartbeat stop)
         if _current is not None and any(s in str(value) for s in PEER_LOSS_SIGNS):
-            print(f"varpo: rank {rank}: {kind.__name__}: {value}", file=sys.stderr, flush=True)
+            print(f"varpo: rank {rank}: {kind.__name__}: {value}", file=_stderr(), flush=True)
             gone = _current.dead_here()
             if gone:
-                previous(kind, value, tb)
+                traceback.print_exception(kind, value, tb, file=_stderr())
                 for lost in gone:
                     _say(rank, world_size, lost, "its process on this host is gone", f"exiting with code {EXIT_RANK_LOST}")
                 _current.before_exit()

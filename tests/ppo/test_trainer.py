@@ -109,8 +109,13 @@ def test_training_writes_metrics_and_policy(make_cfg, prompts, tmp_path, word_sc
     assert [r["step"] for r in rows] == [0, 1, 2]
     for key in ("score_mean", "variance_mean", "kl_mean", "weighted_kl_mean", "kl_coef", "entropy", "clipfrac",
                 "approx_kl", "value_loss", "returns_mean", "response_length", "episodes_per_s", "tokens_per_s",
-                "time/generate", "time/score", "time/reference", "time/value", "time/update"):
+                "time/generate", "time/score", "time/reference", "time/value", "time/update", "time/step_cpu"):
         assert key in rows[-1] and rows[-1][key] == rows[-1][key], key
+    assert all(0 < r["time/step_cpu"] for r in rows)
+    # the summary's throughput is the mean over the steps; its `final` is the last step's metrics
+    assert summary["episodes_per_s"] == pytest.approx(sum(r["episodes_per_s"] for r in rows) / 3, rel=1e-12)
+    assert summary["tokens_per_s"] == pytest.approx(sum(r["tokens_per_s"] for r in rows) / 3, rel=1e-12)
+    assert summary["final"]["step"] == 2 and summary["final"]["score_mean"] == rows[-1]["score_mean"]
     assert rows[0]["kl_mean"] == pytest.approx(0.0, abs=1e-5)  # actor == reference before any update
     assert rows[-1]["kl_mean"] != 0.0
     from transformers import AutoModelForCausalLM

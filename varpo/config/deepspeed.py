@@ -29,6 +29,10 @@ class DeepSpeedConfig(Section):
     )
     dist_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
     timeout_minutes: int = Field(30, ge=1, description="collective timeout")
+    rendezvous_timeout_s: float = Field(
+        600.0, gt=0.0, description="multi-rank runs: how long a rank waits at start-up for the others to reach "
+        "the rendezvous store at MASTER_ADDR:MASTER_PORT (hosted by rank 0); then it exits with an error naming "
+        "the missing ranks, or the store it could not reach or lost (varpo.dist.rendezvous)")
     peer_timeout_s: float = Field(
         120.0, ge=0.0, description="multi-rank runs: a rank whose heartbeat (a background thread writing to the "
         "process group's store) stops for this long is declared lost, and every other rank exits with an error "

@@ -38,7 +38,8 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=()) -> dict:
 
     check_environment(cfg)  # refuse what this machine cannot run before any model is built
     # join the process group first: building the default reward model coordinates the ranks
-    init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes, cfg.deepspeed.peer_timeout_s)
+    init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes, cfg.deepspeed.peer_timeout_s,
+                     cfg.deepspeed.rendezvous_timeout_s)
     policy_path, prompts, gold_fn, _ = resolve_sources(cfg)
     if scorer is None:
         scorer = build_scorer(cfg)

@@ -58,7 +58,7 @@ class PPOTrainer:
                  callbacks: list[TrainerCallback] = ()):
         self.cfg, self.out = cfg, Path(out_dir)
         self.info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes,
-                                          cfg.deepspeed.peer_timeout_s)
+                                          cfg.deepspeed.peer_timeout_s, cfg.deepspeed.rendezvous_timeout_s)
         self.world, self.rank, self.device = self.info.world_size, self.info.rank, self.info.device
         p = cfg.ppo
         for name, n in (("batch_size", p.batch_size), ("mini_batch_size", p.mini_batch_size)):
@@ -376,7 +376,7 @@ class PPOTrainer:
     def train_step(self) -> dict:
         """One PPO iteration: the seven stages of the module docstring on one Experience."""
         self.timings = {}
-        t_step = time.perf_counter()
+        t_step, cpu_step = time.perf_counter(), time.process_time()
         exp = self.rollout(self.step)
         self.score(exp)
         self.callbacks.on_rollout_scored(exp.prompts, exp.responses, exp)
@@ -392,6 +392,8 @@ class PPOTrainer:
             return self._bad_step("every minibatch update was non-finite")
         self.bad_steps_in_row = 0
         kl_mean = self.adapt_kl(exp)
+        # CPU seconds of this process (all its threads): unlike wall time, barely moved by other jobs
+        self.timings["step_cpu"] = time.process_time() - cpu_step
         return self._metrics(exp, losses, kl_mean, beta, time.perf_counter() - t_step)
 
     def _metrics(self, exp: Experience, losses: dict, kl_mean: float, beta: float, elapsed: float) -> dict:
@@ -479,14 +481,17 @@ class PPOTrainer:
         """Steps until ppo.steps, or until a callback asks to stop; then the last checkpoint (when
         ppo.checkpoint_every is set), the exported policy and summary.json."""
         p = self.cfg.ppo
-        history = []
+        # running sums for the summary, not a list of every step's metrics (which grew with the run)
+        good, eps_sum, tok_sum, final = 0, 0.0, 0.0, {}
         self.callbacks.on_train_begin(self)
         with progress() as bar:
             task = bar.add_task("PPO", total=p.steps, completed=self.step, info="")
             while self.step < p.steps:
                 m = self.train_step()
                 self.callbacks.on_step_end(m)
-                history.append(m)
+                if "score_mean" in m:  # a step whose update ran (not skipped)
+                    good, final = good + 1, m
+                    eps_sum, tok_sum = eps_sum + m["episodes_per_s"], tok_sum + m["tokens_per_s"]
                 self.step += 1
                 # every rank must leave the loop together (the next step's collectives)
                 stop = self._any_rank(self.control.should_stop)
@@ -502,12 +507,10 @@ class PPOTrainer:
             self.save_checkpoint()
         self.rollout_engine.close()
         policy_dir = self.export_policy(self.out / "policy")
-        good = [m for m in history if "score_mean" in m]
         summary = {
             "steps": self.step, "world_size": self.world, "policy_path": str(policy_dir),
-            "episodes_per_s": sum(m["episodes_per_s"] for m in good) / max(len(good), 1),
-            "tokens_per_s": sum(m["tokens_per_s"] for m in good) / max(len(good), 1),
-            "final": good[-1] if good else {}, **self.counters, **self.params,
+            "episodes_per_s": eps_sum / max(good, 1), "tokens_per_s": tok_sum / max(good, 1),
+            "final": final, **self.counters, **self.params,
         }
         if self.step < p.steps:
             summary["stopped_early"] = self.control.reason or "a callback on another rank asked to stop"

@@ -94,7 +94,8 @@ def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, load_kw
         from ..dist import init_distributed
         from ..engines import build_model, ds_config, inference_engine
 
-        init_distributed(ds_cfg.dist_backend, ds_cfg.timeout_minutes, ds_cfg.peer_timeout_s)  # a no-op inside a launched job
+        init_distributed(ds_cfg.dist_backend, ds_cfg.timeout_minutes, ds_cfg.peer_timeout_s,
+                         ds_cfg.rendezvous_timeout_s)  # a no-op inside a launched job
         conf = ds_config(ds_cfg, "reward", opts["batch_size"], trainable=False)
         # under ZeRO-3 the backbone is partitioned while it loads: no rank ever holds all of it
         model = build_model(lambda: EnsembleRewardModel.from_pretrained(path, load_kw=load_kw), conf)

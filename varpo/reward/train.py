@@ -215,7 +215,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     check_environment(cfg)
     out = Path(out_dir)
     info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes,
-                                 cfg.deepspeed.peer_timeout_s)
+                                 cfg.deepspeed.peer_timeout_s, cfg.deepspeed.rendezvous_timeout_s)
     rt = cfg.reward_training
     train, held, backbone_path, held_source = load_pair_sets(cfg)
     world = info.world_size
