@@ -89,8 +89,16 @@ def run_throughput(run: dict, warmup: int) -> dict:
     phases["other"] = max(wall / len(steps) - sum(phases.values()), 0.0)
     # finer timers a runner adds inside a phase (e.g. TRL's gc.collect inside update)
     extra = sorted({k for s in steps for k in s if k.startswith("time/") and k[5:] not in PHASES})
+    # throughput per CPU second of the run's own process: on a shared machine the wall clock
+    # measures the other jobs too, the process's CPU time mostly its own work (runs older than
+    # this field have none)
+    cpu = sum(s["cpu_s"] for s in steps) if all("cpu_s" in s for s in steps) else None
     return {
         "detail_s": {k[5:]: sum(s.get(k, 0.0) for s in steps) / len(steps) for k in extra},
+        "detail_cpu_s": {k[4:]: sum(s.get(k, 0.0) for s in steps) / len(steps)
+                         for k in sorted({k for s in steps for k in s if k.startswith("cpu/")})},
+        "episodes_per_cpu_s": sum(s["episodes"] for s in steps) / cpu if cpu else None,
+        "cpu_step_s": cpu / len(steps) if cpu else None,
         "episodes_per_s": sum(s["episodes"] for s in steps) / wall,
         "tokens_per_s": sum(s["tokens"] for s in steps) / wall,
         "step_s": wall / len(steps),
@@ -132,6 +140,12 @@ def variant_summary(runs: list[dict], warmup: int) -> dict:
         out["episodes_per_s_excluding_gc_collect"] = summarize(ex)
         for p, x in zip(gc_runs, ex):
             p["episodes_per_s_excluding_gc_collect"] = x
+    for p in per_run:  # the same counterfactual in CPU time
+        gc_cpu = p["detail_cpu_s"].get("update_gc_collect")
+        if p["cpu_step_s"] and gc_cpu is not None:
+            p["episodes_per_cpu_s_excluding_gc_collect"] = p["episodes_per_cpu_s"] * p["cpu_step_s"] / (p["cpu_step_s"] - gc_cpu)
+    cpu_runs = [p["episodes_per_cpu_s"] for p in per_run if p["episodes_per_cpu_s"]]
+    out["episodes_per_cpu_s"] = summarize(cpu_runs)["median"] if cpu_runs else None
     if ok:
         res = ok[0]["result"]
         out["settings"] = res.get("settings")
@@ -166,6 +180,22 @@ def build_results(runs: list[dict], warmup: int, machine: dict, meta: dict, comm
     if ex:
         rr = paired_ratios(per_round["varpo_vanilla"], ex)
         ratios["varpo_vanilla_vs_trl_excluding_gc_collect"] = {"per_round": rr, **summarize(rr)}
+    # the same pairings in throughput per process CPU second (robust on a shared machine)
+    cpu_round = {v: {p["round"]: p["episodes_per_cpu_s"] for p in res[v]["runs"] if p.get("episodes_per_cpu_s")}
+                 for v in VARIANTS if v in res}
+    for name, num, den in (("varpo_vanilla_vs_trl", "varpo_vanilla", "trl"),
+                           ("varpo_variance_aware_vs_trl", "varpo_variance_aware", "trl"),
+                           ("variance_aware_vs_vanilla", "varpo_variance_aware", "varpo_vanilla"),
+                           *((f"{v}_vs_vanilla", v, "varpo_vanilla") for v in VARIANTS
+                             if v in res and v not in ("trl", "varpo_vanilla", "varpo_variance_aware"))):
+        rr = paired_ratios(cpu_round.get(num, {}), cpu_round.get(den, {}))
+        if rr:
+            ratios[f"{name}_cpu_time"] = {"per_round": rr, **summarize(rr)}
+    ex_cpu = {p["round"]: p.get("episodes_per_cpu_s_excluding_gc_collect") for p in res["trl"]["runs"]}
+    ex_cpu = {r: x for r, x in ex_cpu.items() if x is not None}
+    if ex_cpu:
+        rr = paired_ratios(cpu_round.get("varpo_vanilla", {}), ex_cpu)
+        ratios["varpo_vanilla_vs_trl_excluding_gc_collect_cpu_time"] = {"per_round": rr, **summarize(rr)}
     res["ratios"] = ratios
     return add_headline(res)
 
@@ -178,6 +208,11 @@ def add_headline(res: dict) -> dict:
     res["ratio_vs_trl"] = ratios["varpo_vanilla_vs_trl"]["median"]
     res["ratio_vs_trl_excluding_gc_collect"] = ratios.get("varpo_vanilla_vs_trl_excluding_gc_collect", {}).get("median")
     res["variance_aware_vs_vanilla"] = ratios["variance_aware_vs_vanilla"]["median"]
+    # the same three in process CPU time (None for runs recorded before it was measured)
+    for key, r in (("ratio_vs_trl_cpu_time", "varpo_vanilla_vs_trl_cpu_time"),
+                   ("ratio_vs_trl_excluding_gc_collect_cpu_time", "varpo_vanilla_vs_trl_excluding_gc_collect_cpu_time"),
+                   ("variance_aware_vs_vanilla_cpu_time", "variance_aware_vs_vanilla_cpu_time")):
+        res[key] = ratios.get(r, {}).get("median")
     if "shared_trunk_vs_vanilla" in ratios:
         res["shared_trunk_vs_vanilla"] = ratios["shared_trunk_vs_vanilla"]["median"]
     for v in VARIANTS:
@@ -246,6 +281,12 @@ def results_markdown(res: dict) -> str:
               f"variance-aware / vanilla: {_fmt(res.get('variance_aware_vs_vanilla'))}"
               + (f"; shared-trunk / vanilla: {_fmt(res['shared_trunk_vs_vanilla'])}" if "shared_trunk_vs_vanilla" in res
                  else ""), "",
+              f"In process CPU time (episodes per CPU second of each run's own process, which other jobs on "
+              f"the machine barely move): **ratio_vs_trl_cpu_time** {_fmt(res.get('ratio_vs_trl_cpu_time'))}; "
+              f"**ratio_vs_trl_excluding_gc_collect_cpu_time** {_fmt(res.get('ratio_vs_trl_excluding_gc_collect_cpu_time'))}; "
+              f"variance-aware / vanilla {_fmt(res.get('variance_aware_vs_vanilla_cpu_time'))}. "
+              "Episodes per CPU second, median: "
+              + ", ".join(f"{v} {_fmt(res[v].get('episodes_per_cpu_s'))}" for v in _shown(res)), "",
               "Per-step phase seconds (median over runs):", "",
               "| variant | " + " | ".join(PHASES) + " |", "|---|" + "---|" * len(PHASES)]
     for v in _shown(res):
@@ -423,14 +464,17 @@ def varpo_run(argv: list[str]) -> int:
     class StepMarks(TrainerCallback):
         def __init__(self):
             self.marks: list[float] = []
+            self.cpu_marks: list[float] = []  # process CPU seconds (all threads): barely moved by other jobs
             self.setup_s = None
 
         def on_train_begin(self, trainer):
             self.setup_s = time.perf_counter() - t_start
             self.marks.append(time.perf_counter())
+            self.cpu_marks.append(time.process_time())
 
         def on_step_end(self, metrics):
             self.marks.append(time.perf_counter())
+            self.cpu_marks.append(time.process_time())
 
     timer = StepMarks()
     train_ppo(cfg, run_dir, callbacks=[timer])
@@ -445,7 +489,8 @@ def varpo_run(argv: list[str]) -> int:
             raise RuntimeError(f"varpo skipped step {i} (non-finite values): {r}")
         if abs(r["response_length"] - p["response_len"]) > 1e-9:
             raise RuntimeError(f"varpo generated {r['response_length']} tokens per response, expected {p['response_len']}")
-        steps.append({"wall_s": marks[i + 1] - marks[i], "episodes": p["batch_size"],
+        steps.append({"wall_s": marks[i + 1] - marks[i], "cpu_s": timer.cpu_marks[i + 1] - timer.cpu_marks[i],
+                      "episodes": p["batch_size"],
                       "tokens": p["batch_size"] * p["response_len"],
                       "trainer_episodes_per_s": r["episodes_per_s"], "trainer_step_s": r["time/step"],
                       **{f"time/{k}": r[f"time/{k}"] for k in PHASES if f"time/{k}" in r}})

@@ -95,11 +95,12 @@ def main(argv=None) -> int:
 
     def timed(name, fn):
         def wrapper(*args, **kw):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kw)
             finally:
                 acc[name] += time.perf_counter() - t0
+                acc[name + "_cpu"] += time.process_time() - c0
         return wrapper
 
     orig_batch_generation, orig_forward, orig_get_reward = pt.batch_generation, pt.forward, pt.get_reward
@@ -134,21 +135,23 @@ def main(argv=None) -> int:
 
     class StepClock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
+            self.t, self.c = time.perf_counter(), time.process_time()
             acc.clear()
 
         def on_step_end(self, args, state, control, **kw):
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), time.process_time()
             wall = now - self.t
-            row = {"wall_s": wall, "episodes": B, "tokens": B * T, "optimizer_steps": opt_steps["n"]}
+            # cpu_s: this process's CPU seconds (all its threads), which other jobs on the machine barely move
+            row = {"wall_s": wall, "cpu_s": cpu - self.c, "episodes": B, "tokens": B * T, "optimizer_steps": opt_steps["n"]}
             for k in ("generate", "score", "reference", "value"):
                 row[f"time/{k}"] = acc.get(k, 0.0)
             row["time/update"] = wall - sum(row[f"time/{k}"] for k in ("generate", "score", "reference", "value"))
             row["time/update_gc_collect"] = acc.get("gc_collect", 0.0)
+            row["cpu/update_gc_collect"] = acc.get("gc_collect_cpu", 0.0)
             steps.append(row)
             acc.clear()
             opt_steps["n"] = 0
-            self.t = now  # the next step starts where this one ended: nothing between steps is lost
+            self.t, self.c = now, cpu  # the next step starts where this one ended: nothing between steps is lost
 
     trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
                          train_dataset=ds, value_model=value, callbacks=[StepClock()])

@@ -253,3 +253,39 @@ def test_shared_trunk_variant_is_opt_in_and_paired_with_vanilla(tmp_path):
     assert "varpo_shared_trunk" not in without and "shared_trunk_vs_vanilla" not in without
     assert "shared_trunk" not in bench.results_markdown(without)
     bench.plot(without, tmp_path / "t.png")
+
+
+def test_cpu_time_ratios_pair_rounds_and_remove_gc_cpu(tmp_path):
+    """The CPU-time figures: per run, episodes per CPU second of the measured steps; ratios are
+    medians of same-round pairs; TRL's counterfactual removes its gc.collect CPU seconds only."""
+    rng = random.Random(7)
+    runs = []
+    for r in range(3):
+        for v in ("trl", "varpo_vanilla", "varpo_variance_aware"):
+            run = _run(rng, 4, batch=8, tokens=5)
+            for s in run["steps"]:
+                s["cpu_s"] = s["wall_s"] * rng.uniform(0.3, 0.95)
+                if v == "trl":
+                    s["cpu/update_gc_collect"] = s["cpu_s"] * rng.uniform(0.01, 0.1)
+            runs.append({"round": r, "variant": v, "ok": True, "result": run})
+    res = bench.build_results(runs, warmup=1, machine=_machine(), meta=META, command="x")
+
+    def eps_cpu(v, r, drop_gc=False):  # independent: straight from the raw rows, float64
+        rows = next(x for x in runs if x["variant"] == v and x["round"] == r)["result"]["steps"][1:]
+        cpu = sum(s["cpu_s"] - (s.get("cpu/update_gc_collect", 0.0) if drop_gc else 0.0) for s in rows)
+        return 8 * len(rows) / cpu
+
+    van = [eps_cpu("varpo_vanilla", r) / eps_cpu("trl", r) for r in range(3)]
+    va = [eps_cpu("varpo_variance_aware", r) / eps_cpu("varpo_vanilla", r) for r in range(3)]
+    ex = [eps_cpu("varpo_vanilla", r) / eps_cpu("trl", r, drop_gc=True) for r in range(3)]
+    assert res["ratio_vs_trl_cpu_time"] == pytest.approx(statistics.median(van), rel=1e-12)
+    assert res["variance_aware_vs_vanilla_cpu_time"] == pytest.approx(statistics.median(va), rel=1e-12)
+    assert res["ratio_vs_trl_excluding_gc_collect_cpu_time"] == pytest.approx(statistics.median(ex), rel=1e-12)
+    assert res["ratios"]["varpo_vanilla_vs_trl_cpu_time"]["per_round"] == pytest.approx(van, rel=1e-12)
+    assert "ratio_vs_trl_cpu_time" in bench.results_markdown(res)
+    # runs recorded before cpu_s existed: the CPU figures are absent, nothing else changes
+    for x in runs:
+        for s in x["result"]["steps"]:
+            s.pop("cpu_s")
+    old = bench.build_results(runs, warmup=1, machine=_machine(), meta=META, command="x")
+    assert old["ratio_vs_trl_cpu_time"] is None and old["ratio_vs_trl"] == res["ratio_vs_trl"]
