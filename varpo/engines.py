@@ -82,10 +82,18 @@ def build_model(fn: Callable[[], torch.nn.Module], conf: dict) -> torch.nn.Modul
     return model
 
 
-def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: float = 0.0):
-    """A trainable DeepSpeed engine with a client AdamW over the trainable parameters."""
+def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: float = 0.0,
+                 lr_of: Callable[[str], float | None] | None = None):
+    """A trainable DeepSpeed engine with a client AdamW over the trainable parameters. `lr_of(name)`:
+    a parameter's own learning rate (None: `lr`), as parameter groups."""
     deepspeed = import_deepspeed()
     params = [p for p in model.parameters() if p.requires_grad]
+    if lr_of is not None:
+        groups: dict[float, list] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault(lr_of(name) or lr, []).append(p)
+        params = [{"params": ps, "lr": g} for g, ps in groups.items()]
     # foreach: one multi-tensor kernel per step instead of a Python loop over parameters
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), eps=1e-8, foreach=True)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=conf)
