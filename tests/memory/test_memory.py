@@ -260,3 +260,20 @@ def test_bad_hostfile_line_names_file_and_line(tmp_path):
     hf.write_text("# comment\nnode-a slots=8\nnode-b 8\n")
     with pytest.raises(MemoryPlanError, match=r"hosts:3: expected 'HOSTNAME slots=N'"):
         read_hostfile(hf)
+
+
+def test_deep_ensemble_folder_counts_every_member(tmp_path):
+    """A deep ensemble (`members/NN/`) holds K backbones: the reward role's parameters are K times
+    one member's plus K heads, counted against the instantiated model."""
+    from transformers import LlamaConfig
+
+    from varpo.reward.deep import DeepEnsembleRewardModel
+
+    conf = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       max_position_embeddings=64)
+    model = DeepEnsembleRewardModel.from_backbone(conf, 3)
+    model.save_pretrained(tmp_path / "deep")
+    policy = SHAPES / "llama3_8b_shape.json"
+    shapes = role_shapes(load_config(None, [f"model.policy_path={policy}", f"reward.path={tmp_path / 'deep'}",
+                                            "reward_training.num_heads=3"]))
+    assert shapes["reward"].total_params == sum(p.numel() for p in model.parameters())
