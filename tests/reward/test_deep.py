@@ -105,6 +105,7 @@ def test_random_members_with_lora_is_a_clear_config_error():
     load_config(EMBEDDED, ["reward_training.ensemble_kind=deep", "reward_training.deep_init=pretrained"])
 
 
+@pytest.mark.slow  # ~110 s on the shared 2-core machine: three whole backbones train
 def test_training_a_tiny_deep_ensemble(tmp_path, rm_overrides, pair_files):
     from varpo.reward.scorer import load_scorer
     from varpo.reward.train import train_reward_model
