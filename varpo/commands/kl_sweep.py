@@ -5,6 +5,7 @@ from pathlib import Path
 
 import typer
 
+from ..evaluation.kl_sweep import DEFAULT_BETAS, DEFAULT_STEPS
 from .common import ConfigOpt, OutOpt, SetOpt
 
 
@@ -12,8 +13,11 @@ def register(app: typer.Typer) -> None:
     @app.command("kl-sweep")
     def kl_sweep(
         out: Path = OutOpt,
-        betas: str = typer.Option(",".join(f"{b:g}" for b in (0.01, 0.03, 0.1, 0.3, 1.0)), "--betas",
+        betas: str = typer.Option(",".join(f"{b:g}" for b in DEFAULT_BETAS), "--betas",
                                   help="comma-separated KL coefficients β"),
+        steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=0, help="PPO steps per policy (0: the config's "
+                                  "ppo.steps; --set ppo.steps=N wins): long enough for a weakly regularised "
+                                  "policy to leave the pairs' support"),
         seeds: int = typer.Option(2, "--seeds", "-n", min=1, help="policies per (method, β)"),
         config: Path | None = ConfigOpt,
         set_: list[str] | None = SetOpt,
@@ -36,7 +40,7 @@ def register(app: typer.Typer) -> None:
         if not beta_list or any(b < 0 for b in beta_list):
             raise ConfigError(f"--betas {betas!r}: expected at least one β ≥ 0")
         res = run_kl_sweep(config or OVEROPT, set_ or [], out, beta_list, seeds, methods=methods, workers=workers,
-                           best_of=best_of)
+                           best_of=best_of, steps=steps or None)
         print_table("kl-sweep: gold and proxy vs KL", [
             {k: p.get(k) for k in ("method", "beta", "kl_mean", "gold_mean", "gold_se", "proxy_mean")} for p in res["points"]])
         for m, o in res["overoptimization"].items():
