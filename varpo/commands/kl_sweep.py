@@ -16,8 +16,7 @@ def register(app: typer.Typer) -> None:
         betas: str = typer.Option(",".join(f"{b:g}" for b in DEFAULT_BETAS), "--betas",
                                   help="comma-separated KL coefficients β"),
         steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=0, help="PPO steps per policy (0: the config's "
-                                  "ppo.steps; --set ppo.steps=N wins): long enough for a weakly regularised "
-                                  "policy to leave the pairs' support"),
+                                  "ppo.steps; --set ppo.steps=N wins)"),
         seeds: int = typer.Option(2, "--seeds", "-n", min=1, help="policies per (method, β)"),
         config: Path | None = ConfigOpt,
         set_: list[str] | None = SetOpt,
@@ -26,7 +25,8 @@ def register(app: typer.Typer) -> None:
         best_of: int = typer.Option(0, "--best-of-n", min=0, help="also best-of-n from the reference up to this n (0: off)"),
     ) -> None:
         """Train vanilla and variance-aware policies at each β on the over-optimization task (default
-        config: varpo/defaults/overopt.yaml) and write OUT/kl_sweep.json (points: method, beta,
+        config: varpo/defaults/overopt.yaml; without reward.path it first trains an ensemble with
+        random prior heads, reward_training.ensemble_kind=prior, which --set can change) and write OUT/kl_sweep.json (points: method, beta,
         kl_mean, gold_mean, gold_se, proxy_mean) and OUT/kl_sweep.png (gold and proxy vs KL)."""
         from ..config import ConfigError
         from ..defaults import OVEROPT

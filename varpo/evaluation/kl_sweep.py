@@ -12,14 +12,15 @@ from pathlib import Path
 
 from ..outputs import console, write_json
 
-# measured (benchmarks/results/overoptimization/README.md): with the heads ensemble, 40 PPO steps at
-# β = 0.001 reach KL 11-17 and only some seeds fall; by step 60 the policy has run off the pairs'
-# support (KL > 70, gold 0.27) while β = 0.1-0.3 sit near their regularised optimum and β = 1 barely
-# moves: three β and 60 steps show the rise, the interior peak and the fall in 12.6 min on 2 shared
-# cores. Whether a policy leaves the support at β = 0.001 depends on its seed (bimodal), so with 2
-# seeds the fall of a method's mean can stay under 3 SE; --seeds raises the cost linearly
-DEFAULT_BETAS = (0.001, 0.1, 1.0)
-DEFAULT_STEPS = 60
+# measured (benchmarks/results/overoptimization/README.md): with the paper's heads ensemble, whether a
+# policy at small β leaves the pairs' support depends on its seed (one of two never did, even at KL 117),
+# so a two-seed mean cannot fall by 3 SE. The ensemble with random prior heads is easier to exploit:
+# at β = 0.01 both seeds fell to the reference's gold (0.52-0.55) while β = 0.3 peaked at 0.715, a fall
+# of 10.9 SE in 40 steps. β = 1 sits below the peak, so the peak is interior.
+DEFAULT_BETAS = (0.01, 0.05, 0.3, 1.0)
+DEFAULT_STEPS = 0  # 0: the config's ppo.steps (40 in varpo/defaults/overopt.yaml)
+# the ensemble a sweep trains when reward.path is not set (an override in the caller's list wins)
+DEFAULT_OVERRIDES = ("reward_training.ensemble_kind=prior",)
 
 
 def method_name(method: str, beta: float) -> str:
@@ -133,8 +134,7 @@ def run_kl_sweep(config_path, overrides: list[str], out: Path, betas: list[float
     from ..config import ConfigError, load_config
     from .population import REFERENCE, ensure_reward_model, run_population
 
-    if steps:
-        overrides = [f"ppo.steps={steps}", *overrides]
+    overrides = [*DEFAULT_OVERRIDES, *([f"ppo.steps={steps}"] if steps else []), *overrides]
     cfg = load_config(config_path, overrides)
     names = list(methods or cfg.evaluation.methods)
     unknown = set(names) - set(cfg.evaluation.methods)
