@@ -19,7 +19,8 @@ from ..outputs import console, write_json
 # of 10.9 SE in 40 steps. β = 1 sits below the peak, so the peak is interior.
 DEFAULT_BETAS = (0.01, 0.05, 0.3, 1.0)
 DEFAULT_STEPS = 0  # 0: the config's ppo.steps (40 in varpo/defaults/overopt.yaml)
-# the ensemble a sweep trains when reward.path is not set (an override in the caller's list wins)
+# with the default config, the ensemble a sweep trains when reward.path is not set (`varpo kl-sweep`
+# without --config; an override of the user's wins)
 DEFAULT_OVERRIDES = ("reward_training.ensemble_kind=prior",)
 
 
@@ -125,16 +126,22 @@ def plot_sweep(points: list[dict], path: Path, title: str = "") -> Path:
     return path
 
 
+def sweep_overrides(overrides: list[str], steps: int | None, defaults: tuple[str, ...] = ()) -> list[str]:
+    """The sweep's defaults, then ppo.steps, then the caller's overrides: later ones win."""
+    return [*defaults, *([f"ppo.steps={steps}"] if steps else []), *overrides]
+
+
 def run_kl_sweep(config_path, overrides: list[str], out: Path, betas: list[float], seeds: int,
                  methods: list[str] | None = None, workers: int | None = None, best_of: int = 0,
-                 best_of_prompts: int = 64, steps: int | None = None) -> dict:
+                 best_of_prompts: int = 64, steps: int | None = None, defaults: tuple[str, ...] = ()) -> dict:
     """Train/evaluate every (method, β, seed) as a population member under OUT/population (resumable),
     then write OUT/kl_sweep.json and OUT/kl_sweep.png. `steps`: PPO steps per policy (None: the
-    config's ppo.steps); an override ppo.steps=N in `overrides` wins."""
+    config's ppo.steps); `defaults`: overrides applied before the caller's (DEFAULT_OVERRIDES for the
+    default config); an override in `overrides` wins over both."""
     from ..config import ConfigError, load_config
     from .population import REFERENCE, ensure_reward_model, run_population
 
-    overrides = [*DEFAULT_OVERRIDES, *([f"ppo.steps={steps}"] if steps else []), *overrides]
+    overrides = sweep_overrides(overrides, steps, defaults)
     cfg = load_config(config_path, overrides)
     names = list(methods or cfg.evaluation.methods)
     unknown = set(names) - set(cfg.evaluation.methods)
