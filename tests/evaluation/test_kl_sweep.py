@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from varpo.evaluation.kl_sweep import DEFAULT_OVERRIDES, _point, overoptimization, sweep_overrides
+from varpo.evaluation.kl_sweep import DEFAULT_OVERRIDES, _point, overoptimization, with_defaults
 
 
 def _p(method, beta, kl, gold, se, proxy):
@@ -40,12 +40,12 @@ def test_sweep_defaults_yield_to_the_users_overrides():
     from varpo.config import load_config
     from varpo.defaults import OVEROPT
 
-    cfg = load_config(OVEROPT, sweep_overrides([], 60, DEFAULT_OVERRIDES))
+    cfg = load_config(OVEROPT, with_defaults([], 60, DEFAULT_OVERRIDES))
     assert cfg.reward_training.ensemble_kind == "prior" and cfg.ppo.steps == 60
-    cfg = load_config(OVEROPT, sweep_overrides(["reward_training.ensemble_kind=heads", "ppo.steps=5"], 60,
+    cfg = load_config(OVEROPT, with_defaults(["reward_training.ensemble_kind=heads", "ppo.steps=5"], 60,
                                                DEFAULT_OVERRIDES))
     assert cfg.reward_training.ensemble_kind == "heads" and cfg.ppo.steps == 5
-    assert load_config(OVEROPT, sweep_overrides([], None)).ppo.steps == 40  # the config's own
+    assert load_config(OVEROPT, with_defaults([], None)).ppo.steps == 40  # the config's own
 
 
 @pytest.mark.slow

@@ -126,7 +126,7 @@ def plot_sweep(points: list[dict], path: Path, title: str = "") -> Path:
     return path
 
 
-def sweep_overrides(overrides: list[str], steps: int | None, defaults: tuple[str, ...] = ()) -> list[str]:
+def with_defaults(overrides: list[str], steps: int | None, defaults: tuple[str, ...] = ()) -> list[str]:
     """The sweep's defaults, then ppo.steps, then the caller's overrides: later ones win."""
     return [*defaults, *([f"ppo.steps={steps}"] if steps else []), *overrides]
 
@@ -141,7 +141,7 @@ def run_kl_sweep(config_path, overrides: list[str], out: Path, betas: list[float
     from ..config import ConfigError, load_config
     from .population import REFERENCE, ensure_reward_model, run_population
 
-    overrides = sweep_overrides(overrides, steps, defaults)
+    overrides = with_defaults(overrides, steps, defaults)
     cfg = load_config(config_path, overrides)
     names = list(methods or cfg.evaluation.methods)
     unknown = set(names) - set(cfg.evaluation.methods)
