@@ -205,9 +205,10 @@ def testbed_shape(tb_cfg, kind: str, num_heads_extra: int = 0, lora=None) -> Mod
 
 def reward_config_path(reward_path: str | Path) -> Path:
     """The backbone config inside a reward-ensemble folder: `backbone/config.json` if present
-    (ensemble layout), else the folder's own `config.json` (a plain HF folder)."""
+    (ensemble layout), `members/00/config.json` (a deep ensemble's first member), else the folder's
+    own `config.json` (a plain HF folder)."""
     p = Path(reward_path).expanduser()
-    for cand in (p / "backbone" / "config.json", p / "config.json"):
+    for cand in (p / "backbone" / "config.json", p / "members" / "00" / "config.json", p / "config.json"):
         if cand.is_file():
             return cand.parent
     if p.is_file():
@@ -246,6 +247,10 @@ def role_shapes(cfg, reward_model_config: str | Path | None = None) -> dict[str,
     elif cfg.reward.path:
         rp = reward_config_path(cfg.reward.path)
         reward = shape_of(load_hf_config(rp, "reward.path"), "ensemble", K, source=str(rp))
+        if rp.parent.name == "members":  # a deep ensemble holds K backbones (one member's activations at a time)
+            members, head = len(list(rp.parent.glob("*/config.json"))), reward.hidden_size + 1
+            reward = replace(reward, total_params=members * (reward.total_params - K * head + head),
+                             linear_params=members * reward.linear_params)
     elif policy is None:
         reward = testbed_shape(cfg.testbed, "ensemble", K)
     else:

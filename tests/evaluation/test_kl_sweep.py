@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from varpo.evaluation.kl_sweep import _point, overoptimization
+from varpo.evaluation.kl_sweep import DEFAULT_OVERRIDES, _point, overoptimization, with_defaults
 
 
 def _p(method, beta, kl, gold, se, proxy):
@@ -34,6 +34,18 @@ def test_overoptimization_criterion():
     small_drop = [*pts[:2], _p("v", 0.01, 6.0, 0.59, 0.01, 0.8)]
     assert not overoptimization(small_drop, "v")["overoptimized"]  # 0.01 is < 3 SE
     assert overoptimization(pts[:1], "v") is None
+
+
+def test_sweep_defaults_yield_to_the_users_overrides():
+    from varpo.config import load_config
+    from varpo.defaults import OVEROPT
+
+    cfg = load_config(OVEROPT, with_defaults([], 60, DEFAULT_OVERRIDES))
+    assert cfg.reward_training.ensemble_kind == "prior" and cfg.ppo.steps == 60
+    cfg = load_config(OVEROPT, with_defaults(["reward_training.ensemble_kind=heads", "ppo.steps=5"], 60,
+                                               DEFAULT_OVERRIDES))
+    assert cfg.reward_training.ensemble_kind == "heads" and cfg.ppo.steps == 5
+    assert load_config(OVEROPT, with_defaults([], None)).ppo.steps == 40  # the config's own
 
 
 @pytest.mark.slow

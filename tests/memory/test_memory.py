@@ -278,3 +278,20 @@ def test_shared_trunk_plans_no_critic_and_a_head_on_the_actor(lora):
     if lora:
         assert roles_sh["actor"]["details"]["trainable_params"] == roles_sep["actor"]["details"]["trainable_params"] + h + 1
     assert shared["total_per_rank"]["gpu_bytes_model_states"] < sep["total_per_rank"]["gpu_bytes_model_states"]
+
+
+def test_deep_ensemble_folder_counts_every_member(tmp_path):
+    """A deep ensemble (`members/NN/`) holds K backbones: the reward role's parameters are K times
+    one member's plus K heads, counted against the instantiated model."""
+    from transformers import LlamaConfig
+
+    from varpo.reward.deep import DeepEnsembleRewardModel
+
+    conf = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       max_position_embeddings=64)
+    model = DeepEnsembleRewardModel.from_backbone(conf, 3)
+    model.save_pretrained(tmp_path / "deep")
+    policy = SHAPES / "llama3_8b_shape.json"
+    shapes = role_shapes(load_config(None, [f"model.policy_path={policy}", f"reward.path={tmp_path / 'deep'}",
+                                            "reward_training.num_heads=3"]))
+    assert shapes["reward"].total_params == sum(p.numel() for p in model.parameters())

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import typer
 
+from ..evaluation.kl_sweep import DEFAULT_BETAS, DEFAULT_OVERRIDES, DEFAULT_STEPS
 from .common import ConfigOpt, OutOpt, SetOpt
 
 
@@ -12,8 +13,10 @@ def register(app: typer.Typer) -> None:
     @app.command("kl-sweep")
     def kl_sweep(
         out: Path = OutOpt,
-        betas: str = typer.Option(",".join(f"{b:g}" for b in (0.01, 0.03, 0.1, 0.3, 1.0)), "--betas",
+        betas: str = typer.Option(",".join(f"{b:g}" for b in DEFAULT_BETAS), "--betas",
                                   help="comma-separated KL coefficients β"),
+        steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=0, help="PPO steps per policy (0: the config's "
+                                  "ppo.steps; --set ppo.steps=N wins)"),
         seeds: int = typer.Option(2, "--seeds", "-n", min=1, help="policies per (method, β)"),
         config: Path | None = ConfigOpt,
         set_: list[str] | None = SetOpt,
@@ -22,7 +25,9 @@ def register(app: typer.Typer) -> None:
         best_of: int = typer.Option(0, "--best-of-n", min=0, help="also best-of-n from the reference up to this n (0: off)"),
     ) -> None:
         """Train vanilla and variance-aware policies at each β on the over-optimization task (default
-        config: varpo/defaults/overopt.yaml) and write OUT/kl_sweep.json (points: method, beta,
+        config: varpo/defaults/overopt.yaml, with which, lacking reward.path, it first trains an
+        ensemble with random prior heads, reward_training.ensemble_kind=prior, unless --set says
+        otherwise) and write OUT/kl_sweep.json (points: method, beta,
         kl_mean, gold_mean, gold_se, proxy_mean) and OUT/kl_sweep.png (gold and proxy vs KL)."""
         from ..config import ConfigError
         from ..defaults import OVEROPT
@@ -36,7 +41,7 @@ def register(app: typer.Typer) -> None:
         if not beta_list or any(b < 0 for b in beta_list):
             raise ConfigError(f"--betas {betas!r}: expected at least one β ≥ 0")
         res = run_kl_sweep(config or OVEROPT, set_ or [], out, beta_list, seeds, methods=methods, workers=workers,
-                           best_of=best_of)
+                           best_of=best_of, steps=steps or None, defaults=DEFAULT_OVERRIDES if config is None else ())
         print_table("kl-sweep: gold and proxy vs KL", [
             {k: p.get(k) for k in ("method", "beta", "kl_mean", "gold_mean", "gold_se", "proxy_mean")} for p in res["points"]])
         for m, o in res["overoptimization"].items():

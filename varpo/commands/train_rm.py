@@ -11,8 +11,9 @@ from .common import ConfigOpt, OutOpt, SetOpt, load
 def register(app: typer.Typer) -> None:
     @app.command("train-rm")
     def train_rm(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, out: Path = OutOpt) -> None:
-        """Train K linear heads on one backbone, a Bradley–Terry loss each (the embedded task's
-        pairs by default). Writes OUT/rm_report.json, OUT/disagreement.png, OUT/reward_model/
+        """Train a K-member reward ensemble, a Bradley–Terry loss each (the embedded task's pairs by
+        default): K linear heads on one backbone (reward_training.ensemble_kind heads or prior) or K
+        backbones of their own (deep). Writes OUT/rm_report.json, OUT/disagreement.png, OUT/reward_model/
         (point reward.path at it), OUT/train_log.jsonl and the resolved config."""
         run(load(config, set_), out)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .core import Section
 
@@ -51,9 +51,16 @@ class LoraConfig(Section):
 class RewardTrainingConfig(Section):
     backbone_path: str | None = Field(None, description="HF folder of the backbone; None: the testbed LM")
     num_heads: int = Field(10, ge=1, description="K linear heads on one backbone")
-    ensemble_kind: Literal["heads", "prior"] = Field(
+    ensemble_kind: Literal["heads", "prior", "deep"] = Field(
         "heads", description="heads: K linear heads differing by seed (and bootstrap), the paper's; prior: each head "
-        "plus prior_scale × a fixed random prior head of its own (randomized prior functions, Osband et al. 2018)")
+        "plus prior_scale × a fixed random prior head of its own (randomized prior functions, Osband et al. 2018); "
+        "deep: K members, each its own backbone (initialised from its own seed, deep_init) and head, trained on its "
+        "own bootstrap (a deep ensemble, Lakshminarayanan et al. 2017)")
+    deep_init: Literal["random", "pretrained"] = Field(
+        "random", description="ensemble_kind=deep: each member's backbone drawn from its own seed with the "
+        "backbone's architecture (random), or starting from the backbone's weights (pretrained)")
+    backbone_lr: float | None = Field(None, gt=0.0, description="ensemble_kind=deep without LoRA: learning rate of "
+                                      "the members' backbones (None: lr)")
     prior_scale: float = Field(1.0, ge=0.0, description="ensemble_kind=prior: weight of the random prior heads")
     standardize: bool = Field(False, description="after training, shift and scale each member to mean 0 and std 1 on "
                               "the held-out pairs' responses (reference samples), so σ² is not a difference of scales")
@@ -74,3 +81,12 @@ class RewardTrainingConfig(Section):
     separator: str = Field(" ", description="scored text = prompt + separator + response (saved with the model, used by the scorer)")
     max_train_pairs: int | None = Field(None, ge=1, description="use at most this many training pairs (a limited budget makes heads disagree)")
     lora: LoraConfig = LoraConfig()
+
+    @model_validator(mode="after")
+    def _deep_random_members_train_their_backbones(self):
+        # LoRA on a randomly drawn backbone would train adapters over random features
+        if self.ensemble_kind == "deep" and self.deep_init == "random" and self.lora.enabled:
+            raise ValueError("reward_training.ensemble_kind=deep with deep_init=random trains each member's whole "
+                             "backbone: set reward_training.lora.enabled=false (or deep_init=pretrained to put "
+                             "LoRA adapters on pretrained members)")
+        return self

@@ -12,7 +12,16 @@ from pathlib import Path
 
 from ..outputs import console, write_json
 
-DEFAULT_BETAS = (0.01, 0.03, 0.1, 0.3, 1.0)
+# measured (benchmarks/results/overoptimization/README.md): with the paper's heads ensemble, whether a
+# policy at small β leaves the pairs' support depends on its seed (one of two never did, even at KL 117),
+# so a two-seed mean cannot fall by 3 SE. The ensemble with random prior heads is easier to exploit:
+# at β = 0.01 both seeds fell to the reference's gold (0.52-0.55) while β = 0.3 peaked at 0.715, a fall
+# of 10.9 SE in 40 steps. β = 1 sits below the peak, so the peak is interior.
+DEFAULT_BETAS = (0.01, 0.05, 0.3, 1.0)
+DEFAULT_STEPS = 0  # 0: the config's ppo.steps (40 in varpo/defaults/overopt.yaml)
+# with the default config, the ensemble a sweep trains when reward.path is not set (`varpo kl-sweep`
+# without --config; an override of the user's wins)
+DEFAULT_OVERRIDES = ("reward_training.ensemble_kind=prior",)
 
 
 def method_name(method: str, beta: float) -> str:
@@ -117,14 +126,22 @@ def plot_sweep(points: list[dict], path: Path, title: str = "") -> Path:
     return path
 
 
+def with_defaults(overrides: list[str], steps: int | None, defaults: tuple[str, ...] = ()) -> list[str]:
+    """The sweep's defaults, then ppo.steps, then the caller's overrides: later ones win."""
+    return [*defaults, *([f"ppo.steps={steps}"] if steps else []), *overrides]
+
+
 def run_kl_sweep(config_path, overrides: list[str], out: Path, betas: list[float], seeds: int,
                  methods: list[str] | None = None, workers: int | None = None, best_of: int = 0,
-                 best_of_prompts: int = 64) -> dict:
+                 best_of_prompts: int = 64, steps: int | None = None, defaults: tuple[str, ...] = ()) -> dict:
     """Train/evaluate every (method, β, seed) as a population member under OUT/population (resumable),
-    then write OUT/kl_sweep.json and OUT/kl_sweep.png."""
+    then write OUT/kl_sweep.json and OUT/kl_sweep.png. `steps`: PPO steps per policy (None: the
+    config's ppo.steps); `defaults`: overrides applied before the caller's (DEFAULT_OVERRIDES for the
+    default config); an override in `overrides` wins over both."""
     from ..config import ConfigError, load_config
     from .population import REFERENCE, ensure_reward_model, run_population
 
+    overrides = with_defaults(overrides, steps, defaults)
     cfg = load_config(config_path, overrides)
     names = list(methods or cfg.evaluation.methods)
     unknown = set(names) - set(cfg.evaluation.methods)

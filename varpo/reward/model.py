@@ -35,6 +35,27 @@ MODEL_TYPE = "varpo_ensemble_reward_model"
 POOLINGS = ("last", "mean")
 
 
+def takes_position_ids(backbone: nn.Module) -> bool:
+    params = inspect.signature(backbone.forward).parameters
+    return "position_ids" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def pool(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
+         with_position_ids: bool) -> torch.Tensor:
+    """[B, T] → [B, hidden]: `backbone`'s last hidden state pooled over the real tokens ("last" or
+    "mean"); position ids come from the mask, so left and right padding give the same result."""
+    if not bool((attention_mask.sum(-1) > 0).all()):
+        raise ValueError("reward model: a row of attention_mask has no real token")
+    kw = {"position_ids": position_ids_from_mask(attention_mask)} if with_position_ids else {}
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    if pooling == "mean":
+        m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * m).sum(1) / m.sum(1)
+    idx = last_token_index(attention_mask)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+
+
 def init_heads(weight: torch.Tensor, bias: torch.Tensor, seeds: Sequence[int]) -> None:
     """Head k ~ N(0, 1/hidden) from its own torch.Generator(seed_k); biases 0."""
     hidden = weight.shape[1]
@@ -95,8 +116,7 @@ class EnsembleRewardModel(nn.Module):
         self.register_buffer("member_scale", torch.ones(num_heads))
         if freeze_backbone:
             self.backbone.requires_grad_(False)
-        params = inspect.signature(backbone.forward).parameters
-        self._takes_position_ids = "position_ids" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        self._takes_position_ids = takes_position_ids(backbone)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -129,16 +149,7 @@ class EnsembleRewardModel(nn.Module):
     # ------------------------------------------------------------------ forward
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, T] → [B, hidden]: the backbone's last hidden state, pooled over the real tokens."""
-        if not bool((attention_mask.sum(-1) > 0).all()):
-            raise ValueError("EnsembleRewardModel: a row of attention_mask has no real token")
-        kw = {"position_ids": position_ids_from_mask(attention_mask)} if self._takes_position_ids else {}
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        if self.pooling == "mean":
-            m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-            return (hidden * m).sum(1) / m.sum(1)
-        idx = last_token_index(attention_mask)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+        return pool(self.backbone, input_ids, attention_mask, self.pooling, self._takes_position_ids)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, stats_ddof: int | None = None):
         """Per-head rewards [B, K] (float32); with `stats_ddof` = d, (rewards, EnsembleStats) with
@@ -235,3 +246,16 @@ class EnsembleRewardModel(nn.Module):
 def read_config(path: str | Path) -> dict:
     """The saved ensemble's config.json (K, ddof, separator, training's max_length, ...)."""
     return json.loads((Path(path) / CONFIG_NAME).read_text())
+
+
+def load_reward_model(path: str | Path, *, dtype: torch.dtype = torch.float32, load_kw: dict | None = None):
+    """A saved reward ensemble of either layout: the shared-backbone heads (`EnsembleRewardModel`,
+    kinds heads and prior) or the deep ensemble (`varpo.reward.deep.DeepEnsembleRewardModel`),
+    chosen by the folder's config.json."""
+    conf_file = Path(path) / CONFIG_NAME
+    if conf_file.exists():
+        from .deep import DEEP_MODEL_TYPE, DeepEnsembleRewardModel
+
+        if json.loads(conf_file.read_text()).get("model_type") == DEEP_MODEL_TYPE:
+            return DeepEnsembleRewardModel.from_pretrained(path, dtype=dtype, load_kw=load_kw)
+    return EnsembleRewardModel.from_pretrained(path, dtype=dtype, load_kw=load_kw)

@@ -75,7 +75,8 @@ class EnsembleScorer:
 
 def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, load_kw: dict | None = None,
                 **overrides) -> EnsembleScorer:
-    """An EnsembleScorer for a saved ensemble folder (`EnsembleRewardModel.save_pretrained`).
+    """An EnsembleScorer for a saved ensemble folder (`EnsembleRewardModel.save_pretrained` or, for
+    ensemble_kind deep, `DeepEnsembleRewardModel.save_pretrained`).
     `cfg` (a RewardConfig) gives aggregation, λ, k, ddof, max_length, batch_size; keyword
     `overrides` replace single ones. With `ds_cfg` (a DeepSpeedConfig) the model is wrapped in a
     frozen DeepSpeed engine, which ZeRO-3 shards across ranks when configured. `load_kw`: backbone
@@ -84,7 +85,7 @@ def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, load_kw
 
     from ..config import RewardConfig
     from .encode import model_max_length
-    from .model import EnsembleRewardModel, read_config
+    from .model import load_reward_model, read_config
 
     saved = read_config(path) if (Path(path) / "config.json").exists() else {}
     cfg = cfg or RewardConfig(ddof=saved.get("ddof", 1))
@@ -98,11 +99,11 @@ def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, load_kw
                          ds_cfg.rendezvous_timeout_s)  # a no-op inside a launched job
         conf = ds_config(ds_cfg, "reward", opts["batch_size"], trainable=False)
         # under ZeRO-3 the backbone is partitioned while it loads: no rank ever holds all of it
-        model = build_model(lambda: EnsembleRewardModel.from_pretrained(path, load_kw=load_kw), conf)
+        model = build_model(lambda: load_reward_model(path, load_kw=load_kw), conf)
         opts["max_length"] = model_max_length(model.backbone_config, opts["max_length"])
         model = inference_engine(model, conf)
     else:
-        model = EnsembleRewardModel.from_pretrained(path, load_kw=load_kw)
+        model = load_reward_model(path, load_kw=load_kw)
         opts["max_length"] = model_max_length(model.backbone_config, opts["max_length"])
         if device is not None:
             model = model.to(device)

@@ -207,6 +207,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     from ..adapters import attn_kwargs, check_environment
     from ..config import save_resolved
     from ..engines import build_model, ds_config, gathered_params, train_engine
+    from .deep import DeepEnsembleRewardModel
     from .encode import model_max_length, pad_id
     from .model import EnsembleRewardModel
     from .report import disagreement_report
@@ -239,9 +240,15 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     tok = AutoTokenizer.from_pretrained(backbone_path)
     micro = math.ceil(global_batch / world)
     conf = ds_config(cfg.deepspeed, "reward", micro, trainable=True)
-    model = build_model(lambda: EnsembleRewardModel.from_backbone(
-        backbone_path, rt.num_heads, head_seed=rt.head_seed, pooling=rt.pooling, ddof=cfg.reward.ddof, separator=rt.separator,
-        load_kw=attn_kwargs(cfg.model), prior_scale=rt.prior_scale if rt.ensemble_kind == "prior" else 0.0), conf)
+    if rt.ensemble_kind == "deep":  # K backbones, each from its own seed
+        model = build_model(lambda: DeepEnsembleRewardModel.from_backbone(
+            backbone_path, rt.num_heads, init=rt.deep_init, head_seed=rt.head_seed, pooling=rt.pooling,
+            ddof=cfg.reward.ddof, separator=rt.separator, load_kw=attn_kwargs(cfg.model)), conf)
+    else:
+        model = build_model(lambda: EnsembleRewardModel.from_backbone(
+            backbone_path, rt.num_heads, head_seed=rt.head_seed, pooling=rt.pooling, ddof=cfg.reward.ddof,
+            separator=rt.separator, load_kw=attn_kwargs(cfg.model),
+            prior_scale=rt.prior_scale if rt.ensemble_kind == "prior" else 0.0), conf)
     if rt.lora.enabled:
         torch.manual_seed(cfg.seed)  # LoRA's A matrices draw from the global generator: same on every rank and rerun
         model.add_lora(rt.lora.r, rt.lora.alpha, rt.lora.dropout, rt.lora.target_modules)
@@ -255,7 +262,9 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
         console.print(f"[yellow]{cut_pairs} of {len(train)} training pairs ({cut_texts} texts) exceed "
                       f"max_length={max_len} tokens: truncated from the left (the prompt's start goes first)[/]")
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    engine = train_engine(model, conf, lr=rt.lr, weight_decay=rt.weight_decay)
+    deep_full = rt.ensemble_kind == "deep" and not rt.lora.enabled  # the members' whole backbones train
+    lr_of = {"members.": rt.backbone_lr} if deep_full and rt.backbone_lr else None
+    engine = train_engine(model, conf, lr=rt.lr, weight_decay=rt.weight_decay, lr_of=lr_of)
     device = engine.device
     weights = bootstrap_counts(len(train), rt.num_heads, cfg.seed * 7919 + rt.head_seed) if rt.bootstrap else None
 
@@ -281,7 +290,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
 
     def _set_train_mode():
         engine.train()
-        if not rt.lora.enabled:
+        if not rt.lora.enabled and not deep_full:
             engine.module.backbone.eval()  # frozen features: no dropout noise in what the heads see
 
     _set_train_mode()
@@ -367,6 +376,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
             report.update(
                 model_path=str(model_path), backbone=str(backbone_path), lora=rt.lora.enabled,
                 ensemble_kind=rt.ensemble_kind, prior_scale=engine.module.prior_scale, standardized=rt.standardize,
+                deep_init=rt.deep_init if rt.ensemble_kind == "deep" else None,
                 trainable_parameters=n_trainable, bootstrap=rt.bootstrap, head_seeds=engine.module.head_seeds,
                 train_pairs=len(train), eval_source=held_source, steps=st["step"], epochs=rt.epochs,
                 final_train_loss=st["last_loss"], eval_loss=final["loss"], stopped_early=st["stopped_early"],

@@ -1,0 +1,199 @@
+"""The deep ensemble (`reward_training.ensemble_kind: deep`; Lakshminarayanan et al. 2017): K members,
+each its own backbone and scalar head, initialised from its own seed and trained on its own
+bootstrap resample of the pairs. Unlike the heads of `EnsembleRewardModel`, which read one shared
+set of features, the members differ in what they learned, so where the data leave them free
+(off the pairs' support) they disagree in what they predict, not only in scale.
+
+- Member k's backbone: the backbone's architecture with weights drawn from seed `head_seeds[k]`
+  (init "random", the deep ensemble proper), or the pretrained backbone (init "pretrained": the
+  members then differ by bootstrap, head seed and data order only). The whole backbone trains,
+  or only LoRA adapters on it when `add_lora` is called (each member its own adapters).
+- Rewards r_k = w_k · pool(backbone_k(x)) + b_k, then the per-member standardisation of
+  `EnsembleRewardModel` (shift/scale set on reference samples) before σ² = Var_k(r_k).
+- Same interface as `EnsembleRewardModel`: forward(input_ids, attention_mask, stats_ddof=None),
+  `standardize`, `save_pretrained`/`from_pretrained`, `backbone_config`, `num_heads`, `separator`,
+  so `EnsembleScorer`, the trainer and the frozen DeepSpeed role serve it unchanged.
+- Folder: config.json (model_type varpo_deep_ensemble_reward_model, the member folders),
+  heads.safetensors (head weights [K, hidden], biases, member shift/scale), members/NN/ (HF
+  backbones, LoRA merged in) and the tokenizer at the top level.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from varpo_kernels import EnsembleStats, ensemble_stats
+
+from .model import CONFIG_NAME, HEADS_NAME, POOLINGS, init_heads, pool, takes_position_ids
+
+DEEP_MODEL_TYPE = "varpo_deep_ensemble_reward_model"
+MEMBERS_DIR = "members"
+INITS = ("random", "pretrained")
+
+
+class MemberHeads(nn.Linear):
+    """Member k's scalar head is row k of one [K, hidden] linear map, applied to member k's own
+    features: forward(h [K, B, hidden]) → rewards [B, K]. A module of its own so that ZeRO-3
+    gathers the head weights when it runs."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("kbh,kh->bk", h, self.weight) + self.bias
+
+
+class DeepEnsembleRewardModel(nn.Module):
+    """forward(input_ids [B, T], attention_mask [B, T]) → member rewards [B, K] (float32), or with
+    stats_ddof the rewards and their EnsembleStats (variance over members at that ddof)."""
+
+    def __init__(self, backbones: Sequence[nn.Module], *, head_seeds: Sequence[int], pooling: str = "mean",
+                 ddof: int = 1, separator: str = " ", init: str = "random"):
+        super().__init__()
+        if len(backbones) < 1:
+            raise ValueError("a deep ensemble needs at least one member")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        seeds = list(head_seeds)
+        if len(seeds) != len(backbones) or len(set(seeds)) != len(seeds):
+            raise ValueError(f"head_seeds must be {len(backbones)} distinct seeds, got {seeds}")
+        hidden = {b.config.hidden_size for b in backbones}
+        if len(hidden) != 1:
+            raise ValueError(f"deep-ensemble members must share one hidden size, got {sorted(hidden)}")
+        self.members = nn.ModuleList(backbones)
+        self.num_heads, self.head_seeds, self.pooling, self.ddof, self.separator = len(seeds), seeds, pooling, ddof, separator
+        self.init = init
+        self.prior_scale = 0.0  # no prior functions: the members' own initialisations play that part
+        self.heads = MemberHeads(hidden.pop(), self.num_heads, dtype=torch.float32)
+        init_heads(self.heads.weight, self.heads.bias, seeds)
+        self.register_buffer("member_shift", torch.zeros(self.num_heads))
+        self.register_buffer("member_scale", torch.ones(self.num_heads))
+        self._takes_position_ids = takes_position_ids(backbones[0])
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(cls, path_or_config, num_members: int = 5, *, init: str = "random", head_seed: int = 0,
+                      head_seeds: Sequence[int] | None = None, dtype: torch.dtype = torch.float32,
+                      load_kw: dict | None = None, **kw) -> DeepEnsembleRewardModel:
+        """K members of the architecture at `path_or_config` (a local HF folder or a
+        `PretrainedConfig`). init "random": member k's weights are drawn after
+        torch.manual_seed(seed_k); "pretrained": every member starts from the folder's weights."""
+        from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+        if num_members < 1:
+            raise ValueError(f"num_members must be ≥ 1, got {num_members}")
+        if init not in INITS:
+            raise ValueError(f"reward_training.deep_init must be one of {INITS}, got {init!r}")
+        seeds = list(head_seeds) if head_seeds is not None else [head_seed + k for k in range(num_members)]
+        is_config = isinstance(path_or_config, PretrainedConfig)
+        if init == "pretrained" and is_config:
+            raise ValueError("init='pretrained' needs a backbone folder, not a config")
+        backbones = []
+        for seed in seeds:
+            if init == "pretrained":
+                backbones.append(AutoModel.from_pretrained(str(path_or_config), dtype=dtype, **(load_kw or {})))
+                continue
+            conf = copy.deepcopy(path_or_config) if is_config else AutoConfig.from_pretrained(str(path_or_config))
+            state = torch.random.get_rng_state()
+            torch.manual_seed(int(seed))  # member k's initial weights are a function of its seed alone
+            backbones.append(AutoModel.from_config(conf, dtype=dtype, **(load_kw or {})))
+            torch.random.set_rng_state(state)
+        return cls(backbones, head_seeds=seeds, init=init, **kw)
+
+    def add_lora(self, r: int = 8, alpha: int = 16, dropout: float = 0.0,
+                 target_modules: str | Sequence[str] | None = "auto") -> None:
+        """LoRA adapters on every member (each drawn from its member's seed); afterwards only the
+        adapters and the heads train."""
+        from ..adapters import attach_lora
+
+        for k, seed in enumerate(self.head_seeds):
+            torch.manual_seed(int(seed))
+            self.members[k] = attach_lora(self.members[k], r, alpha, dropout, target_modules or "auto",
+                                          field="reward_training.lora.target_modules")
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.members[0], "peft_config")
+
+    @property
+    def backbone_config(self):
+        m = self.members[0]
+        return m.get_base_model().config if self.is_lora else m.config
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, stats_ddof: int | None = None):
+        h = torch.stack([pool(m, input_ids, attention_mask, self.pooling, self._takes_position_ids)
+                         for m in self.members]).to(self.heads.weight.dtype)
+        r = ((self.heads(h) - self.member_shift) / self.member_scale).float()
+        if stats_ddof is None:
+            return r
+        if self.num_heads <= stats_ddof:  # the spread of ≤ ddof members is not measurable: σ² := 0
+            zero = torch.zeros_like(r[:, 0])
+            return r, EnsembleStats(r.mean(1), zero, zero, r.amin(1))
+        return r, ensemble_stats(r, ddof=stats_ddof)
+
+    @torch.no_grad()
+    def standardize(self, raw: torch.Tensor) -> None:
+        """Each member to mean 0 and std 1 on its raw rewards [N, K] (reference samples)."""
+        if raw.dim() != 2 or raw.shape[1] != self.num_heads or raw.shape[0] < 2:
+            raise ValueError(f"standardize: expected raw rewards [N ≥ 2, {self.num_heads}], got {tuple(raw.shape)}")
+        raw = raw.double()
+        self.member_shift.copy_(raw.mean(0).to(self.member_shift))
+        self.member_scale.copy_(raw.std(0).clamp(min=1e-6).to(self.member_scale))
+
+    # ------------------------------------------------------------------ persistence
+    def member_dirs(self) -> list[str]:
+        return [f"{MEMBERS_DIR}/{k:02d}" for k in range(self.num_heads)]
+
+    def config_dict(self) -> dict:
+        return {"model_type": DEEP_MODEL_TYPE, "members": self.member_dirs(),
+                "backbone_type": self.backbone_config.model_type, "num_heads": self.num_heads,
+                "head_seeds": self.head_seeds, "hidden_size": self.heads.in_features, "pooling": self.pooling,
+                "ddof": self.ddof, "separator": self.separator, "init": self.init, "prior_scale": 0.0}
+
+    def save_pretrained(self, out_dir: str | Path, tokenizer=None, extra: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for m, sub in zip(self.members, self.member_dirs()):
+            (copy.deepcopy(m).merge_and_unload() if self.is_lora else m).save_pretrained(str(out / sub), safe_serialization=True)
+        tensors = {"weight": self.heads.weight, "bias": self.heads.bias, "member_shift": self.member_shift,
+                   "member_scale": self.member_scale}
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(out / HEADS_NAME))
+        (out / CONFIG_NAME).write_text(json.dumps({**self.config_dict(), **(extra or {})}, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
+                        load_kw: dict | None = None) -> DeepEnsembleRewardModel:
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        path = Path(path)
+        conf_file = path / CONFIG_NAME
+        if not conf_file.exists():
+            raise FileNotFoundError(f"{path}: not a reward-ensemble folder (no {CONFIG_NAME}; train one with `varpo train-rm`)")
+        conf = json.loads(conf_file.read_text())
+        if conf.get("model_type") != DEEP_MODEL_TYPE:
+            raise ValueError(f"{conf_file}: model_type is {conf.get('model_type')!r}, expected {DEEP_MODEL_TYPE!r}")
+        missing = [d for d in conf["members"] if not (path / d / "config.json").is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path}: member folder(s) {missing} listed in {conf_file} are missing")
+        backbones = [AutoModel.from_pretrained(str(path / d), dtype=dtype, **(load_kw or {})) for d in conf["members"]]
+        model = cls(backbones, head_seeds=conf["head_seeds"], pooling=conf["pooling"], ddof=conf["ddof"],
+                    separator=conf.get("separator", " "), init=conf.get("init", "random"))
+        state = load_file(str(path / HEADS_NAME))
+        if tuple(state["weight"].shape) != tuple(model.heads.weight.shape):
+            raise ValueError(f"{path / HEADS_NAME}: head weight {tuple(state['weight'].shape)}, "
+                             f"expected {tuple(model.heads.weight.shape)} from {conf_file}")
+        with torch.no_grad():
+            for name in ("member_shift", "member_scale"):
+                getattr(model, name).copy_(state.pop(name))
+        model.heads.load_state_dict(state)
+        return model.eval()
