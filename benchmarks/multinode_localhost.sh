@@ -265,9 +265,9 @@ log = open(f"{out}/logs/unreachable_preflight.log").read()
 json.dump({"exit_code": rc, "seconds": s, "names_host": down in log, "message": [x for x in log.splitlines() if "error" in x]},
           open(f"{out}/failure_unreachable_preflight.json", "w"), indent=2)
 EOF
-# DeepSpeed alone: pdsh reports the host, the started rank waits for the rendezvous until the timeout
+# DeepSpeed alone: pdsh reports the host, the started rank waits for its peers until deepspeed.rendezvous_timeout_s
 t0=$(now)
-multinode "$WORK/hostfile_down" "$OUT/failure_unreachable" "$OUT/logs/unreachable_deepspeed.log" --set deepspeed.timeout_minutes=1
+multinode "$WORK/hostfile_down" "$OUT/failure_unreachable" "$OUT/logs/unreachable_deepspeed.log" --set deepspeed.timeout_minutes=1 --set deepspeed.rendezvous_timeout_s=60
 wait_bounded "$RUNNER" "$FAIL_BOUND_S"
 T[unreachable_rc]=$WAIT_RC; T[unreachable_s]=$(secs "$t0" "$(now)")
 T[unreachable_names_host]=$(grep -q "$DOWN" "$OUT/logs/unreachable_deepspeed.log" && echo true || echo false)
@@ -294,7 +294,7 @@ import json, sys
 json.dump({
     "one_node": ${T[one_node]}, "two_nodes": ${T[two_nodes]}, "resume": ${T[resume]},
     "unreachable_deepspeed_alone": {"exit_code": ${T[unreachable_rc]}, "seconds": ${T[unreachable_s]},
-        "names_host": ${T[unreachable_names_host]^}, "bounded_by": "deepspeed.timeout_minutes=1 (rendezvous)",
+        "names_host": ${T[unreachable_names_host]^}, "bounded_by": "deepspeed.rendezvous_timeout_s=60 (varpo meets the ranks before the process group exists)",
         "hung": ${T[unreachable_rc]} == 124},
     "rank_killed": {"killed_pid": $killed, "exit_code": ${T[killed_rc]}, "seconds_after_kill": ${T[killed_s]},
         "names_host": ${T[killed_names_host]^},
