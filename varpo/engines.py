@@ -83,6 +83,17 @@ def build_model(fn: Callable[[], torch.nn.Module], conf: dict) -> torch.nn.Modul
     return model
 
 
+def _adamw_impl(model: torch.nn.Module) -> dict:
+    """fused: one pass over each parameter's memory per step (AdamW is memory-bound: the
+    multi-tensor `foreach` path makes ~8 passes over params, grads and both moments). Measured on
+    one CPU thread, 16M GPT-2-shaped parameters: 0.12 s -> 0.017 s per step. Fused kernels exist
+    for floating-point CPU and CUDA tensors; anything else (another device, an integer buffer made
+    trainable) keeps foreach."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    fused_ok = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable)
+    return {"fused": True} if fused_ok and trainable else {"foreach": True}
+
+
 def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: float = 0.0,
                  lr_of: dict[str, float] | None = None):
     """A trainable DeepSpeed engine with a client AdamW over the trainable parameters. `lr_of`:
@@ -96,8 +107,8 @@ def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: fl
             own = next((v for k, v in lr_of.items() if name.startswith(k)), lr)
             groups.setdefault(own, []).append(p)
     params = [{"params": ps, "lr": g} for g, ps in groups.items() if ps]
-    # foreach: one multi-tensor kernel per step instead of a Python loop over parameters
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), eps=1e-8,
+                                  **_adamw_impl(model))
     with jit_lock.watch():  # DeepSpeed may build or load a C++ op here (a stale lock must not block it)
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=conf)
     if world_size() == 1 and conf["zero_optimization"]["stage"] < 2:
