@@ -20,7 +20,6 @@ set of features, the members differ in what they learned, so where the data leav
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +27,16 @@ import torch
 from torch import nn
 from varpo_kernels import EnsembleStats, ensemble_stats
 
-from .model import CONFIG_NAME, HEADS_NAME, POOLINGS, init_heads, pool, takes_position_ids
+from .model import (
+    CONFIG_NAME,
+    HEADS_NAME,
+    POOLINGS,
+    init_heads,
+    pool,
+    read_folder_config,
+    takes_position_ids,
+    write_head_files,
+)
 
 DEEP_MODEL_TYPE = "varpo_deep_ensemble_reward_model"
 MEMBERS_DIR = "members"
@@ -155,7 +163,6 @@ class DeepEnsembleRewardModel(nn.Module):
                 "ddof": self.ddof, "separator": self.separator, "init": self.init, "prior_scale": 0.0}
 
     def save_pretrained(self, out_dir: str | Path, tokenizer=None, extra: dict | None = None) -> Path:
-        from safetensors.torch import save_file
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -163,11 +170,7 @@ class DeepEnsembleRewardModel(nn.Module):
             (copy.deepcopy(m).merge_and_unload() if self.is_lora else m).save_pretrained(str(out / sub), safe_serialization=True)
         tensors = {"weight": self.heads.weight, "bias": self.heads.bias, "member_shift": self.member_shift,
                    "member_scale": self.member_scale}
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(out / HEADS_NAME))
-        (out / CONFIG_NAME).write_text(json.dumps({**self.config_dict(), **(extra or {})}, indent=2))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(out))
-        return out
+        return write_head_files(out, tensors, {**self.config_dict(), **(extra or {})}, tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
@@ -176,22 +179,17 @@ class DeepEnsembleRewardModel(nn.Module):
         from transformers import AutoModel
 
         path = Path(path)
-        conf_file = path / CONFIG_NAME
-        if not conf_file.exists():
-            raise FileNotFoundError(f"{path}: not a reward-ensemble folder (no {CONFIG_NAME}; train one with `varpo train-rm`)")
-        conf = json.loads(conf_file.read_text())
-        if conf.get("model_type") != DEEP_MODEL_TYPE:
-            raise ValueError(f"{conf_file}: model_type is {conf.get('model_type')!r}, expected {DEEP_MODEL_TYPE!r}")
+        conf = read_folder_config(path, DEEP_MODEL_TYPE, "DeepEnsembleRewardModel")
         missing = [d for d in conf["members"] if not (path / d / "config.json").is_file()]
         if missing:
-            raise FileNotFoundError(f"{path}: member folder(s) {missing} listed in {conf_file} are missing")
+            raise FileNotFoundError(f"{path}: member folder(s) {missing} listed in {path / CONFIG_NAME} are missing")
         backbones = [AutoModel.from_pretrained(str(path / d), dtype=dtype, **(load_kw or {})) for d in conf["members"]]
         model = cls(backbones, head_seeds=conf["head_seeds"], pooling=conf["pooling"], ddof=conf["ddof"],
                     separator=conf.get("separator", " "), init=conf.get("init", "random"))
         state = load_file(str(path / HEADS_NAME))
         if tuple(state["weight"].shape) != tuple(model.heads.weight.shape):
             raise ValueError(f"{path / HEADS_NAME}: head weight {tuple(state['weight'].shape)}, "
-                             f"expected {tuple(model.heads.weight.shape)} from {conf_file}")
+                             f"expected {tuple(model.heads.weight.shape)} from {path / CONFIG_NAME}")
         with torch.no_grad():
             for name in ("member_shift", "member_scale"):
                 getattr(model, name).copy_(state.pop(name))

@@ -197,7 +197,6 @@ class EnsembleRewardModel(nn.Module):
     def save_pretrained(self, out_dir: str | Path, tokenizer=None, extra: dict | None = None) -> Path:
         """Write the self-contained folder (see module doc). With LoRA, a merged copy of the
         backbone is saved; the model being trained is left as it is."""
-        from safetensors.torch import save_file
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -205,11 +204,7 @@ class EnsembleRewardModel(nn.Module):
         backbone.save_pretrained(str(out / BACKBONE_DIR), safe_serialization=True)
         tensors = {"weight": self.heads.weight, "bias": self.heads.bias, "prior_weight": self.prior.weight,
                    "prior_bias": self.prior.bias, "member_shift": self.member_shift, "member_scale": self.member_scale}
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(out / HEADS_NAME))
-        (out / CONFIG_NAME).write_text(json.dumps({**self.config_dict(), **(extra or {})}, indent=2))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(out))
-        return out
+        return write_head_files(out, tensors, {**self.config_dict(), **(extra or {})}, tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
@@ -218,13 +213,7 @@ class EnsembleRewardModel(nn.Module):
         from transformers import AutoModel
 
         path = Path(path)
-        conf_file = path / CONFIG_NAME
-        if not conf_file.exists():
-            raise FileNotFoundError(f"{path}: not a reward-ensemble folder (no {CONFIG_NAME}; train one with `varpo train-rm`)")
-        conf = json.loads(conf_file.read_text())
-        if conf.get("model_type") != MODEL_TYPE:
-            raise ValueError(f"{conf_file}: model_type is {conf.get('model_type')!r}, expected {MODEL_TYPE!r} "
-                             "(a reward-ensemble folder written by EnsembleRewardModel.save_pretrained)")
+        conf = read_folder_config(path, MODEL_TYPE, "EnsembleRewardModel")
         backbone = AutoModel.from_pretrained(str(path / conf["backbone"]), dtype=dtype, **(load_kw or {}))
         model = cls(backbone, conf["num_heads"], head_seeds=conf["head_seeds"], pooling=conf["pooling"],
                     ddof=conf["ddof"], separator=conf.get("separator", " "), prior_scale=conf.get("prior_scale", 0.0))
@@ -238,10 +227,34 @@ class EnsembleRewardModel(nn.Module):
                     getattr(model, name).copy_(state.pop(name))
         if tuple(state["weight"].shape) != tuple(model.heads.weight.shape):
             raise ValueError(f"{path / HEADS_NAME}: head weight {tuple(state['weight'].shape)}, "
-                             f"expected {tuple(model.heads.weight.shape)} from {conf_file}")
+                             f"expected {tuple(model.heads.weight.shape)} from {path / CONFIG_NAME}")
         model.heads.load_state_dict(state)
         return model.eval()
 
+
+
+def write_head_files(out: Path, tensors: dict[str, torch.Tensor], conf: dict, tokenizer=None) -> Path:
+    """The files every ensemble folder has beside its backbone(s): the head tensors (float32
+    safetensors), the config JSON and, if given, the tokenizer."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(out / HEADS_NAME))
+    (out / CONFIG_NAME).write_text(json.dumps(conf, indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
+def read_folder_config(path: Path, model_type: str, writer: str) -> dict:
+    """An ensemble folder's config, checked to be of `model_type` (written by `writer`)."""
+    conf_file = path / CONFIG_NAME
+    if not conf_file.exists():
+        raise FileNotFoundError(f"{path}: not a reward-ensemble folder (no {CONFIG_NAME}; train one with `varpo train-rm`)")
+    conf = json.loads(conf_file.read_text())
+    if conf.get("model_type") != model_type:
+        raise ValueError(f"{path / CONFIG_NAME}: model_type is {conf.get('model_type')!r}, expected {model_type!r} "
+                         f"(a reward-ensemble folder written by {writer}.save_pretrained)")
+    return conf
 
 def read_config(path: str | Path) -> dict:
     """The saved ensemble's config.json (K, ddof, separator, training's max_length, ...)."""
