@@ -15,7 +15,11 @@ exactly the same number of tokens on both sides). TRL's reward and value models 
 AutoModelForSequenceClassification(num_labels=1) on the backbone; varpo's reward is a K-head
 ensemble on the same backbone (varpo.reward.EnsembleRewardModel) and its critic a value head on it.
 
-Variants, one fresh subprocess per run, alternating trl, vanilla, variance-aware, 1-head, trl, ...:
+Variants, one fresh subprocess per run; every round runs each selected variant once, and the order
+rotates by one place per round (trl, vanilla, variance-aware; vanilla, variance-aware, trl; ...), so that
+over len(variants) rounds each variant takes each position once: a round's later runs were measured
+slower on a quiet 2-core machine whichever variant ran there (results/ppo_vs_trl/small/order_reversed),
+and a fixed order would charge that to one variant (--order fixed keeps the old order):
   trl                    TRL PPOTrainer (in the isolated env benchmarks/.venv-trl, prepared here)
   varpo_vanilla          varpo PPO, 10-head ensemble, w = 1
   varpo_variance_aware   varpo PPO, 10-head ensemble, w = σ²/mean(σ²) (batch_mean)
@@ -57,6 +61,15 @@ VARIANTS = {
     "varpo_shared_trunk": {"side": "varpo", "heads": 10, "weighting": "none", "critic": "shared_trunk", "opt_in": True},
 }
 DEFAULT_VARIANTS = [v for v, spec in VARIANTS.items() if not spec.get("opt_in")]
+
+
+def round_order(variants: list[str], r: int, order: str = "rotate") -> list[str]:
+    """The variants in the order round r runs them: rotated left by r places (a Latin square over
+    len(variants) rounds), or as given with order="fixed"."""
+    if order == "fixed" or not variants:
+        return list(variants)
+    k = r % len(variants)
+    return list(variants[k:]) + list(variants[:k])
 # quick: ~3 min on 2 idle cores, ~5 on busy ones; full: more rounds and steps for tighter medians
 MODES = {"quick": {"rounds": 5, "steps": 5, "warmup": 1}, "full": {"rounds": 5, "steps": 10, "warmup": 2}}
 REQUIRED_KEYS = ("trl", "varpo_vanilla", "varpo_variance_aware", "ratio_vs_trl", "ratio_vs_trl_excluding_gc_collect",
@@ -116,7 +129,7 @@ def variant_summary(runs: list[dict], warmup: int) -> dict:
     """Aggregate the successful runs of one variant: min/median/max of throughput, the median of
     each phase's per-step seconds, peak RSS, and the per-run figures."""
     ok = [r for r in runs if r.get("ok")]
-    per_run = [{"round": r["round"], **run_throughput(r["result"], warmup),
+    per_run = [{"round": r["round"], "position": r.get("position"), **run_throughput(r["result"], warmup),
                 "peak_rss_mb": r["result"].get("peak_rss_mb")} for r in ok]
     eps = summarize([p["episodes_per_s"] for p in per_run])
     out = {
@@ -197,7 +210,21 @@ def build_results(runs: list[dict], warmup: int, machine: dict, meta: dict, comm
         rr = paired_ratios(cpu_round.get("varpo_vanilla", {}), ex_cpu)
         ratios["varpo_vanilla_vs_trl_excluding_gc_collect_cpu_time"] = {"per_round": rr, **summarize(rr)}
     res["ratios"] = ratios
+    res["position_effect"] = position_effect(res, shown)
     return add_headline(res)
+
+
+def position_effect(res: dict, variants: list[str]) -> dict:
+    """Per position within a round (0 = first run): the median over runs of a run's throughput
+    divided by its variant's median throughput. With a rotating order every variant visits every
+    position, so a value away from 1 is the order effect itself, not one variant's speed."""
+    rel = {}
+    for v in variants:
+        med = res[v]["episodes_per_s"]
+        for p in res[v]["runs"]:
+            if med and p.get("position") is not None:
+                rel.setdefault(p["position"], []).append(p["episodes_per_s"] / med)
+    return {str(k): summarize(rel[k]) for k in sorted(rel)}
 
 
 def add_headline(res: dict) -> dict:
@@ -286,8 +313,12 @@ def results_markdown(res: dict) -> str:
               f"**ratio_vs_trl_excluding_gc_collect_cpu_time** {_fmt(res.get('ratio_vs_trl_excluding_gc_collect_cpu_time'))}; "
               f"variance-aware / vanilla {_fmt(res.get('variance_aware_vs_vanilla_cpu_time'))}. "
               "Episodes per CPU second, median: "
-              + ", ".join(f"{v} {_fmt(res[v].get('episodes_per_cpu_s'))}" for v in _shown(res)), "",
-              "Per-step phase seconds (median over runs):", "",
+              + ", ".join(f"{v} {_fmt(res[v].get('episodes_per_cpu_s'))}" for v in _shown(res)), ""]
+    if res.get("position_effect"):
+        lines += ["Order effect: a run's throughput / its variant's median, by position in the round "
+                  "(median over runs): " + ", ".join(f"position {k}: {_fmt(e['median'])} (n={e['n']})"
+                                                     for k, e in res["position_effect"].items()), ""]
+    lines += ["Per-step phase seconds (median over runs):", "",
               "| variant | " + " | ".join(PHASES) + " |", "|---|" + "---|" * len(PHASES)]
     for v in _shown(res):
         lines.append(f"| {v} | " + " | ".join(_fmt(res[v]["phases_s"][ph]) for ph in PHASES) + " |")
@@ -566,12 +597,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"{MODES['quick']} (about 5 minutes on 2 cores)")
     ap.add_argument("--size", default="auto", choices=["auto", "tiny", "small", "gpt2-small"],
                     help="model/workload preset; auto: gpt2-small with CUDA, tiny otherwise")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds of (trl, varpo variants); default per mode")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds of (trl, varpo variants); default per mode (--size small: one per variant)")
     ap.add_argument("--steps", type=int, default=None, help="PPO steps per run; default per mode")
     ap.add_argument("--warmup", type=int, default=None, help="steps dropped at the start of each run")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help=f"comma-separated, from {list(VARIANTS)} (trl must stay for ratios); default "
                          f"{','.join(DEFAULT_VARIANTS)}")
+    ap.add_argument("--order", default="rotate", choices=["rotate", "fixed"],
+                    help="variant order within a round: rotate by one place per round (default), or fixed")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 on CPU, all on GPU)")
     ap.add_argument("--work", type=Path, default=None, help="where shared inputs are built (default OUT/runs/work)")
     ap.add_argument("--trl-venv", type=Path, default=HERE / ".venv-trl")
@@ -595,6 +629,10 @@ def main(argv=None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    if a.rounds is None and size == "small" and not a.quick:
+        # one full rotation (every variant in every position once): ~2 min per run on 2 cores, so the
+        # default 4 variants take ~32 min, inside the 40 the contract allows; 5 rounds would not be
+        rounds = max(3, len(variants))
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = (a.work or out / "runs" / "work").resolve()  # runs/ is gitignored: models stay out of git
@@ -617,7 +655,7 @@ def main(argv=None) -> int:
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)
     for r in range(rounds):
-        for v in variants:  # A B A B ...: every round runs every variant once, in the same order
+        for pos, v in enumerate(round_order(variants, r, a.order)):
             out_json = runs_dir / f"r{r}_{v}.json"
             out_json.unlink(missing_ok=True)
             common = ["--inputs", str(work), "--out", str(out_json), "--steps", str(steps),
@@ -630,7 +668,7 @@ def main(argv=None) -> int:
             print(f"[{time.perf_counter() - t_all:6.0f}s] round {r + 1}/{rounds}: {v}", flush=True)
             load1 = os.getloadavg()[0]
             rec = run_one(cmd, out_json, env, a.timeout)
-            rec.update(round=r, variant=v, loadavg1_at_start=round(load1, 2))
+            rec.update(round=r, variant=v, position=pos, loadavg1_at_start=round(load1, 2))
             if rec["ok"]:
                 thr = run_throughput(rec["result"], warmup)
                 print(f"         {thr['episodes_per_s']:.2f} episodes/s, {thr['step_s']:.2f} s/step, "

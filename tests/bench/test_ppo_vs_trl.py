@@ -289,3 +289,34 @@ def test_cpu_time_ratios_pair_rounds_and_remove_gc_cpu(tmp_path):
             s.pop("cpu_s")
     old = bench.build_results(runs, warmup=1, machine=_machine(), meta=META, command="x")
     assert old["ratio_vs_trl_cpu_time"] is None and old["ratio_vs_trl"] == res["ratio_vs_trl"]
+
+
+def test_round_order_is_a_latin_square_and_fixed_keeps_the_order():
+    vs = ["trl", "varpo_vanilla", "varpo_variance_aware", "varpo_1head"]
+    orders = [bench.round_order(vs, r) for r in range(len(vs))]
+    for o in orders:  # every round runs every variant once
+        assert sorted(o) == sorted(vs)
+    for pos in range(len(vs)):  # over len(vs) rounds every variant takes every position once
+        assert sorted(o[pos] for o in orders) == sorted(vs)
+    assert bench.round_order(vs, len(vs)) == vs  # the cycle repeats
+    assert bench.round_order(vs, 2, "fixed") == vs
+
+
+def test_position_effect_recovers_a_slow_last_position():
+    """Runs in position 2 are made 20% slower whatever the variant: the per-position figure shows it,
+    and with a rotating order the variance-aware/vanilla ratio's median is unaffected."""
+    rng = random.Random(11)
+    vs = ["trl", "varpo_vanilla", "varpo_variance_aware"]
+    runs = []
+    for r in range(6):
+        for pos, v in enumerate(bench.round_order(vs, r)):
+            res = _run(rng, 3)
+            for s in res["steps"]:
+                s["wall_s"] = 1.0 * (1.25 if pos == 2 else 1.0)  # equal speed apart from position
+            runs.append({"round": r, "variant": v, "position": pos, "ok": True, "result": res})
+    res = bench.build_results(runs, warmup=1, machine=_machine(), meta=META, command="c")
+    pe = res["position_effect"]
+    assert set(pe) == {"0", "1", "2"} and all(e["n"] == 6 for e in pe.values())
+    assert pe["0"]["median"] == pytest.approx(1.0) and pe["2"]["median"] == pytest.approx(0.8)
+    assert res["variance_aware_vs_vanilla"] == pytest.approx(1.0)
+    assert "position 2: 0.8" in bench.results_markdown(res)
