@@ -6,7 +6,6 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-pytestmark = pytest.mark.slow
 
 FAST = ["ppo.steps=3", "ppo.batch_size=16", "ppo.mini_batch_size=8", "evaluation.num_eval_prompts=16",
         "reward_training.num_heads=4"]
@@ -20,6 +19,7 @@ def _invoke(*args):
     return res
 
 
+@pytest.mark.slow
 def test_quickstart_contract_and_population_resume(testbed, tmp_path):
     out = tmp_path / "qs"
     _invoke("quickstart", "--out", str(out), "--seeds", "2", *[x for o in FAST for x in ("--set", o)])
@@ -41,3 +41,41 @@ def test_quickstart_contract_and_population_resume(testbed, tmp_path):
     rows = run_population(EMBEDDED, FAST, 2, out, workers=1)  # reuses OUT/reward/ and the 5 results
     assert victim.exists() and len(rows) == 6
     assert json.loads((out / "policies/vanilla/seed_0.json").read_text()) == kept
+
+
+def test_member_overrides_separate_training_seed_from_the_oracle_draw():
+    from varpo.config import ConfigError, load_config
+    from varpo.evaluation.population import member_overrides
+
+    oracle = load_config(None, ["reward.type=oracle", "seed=3"])
+    assert member_overrides(oracle, 5, "both") == ["seed=5"]
+    assert member_overrides(oracle, 5, "training") == ["seed=5", "reward.oracle.noise_seed=3"]
+    fixed = load_config(None, ["reward.type=oracle", "seed=3", "reward.oracle.noise_seed=9"])
+    assert member_overrides(fixed, 5, "training") == ["seed=5", "reward.oracle.noise_seed=9"]
+    assert member_overrides(oracle, 5, "reward") == ["seed=3", "reward.oracle.noise_seed=5"]
+    with pytest.raises(ConfigError, match="reward.type=oracle"):
+        member_overrides(load_config(None, []), 1, "reward")  # an ensemble has no noise draw to vary
+    with pytest.raises(ConfigError, match="--vary"):
+        member_overrides(oracle, 1, "everything")
+
+
+@pytest.mark.slow
+def test_population_vary_reward_and_training_on_the_oracle(testbed, tmp_path):
+    """Real PPO on the oracle: --vary reward keeps one training seed and changes the noise draw,
+    --vary training the converse; each member's row says which it got, and the two kinds of
+    population refuse to share a folder."""
+    from varpo.config import ConfigError
+    from varpo.defaults import EMBEDDED
+    from varpo.evaluation.population import run_population
+
+    over = [*FAST, "ppo.steps=2", "reward.type=oracle"]
+    rows = run_population(EMBEDDED, over, 2, tmp_path / "r", workers=1, methods=["vanilla"], vary="reward")
+    van = sorted((r for r in rows if r["method"] == "vanilla"), key=lambda r: r["seed"])
+    assert [(r["training_seed"], r["noise_seed"], r["vary"]) for r in van] == [(0, 0, "reward"), (0, 1, "reward")]
+    # the same training seed and a different reward draw: the policies are not the same
+    assert van[0]["kl_mean"] != van[1]["kl_mean"]
+    rows = run_population(EMBEDDED, over, 2, tmp_path / "t", workers=1, methods=["vanilla"], vary="training")
+    van = sorted((r for r in rows if r["method"] == "vanilla"), key=lambda r: r["seed"])
+    assert [(r["training_seed"], r["noise_seed"]) for r in van] == [(0, 0), (1, 0)]
+    with pytest.raises(ConfigError, match="vary.txt.*--vary training"):
+        run_population(EMBEDDED, over, 2, tmp_path / "t", workers=1, methods=["vanilla"], vary="reward")

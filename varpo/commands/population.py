@@ -17,6 +17,9 @@ def register(app: typer.Typer) -> None:
         set_: list[str] | None = SetOpt,
         workers: int | None = typer.Option(None, "--workers", min=1, help="worker processes (default: cores)"),
         methods: list[str] | None = typer.Option(None, "--method", help="only these methods (repeatable)"),
+        vary: str = typer.Option("both", "--vary", help="what differs between members: both (training seed and, "
+                                 "with reward.type=oracle, the noise draw), training (one noise draw for all), "
+                                 "reward (one training seed for all; only the oracle's noise draw differs)"),
     ) -> None:
         """Train and evaluate a population; results land in OUT/policies/<method>/seed_<k>.json as they
         finish (a killed run resumes). Then `varpo stats OUT` computes the paper's tables."""
@@ -24,7 +27,8 @@ def register(app: typer.Typer) -> None:
         from ..evaluation.population import run_population, summarize
         from ..outputs import print_table, write_json
 
-        rows = run_population(config or EMBEDDED, set_ or [], seeds, out, workers=workers, methods=methods)
+        rows = run_population(config or EMBEDDED, set_ or [], seeds, out, workers=workers, methods=methods,
+                              vary=vary)
         summary = summarize(rows)
         write_json(out / "population.json", summary)
         print_table(f"population ({out}/population.json)", [{"method": m, **v} for m, v in summary.items()])

@@ -16,6 +16,33 @@ from ..config import VarpoConfig, load_config
 from ..outputs import console, progress, write_json
 
 REFERENCE = "reference"
+# what differs between the members of a population (`varpo population --vary`):
+#   both      member k trains with seed k, and an oracle reward draws its noise with seed k (the paper)
+#   training  every member faces one reward draw (the oracle's noise_seed, else the config's seed);
+#             only training randomness (init, sampling, minibatch order) differs
+#   reward    every member trains with the config's seed; only the oracle's noise draw differs (k):
+#             the randomness the bandit theory (`varpo theory`) is about, with PPO's own held fixed
+VARY = ("both", "training", "reward")
+
+
+def member_overrides(cfg: VarpoConfig, k: int, vary: str) -> list[str]:
+    """The config overrides that make population member k under `vary` (see VARY)."""
+    if vary not in VARY:
+        from ..config import ConfigError
+
+        raise ConfigError(f"--vary: {vary!r}; expected one of {list(VARY)}")
+    if vary == "both":
+        return [f"seed={k}"]
+    if cfg.reward.type != "oracle":
+        from ..config import ConfigError
+
+        raise ConfigError(f"--vary {vary}: separates the reward's noise draw from training randomness, which "
+                          f"only reward.type=oracle has (reward.type is {cfg.reward.type!r}; an ensemble or a "
+                          "judge is one fixed reward for every member already: use --vary both)")
+    if vary == "training":
+        fixed = cfg.reward.oracle.noise_seed if cfg.reward.oracle.noise_seed is not None else cfg.seed
+        return [f"seed={k}", f"reward.oracle.noise_seed={fixed}"]
+    return [f"seed={cfg.seed}", f"reward.oracle.noise_seed={k}"]
 
 
 def result_path(out: Path, method: str, seed: int) -> Path:
@@ -113,7 +140,8 @@ def _proxy(cfg: VarpoConfig):
     return build_scorer(cfg)
 
 
-def _job(config_path, overrides: list[str], method: str, seed: int, out: str, threads: int) -> dict:
+def _job(config_path, overrides: list[str], method: str, seed: int, out: str, threads: int,
+         vary: str = "both") -> dict:
     """One population member, run in a worker process: train (unless reference), evaluate, save."""
     import torch
 
@@ -122,14 +150,15 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
     from .policy_eval import evaluate_policy
 
     out_p = Path(out)
+    member = member_overrides(load_config(config_path, overrides), seed, vary)
     if method == REFERENCE:
-        cfg = load_config(config_path, [*overrides, f"seed={seed}"])
+        cfg = load_config(config_path, [*overrides, *member])
         from ..ppo import resolve_sources
 
         policy_path, extra = resolve_sources(cfg)[0], {"kl_mean": 0.0}
     else:
         method_overrides = load_config(config_path, overrides).evaluation.methods[method]
-        cfg = load_config(config_path, [*overrides, *method_overrides, f"seed={seed}"])
+        cfg = load_config(config_path, [*overrides, *method_overrides, *member])
         from ..ppo import train_ppo
 
         run_dir = out_p / "runs" / method / f"seed_{seed}"
@@ -144,17 +173,27 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
                          seed=1_000_000 + seed, batch_size=cfg.evaluation.eval_batch_size,
                          samples_per_prompt=cfg.evaluation.samples_per_prompt, chat_template=cfg.data.chat_template,
                          load_kw=_eval_load_kwargs(cfg), proxy=_proxy(cfg))
-    row = {"method": method, "seed": seed, **ev, **extra, "policy_path": str(policy_path)}
+    row = {"method": method, "seed": seed, "vary": vary, "training_seed": cfg.seed,
+           "noise_seed": cfg.reward.oracle.noise_seed if cfg.reward.type == "oracle" else None,
+           **ev, **extra, "policy_path": str(policy_path)}
     write_json(result_path(out_p, method, seed), row)
     return row
 
 
 def run_population(config_path, overrides: list[str], seeds: int, out: Path, workers: int | None = None,
-                   methods: list[str] | None = None, reference: bool = True) -> list[dict]:
+                   methods: list[str] | None = None, reference: bool = True, vary: str = "both") -> list[dict]:
     """Train and evaluate `seeds` policies per method plus (unless `reference` is False)
-    `seeds` reference runs under `out`."""
+    `seeds` reference runs under `out`; `vary` says what differs between members (VARY)."""
     cfg = load_config(config_path, overrides)
+    member_overrides(cfg, 0, vary)  # a bad --vary fails here, before any job
+    marker = out / "vary.txt"  # results of one kind of population must not mix with another's
+    if marker.exists() and marker.read_text().strip() != vary:
+        from ..config import ConfigError
+
+        raise ConfigError(f"{marker}: this folder holds a population with --vary {marker.read_text().strip()}, "
+                          f"not {vary}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(vary + "\n")
     overrides = [*overrides, *ensure_reward_model(cfg, out)]
     unknown = set(methods or []) - set(cfg.evaluation.methods)
     if unknown:
@@ -175,11 +214,12 @@ def run_population(config_path, overrides: list[str], seeds: int, out: Path, wor
         task = bar.add_task("population", total=len(jobs), completed=len(done), info="")
         if n_workers == 1:
             for m, s in todo:
-                done.append(_job(config_path, overrides, m, s, str(out), threads))
+                done.append(_job(config_path, overrides, m, s, str(out), threads, vary))
                 bar.update(task, advance=1, info=f"{m} seed {s}")
         else:
             with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(_job, config_path, overrides, m, s, str(out), threads): (m, s) for m, s in todo}
+                futures = {pool.submit(_job, config_path, overrides, m, s, str(out), threads, vary): (m, s)
+                           for m, s in todo}
                 for fut in as_completed(futures):
                     done.append(fut.result())
                     m, s = futures[fut]
