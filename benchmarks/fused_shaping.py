@@ -8,6 +8,8 @@ k3) takes one rollout; then, alternating on that same rollout, its reference pas
            its logits (ref log-probs, KL against the generation-time old log-probs, w·KL, mask)
   unfused  the reference forward and selective log-softmax, then core.kl_per_token, the mask and the
            weights as separate [B, T] steps (kernels.fused_shaping=false)
+  naive    the textbook way: the reference forward, a full log_softmax over the vocabulary (a
+           [chunk, T, V] tensor), a gather, then the same [B, T] steps (what neither varpo path does)
 Per path: median seconds over the repetitions, and the peak resident memory above the pass's start
 (VmHWM reset through /proc/self/clear_refs; glibc's mmap threshold fixed so freed blocks leave the
 RSS, see benchmarks/kernels.py). Both paths' outputs are compared (they must agree to 1e-5).
@@ -93,17 +95,26 @@ def main(argv=None) -> int:
         kl = core.kl_per_token(ro.logp, ref, est) * mask
         return ref, kl, torch.where(mask.bool(), kl * w[:, None], torch.zeros_like(kl)).sum(-1)
 
-    paths = {"fused": fused, "unfused": unfused}
+    def naive():
+        def fn(c):
+            logits, _ = tr._logits(tr.reference, c)
+            return torch.log_softmax(logits.float(), -1).gather(-1, c.response_ids[..., None]).squeeze(-1)
+
+        ref = tr._forward_in_chunks(fn, ro)
+        kl = core.kl_per_token(ro.logp, ref, est) * mask
+        return ref, kl, torch.where(mask.bool(), kl * w[:, None], torch.zeros_like(kl)).sum(-1)
+
+    paths = {"fused": fused, "unfused": unfused, "naive": naive}
     for fn in paths.values():  # warm-up
         fn()
     times, peaks, outs = {p: [] for p in paths}, {p: [] for p in paths}, {}
     for i in range(a.reps):
-        for p in (paths if i % 2 == 0 else list(paths)[::-1]):  # alternate the order
+        for p in (list(paths) if i % 2 == 0 else list(paths)[::-1]):  # alternate the order
             res, t, peak = measured(paths[p])
             times[p].append(t)
             peaks[p].append(peak)
             outs[p] = res
-    max_err = max(float((x - y).abs().max()) for x, y in zip(outs["fused"], outs["unfused"]))
+    max_err = max(float((x - y).abs().max()) for q in ("unfused", "naive") for x, y in zip(outs["fused"], outs[q]))
     foreign = watch.cores()
     B, T = ro.response_ids.shape
     res = {
@@ -117,6 +128,8 @@ def main(argv=None) -> int:
     }
     res["fused_vs_unfused_time"] = res["fused"]["seconds_median"] / res["unfused"]["seconds_median"]
     res["fused_vs_unfused_peak"] = res["fused"]["peak_extra_mb_median"] / max(res["unfused"]["peak_extra_mb_median"], 1e-9)
+    res["fused_vs_naive_time"] = res["fused"]["seconds_median"] / res["naive"]["seconds_median"]
+    res["fused_vs_naive_peak"] = res["fused"]["peak_extra_mb_median"] / max(res["naive"]["peak_extra_mb_median"], 1e-9)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fused_shaping.json").write_text(json.dumps(res, indent=1) + "\n")
     md = [
@@ -129,7 +142,8 @@ def main(argv=None) -> int:
         f"repetitions; outputs agree to {max_err:.2g}.", "",
         "| path | seconds (median) | peak memory above start, MiB (median) |", "|---|---|---|",
         *[f"| {p} | {res[p]['seconds_median']:.3f} | {res[p]['peak_extra_mb_median']:.1f} |" for p in paths], "",
-        f"fused / unfused: time {res['fused_vs_unfused_time']:.3f}, peak memory {res['fused_vs_unfused_peak']:.3f}", "",
+        f"fused / unfused: time {res['fused_vs_unfused_time']:.3f}, peak memory {res['fused_vs_unfused_peak']:.3f}; "
+        f"fused / naive: time {res['fused_vs_naive_time']:.3f}, peak memory {res['fused_vs_naive_peak']:.3f}", "",
     ]
     (out / "fused_shaping.md").write_text("\n".join(md))
     print("\n".join(md))
