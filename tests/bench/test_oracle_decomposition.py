@@ -1,0 +1,49 @@
+"""benchmarks/oracle_decomposition.py: the bandit interpolation and the per-population table."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import oracle_decomposition as dec  # noqa: E402
+
+
+def test_bandit_ratio_is_interpolated_in_log_kl():
+    rng = np.random.default_rng(5)
+    kls = np.sort(rng.uniform(0.3, 6.0, 5))
+    ratios = rng.uniform(0.5, 6.0, 5)
+    pts = [{"kl_vanilla": float(k), "var_ratio": float(r), "kl_matched": True} for k, r in zip(kls[::-1], ratios[::-1])]
+    for kl in rng.uniform(kls[0], kls[-1], 7):
+        assert dec.bandit_ratio_at(pts, float(kl)) == pytest.approx(float(np.interp(math.log(kl), np.log(kls), ratios)))
+    assert dec.bandit_ratio_at(pts, float(kls[-1]) * 2) is None  # no extrapolation
+    # unmatched points are left out
+    pts[0]["kl_matched"] = False
+    assert dec.bandit_ratio_at(pts, float(kls[-1])) is None
+
+
+def test_decompose_reads_stats_and_rows(tmp_path):
+    rng = np.random.default_rng(6)
+    rows, stats = [], {"f_stat": 1.3, "f_crit": 2.5, "f_pvalue": 0.3, "welch_pvalue": 0.2}
+    for m, n in (("reference", 4), ("vanilla", 6), ("variance_aware", 5)):
+        g = rng.normal(0.6, 0.03, n)
+        for k, x in enumerate(g):
+            rows.append({"method": m, "seed": k, "vary": "reward", "reward": float(x), "reward_se": 0.01,
+                         "kl_mean": 0.0 if m == "reference" else float(1 + k), "kl_last5_mean": None if m == "reference" else 2.0,
+                         "sigma2_mean": 0.02 + k * 0.001})
+        stats[m] = {"n": n, "mean": float(g.mean()), "var": float(g.var(ddof=1)), "eval_noise_var": 1e-4,
+                    "var_excess": float(g.var(ddof=1)) - 1e-4}
+    (tmp_path / "policies.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    bandit = {"points": [{"kl_vanilla": 1.0, "var_ratio": 2.0}, {"kl_vanilla": 4.0, "var_ratio": 4.0}]}
+    e = dec.decompose({"r": tmp_path}, bandit)["r"]
+    assert e["vary"] == ["reward"] and e["vanilla"]["n"] == 6
+    assert e["vanilla"]["kl_mean"] == pytest.approx(2.0)  # the last-5-step KL wins over the final batch's
+    assert e["reference"]["kl_mean"] == pytest.approx(0.0)
+    assert e["excess_ratio"] == pytest.approx(stats["vanilla"]["var_excess"] / stats["variance_aware"]["var_excess"])
+    assert e["bandit_var_ratio_at_kl"] == pytest.approx(3.0)  # halfway in log KL between 1 and 4
+    assert e["variance_aware"]["eval_sigma2_mean"] == pytest.approx(np.mean([0.02 + k * 0.001 for k in range(5)]))
+    md = dec.markdown({"r": e}, "cmd")
+    assert "| r | reward | vanilla | 6 |" in md
