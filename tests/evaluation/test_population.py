@@ -79,3 +79,11 @@ def test_population_vary_reward_and_training_on_the_oracle(testbed, tmp_path):
     assert [(r["training_seed"], r["noise_seed"]) for r in van] == [(0, 0), (1, 0)]
     with pytest.raises(ConfigError, match="vary.txt.*--vary training"):
         run_population(EMBEDDED, over, 2, tmp_path / "t", workers=1, methods=["vanilla"], vary="reward")
+
+
+def test_worker_threads_respects_omp_num_threads():
+    from varpo.evaluation.population import worker_threads
+
+    assert worker_threads(8, 2, {}) == 4 and worker_threads(2, 4, {}) == 1
+    assert worker_threads(2, 1, {"OMP_NUM_THREADS": "1"}) == 1  # three populations on two cores
+    assert worker_threads(8, 2, {"OMP_NUM_THREADS": "0"}) == 4 and worker_threads(8, 2, {"OMP_NUM_THREADS": "x"}) == 4

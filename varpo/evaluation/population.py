@@ -180,6 +180,14 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
     return row
 
 
+def worker_threads(cores: int, n_workers: int, env) -> int:
+    """torch threads per worker: the user's OMP_NUM_THREADS when set (several populations sharing a
+    machine), else the cores split between the workers. More threads than cores slows PPO steps by
+    an order of magnitude (spinning intra-op threads), so the cores' split is the safe default."""
+    omp = env.get("OMP_NUM_THREADS", "")
+    return int(omp) if omp.isdigit() and int(omp) > 0 else max(1, cores // n_workers)
+
+
 def run_population(config_path, overrides: list[str], seeds: int, out: Path, workers: int | None = None,
                    methods: list[str] | None = None, reference: bool = True, vary: str = "both") -> list[dict]:
     """Train and evaluate `seeds` policies per method plus (unless `reference` is False)
@@ -208,7 +216,7 @@ def run_population(config_path, overrides: list[str], seeds: int, out: Path, wor
         console.print(f"population: {len(done)} of {len(jobs)} results already in {out}/policies, {len(todo)} to go")
     cores = os.cpu_count() or 1
     n_workers = max(1, min(workers or cfg.evaluation.workers or cores, len(todo) or 1))
-    threads = max(1, cores // n_workers)
+    threads = worker_threads(cores, n_workers, os.environ)
     t0 = time.perf_counter()
     with progress() as bar:
         task = bar.add_task("population", total=len(jobs), completed=len(done), info="")
