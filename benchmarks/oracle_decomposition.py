@@ -11,6 +11,11 @@ policies themselves differ by); from the rows: the mean KL and the mean oracle �
 evaluation samples (how far the policies went into the noisy cells). Per folder: the F-test vanilla / variance-aware from its
 stats.json and the bandit's Var(vanilla)/Var(variance-aware) at the same KL (log-linear
 interpolation over the bandit's points). Writes OUT/decomposition.json and OUT/decomposition.md.
+
+With `--runs NAME=POPULATION_DIR` (the uncommitted output of `varpo population`, which keeps each
+run's metrics.jsonl and samples.jsonl) it also reports, for every method that weights by σ², the
+distribution of the per-sample KL weights w = σ²/(batch mean σ²) over the logged training samples:
+the share of samples whose KL penalty is weaker than vanilla's (w < 1, w < 0.5) or stronger (w > 2).
 """
 from __future__ import annotations
 
@@ -67,6 +72,33 @@ def decompose(folders: dict[str, Path], bandit: dict | None) -> dict:
     return out
 
 
+def weight_summary(population: Path) -> dict:
+    """Per method: the KL weights σ²/mean σ² of the logged training samples (batch means from
+    metrics.jsonl's variance_mean), for methods whose config weights by σ² (batch_mean)."""
+    out = {}
+    for method_dir in sorted((population / "runs").glob("*")):
+        ws = []
+        for run in sorted(method_dir.glob("seed_*")):
+            cfg = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
+            if "weighting: batch_mean" not in cfg or not (run / "samples.jsonl").exists():
+                continue
+            means = {}
+            for line in (run / "metrics.jsonl").read_text().splitlines():
+                m = json.loads(line) if line.strip() else {}
+                if m.get("variance_mean"):
+                    means[m["step"]] = m["variance_mean"]
+            for line in (run / "samples.jsonl").read_text().splitlines():
+                x = json.loads(line) if line.strip() else {}
+                if x.get("valid") and means.get(x.get("step")):
+                    ws.append(x["variance"] / means[x["step"]])
+        if ws:
+            out[method_dir.name] = {"n_samples": len(ws), "median": st.median(ws),
+                                    **{f"share_{k}": sum(map(f, ws)) / len(ws) for k, f in (
+                                        ("below_1", lambda w: w < 1), ("below_0.5", lambda w: w < 0.5),
+                                        ("above_2", lambda w: w > 2))}}
+    return out
+
+
 def markdown(res: dict, command: str) -> str:
     f = lambda x, s=".3g": "—" if x is None else format(x, s)  # noqa: E731
     lines = ["# Oracle populations: where the spread comes from", "", f"Command: `{command}`", "",
@@ -82,6 +114,13 @@ def markdown(res: dict, command: str) -> str:
     for name, e in res.items():
         lines.append(f"| {name} | {f(e['f_stat'])} | {f(e['f_crit'])} | {f(e['f_pvalue'])} | {f(e['excess_ratio'])} | "
                      f"{f(e['welch_pvalue'])} | {f(e['bandit_var_ratio_at_kl'])} |")
+    weights = [(name, m, w) for name, e in res.items() for m, w in (e.get("weights") or {}).items()]
+    if weights:
+        lines += ["", "Per-sample KL weights w = σ²/mean σ² of the logged training samples:", "",
+                  "| population | method | samples | median w | w < 1 | w < 0.5 | w > 2 |", "|---|---|---|---|---|---|---|"]
+        for name, m, w in weights:
+            lines.append(f"| {name} | {m} | {w['n_samples']} | {f(w['median'])} | {f(w['share_below_1'], '.0%')} | "
+                         f"{f(w['share_below_0.5'], '.0%')} | {f(w['share_above_2'], '.0%')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -89,6 +128,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", help="NAME=FOLDER, a committed oracle population")
     ap.add_argument("--bandit", type=Path, default=None, help="benchmarks/oracle_bandit.py's JSON")
+    ap.add_argument("--runs", action="append", default=[],
+                    help="NAME=POPULATION_DIR: the population's own output, for the KL weights of its training samples")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     folders = {}
@@ -99,6 +140,11 @@ def main(argv=None) -> int:
         folders[name] = Path(path)
     bandit = json.loads(a.bandit.read_text()) if a.bandit else None
     res = decompose(folders, bandit)
+    for item in a.runs:
+        name, sep, path = item.partition("=")
+        if not sep or name not in res or not (Path(path) / "runs").is_dir():
+            ap.error(f"--runs {item!r}: expected NAME=DIR with NAME one of {list(res)} and DIR/runs/ a population's runs")
+        res[name]["weights"] = weight_summary(Path(path))
     command = "python benchmarks/oracle_decomposition.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "decomposition.json").write_text(json.dumps({"command": command, "populations": res}, indent=1) + "\n")

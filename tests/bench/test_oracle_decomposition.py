@@ -47,3 +47,30 @@ def test_decompose_reads_stats_and_rows(tmp_path):
     assert e["variance_aware"]["eval_sigma2_mean"] == pytest.approx(np.mean([0.02 + k * 0.001 for k in range(5)]))
     md = dec.markdown({"r": e}, "cmd")
     assert "| r | reward | vanilla | 6 |" in md
+
+
+def test_weight_summary_from_logged_samples(tmp_path):
+    rng = np.random.default_rng(8)
+    all_w = []
+    for method, weighting in (("variance_aware", "batch_mean"), ("vanilla", "none")):
+        for seed in range(2):
+            run = tmp_path / "runs" / method / f"seed_{seed}"
+            run.mkdir(parents=True)
+            (run / "config.yaml").write_text(f"ppo:\n  variance:\n    weighting: {weighting}\n")
+            metrics, samples = [], []
+            for step in range(3):
+                var = rng.uniform(0.001, 0.4, 5)
+                metrics.append({"step": step, "variance_mean": float(var.mean() * 1.1)})
+                for k, v in enumerate(var):
+                    samples.append({"step": step, "variance": float(v), "valid": k != 4})
+                    if weighting == "batch_mean" and k != 4:
+                        all_w.append(v / (var.mean() * 1.1))
+            (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+            (run / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
+    out = dec.weight_summary(tmp_path)
+    assert list(out) == ["variance_aware"]  # vanilla does not weight
+    w = np.array(all_w)
+    assert out["variance_aware"]["n_samples"] == len(w) == 24
+    assert out["variance_aware"]["median"] == pytest.approx(float(np.median(w)))
+    assert out["variance_aware"]["share_below_0.5"] == pytest.approx(float((w < 0.5).mean()))
+    assert out["variance_aware"]["share_above_2"] == pytest.approx(float((w > 2).mean()))
