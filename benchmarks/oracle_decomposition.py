@@ -25,6 +25,8 @@ import math
 import statistics as st
 from pathlib import Path
 
+import yaml
+
 METHODS = ("vanilla", "variance_aware")
 
 
@@ -79,8 +81,9 @@ def weight_summary(population: Path) -> dict:
     for method_dir in sorted((population / "runs").glob("*")):
         ws = []
         for run in sorted(method_dir.glob("seed_*")):
-            cfg = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
-            if "weighting: batch_mean" not in cfg or not (run / "samples.jsonl").exists():
+            cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+            if ((cfg.get("ppo") or {}).get("variance") or {}).get("weighting") != "batch_mean" \
+                    or not (run / "samples.jsonl").exists():
                 continue
             means = {}
             for line in (run / "metrics.jsonl").read_text().splitlines():
