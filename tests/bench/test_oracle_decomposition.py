@@ -74,3 +74,19 @@ def test_weight_summary_from_logged_samples(tmp_path):
     assert out["variance_aware"]["median"] == pytest.approx(float(np.median(w)))
     assert out["variance_aware"]["share_below_0.5"] == pytest.approx(float((w < 0.5).mean()))
     assert out["variance_aware"]["share_above_2"] == pytest.approx(float((w > 2).mean()))
+
+
+def test_arm_kl_matches_scipy_and_floors_unseen_arms():
+    from scipy.stats import entropy
+
+    import oracle_arms
+
+    rng = np.random.default_rng(9)
+    cs_ref = list(rng.integers(-3, 4, 301))
+    cs_pol = list(rng.integers(-1, 4, 173))
+    p, q = oracle_arms.c_hist(cs_pol), oracle_arms.c_hist(cs_ref)
+    assert sum(p.values()) == pytest.approx(1.0) and p[2] == pytest.approx(cs_pol.count(2) / 173)
+    arms = sorted(set(p) | set(q))
+    assert oracle_arms.arm_kl(p, q) == pytest.approx(entropy([p.get(c, 0) for c in arms], [q.get(c, 0) for c in arms]))
+    # an arm the reference never showed: mass 1e-4, finite KL
+    assert oracle_arms.arm_kl({5: 1.0}, q) == pytest.approx(math.log(1 / 1e-4))
