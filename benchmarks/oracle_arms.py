@@ -76,7 +76,14 @@ def main(argv=None) -> int:
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
         kl_seq = (summary.get("final") or {}).get("kl_mean")
         kl_arm = arm_kl(p, ref_p)
-        rows.append({"method": run.parent.name, "seed": int(run.name.split("_")[1]), "kl_sequence": kl_seq,
+        seed = int(run.name.split("_")[1])
+        # the population's own evaluation of this policy (other samples): averaging the two halves
+        # the evaluation noise that the F-test's variances carry
+        pop_row = a.population / "policies" / run.parent.name / f"seed_{seed}.json"
+        pop_gold = json.loads(pop_row.read_text())["reward"] if pop_row.exists() else None
+        rows.append({"method": run.parent.name, "seed": seed, "kl_sequence": kl_seq,
+                     "gold_population_eval": pop_gold,
+                     "gold_two_evals": None if pop_gold is None else (pop_gold + st.fmean(m["gold"])) / 2,
                      "kl_arms": kl_arm, "arm_share_of_kl": kl_arm / kl_seq if kl_seq else None,
                      "share_c3": p.get(3, 0.0), "share_c_ge4": sum(v for c, v in p.items() if abs(c) >= 4),
                      "gold": st.fmean(m["gold"]),
@@ -88,6 +95,9 @@ def main(argv=None) -> int:
                ("kl_sequence", "kl_arms", "arm_share_of_kl", "share_c3", "share_c_ge4", "gold", "gold_from_arm_mix")}
         if len(rs) > 1:
             agg["var_gold"] = st.variance([r["gold"] for r in rs])
+            if all(r["gold_population_eval"] is not None for r in rs):
+                agg["var_gold_population_eval"] = st.variance([r["gold_population_eval"] for r in rs])
+                agg["var_gold_two_evals"] = st.variance([r["gold_two_evals"] for r in rs])
             agg["var_gold_from_arm_mix"] = st.variance([r["gold_from_arm_mix"] for r in rs])
         per_method[method] = {"n": len(rs), **agg}
     res = {"command": "python benchmarks/oracle_arms.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
@@ -100,11 +110,13 @@ def main(argv=None) -> int:
     md = ["# Oracle policies over the bandit's arms (c = net positive count)", "", f"Command: `{res['command']}`", "",
           f"Reference: share at c = 3 {f(res['reference']['share_c3'])}, at |c| ≥ 4 {f(res['reference']['share_c_ge4'])}.", "",
           "| method | n | sequence KL | arm KL | arm KL / sequence KL | share c = 3 | share abs(c) ≥ 4 | gold | gold from arm mix | "
-          "var gold | var of arm-mix gold |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "var gold | var gold, population's eval | var gold, both evals averaged | var of arm-mix gold |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, s in per_method.items():
         md.append(f"| {m} | {s['n']} | {f(s['kl_sequence'])} | {f(s['kl_arms'])} | {f(s['arm_share_of_kl'])} | "
                   f"{f(s['share_c3'])} | {f(s['share_c_ge4'])} | {f(s['gold'], '.4f')} | {f(s['gold_from_arm_mix'], '.4f')} | "
-                  f"{f(s.get('var_gold'))} | {f(s.get('var_gold_from_arm_mix'))} |")
+                  f"{f(s.get('var_gold'))} | {f(s.get('var_gold_population_eval'))} | {f(s.get('var_gold_two_evals'))} | "
+                  f"{f(s.get('var_gold_from_arm_mix'))} |")
     (a.out / "arms.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

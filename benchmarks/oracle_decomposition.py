@@ -61,9 +61,17 @@ def decompose(folders: dict[str, Path], bandit: dict | None) -> dict:
     for name, folder in folders.items():
         rows = [json.loads(x) for x in (folder / "policies.jsonl").read_text().splitlines() if x.strip()]
         stats = json.loads((folder / "stats.json").read_text())
-        vary = {r.get("vary", "both") for r in rows if r["method"] in METHODS}
-        entry = {"folder": str(folder), "vary": sorted(vary),
-                 **{m: spread(stats.get(m), method_rows(rows, m)) for m in ("reference", *METHODS)},
+        # the compared method: variance_aware, or the one other method a variant population holds
+        # (e.g. variance_aware_floor1), reported under the name variance_aware with its own name kept
+        others = sorted({r["method"] for r in rows} - {"reference", "vanilla"})
+        va = "variance_aware" if "variance_aware" in others else (others[0] if len(others) == 1 else None)
+        if va is None:
+            raise SystemExit(f"{folder}: expected vanilla and one σ²-weighted method, found {others}")
+        vary = {r.get("vary", "both") for r in rows if r["method"] in ("vanilla", va)}
+        entry = {"folder": str(folder), "vary": sorted(vary), "compared_method": va,
+                 "reference": spread(stats.get("reference"), method_rows(rows, "reference")),
+                 "vanilla": spread(stats.get("vanilla"), method_rows(rows, "vanilla")),
+                 "variance_aware": spread(stats.get(va), method_rows(rows, va)),
                  "f_stat": stats.get("f_stat"), "f_crit": stats.get("f_crit"), "f_pvalue": stats.get("f_pvalue"),
                  "welch_pvalue": stats.get("welch_pvalue")}
         ex = [entry[m]["var_excess"] for m in METHODS]
@@ -76,15 +84,17 @@ def decompose(folders: dict[str, Path], bandit: dict | None) -> dict:
 
 def weight_summary(population: Path) -> dict:
     """Per method: the KL weights σ²/mean σ² of the logged training samples (batch means from
-    metrics.jsonl's variance_mean), for methods whose config weights by σ² (batch_mean)."""
+    metrics.jsonl's variance_mean), clamped to the config's [floor, ceiling] as training does, for
+    methods whose config weights by σ² (batch_mean)."""
     out = {}
     for method_dir in sorted((population / "runs").glob("*")):
         ws = []
         for run in sorted(method_dir.glob("seed_*")):
             cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-            if ((cfg.get("ppo") or {}).get("variance") or {}).get("weighting") != "batch_mean" \
-                    or not (run / "samples.jsonl").exists():
+            var_cfg = (cfg.get("ppo") or {}).get("variance") or {}
+            if var_cfg.get("weighting") != "batch_mean" or not (run / "samples.jsonl").exists():
                 continue
+            lo, hi = var_cfg.get("floor"), var_cfg.get("ceiling")  # the clamp training applied
             means = {}
             for line in (run / "metrics.jsonl").read_text().splitlines():
                 m = json.loads(line) if line.strip() else {}
@@ -93,7 +103,9 @@ def weight_summary(population: Path) -> dict:
             for line in (run / "samples.jsonl").read_text().splitlines():
                 x = json.loads(line) if line.strip() else {}
                 if x.get("valid") and means.get(x.get("step")):
-                    ws.append(x["variance"] / means[x["step"]])
+                    w = x["variance"] / means[x["step"]]
+                    w = w if lo is None else max(w, lo)
+                    ws.append(w if hi is None else min(w, hi))
         if ws:
             out[method_dir.name] = {"n_samples": len(ws), "median": st.median(ws),
                                     **{f"share_{k}": sum(map(f, ws)) / len(ws) for k, f in (
@@ -110,7 +122,8 @@ def markdown(res: dict, command: str) -> str:
     for name, e in res.items():
         for m in ("reference", *METHODS):
             s = e[m]
-            lines.append(f"| {name} | {','.join(e['vary'])} | {m} | {s['n']} | {f(s['mean'], '.4f')} | {f(s['var'])} | "
+            label = e.get("compared_method", m) if m == "variance_aware" else m
+            lines.append(f"| {name} | {','.join(e['vary'])} | {label} | {s['n']} | {f(s['mean'], '.4f')} | {f(s['var'])} | "
                          f"{f(s['eval_noise_var'])} | {f(s['var_excess'])} | {f(s['kl_mean'])} | {f(s['eval_sigma2_mean'])} |")
     lines += ["", "| population | F = var(vanilla)/var(variance-aware) | F_crit | p | excess-variance ratio | "
               "Welch p | bandit's ratio at vanilla's KL |", "|---|---|---|---|---|---|---|"]

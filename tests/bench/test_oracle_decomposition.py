@@ -74,6 +74,11 @@ def test_weight_summary_from_logged_samples(tmp_path):
     assert out["variance_aware"]["median"] == pytest.approx(float(np.median(w)))
     assert out["variance_aware"]["share_below_0.5"] == pytest.approx(float((w < 0.5).mean()))
     assert out["variance_aware"]["share_above_2"] == pytest.approx(float((w > 2).mean()))
+    # a floor in the run's config clamps the weights as training did
+    for run in (tmp_path / "runs" / "variance_aware").glob("seed_*"):
+        (run / "config.yaml").write_text("ppo:\n  variance:\n    weighting: batch_mean\n    floor: 1.0\n")
+    out = dec.weight_summary(tmp_path)["variance_aware"]
+    assert out["share_below_1"] == 0.0 and out["median"] == pytest.approx(float(np.median(np.maximum(w, 1.0))))
 
 
 def test_arm_kl_matches_scipy_and_floors_unseen_arms():
