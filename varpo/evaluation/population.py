@@ -201,7 +201,8 @@ def run_population(config_path, overrides: list[str], seeds: int, out: Path, wor
         raise ConfigError(f"{marker}: this folder holds a population with --vary {marker.read_text().strip()}, "
                           f"not {vary}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(vary + "\n")
+    if not marker.exists():  # written once: a resumed population leaves its folder as it was
+        marker.write_text(vary + "\n")
     overrides = [*overrides, *ensure_reward_model(cfg, out)]
     unknown = set(methods or []) - set(cfg.evaluation.methods)
     if unknown:
