@@ -40,7 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-TIMING = ("time/", "episodes_per_s", "tokens_per_s")
+from varpo.outputs import without_timings  # noqa: E402
+
 PHASES = ("engines_written", "state_written", "before_rename", "before_latest", "before_prune")
 WORDS = "the a cat dog sat ran on under mat log good bad very quite happy sad day night is was".split()
 
@@ -196,10 +197,6 @@ def rows(out: Path) -> list[dict]:
     return good
 
 
-def strip(row: dict) -> dict:
-    return {k: v for k, v in row.items() if not k.startswith(TIMING)}
-
-
 def run_to_end(out: Path, n: int, sets: list[str], mode: str, log: Path, timeout: float) -> tuple[int | None, str, float]:
     t0 = time.monotonic()
     r = Run(out, n, sets, mode, log)
@@ -265,7 +262,7 @@ def trial(k: int, kind: str, rng: random.Random, base: Path, sets: list[str], re
     m = re.search(r"resumed from\s+\S+\s+at\s+step\s+(\d+)", text)
     res["resumed_from_step"] = int(m.group(1)) if m else 0
     res["lost_steps"] = max(0, done_before - res["resumed_from_step"])
-    got = [strip(r) for r in rows(out)]
+    got = [without_timings(r) for r in rows(out)]
     res["resumed_ok"] = code == 0 and [r["step"] for r in got] == list(range(args.steps))
     res["metrics_match"] = res["resumed_ok"] and got == reference[n]["rows"]
     if res["resumed_ok"] and not res["metrics_match"]:
@@ -369,7 +366,7 @@ def main() -> None:
         code, text, secs = run_to_end(out, n, sets, "launcher", args.out / f"reference_{n}rank.txt", args.run_timeout)
         if code != 0:
             sys.exit(f"the uninterrupted {n}-rank run failed:\n{text[-3000:]}")
-        reference[n] = {"rows": [strip(r) for r in rows(out)], "seconds": secs}
+        reference[n] = {"rows": [without_timings(r) for r in rows(out)], "seconds": secs}
         print(f"reference {n} rank(s): {secs:.1f} s", flush=True)
     # the long run first: its memory figure matters even if the trials are cut short
     long = long_run(args.out, assets, args.long_steps, args.peer_timeout, args.run_timeout * 4) if args.long_steps else None

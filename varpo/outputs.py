@@ -46,6 +46,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+# metrics.jsonl keys that measure the machine (wall and CPU time, throughput), not the run
+TIMING_KEYS = ("time/", "episodes_per_s", "tokens_per_s")
+
+
+def without_timings(row: dict) -> dict:
+    """A metrics row less its timing keys: what a resumed or repeated run must reproduce exactly."""
+    return {k: v for k, v in row.items() if not k.startswith(TIMING_KEYS)}
+
+
 def print_table(title: str, rows: Iterable[dict], columns: list[str] | None = None, fmt: str = "{:.4g}") -> None:
     """Render rows (list of dicts) as a rich table on stderr; stdout stays free for JSON."""
     rows = list(rows)

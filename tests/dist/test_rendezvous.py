@@ -54,6 +54,14 @@ def _rank(tmp_path, r: int, world: int, port: int, mode: str = "-"):
     return proc, log, tmp_path / f"rank{r}_{port}.txt"
 
 
+def _kill_rank0_and_wait(procs, timeout: float) -> tuple[int, float]:
+    """SIGKILL rank 0; (rank 1's exit code, seconds it took to exit after the kill)."""
+    os.kill(procs[0][0].pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    code = procs[1][0].wait(timeout=timeout)
+    return code, time.monotonic() - t0
+
+
 def _finish(procs):
     for p, log, _ in procs:
         if p.poll() is None:
@@ -108,10 +116,7 @@ def test_store_host_killed_while_a_rank_waits_for_another(tmp_path):
 
         # rank 1 has arrived (and rank 0, the host, waits with it for rank 2): kill the host
         _wait_for(rank1_arrived, "rank 1 at the rendezvous", procs)
-        os.kill(procs[0][0].pid, signal.SIGKILL)
-        t0 = time.monotonic()
-        code = procs[1][0].wait(timeout=60)
-        took = time.monotonic() - t0
+        code, took = _kill_rank0_and_wait(procs, timeout=60)
     finally:
         _finish(procs)
     text = procs[1][2].read_text()
@@ -129,10 +134,7 @@ def test_store_host_killed_during_set_up(tmp_path):
     try:
         _wait_for(lambda: "met" in procs[0][2].read_text(), "the rendezvous", procs)
         time.sleep(1.0)  # rank 1 is past the rendezvous now, its watchdog running
-        os.kill(procs[0][0].pid, signal.SIGKILL)
-        t0 = time.monotonic()
-        code = procs[1][0].wait(timeout=120)
-        took = time.monotonic() - t0
+        code, took = _kill_rank0_and_wait(procs, timeout=120)
     finally:
         _finish(procs)
     text = procs[1][2].read_text()

@@ -3,24 +3,15 @@ one optimizer (varpo.ppo.models.PolicyWithValueHead), on tiny real models and re
 engines (CPU). The 2-rank ZeRO-3 check is in test_multirank.py."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
+from varpo.outputs import read_jsonl, without_timings
 from varpo.ppo.experience import Experience
 from varpo.ppo.models import PolicyWithValueHead
 from varpo.ppo.rollout import response_logits, response_values
 
-TIMING = ("time/", "episodes_per_s", "tokens_per_s")
-
-
-def _rows(path):
-    return [json.loads(x) for x in path.read_text().splitlines()]
-
-
-def _strip(row):
-    return {k: v for k, v in row.items() if not k.startswith(TIMING)}
+_rows, _strip = read_jsonl, without_timings
 
 
 def _trainer(cfg, out, prompts, scorer):

@@ -1,24 +1,15 @@
 """The PPO trainer end to end on tiny real models and real DeepSpeed engines (CPU, world size 1)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from varpo.masks import position_ids_from_mask
+from varpo.outputs import read_jsonl, without_timings
 from varpo.ppo.experience import Experience
 from varpo.ppo.rollout import response_logits, response_mask_from_ids
 
-TIMING = ("time/", "episodes_per_s", "tokens_per_s")
-
-
-def _rows(path):
-    return [json.loads(x) for x in path.read_text().splitlines()]
-
-
-def _strip(row):
-    return {k: v for k, v in row.items() if not k.startswith(TIMING)}
+_rows, _strip = read_jsonl, without_timings
 
 
 def _train(cfg, out, prompts, scorer):

@@ -12,8 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-TIMING = ("time/", "episodes_per_s", "tokens_per_s")
-
 
 def gathered_bytes(params) -> int:
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
@@ -28,6 +26,7 @@ def run_mode(out: Path, mode: str, overrides: list[str], steps: int, rank: int) 
 
     from varpo.config import load_config
     from varpo.engines import GroupedGather
+    from varpo.outputs import without_timings
     from varpo.ppo import resolve_sources
     from varpo.ppo.rollout import generate, tokenize_prompts
     from varpo.ppo.trainer import PPOTrainer
@@ -65,7 +64,7 @@ def run_mode(out: Path, mode: str, overrides: list[str], steps: int, rank: int) 
     for _ in range(steps):
         m = trainer.train_step()
         trainer.step += 1
-        rows.append({k: v for k, v in m.items() if not k.startswith(TIMING)})
+        rows.append(without_timings(m))
     result = {"mode": mode, "response_ids": ro.response_ids.tolist(), "uneven_response_ids": uneven.response_ids.tolist(),
               "uneven_all_gathers": all_gathers, "n_params": len(params),
               "peak_gathered_bytes": peak[0], "model_bytes": sum(p.ds_numel * p.element_size() for p in params),

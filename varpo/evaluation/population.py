@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-from ..config import VarpoConfig, load_config
+from ..config import ConfigError, VarpoConfig, load_config
 from ..outputs import console, progress, write_json
 
 REFERENCE = "reference"
@@ -28,14 +28,10 @@ VARY = ("both", "training", "reward")
 def member_overrides(cfg: VarpoConfig, k: int, vary: str) -> list[str]:
     """The config overrides that make population member k under `vary` (see VARY)."""
     if vary not in VARY:
-        from ..config import ConfigError
-
         raise ConfigError(f"--vary: {vary!r}; expected one of {list(VARY)}")
     if vary == "both":
         return [f"seed={k}"]
     if cfg.reward.type != "oracle":
-        from ..config import ConfigError
-
         raise ConfigError(f"--vary {vary}: separates the reward's noise draw from training randomness, which "
                           f"only reward.type=oracle has (reward.type is {cfg.reward.type!r}; an ensemble or a "
                           "judge is one fixed reward for every member already: use --vary both)")
@@ -58,9 +54,7 @@ def true_reward_fn(cfg: VarpoConfig):
         return task_gold(cfg.testbed)
     if kind == "reward_model":
         if not cfg.evaluation.true_reward_path:
-            from ..config import ConfigError
-
-            raise ConfigError("evaluation.true_reward_path: required when evaluation.true_reward=reward_model")
+                raise ConfigError("evaluation.true_reward_path: required when evaluation.true_reward=reward_model")
         from ..reward.scorer import load_scorer
 
         scorer = load_scorer(cfg.evaluation.true_reward_path)
@@ -150,14 +144,15 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
     from .policy_eval import evaluate_policy
 
     out_p = Path(out)
-    member = member_overrides(load_config(config_path, overrides), seed, vary)
+    base = load_config(config_path, overrides)
+    member = member_overrides(base, seed, vary)
     if method == REFERENCE:
         cfg = load_config(config_path, [*overrides, *member])
         from ..ppo import resolve_sources
 
         policy_path, extra = resolve_sources(cfg)[0], {"kl_mean": 0.0}
     else:
-        method_overrides = load_config(config_path, overrides).evaluation.methods[method]
+        method_overrides = base.evaluation.methods[method]
         cfg = load_config(config_path, [*overrides, *method_overrides, *member])
         from ..ppo import train_ppo
 
@@ -196,8 +191,6 @@ def run_population(config_path, overrides: list[str], seeds: int, out: Path, wor
     member_overrides(cfg, 0, vary)  # a bad --vary fails here, before any job
     marker = out / "vary.txt"  # results of one kind of population must not mix with another's
     if marker.exists() and marker.read_text().strip() != vary:
-        from ..config import ConfigError
-
         raise ConfigError(f"{marker}: this folder holds a population with --vary {marker.read_text().strip()}, "
                           f"not {vary}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -206,8 +199,6 @@ def run_population(config_path, overrides: list[str], seeds: int, out: Path, wor
     overrides = [*overrides, *ensure_reward_model(cfg, out)]
     unknown = set(methods or []) - set(cfg.evaluation.methods)
     if unknown:
-        from ..config import ConfigError
-
         raise ConfigError(f"--methods: {sorted(unknown)} not in evaluation.methods ({sorted(cfg.evaluation.methods)})")
     names = ([REFERENCE] if reference else []) + list(methods or cfg.evaluation.methods)
     jobs = [(m, s) for s in range(seeds) for m in names]

@@ -30,17 +30,21 @@ def disable_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
+def zero_value_head(model: nn.Module) -> nn.Linear:
+    """hidden -> 1, zero-initialised: the first value estimates are 0 (no arbitrary initial bias)."""
+    head = nn.Linear(_base(model).config.hidden_size, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class ValueModel(nn.Module):
-    """Critic: a transformer backbone and a linear head giving one value per position.
-    The head starts at zero so the first value estimates are 0 (no arbitrary initial bias)."""
+    """Critic: a transformer backbone and a linear head giving one value per position (zero init)."""
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
-        hidden = _base(backbone).config.hidden_size
-        self.value_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head = zero_value_head(backbone)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
@@ -58,10 +62,7 @@ class PolicyWithValueHead(nn.Module):
     def __init__(self, policy: nn.Module):
         super().__init__()
         self.policy = policy
-        hidden = _base(policy).config.hidden_size
-        self.value_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head = zero_value_head(policy)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, value_positions=None):
         kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

@@ -193,11 +193,10 @@ class PPOTrainer:
         s = dist.all_reduce_sum(torch.stack([x.double().sum(), x.new_tensor(float(x.numel()), dtype=torch.float64)]))
         return (s[0] / s[1]).item()
 
-    def _any_rank(self, flag: bool) -> bool:
-        return bool(dist.all_reduce_max(torch.tensor(float(flag))).item() > 0)
-
-    def _any_rank_tensor(self, flag: torch.Tensor) -> bool:
-        return bool(dist.all_reduce_max(flag.detach().float().reshape(())).item() > 0)
+    def _any_rank(self, flag: bool | torch.Tensor) -> bool:
+        """True when `flag` is set on any rank (a tensor flag stays on its device until the reduction)."""
+        t = flag.detach().float().reshape(()) if torch.is_tensor(flag) else torch.tensor(float(flag))
+        return bool(dist.all_reduce_max(t).item() > 0)
 
     def _global_means(self, acc: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         """Per key, the mean over every rank's minibatch values: one all-reduce and one host
@@ -334,7 +333,7 @@ class PPOTrainer:
                     # every rank must take the same decision, or the collectives inside step() hang
                     # one host sync per minibatch: the three finiteness tests as one tensor, one reduction
                     finite = torch.isfinite(loss) & torch.isfinite(v_loss) & torch.isfinite(logp).all()
-                    if self._any_rank_tensor(~finite):
+                    if self._any_rank(~finite):
                         self.counters["skipped_updates"] += 1
                         warnings.warn(f"step {self.step}: non-finite loss or log-prob; minibatch update skipped")
                         for engine in self._trained_engines().values():
