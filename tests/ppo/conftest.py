@@ -72,3 +72,26 @@ def make_cfg(tiny_policy):
         ])
 
     return make
+
+
+def _padded_batch(g, B, P, T, V):
+    """Left-padded prompts and right-padded responses of random lengths (an Experience), and each
+    row unpadded as (prompt ids, response ids)."""
+    from varpo.ppo.experience import Experience
+
+    p_len, r_len = torch.randint(1, P + 1, (B,), generator=g), torch.randint(1, T + 1, (B,), generator=g)
+    prompt_ids, prompt_mask = torch.zeros(B, P, dtype=torch.long), torch.zeros(B, P, dtype=torch.long)
+    resp_ids, resp_mask = torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
+    rows = []
+    for b in range(B):
+        pr, rs = torch.randint(3, V, (int(p_len[b]),), generator=g), torch.randint(3, V, (int(r_len[b]),), generator=g)
+        prompt_ids[b, P - len(pr):], prompt_mask[b, P - len(pr):] = pr, 1
+        resp_ids[b, : len(rs)], resp_mask[b, : len(rs)] = rs, 1
+        rows.append((pr, rs))
+    return Experience(prompt_ids, prompt_mask, resp_ids, resp_mask, resp_mask[:, -1] == 0), rows
+
+
+@pytest.fixture
+def padded_batch():
+    """padded_batch(generator, B, P, T, V) -> (Experience, rows): a random padded batch."""
+    return _padded_batch

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from varpo.outputs import read_jsonl, without_timings
-from varpo.ppo.experience import Experience
 from varpo.ppo.models import PolicyWithValueHead
 from varpo.ppo.rollout import response_logits, response_values
 
@@ -18,20 +17,6 @@ def _trainer(cfg, out, prompts, scorer):
     from varpo.ppo.trainer import PPOTrainer
 
     return PPOTrainer(cfg, out, prompts=prompts, policy_path=cfg.model.policy_path, scorer=scorer)
-
-
-def _padded_batch(g, B, P, T, V):
-    """Left-padded prompts, right-padded responses of random lengths, and each row unpadded."""
-    p_len, r_len = torch.randint(1, P + 1, (B,), generator=g), torch.randint(1, T + 1, (B,), generator=g)
-    prompt_ids, prompt_mask = torch.zeros(B, P, dtype=torch.long), torch.zeros(B, P, dtype=torch.long)
-    resp_ids, resp_mask = torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
-    rows = []
-    for b in range(B):
-        pr, rs = torch.randint(3, V, (int(p_len[b]),), generator=g), torch.randint(3, V, (int(r_len[b]),), generator=g)
-        prompt_ids[b, P - len(pr):], prompt_mask[b, P - len(pr):] = pr, 1
-        resp_ids[b, : len(rs)], resp_mask[b, : len(rs)] = rs, 1
-        rows.append((pr, rs))
-    return Experience(prompt_ids, prompt_mask, resp_ids, resp_mask, resp_mask[:, -1] == 0), rows
 
 
 def _reference_values(trunk, weight, bias, rows):
@@ -45,7 +30,7 @@ def _reference_values(trunk, weight, bias, rows):
     return out
 
 
-def test_values_are_the_head_on_the_trunk_hidden_states(tiny_policy):
+def test_values_are_the_head_on_the_trunk_hidden_states(tiny_policy, padded_batch):
     """One forward gives the causal LM's own logits and values equal to the head applied to the
     trunk's hidden states (the backbone loaded as AutoModel, each row alone, float64); the values
     of a trunk-only forward (the rollout's, when the old log-probs come from generate) are the same."""
@@ -58,7 +43,7 @@ def test_values_are_the_head_on_the_trunk_hidden_states(tiny_policy):
         model.value_head.weight.copy_(torch.randn(model.value_head.weight.shape, generator=g, dtype=torch.float64))
         model.value_head.bias.fill_(0.3)
     trunk = AutoModel.from_pretrained(tiny_policy, dtype=torch.float64).eval()
-    exp, rows = _padded_batch(g, B=5, P=7, T=6, V=lm.config.vocab_size)
+    exp, rows = padded_batch(g, B=5, P=7, T=6, V=lm.config.vocab_size)
     with torch.no_grad():
         logits, values = response_logits(model, exp, 0.7, with_values=True)
         trunk_only = response_values(model, exp)

@@ -6,7 +6,6 @@ import torch
 
 from varpo.masks import position_ids_from_mask
 from varpo.outputs import read_jsonl, without_timings
-from varpo.ppo.experience import Experience
 from varpo.ppo.rollout import response_logits, response_mask_from_ids
 
 _rows, _strip = read_jsonl, without_timings
@@ -43,7 +42,7 @@ class _NoLogitsToKeep(torch.nn.Module):
 
 
 @pytest.mark.parametrize("wrap", [False, True], ids=["logits_to_keep", "full_logits"])
-def test_response_logits_match_unpadded_rows(tiny_policy, wrap):
+def test_response_logits_match_unpadded_rows(tiny_policy, wrap, padded_batch):
     """Logits that predicted each response token, from a left-padded prompt / right-padded
     response batch, against each row run alone without any padding in float64."""
     from transformers import AutoModelForCausalLM
@@ -52,16 +51,7 @@ def test_response_logits_match_unpadded_rows(tiny_policy, wrap):
     model = _NoLogitsToKeep(lm) if wrap else lm
     g = torch.Generator().manual_seed(11)
     B, P, T, V = 5, 7, 6, lm.config.vocab_size
-    p_len, r_len = torch.randint(1, P + 1, (B,), generator=g), torch.randint(1, T + 1, (B,), generator=g)
-    prompt_ids, prompt_mask = torch.zeros(B, P, dtype=torch.long), torch.zeros(B, P, dtype=torch.long)
-    resp_ids, resp_mask = torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
-    rows = []
-    for b in range(B):
-        pr, rs = torch.randint(3, V, (int(p_len[b]),), generator=g), torch.randint(3, V, (int(r_len[b]),), generator=g)
-        prompt_ids[b, P - len(pr):], prompt_mask[b, P - len(pr):] = pr, 1
-        resp_ids[b, : len(rs)], resp_mask[b, : len(rs)] = rs, 1
-        rows.append((pr, rs))
-    ro = Experience(prompt_ids, prompt_mask, resp_ids, resp_mask, resp_mask[:, -1] == 0)
+    ro, rows = padded_batch(g, B, P, T, V)
     for temperature in (1.0, 0.7):
         with torch.no_grad():
             got = response_logits(model, ro, temperature)
