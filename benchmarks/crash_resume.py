@@ -38,9 +38,9 @@ import sys
 import time
 from pathlib import Path
 
+from varpo.outputs import without_timings
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from varpo.outputs import without_timings  # noqa: E402
 
 PHASES = ("engines_written", "state_written", "before_rename", "before_latest", "before_prune")
 WORDS = "the a cat dog sat ran on under mat log good bad very quite happy sad day night is was".split()

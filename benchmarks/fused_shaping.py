@@ -12,7 +12,7 @@ k3) takes one rollout; then, alternating on that same rollout, its reference pas
            [chunk, T, V] tensor), a gather, then the same [B, T] steps (what neither varpo path does)
 Per path: median seconds over the repetitions, and the peak resident memory above the pass's start
 (VmHWM reset through /proc/self/clear_refs; glibc's mmap threshold fixed so freed blocks leave the
-RSS, see benchmarks/kernels.py). Both paths' outputs are compared (they must agree to 1e-5).
+RSS, see benchmarks/logprob_kernel.py). Both paths' outputs are compared (they must agree to 1e-5).
 Writes DIR/fused_shaping.json and DIR/fused_shaping.md.
 """
 from __future__ import annotations
@@ -58,7 +58,6 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    sys.path.insert(0, str(HERE))
     from bench_models import build_inputs
     from host import ForeignCpu, describe, machine
     from ppo_vs_trl import build_ensemble, override_strings, varpo_overrides

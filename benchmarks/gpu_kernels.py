@@ -132,8 +132,6 @@ def main(argv=None) -> int:
     if a.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton defines any kernel
     import torch
-
-    sys.path.insert(0, str(HERE))
     from host import cpu_model
 
     if not a.dry_run and not torch.cuda.is_available():

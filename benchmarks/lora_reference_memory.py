@@ -16,7 +16,6 @@ import json
 import os
 import resource
 import subprocess
-import sys
 from pathlib import Path
 
 from host import ForeignCpu, describe, machine  # benchmarks/, the script's own folder
@@ -167,7 +166,6 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(a.local_rank))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     if a.rank_main:
         rank_main(a.out, a.model, a.from_base, a.stage)
     else:

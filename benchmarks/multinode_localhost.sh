@@ -275,12 +275,16 @@ T[unreachable_names_host]=$(grep -q "$DOWN" "$OUT/logs/unreachable_deepspeed.log
 # ---- failure: a rank killed on node 2 mid-run ----------------------------------------------------------
 echo "failure: rank 1 killed on node 2"
 multinode "$WORK/hostfile" "$OUT/failure_rank_killed" "$OUT/logs/rank_killed.log" --set ppo.steps=50
-for _ in $(seq "$RUN_BOUND_S"); do   # kill once a step is done: the ranks are deep in their collectives
-    [[ -s $OUT/failure_rank_killed/metrics.jsonl ]] && break
-    kill -0 "$RUNNER" 2>/dev/null || break
-    sleep 1
-done
-killed=$("$PY" benchmarks/multinode_probe.py kill-rank --node-pid "${NODE_INITS[1]}" --rank 1)
+# kill once rank 1 runs on node 2 and a step is done (the ranks are deep in their collectives): the
+# probe waits for both, however slow the host, and says which never came if the job ends first
+rc=0
+killed=$("$PY" benchmarks/multinode_probe.py kill-rank --node-pid "${NODE_INITS[1]}" --rank 1 \
+    --metrics "$OUT/failure_rank_killed/metrics.jsonl" --after-steps 1 --until-pid "$RUNNER" --timeout "$RUN_BOUND_S") || rc=$?
+if [[ $rc != 0 ]]; then
+    echo "error: the rank-kill drill found nothing to kill; its job's log, $OUT/logs/rank_killed.log, ends:" >&2
+    tail -30 "$OUT/logs/rank_killed.log" >&2
+    exit 1
+fi
 t0=$(now)
 wait_bounded "$RUNNER" "$FAIL_BOUND_S"
 T[killed_rc]=$WAIT_RC; T[killed_s]=$(secs "$t0" "$(now)")

@@ -92,13 +92,36 @@ def watch(args) -> None:
     Path(args.out).write_text(json.dumps({"ranks": ranks}, indent=2))
 
 
+def _rank_steps(metrics: Path | None) -> int:
+    try:
+        return len(metrics.read_text().splitlines()) if metrics else 0
+    except OSError:
+        return 0
+
+
 def kill_rank(args) -> None:
-    for p in _rank_procs(args.node_pid):
-        if _env(p).get("RANK") == str(args.rank):
-            os.kill(p.pid, signal.SIGKILL)
-            print(p.pid)
+    """SIGKILL the rank once it is really mid-run: its process exists in the node and the job has
+    finished `--after-steps` steps (rows in `--metrics`). Waits for both, not for a fixed time, so a
+    slow start on a loaded host kills the same moment of the run as on a quiet one; exits non-zero,
+    saying which of the two never came, if the job ends first or `--timeout` passes."""
+    deadline = time.monotonic() + args.timeout
+    seen: list[str] = []
+    while True:
+        procs = _rank_procs(args.node_pid)
+        seen = sorted({f"pid {p.pid} RANK={_env(p).get('RANK')}" for p in procs} | set(seen))
+        target = [p for p in procs if _env(p).get("RANK") == str(args.rank)]
+        steps = _rank_steps(args.metrics)
+        if target and steps >= args.after_steps:
+            os.kill(target[0].pid, signal.SIGKILL)
+            print(target[0].pid)
             return
-    sys.exit(f"no process of rank {args.rank} under node pid {args.node_pid}")
+        ended = args.until_pid is not None and not _alive(args.until_pid)
+        if ended or time.monotonic() > deadline:
+            why = f"the job (runner pid {args.until_pid}) ended" if ended else f"{args.timeout:.0f} s passed"
+            sys.exit(f"no process of rank {args.rank} to kill under node pid {args.node_pid}: {why} with "
+                     f"{steps} of {args.after_steps} steps done and rank {args.rank} "
+                     f"{'running' if target else 'not running'} (rank processes seen: {', '.join(seen) or 'none'})")
+        time.sleep(0.5)
 
 
 def node_leftovers(args) -> None:
@@ -176,7 +199,6 @@ def report(args) -> None:
 
 
 def _machine(**extra) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from host import machine
 
     return machine(**extra)
@@ -193,6 +215,10 @@ def main() -> None:
     k = sub.add_parser("kill-rank")
     k.add_argument("--node-pid", type=int, required=True)
     k.add_argument("--rank", type=int, required=True)
+    k.add_argument("--metrics", type=Path, default=None, help="the job's metrics.jsonl (rank 0 appends a row per step)")
+    k.add_argument("--after-steps", type=int, default=0, help="kill once this many steps are done")
+    k.add_argument("--until-pid", type=int, default=None, help="the job's runner: give up when it exits")
+    k.add_argument("--timeout", type=float, default=1500.0, help="give up after this many seconds")
     n = sub.add_parser("leftovers")
     n.add_argument("--node-pid", type=int, action="append", required=True)
     r = sub.add_parser("report")

@@ -46,9 +46,9 @@ import sys
 import time
 from pathlib import Path
 
+from host import SHARED_CORES, ForeignCpu, machine  # benchmarks/, the script's own folder
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from host import SHARED_CORES, ForeignCpu, machine  # noqa: E402
 
 TRL_VERSION = "1.12.0"
 PHASES = ("generate", "score", "reference", "value", "update", "other")

@@ -293,7 +293,6 @@ if __name__ == "__main__":
     a = _args(argv)
     if a.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(a.local_rank))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     if a.rank_main:
         rank_main(a)
     else:

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from host import machine  # benchmarks/, the script's own folder
@@ -90,5 +89,4 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(a.local_rank))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     rank_main(a.out, a.n_layer, a.n_embd) if a.rank_main else driver(a.out, a.n_layer, a.n_embd)

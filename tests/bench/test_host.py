@@ -1,13 +1,11 @@
 """One host description for every benchmark (benchmarks/host.py `machine()`)."""
 import ast
 import os
-import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+import host
 
-import host  # noqa: E402
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_machine_describes_this_host_and_takes_extras():

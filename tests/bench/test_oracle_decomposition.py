@@ -1,14 +1,10 @@
 """benchmarks/oracle_decomposition.py: the bandit interpolation and the per-population table."""
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
+import oracle_decomposition as dec
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import oracle_decomposition as dec  # noqa: E402
 
 
 def test_bandit_ratio_is_interpolated_in_log_kl():
@@ -82,9 +78,8 @@ def test_weight_summary_from_logged_samples(tmp_path):
 
 
 def test_arm_kl_matches_scipy_and_floors_unseen_arms():
-    from scipy.stats import entropy
-
     import oracle_arms
+    from scipy.stats import entropy
 
     rng = np.random.default_rng(9)
     cs_ref = list(rng.integers(-3, 4, 301))

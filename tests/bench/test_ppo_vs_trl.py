@@ -4,16 +4,11 @@ No timing is asserted (timings live in benchmarks/results/)."""
 import json
 import random
 import statistics
-import sys
-from pathlib import Path
 
+import bench_models
 import numpy as np
+import ppo_vs_trl as bench
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import bench_models  # noqa: E402
-import ppo_vs_trl as bench  # noqa: E402
 
 
 def _run(rng, n_steps, batch=16, tokens=16):

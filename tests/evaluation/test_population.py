@@ -6,7 +6,6 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-
 FAST = ["ppo.steps=3", "ppo.batch_size=16", "ppo.mini_batch_size=8", "evaluation.num_eval_prompts=16",
         "reward_training.num_heads=4"]
 

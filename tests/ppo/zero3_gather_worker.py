@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 
@@ -102,5 +101,4 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(a.local_rank))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main(a.out, a.modes, a.overrides, a.steps)

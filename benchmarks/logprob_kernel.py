@@ -1,6 +1,6 @@
 """Selective log-softmax: fused path vs `log_softmax + gather`, time, peak extra memory, error.
 
-    python benchmarks/kernels.py --out benchmarks/results/kernels
+    python benchmarks/logprob_kernel.py --out benchmarks/results/kernels
 
 Writes DIR/kernels.json (one entry per shape, op and backend: shape, backend, op, dtype,
 max_abs_err vs float64, seconds_fused, seconds_naive (medians of alternating repetitions),
@@ -29,11 +29,9 @@ import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))  # a source checkout without install
-from host import ForeignCpu, describe, machine  # noqa: E402  (benchmarks/, the script's own folder)
-from varpo_kernels import selective_log_softmax, selective_log_softmax_naive  # noqa: E402
-from varpo_kernels.selective_log_softmax import CHUNK_ELEMENTS  # noqa: E402
+from host import ForeignCpu, describe, machine  # benchmarks/, the script's own folder
+from varpo_kernels import selective_log_softmax, selective_log_softmax_naive
+from varpo_kernels.selective_log_softmax import CHUNK_ELEMENTS
 
 CPU_SHAPES = [(1024, 32000), (4096, 8192), (4096, 32000)]
 CUDA_SHAPES = [(4096, 32000), (16384, 151936)]
