@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint as ckpt
-from ..dist import barrier, rank, world_size
+from . import checkpoint as ckpt
+from .dist import barrier, rank, world_size
 
 
 def save(ckpt_root: Path, step: int, engines: dict, state: dict, *, keep_last: int = 2, verify: str = "sha256") -> Path:

@@ -24,7 +24,7 @@ def build_scorer(cfg) -> Scorer:
 
         return JudgeScorer.from_config(cfg.judge)
     path = cfg.reward.path or default_reward_model(cfg)
-    from .adapters import attn_kwargs
+    from .models.loading import attn_kwargs
     from .reward.scorer import load_scorer
 
     return load_scorer(path, cfg=cfg.reward, ds_cfg=cfg.deepspeed, load_kw=attn_kwargs(cfg.model))

@@ -7,8 +7,10 @@ import torch
 from varpo.config import KernelsConfig, load_config
 from varpo.ppo import core
 from varpo.ppo.experience import Experience
-from varpo.ppo.gen_logprobs import GenerationLogprobs
-from varpo.ppo.rollout import generate, response_logits, tokenize_prompts
+from varpo.ppo.forward import response_logits
+from varpo.ppo.generation.hf import generate
+from varpo.ppo.generation.logprobs import GenerationLogprobs
+from varpo.ppo.tokens import tokenize_prompts
 
 
 @pytest.mark.parametrize("temperature,min_new,lora", [(1.0, 0, False), (0.7, 3, False), (0.7, 2, True)])

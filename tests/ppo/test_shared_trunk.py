@@ -1,14 +1,14 @@
 """model.critic=shared_trunk: the critic as a value head on the actor's own trunk, one engine and
-one optimizer (varpo.ppo.models.PolicyWithValueHead), on tiny real models and real DeepSpeed
+one optimizer (varpo.models.value_head.PolicyWithValueHead), on tiny real models and real DeepSpeed
 engines (CPU). The 2-rank ZeRO-3 check is in test_multirank.py."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from varpo.models.value_head import PolicyWithValueHead
 from varpo.outputs import read_jsonl, without_timings
-from varpo.ppo.models import PolicyWithValueHead
-from varpo.ppo.rollout import response_logits, response_values
+from varpo.ppo.forward import response_logits, response_values
 
 _rows, _strip = read_jsonl, without_timings
 

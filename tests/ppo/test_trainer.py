@@ -6,7 +6,8 @@ import torch
 
 from varpo.masks import position_ids_from_mask
 from varpo.outputs import read_jsonl, without_timings
-from varpo.ppo.rollout import response_logits, response_mask_from_ids
+from varpo.ppo.forward import response_logits
+from varpo.ppo.tokens import response_mask_from_ids
 
 _rows, _strip = read_jsonl, without_timings
 

@@ -24,10 +24,11 @@ def run_mode(out: Path, mode: str, overrides: list[str], steps: int, rank: int) 
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
     from varpo.config import load_config
-    from varpo.engines import GroupedGather
     from varpo.outputs import without_timings
     from varpo.ppo import resolve_sources
-    from varpo.ppo.rollout import generate, tokenize_prompts
+    from varpo.ppo.generation.hf import generate
+    from varpo.ppo.generation.zero3_gather import GroupedGather
+    from varpo.ppo.tokens import tokenize_prompts
     from varpo.ppo.trainer import PPOTrainer
 
     cfg = load_config(None, [*overrides, f"generation.zero3_gather={mode}"])

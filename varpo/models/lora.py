@@ -1,6 +1,6 @@
-"""What every HF model varpo loads shares: load options (dtype, attention kernel, 4-bit base) and
-LoRA adapters (peft) — attaching them with per-architecture targets, counting what trains, and
-folding them back into plain HF weights for export.
+"""LoRA adapters (peft) on any HF model varpo trains, and the 4-bit bases they train on: attaching
+them with per-architecture targets, the 4-bit preparation, and folding them back into plain HF
+weights for export.
 
 LoRA on a ZeRO-3 model: adapters are attached after the base was partitioned while loading
 (`engines.build_model`); peft reads the base layers' shapes from their attributes (`ds_shape` for
@@ -13,34 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-# ----------------------------------------------------------------------------- load options
-def load_kwargs(model_cfg, *, quantize: bool = True) -> dict:
-    """Keyword arguments for `from_pretrained` from `cfg.model` (a ModelConfig): dtype, the
-    attention implementation and, when configured (and `quantize`), the 4-bit bitsandbytes config."""
-    kw: dict = {"dtype": DTYPES[model_cfg.dtype]}
-    if model_cfg.attn_implementation is not None:
-        kw["attn_implementation"] = model_cfg.attn_implementation
-    q = model_cfg.quantization
-    if quantize and q.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kw["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
-            bnb_4bit_compute_dtype=DTYPES[q.compute_dtype])
-        kw["dtype"] = DTYPES[q.compute_dtype]  # the unquantized layers (norms, embeddings, head)
-    return kw
-
-
-def attn_kwargs(model_cfg) -> dict:
-    """Only the attention implementation (for models whose dtype is chosen elsewhere)."""
-    impl = model_cfg.attn_implementation
-    return {} if impl is None else {"attn_implementation": impl}
-
-
-# ----------------------------------------------------------------------------- LoRA
 def lora_targets(model: nn.Module, target_modules: str | Sequence[str]) -> str | list[str]:
     """Resolve `auto` to peft's per-architecture choice (attention query/value projections), or
     to `all-linear` for an architecture peft has no entry for; lists and `all-linear` pass."""
@@ -79,17 +52,9 @@ def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
-def param_counts(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters, counting ZeRO-3 partitioned parameters at full size and a
-    4-bit packed parameter at its unpacked size."""
-    trainable = total = 0
-    for p in model.parameters():
-        n = getattr(p, "ds_numel", None) or p.numel()
-        if type(p).__name__ == "Params4bit":
-            n *= 2  # two 4-bit values per stored byte
-        total += n
-        trainable += n if p.requires_grad else 0
-    return trainable, total
+def base_model(model: nn.Module) -> nn.Module:
+    """The model under peft's wrapper (the model itself when it carries no adapters)."""
+    return model.get_base_model() if is_peft(model) else model
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -129,45 +94,3 @@ def _dequantized(weight) -> torch.Tensor:
 
 def is_quantized(model: nn.Module) -> bool:
     return any(type(p).__name__ == "Params4bit" for p in model.parameters())
-
-
-# ----------------------------------------------------------------------------- environment
-BNB_CPU_MIN = (0, 50)  # the oldest bitsandbytes whose CPU backend was checked to run nf4 layers here (0.50.2)
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    import re
-
-    return tuple(int(x) for x in re.findall(r"\d+", text)[:2])
-
-
-def check_environment(cfg) -> None:
-    """Refuse, before any model is built, model features this machine cannot run: raises a
-    ConfigError naming the field and what is missing. (The schema is validated without looking at
-    the machine, so a cluster config still passes `varpo config check` on a laptop.)"""
-    import importlib.metadata
-    import importlib.util
-
-    from .config import ConfigError
-
-    m, problems = cfg.model, []
-    cuda = torch.cuda.is_available()
-    if m.attn_implementation == "flash_attention_2":
-        if importlib.util.find_spec("flash_attn") is None:
-            problems.append("model.attn_implementation=flash_attention_2: the flash-attn package is not installed "
-                            "(pip install flash-attn, or varpo[gpu]); use sdpa or eager")
-        if not cuda:
-            problems.append("model.attn_implementation=flash_attention_2: needs a CUDA GPU and this machine has none "
-                            "(flash-attn has no CPU kernels); use sdpa or eager")
-    if m.quantization.load_in_4bit:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            problems.append("model.quantization.load_in_4bit=true: the bitsandbytes package is not installed "
-                            f"(pip install 'bitsandbytes>={BNB_CPU_MIN[0]}.{BNB_CPU_MIN[1]}', or varpo[gpu])")
-        elif not cuda:
-            have = importlib.metadata.version("bitsandbytes")
-            if _version_tuple(have) < BNB_CPU_MIN:
-                problems.append(f"model.quantization.load_in_4bit=true on CPU: bitsandbytes {have} predates "
-                                f"{BNB_CPU_MIN[0]}.{BNB_CPU_MIN[1]}, the first whose CPU 4-bit backend varpo was checked "
-                                f"with; need bitsandbytes>={BNB_CPU_MIN[0]}.{BNB_CPU_MIN[1]} or a CUDA GPU")
-    if problems:
-        raise ConfigError("this machine cannot run the configured model:\n  " + "\n  ".join(problems))

@@ -31,7 +31,7 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=()) -> dict:
     """Train one policy; writes metrics.jsonl, tensorboard/, checkpoints/, policy/, summary.json
     and config.yaml under out_dir. Resumes from the last complete checkpoint there. `callbacks`:
     varpo.ppo.callbacks.TrainerCallback instances, called after varpo's own loggers."""
-    from ..adapters import check_environment
+    from ..config.environment import check_environment
     from ..dist import init_distributed
     from ..scoring import build_scorer
     from .trainer import PPOTrainer
@@ -48,6 +48,6 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=()) -> dict:
     return trainer.train()
 
 
-from .callbacks import TrainerCallback, TrainerControl  # noqa: E402  (light: no torch, no engines)
+from ..callbacks import TrainerCallback, TrainerControl  # noqa: E402  (light: no torch, no engines)
 
 __all__ = ["TrainerCallback", "TrainerControl", "resolve_sources", "train_ppo"]

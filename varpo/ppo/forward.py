@@ -1,98 +1,17 @@
-"""Rollout: generate responses with the actor into a new `Experience`, then compute the per-token
-quantities PPO needs (old log-probs, reference log-probs, values) on prompt+response sequences.
+"""The forward passes of PPO's models over prompt+response sequences: the one place where the
+actor, reference and critic modules are called for the per-token quantities PPO needs (logits of
+the response tokens, values of the states before them), at rollout time and in the update.
 
 Layout (varpo.ppo.experience): prompts left-padded to P tokens, responses right-padded to T, so
 response token t sits at absolute position P + t. Its log-prob and its value are read at position
 P + t − 1 (the state before emitting it)."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
-from ..config import GenerationConfig, KernelsConfig
-from ..engines import generation_gather
 from ..masks import position_ids_from_mask
+from ..models.value_head import shares_trunk
 from .experience import Experience
-from .gen_logprobs import GenerationLogprobs
-from .models import causal_lm, shares_trunk
-
-
-def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask of real response tokens: everything up to and including the first EOS (all tokens
-    when there is none). Tokens after the first EOS are padding, whatever their id."""
-    is_eos = response_ids == eos_id
-    has_eos = is_eos.any(-1)
-    T = response_ids.shape[1]
-    first = torch.where(has_eos, is_eos.int().argmax(-1), torch.full_like(has_eos, T - 1, dtype=torch.long))
-    mask = torch.arange(T, device=response_ids.device)[None, :] <= first[:, None]
-    return mask.long(), has_eos
-
-
-def apply_chat_template(tokenizer, prompts: list[str]) -> tuple[list[str], bool]:
-    """Each prompt as one user turn of the tokenizer's chat template, ending with the assistant's
-    generation prompt; (prompts unchanged, False) when the tokenizer has no template."""
-    if not getattr(tokenizer, "chat_template", None):
-        return prompts, False
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts], True
-
-
-def tokenize_prompts(tokenizer, prompts: list[str], max_len: int, device,
-                     chat_template: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Left-pad and left-truncate; returns ids, mask and how many prompts were truncated. With
-    `chat_template` (data.chat_template), prompts go through the tokenizer's chat template when it
-    has one; the template writes its own special tokens, so none are added again."""
-    templated = False
-    if chat_template:
-        prompts, templated = apply_chat_template(tokenizer, prompts)
-    special = not templated
-    full = tokenizer(prompts, add_special_tokens=special)["input_ids"]
-    n_truncated = sum(len(ids) > max_len for ids in full)
-    enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt",
-                    add_special_tokens=special)
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device), n_truncated
-
-
-@torch.no_grad()
-def generate(actor, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig,
-             record_logprobs: KernelsConfig | None = None) -> Experience:
-    """Sample responses: the one place an `Experience` is created (its rollout fields). `actor` is a DeepSpeed engine or a bare HF model; under ZeRO-3 its
-    parameters are gathered as `gen.zero3_gather` says (varpo.engines.generation_gather), and
-    every rank must then call generate together. With `record_logprobs` (the kernels config) the
-    rollout's old log-probs `logp` are read off generate's own logits (varpo.ppo.gen_logprobs)
-    instead of needing a second actor forward."""
-    from transformers import GenerationConfig as HFGen
-
-    hf = HFGen(
-        do_sample=True, max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.min_new_tokens,
-        temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    # the causal LM generates (an actor with a shared-trunk value head: its policy, without the head)
-    actor_module = causal_lm(getattr(actor, "module", actor))
-    was_training = actor_module.training
-    actor_module.eval()
-    rec = GenerationLogprobs(actor_module, gen.temperature, record_logprobs) if record_logprobs else nullcontext()
-    with generation_gather(actor, gen.zero3_gather, gen.zero3_gather_budget_mb, module=actor_module) as synced_gpus, rec:
-        out = actor_module.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=hf, synced_gpus=synced_gpus
-        )
-    actor_module.train(was_training)
-    response = out[:, prompt_ids.shape[1]:]
-    logp = rec.result(response) if record_logprobs and response.shape[1] else None
-    if response.shape[1] == 0:  # every sequence stopped at once; keep one (pad) position
-        response = torch.full_like(prompt_ids[:, :1], tokenizer.pad_token_id)
-    mask, has_eos = response_mask_from_ids(response, tokenizer.eos_token_id)
-    response = torch.where(mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
-    return Experience(prompt_ids, prompt_mask, response, mask, has_eos, logp=logp)
-
-
-def decode_responses(tokenizer, exp: Experience) -> list[str]:
-    """The real tokens of each response as text (special tokens removed)."""
-    return tokenizer.batch_decode([r[m.bool()] for r, m in zip(exp.response_ids, exp.response_mask)],
-                                  skip_special_tokens=True)
 
 
 def response_logits(model, rollout: Experience, temperature: float, with_values: bool = False):

@@ -28,24 +28,21 @@ from pathlib import Path
 import torch
 
 from .. import dist
+from .. import engine_checkpoint as checkpoint
+from ..callbacks import CallbackList, TrainerCallback, TrainerControl
 from ..config import VarpoConfig, save_resolved
+from ..models.export import export_actor
+from ..models.loading import load_tokenizer
 from ..outputs import console, progress, write_json
 from ..reward_source import Scorer
-from . import checkpoint, core
-from .callbacks import CallbackList, TrainerCallback, TrainerControl
+from . import core
 from .experience import Experience
+from .forward import response_logits, response_values
 from .generation import build_rollout_engine, sampling_seed
 from .loggers import MetricsJsonl, SampleTable, TensorBoardLogger, WandbLogger
 from .logprobs import shaping_pass, token_logprobs
-from .models import (
-    build_actor,
-    build_critic,
-    build_reference,
-    export_actor,
-    load_tokenizer,
-    role_param_counts,
-)
-from .rollout import decode_responses, response_logits, response_values, tokenize_prompts
+from .roles import build_actor, build_critic, build_reference, role_param_counts
+from .tokens import decode_responses, tokenize_prompts
 
 
 class NonFiniteError(RuntimeError):

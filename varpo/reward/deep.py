@@ -115,7 +115,7 @@ class DeepEnsembleRewardModel(nn.Module):
                  target_modules: str | Sequence[str] | None = "auto") -> None:
         """LoRA adapters on every member (each drawn from its member's seed); afterwards only the
         adapters and the heads train."""
-        from ..adapters import attach_lora
+        from ..models.lora import attach_lora
 
         for k, seed in enumerate(self.head_seeds):
             torch.manual_seed(int(seed))

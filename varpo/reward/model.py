@@ -136,8 +136,8 @@ class EnsembleRewardModel(nn.Module):
     def add_lora(self, r: int = 8, alpha: int = 16, dropout: float = 0.0,
                  target_modules: str | Sequence[str] | None = "auto") -> None:
         """Attach LoRA adapters to the backbone: afterwards only the adapters and the heads train.
-        `target_modules`: names, "all-linear", or "auto"/None (per architecture, varpo.adapters)."""
-        from ..adapters import attach_lora
+        `target_modules`: names, "all-linear", or "auto"/None (per architecture, varpo.models.lora)."""
+        from ..models.lora import attach_lora
 
         self.backbone = attach_lora(self.backbone, r, alpha, dropout, target_modules or "auto",
                                     field="reward_training.lora.target_modules")

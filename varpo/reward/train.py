@@ -204,9 +204,10 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     report written to OUT/rm_report.json (same dict on every rank)."""
     from transformers import AutoTokenizer
 
-    from ..adapters import attn_kwargs, check_environment
     from ..config import save_resolved
+    from ..config.environment import check_environment
     from ..engines import build_model, ds_config, gathered_params, train_engine
+    from ..models.loading import attn_kwargs
     from .deep import DeepEnsembleRewardModel
     from .encode import model_max_length, pad_id
     from .model import EnsembleRewardModel

@@ -36,9 +36,9 @@ from collections.abc import Iterable
 import torch
 
 from ...dist import import_deepspeed
+from ...models.value_head import causal_lm
 from ..experience import Experience
-from ..models import causal_lm
-from ..rollout import response_mask_from_ids
+from ..tokens import response_mask_from_ids
 from . import sampling_seed
 from .vllm_worker import pack
 
@@ -52,7 +52,7 @@ def request_seeds(seed: int, step: int, rank: int, n: int) -> list[int]:
 
 
 def sampling_params(gen, eos_token_id: int, seeds: list[int]) -> list:
-    """vLLM SamplingParams equal to HF generate's settings in varpo.ppo.rollout.generate: sampled,
+    """vLLM SamplingParams equal to HF generate's settings in varpo.ppo.generation.hf.generate: sampled,
     at most max_new_tokens, EOS masked for the first min_new_tokens, temperature, top-k (0: off),
     top-p, stop at the tokenizer's EOS only (kept in the output, as HF keeps it), one log-prob per
     sampled token."""
