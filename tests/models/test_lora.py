@@ -75,7 +75,7 @@ def _engines(cfg_overrides, tiny_policy):
 
     cfg = load_config(None, [f"model.policy_path={tiny_policy}", "ppo.batch_size=4", "ppo.mini_batch_size=4",
                              *cfg_overrides])
-    dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
+    dist.join(cfg.deepspeed)
     actor = build_actor(cfg, tiny_policy, 1)
     return cfg, actor, build_reference(cfg, tiny_policy, 1, actor=actor), build_critic(cfg, tiny_policy, 1)
 

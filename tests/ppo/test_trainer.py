@@ -15,7 +15,7 @@ _rows, _strip = read_jsonl, without_timings
 def _train(cfg, out, prompts, scorer):
     from varpo.ppo.trainer import PPOTrainer
 
-    return PPOTrainer(cfg, out, prompts=prompts, policy_path=cfg.model.policy_path, scorer=scorer).train()
+    return PPOTrainer.from_config(cfg, out, prompts=prompts, policy_path=cfg.model.policy_path, scorer=scorer).train()
 
 
 def test_response_mask_matches_loop():
@@ -91,7 +91,8 @@ def test_training_writes_metrics_and_policy(make_cfg, prompts, tmp_path, word_sc
     assert [r["step"] for r in rows] == [0, 1, 2]
     for key in ("score_mean", "variance_mean", "kl_mean", "weighted_kl_mean", "kl_coef", "entropy", "clipfrac",
                 "approx_kl", "value_loss", "returns_mean", "response_length", "episodes_per_s", "tokens_per_s",
-                "time/generate", "time/score", "time/reference", "time/value", "time/update", "time/step_cpu"):
+                "time/generate", "time/score", "time/reference", "time/value", "time/shape", "time/update",
+                "time/step_cpu"):
         assert key in rows[-1] and rows[-1][key] == rows[-1][key], key
     assert all(0 < r["time/step_cpu"] for r in rows)
     # the summary's throughput is the mean over the steps; its `final` is the last step's metrics

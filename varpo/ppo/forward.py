@@ -62,3 +62,24 @@ def response_values(critic, rollout: Experience) -> torch.Tensor:
                       logits_to_keep=1, value_positions=keep).values
     v = critic(seq, attention_mask=att, position_ids=position_ids_from_mask(att))
     return v[:, P - 1 : -1]
+
+
+@torch.no_grad()
+def forward_in_chunks(fn, exp: Experience, size: int, *per_sample: torch.Tensor | None):
+    """fn(chunk, *its rows of per_sample) over consecutive chunks of at most `size` samples (no
+    grad), the outputs concatenated along the batch: tensors, or (named) tuples of them, nested;
+    None stays None. A per_sample argument that is None is passed as None."""
+    parts = []
+    for s in range(0, exp.batch_size, size):
+        idx = torch.arange(s, min(s + size, exp.batch_size))
+        parts.append(fn(exp.select(idx), *(None if x is None else x[idx.to(x.device)] for x in per_sample)))
+    return _cat(parts)
+
+
+def _cat(parts: list):
+    if parts[0] is None:
+        return None
+    if torch.is_tensor(parts[0]):
+        return torch.cat(parts, 0)
+    fields = [_cat(list(f)) for f in zip(*parts)]
+    return tuple(fields) if type(parts[0]) is tuple else type(parts[0])(*fields)

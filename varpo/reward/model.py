@@ -27,6 +27,7 @@ from torch import nn
 from varpo_kernels import EnsembleStats, ensemble_head_stats, ensemble_stats
 
 from ..masks import last_token_index, position_ids_from_mask
+from ..seeds import derive_seed
 
 CONFIG_NAME = "config.json"
 HEADS_NAME = "heads.safetensors"
@@ -108,7 +109,7 @@ class EnsembleRewardModel(nn.Module):
         # data do not pull them together; prior_scale 0 is the plain ensemble
         self.prior_scale = float(prior_scale)
         self.prior = nn.Linear(hidden, num_heads, dtype=torch.float32)
-        init_heads(self.prior.weight, self.prior.bias, [1_000_003 + x for x in seeds])
+        init_heads(self.prior.weight, self.prior.bias, [derive_seed("prior_head", x) for x in seeds])
         self.prior.requires_grad_(False)
         # per-member standardisation (set on reference samples after training, `standardize`): σ² is
         # then a disagreement in units of each member's own spread, not a difference of scales

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .. import checkpoint, dist
 from ..outputs import append_jsonl, console, progress, write_json
+from ..seeds import derive_seed
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -216,8 +217,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     t_start = time.perf_counter()
     check_environment(cfg)
     out = Path(out_dir)
-    info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes,
-                                 cfg.deepspeed.peer_timeout_s, cfg.deepspeed.rendezvous_timeout_s)
+    info = dist.join(cfg.deepspeed)
     rt = cfg.reward_training
     train, held, backbone_path, held_source = load_pair_sets(cfg)
     world = info.world_size
@@ -267,7 +267,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
     lr_of = {"members.": rt.backbone_lr} if deep_full and rt.backbone_lr else None
     engine = train_engine(model, conf, lr=rt.lr, weight_decay=rt.weight_decay, lr_of=lr_of)
     device = engine.device
-    weights = bootstrap_counts(len(train), rt.num_heads, cfg.seed * 7919 + rt.head_seed) if rt.bootstrap else None
+    weights = bootstrap_counts(len(train), rt.num_heads, derive_seed("bootstrap", cfg.seed, rt.head_seed)) if rt.bootstrap else None
 
     steps_per_epoch = max(1, len(train) // global_batch)  # the last partial batch is dropped (reshuffled each epoch)
     total = steps_per_epoch * rt.epochs
@@ -300,7 +300,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
         while st["step"] < total and not st["stopped_early"]:
             step = st["step"]
             epoch, b = divmod(step, steps_per_epoch)
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(derive_seed("data_order", cfg.seed, epoch)))
             batch = order[b * global_batch : (b + 1) * global_batch]
             shard = batch[info.rank :: world]
             denom = weights[batch].sum(0) if weights is not None else torch.full((rt.num_heads,), float(len(batch)))

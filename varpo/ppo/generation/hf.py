@@ -10,9 +10,9 @@ import torch
 
 from ...config import GenerationConfig, KernelsConfig
 from ...models.value_head import causal_lm
+from ...seeds import derive_seed
 from ..experience import Experience
 from ..tokens import response_mask_from_ids
-from . import sampling_seed
 from .logprobs import GenerationLogprobs
 from .zero3_gather import generation_gather
 
@@ -25,7 +25,7 @@ class HFRolloutEngine:
 
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, step: int) -> Experience:
         # HF samples from the global torch generator
-        torch.manual_seed(sampling_seed(self.cfg.seed, step, self.rank))
+        torch.manual_seed(derive_seed("sampling", self.cfg.seed, step, self.rank))
         # with generation.logprobs_from_generate the old log-probs are read off generate's own logits
         record = self.cfg.kernels if self.cfg.generation.logprobs_from_generate else None
         return generate(self.actor, self.tokenizer, prompt_ids, prompt_mask, self.cfg.generation, record_logprobs=record)

@@ -37,9 +37,9 @@ import torch
 
 from ...dist import import_deepspeed
 from ...models.value_head import causal_lm
+from ...seeds import derive_seed
 from ..experience import Experience
 from ..tokens import response_mask_from_ids
-from . import sampling_seed
 from .vllm_worker import pack
 
 _BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
@@ -47,8 +47,9 @@ _BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
 
 def request_seeds(seed: int, step: int, rank: int, n: int) -> list[int]:
     """One seed per prompt of this rank's rollout, a function of (seed, step, rank) only."""
-    base = sampling_seed(seed, step, rank)
-    return [(base * 100_003 + i) % (2**63 - 1) for i in range(n)]
+    base = derive_seed("sampling", seed, step, rank)
+    # vLLM takes a seed in [0, 2**63 - 1)
+    return [derive_seed("sampling_request", base, i) % (2**63 - 1) for i in range(n)]
 
 
 def sampling_params(gen, eos_token_id: int, seeds: list[int]) -> list:
