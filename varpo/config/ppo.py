@@ -9,7 +9,9 @@ from .core import Section
 
 
 class KLConfig(Section):
-    estimator: Literal["k1", "k2", "k3"] = Field("k1", description="per-token KL estimator in the shaped reward")
+    estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="per-token KL estimator in the shaped reward: k1 = r, k2 = r²/2, k3 = e^{−r} − 1 + r of "
+        "r = log π − log π_ref (varpo_kernels.weighted_kl.kl_from_log_ratio, the one definition every path uses)")
     beta: float = Field(0.1, ge=0.0, description="initial KL coefficient (β)")
     controller: Literal["fixed", "adaptive"] = Field("fixed", description="fixed β, or Ziegler et al.'s adaptive controller")
     target: float = Field(6.0, gt=0.0, description="adaptive controller: target KL per sequence (nats)")
