@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .core import Section
+from .lora import LoraConfig
 
 
 class KLConfig(Section):
@@ -179,22 +180,15 @@ class GenerationConfig(Section):
 
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
-LoraTargets = list[str] | Literal["auto", "all-linear"]
 
 
-class ModelLoraConfig(Section):
+class ModelLoraConfig(LoraConfig):
     """LoRA adapters (peft) on the actor and optionally the critic: only the adapters (and the
     critic's value head) train, the base weights stay frozen."""
 
     enabled: bool = Field(False, description="train LoRA adapters on the actor instead of all its weights")
-    r: int = Field(8, ge=1, description="adapter rank")
-    alpha: int = Field(16, ge=1, description="scaling numerator: the update is (alpha / r)·B·A")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="adapter dropout (PPO disables every dropout of the "
                            "actor so rollout and update log-probs agree; kept for fidelity to the paper's value)")
-    target_modules: LoraTargets = Field(
-        "auto", description="module names to adapt; auto: peft's per-architecture choice (q_proj, v_proj for Llama, "
-        "Qwen2, Mistral; c_attn for GPT-2), all-linear for an architecture peft has no entry for; all-linear: "
-        "every linear layer but the output head")
     critic: bool = Field(False, description="also give the critic LoRA adapters (its value head trains in full); "
                          "False: the critic is fully fine-tuned")
     reference_from_base: bool = Field(

@@ -254,7 +254,7 @@ class PPOTrainer:
         if last is None:
             return
         saved = json.loads((last / "trainer_state.json").read_text())
-        st = checkpoint.load(last, self._trained_engines(), saved_world_size=saved["world_size"])
+        st, _ = checkpoint.load(last, self._trained_engines(), saved_world_size=saved["world_size"])
         self.step = st["step"]
         self.kl_ctl.load_state_dict(st["kl_ctl"])
         self.sigma_mean.load_state_dict(st["sigma_mean"])

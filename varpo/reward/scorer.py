@@ -85,7 +85,8 @@ def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, load_kw
 
     from ..config import RewardConfig
     from .encode import model_max_length
-    from .model import load_reward_model, read_config
+    from .ensemble import read_config
+    from .load import load_reward_model
 
     saved = read_config(path) if (Path(path) / "config.json").exists() else {}
     cfg = cfg or RewardConfig(ddof=saved.get("ddof", 1))
