@@ -224,8 +224,9 @@ def _build_task_into(out: Path, cfg: TestbedConfig, base: Testbed, key: str) -> 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import lm, task_gold
+    from . import lm
     from .pairs import sample_pairs
+    from .tasks import task_gold
 
     t_start = time.perf_counter()
     shutil.copytree(base.model_path, out / "model")
