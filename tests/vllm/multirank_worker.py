@@ -23,7 +23,7 @@ PROBE_STEP = 10_000  # the probe's sampling seeds never coincide with a training
 
 def plain_logp(model, ro, temperature: float):
     """Log-probs of the engine's samples under a plain HF model (varpo.ppo.forward.response_logits,
-    as PPOTrainer._logprobs computes them for the actor)."""
+    as the actor role computes them, varpo.ppo.actor.CausalLMRole.logprobs)."""
     import torch
 
     from varpo.ppo.forward import response_logits

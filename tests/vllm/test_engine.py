@@ -40,8 +40,8 @@ def setup(tiny_llama, prompts):
 
 
 def _trainer_logp(cfg, actor, ro, eos_id=2):
-    """The trainer's forward (varpo.ppo.forward.response_logits, as PPOTrainer._logprobs) turned
-    into the distribution vLLM samples from: temperature, and EOS masked for the first
+    """The trainer's forward (varpo.ppo.forward.response_logits, as varpo.ppo.actor.CausalLMRole.logprobs)
+    turned into the distribution vLLM samples from: temperature, and EOS masked for the first
     min_new_tokens positions (vLLM's processed log-probs include that masking; the trainer's
     old log-probs do not)."""
     from varpo.ppo.forward import response_logits
