@@ -148,8 +148,9 @@ def test_resume_is_exact(make_cfg, prompts, tmp_path, word_scorer):
     exactly where the uninterrupted run does. keep_last=2 prunes the older checkpoints."""
     from varpo import checkpoint as ckpt
 
+    # prompts cut to 3 tokens: the truncation counter must carry on across the resume too
     common = ("ppo.checkpoint_every=1", "checkpoint.keep_last=2", "ppo.variance.weighting=running_mean",
-              "ppo.kl.controller=adaptive")
+              "ppo.kl.controller=adaptive", "generation.max_prompt_len=3")
     full = make_cfg("ppo.steps=4", *common)
     _train(full, tmp_path / "full", prompts, word_scorer())
     # an interrupted run: stops after 3 steps (checkpoints at 1, 2, 3; 1 pruned)
@@ -167,6 +168,7 @@ def test_resume_is_exact(make_cfg, prompts, tmp_path, word_scorer):
     ref, got = _rows(tmp_path / "full" / "metrics.jsonl"), _rows(tmp_path / "part" / "metrics.jsonl")
     assert [r["step"] for r in got] == [0, 1, 2, 3]
     assert [_strip(r) for r in got] == [_strip(r) for r in ref]
+    assert 0 < got[1]["truncated_prompts"] < got[3]["truncated_prompts"]
 
 
 def test_non_finite_scores_skip_then_stop(make_cfg, prompts, tmp_path, word_scorer):

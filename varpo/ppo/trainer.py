@@ -258,7 +258,8 @@ class PPOTrainer:
         self.step = st["step"]
         self.kl_ctl.load_state_dict(st["kl_ctl"])
         self.sigma_mean.load_state_dict(st["sigma_mean"])
-        self.bad_steps_in_row, self.counters = st["bad_steps_in_row"], st["counters"]
+        self.bad_steps_in_row = st["bad_steps_in_row"]
+        self.counters.update(st["counters"])  # in place: the experience maker counts into the same dict
         if self.info.is_main:
             console.print(f"resumed from {last} at step {self.step}")
 
