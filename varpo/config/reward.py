@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .core import Section
+from .lora import LoraConfig
 
 
 class OracleConfig(Section):
@@ -34,18 +35,12 @@ class RewardConfig(Section):
     max_length: int = Field(96, ge=2, description="tokens of prompt+response scored (longer texts keep their end)")
 
 
-class LoraConfig(Section):
+class RewardLoraConfig(LoraConfig):
     # on by default: the embedded testbed LM is too small for its frozen features to separate the
     # pairs linearly (measured: a fully converged logistic probe on frozen last-token states reaches
     # 0.57 held-out accuracy; LoRA + heads reach 0.75, with the label noise capping it near 0.8)
-    enabled: bool = Field(True, description="train LoRA adapters on the backbone (False: the backbone stays frozen, only the heads train)")
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
-        "auto", description="module names to adapt; auto: peft's per-architecture choice (the attention's query and "
-        "value projections: q_proj, v_proj for Llama, Qwen2, Mistral; c_attn for GPT-2), all-linear for an "
-        "architecture peft has no entry for; all-linear: every linear layer of the backbone")
+    enabled: bool = Field(True, description="train LoRA adapters on the backbone (False: the backbone stays frozen, "
+                          "only the heads train)")
 
 
 class RewardTrainingConfig(Section):
@@ -80,7 +75,7 @@ class RewardTrainingConfig(Section):
     resume: bool = Field(True, description="continue from OUT/checkpoints when a previous run left one")
     separator: str = Field(" ", description="scored text = prompt + separator + response (saved with the model, used by the scorer)")
     max_train_pairs: int | None = Field(None, ge=1, description="use at most this many training pairs (a limited budget makes heads disagree)")
-    lora: LoraConfig = LoraConfig()
+    lora: RewardLoraConfig = RewardLoraConfig()
 
     @model_validator(mode="after")
     def _deep_random_members_train_their_backbones(self):

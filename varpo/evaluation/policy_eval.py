@@ -16,8 +16,9 @@ def sample_responses(policy_path: str, prompts: list[str], gen: GenerationConfig
                      load_kw: dict | None = None) -> list[str]:
     from transformers import AutoModelForCausalLM
 
-    from ..ppo.models import load_tokenizer
-    from ..ppo.rollout import decode_responses, generate, tokenize_prompts
+    from ..models.loading import load_tokenizer
+    from ..ppo.generation.hf import generate
+    from ..ppo.tokens import decode_responses, tokenize_prompts
 
     tok = load_tokenizer(policy_path)
     model = AutoModelForCausalLM.from_pretrained(policy_path, **(load_kw or {})).to(device).eval()

@@ -30,24 +30,35 @@ def resolve_sources(cfg):
 def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=()) -> dict:
     """Train one policy; writes metrics.jsonl, tensorboard/, checkpoints/, policy/, summary.json
     and config.yaml under out_dir. Resumes from the last complete checkpoint there. `callbacks`:
-    varpo.ppo.callbacks.TrainerCallback instances, called after varpo's own loggers."""
-    from ..adapters import check_environment
-    from ..dist import init_distributed
-    from ..scoring import build_scorer
-    from .trainer import PPOTrainer
+    varpo.callbacks.TrainerCallback instances, called after varpo's own loggers."""
+    from ..config.environment import check_environment
+    from ..dist import join
+    from .roles import build_roles
+    from .trainer import PPOTrainer, check_batch_sizes
 
     check_environment(cfg)  # refuse what this machine cannot run before any model is built
     # join the process group first: building the default reward model coordinates the ranks
-    init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes, cfg.deepspeed.peer_timeout_s,
-                     cfg.deepspeed.rendezvous_timeout_s)
+    check_batch_sizes(cfg.ppo, join(cfg.deepspeed).world_size)
     policy_path, prompts, gold_fn, _ = resolve_sources(cfg)
-    if scorer is None:
-        scorer = build_scorer(cfg)
-    trainer = PPOTrainer(cfg, out_dir, prompts=prompts, policy_path=policy_path, scorer=scorer,
-                         critic_path=cfg.model.critic_path, gold_fn=gold_fn, callbacks=callbacks)
-    return trainer.train()
+    if not prompts:
+        raise ValueError("no training prompts")
+    roles = build_roles(cfg, out_dir, policy_path=policy_path, scorer=scorer, callbacks=callbacks)
+    return PPOTrainer(cfg, out_dir, roles, prompts=prompts, gold_fn=gold_fn).train()
 
 
-from .callbacks import TrainerCallback, TrainerControl  # noqa: E402  (light: no torch, no engines)
+from ..callbacks import TrainerCallback, TrainerControl  # noqa: E402  (light: no torch, no engines)
 
-__all__ = ["TrainerCallback", "TrainerControl", "resolve_sources", "train_ppo"]
+# the heavy parts load on first use: `import varpo.ppo` stays light
+_LAZY = {"PPOTrainer": "trainer", "build_roles": "roles", "Roles": "roles", "ExperienceMaker": "experience_maker"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ExperienceMaker", "PPOTrainer", "Roles", "TrainerCallback", "TrainerControl", "build_roles",
+           "resolve_sources", "train_ppo"]

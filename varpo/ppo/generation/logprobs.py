@@ -7,13 +7,13 @@ them. The hook keeps one call's logits at a time (B × V, not TRL's B × T × V 
 and turns them into a log-prob as soon as the sampled token is known. The log-probs are those of
 the model's own distribution at the sampling temperature — the logits before generate's processors
 (min_new_tokens' EOS mask, top-k/top-p), the same definition as a full forward of the actor
-(varpo.ppo.rollout.response_logits); they differ from it only by the rounding of a KV-cached
+(varpo.ppo.forward.response_logits); they differ from it only by the rounding of a KV-cached
 forward against a full one."""
 from __future__ import annotations
 
 import torch
 
-from ..config import KernelsConfig
+from ...config import KernelsConfig
 
 
 class GenerationLogprobs:

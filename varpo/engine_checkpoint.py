@@ -1,7 +1,8 @@
-"""PPO checkpoints: the actor's and critic's DeepSpeed engine states (weights + optimizer, sharded
-as trained) and the trainer's own state (step, KL controller, running σ² mean, counters, RNG
-states), written through the crash-safe scheme of varpo.checkpoint (atomic folder, manifest,
-`latest` pointer, fallback to the previous checkpoint, keep_last pruning)."""
+"""Checkpoints of a trainer's DeepSpeed engines (weights + optimizer, sharded as trained; one tag per
+engine: PPO's actor and critic, reward training's ensemble) with the trainer's own state (JSON, and
+tensors if any) and the RNG states, written through the crash-safe scheme of varpo.checkpoint
+(atomic folder, manifest, `latest` pointer, fallback to the previous checkpoint, keep_last
+pruning). Both trainers save and resume through this module."""
 from __future__ import annotations
 
 import os
@@ -10,18 +11,24 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint as ckpt
-from ..dist import barrier, rank, world_size
+from . import checkpoint as ckpt
+from .dist import barrier, rank, world_size
 
 
-def save(ckpt_root: Path, step: int, engines: dict, state: dict, *, keep_last: int = 2, verify: str = "sha256") -> Path:
-    """Collective: every rank calls it. `step` is the number of completed PPO steps."""
+def save(ckpt_root: Path, step: int, engines: dict, state: dict, *, keep_last: int = 2, verify: str = "sha256",
+         tensors: dict[str, torch.Tensor] | None = None, exclude_frozen: bool = False) -> Path:
+    """Collective: every rank calls it. `step` is the number of completed steps; `engines` {tag:
+    engine}; `exclude_frozen`: leave frozen parameters out of the engine files (a frozen backbone
+    is loaded from its folder again on resume)."""
 
     def write_engines(folder: Path) -> None:
         for name, engine in engines.items():
-            engine.save_checkpoint(str(folder), tag=name)
+            if exclude_frozen:
+                engine.save_checkpoint(str(folder), tag=name, exclude_frozen_parameters=True)
+            else:
+                engine.save_checkpoint(str(folder), tag=name)
 
-    return ckpt.save(ckpt_root, step, write_engines, state, keep_last=keep_last, verify=verify)
+    return ckpt.save(ckpt_root, step, write_engines, state, keep_last=keep_last, verify=verify, tensors=tensors)
 
 
 def latest(ckpt_root: Path) -> Path | None:
@@ -63,10 +70,12 @@ def _group_hyperparameters(engine) -> list[dict]:
     return [{k: v for k, v in g.items() if k != "params"} for g in _param_groups(engine)]
 
 
-def load(path: Path, engines: dict, saved_world_size: int | None = None) -> dict:
-    """Restore engines and RNG states; returns the trainer state. A checkpoint written at another
-    world size (e.g. 2 ranks resumed on 1) goes through DeepSpeed's universal checkpoint, which
-    re-partitions the ZeRO shards of weights and optimizer states for the current ranks."""
+def load(path: Path, engines: dict, saved_world_size: int | None = None, *,
+         strict: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore engines and RNG states; returns the trainer's state and tensors. A checkpoint
+    written at another world size (e.g. 2 ranks resumed on 1) goes through DeepSpeed's universal
+    checkpoint, which re-partitions the ZeRO shards of weights and optimizer states for the current
+    ranks. `strict=False`: engine files saved without their frozen parameters."""
     elastic = saved_world_size is not None and saved_world_size != world_size()
     for name, engine in engines.items():
         tag = name
@@ -74,7 +83,7 @@ def load(path: Path, engines: dict, saved_world_size: int | None = None) -> dict
             tag = _to_universal(path, name)
             engine._config.load_universal_checkpoint = True  # read by load_checkpoint only
             hyper = _group_hyperparameters(engine)
-        load_path, _ = engine.load_checkpoint(str(path), tag=tag, load_module_strict=True)
+        load_path, _ = engine.load_checkpoint(str(path), tag=tag, load_module_strict=strict)
         if elastic:
             engine._config.load_universal_checkpoint = False
             # DeepSpeed's universal load gives every optimizer group the hyperparameters of group 0
@@ -94,5 +103,4 @@ def load(path: Path, engines: dict, saved_world_size: int | None = None) -> dict
             raise RuntimeError(f"checkpoint {path}: no state for role {name!r}")
     if not elastic:
         ckpt.restore_rng(path)
-    state, _ = ckpt.load_state(path)
-    return state
+    return ckpt.load_state(path)
