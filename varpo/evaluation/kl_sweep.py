@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..outputs import console, write_json
 
-# measured (benchmarks/results/overoptimization/README.md): with the paper's heads ensemble, whether a
+# measured (experiments/overoptimization/README.md): with the paper's heads ensemble, whether a
 # policy at small β leaves the pairs' support depends on its seed (one of two never did, even at KL 117),
 # so a two-seed mean cannot fall by 3 SE. The ensemble with random prior heads is easier to exploit:
 # at β = 0.01 both seeds fell to the reference's gold (0.52-0.55) while β = 0.3 peaked at 0.715, a fall
