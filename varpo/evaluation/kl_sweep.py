@@ -41,7 +41,9 @@ def _point(method: str, beta: float | None, rows: list[dict]) -> dict:
            if (r.get("calibration") or {}).get("spearman_sigma2_sqerr") is not None]
     growth = [r["sigma2_growth"] for r in rows if r.get("sigma2_growth") is not None]
     return {"method": method, "beta": beta, "n_seeds": n,
-            "kl_mean": st.fmean(r.get("kl_mean") or 0.0 for r in rows),
+            # KL(π ‖ π_ref) per sequence on the evaluation samples (`kl`); rows made before it existed
+            # carry only the last training step's batch estimate (`kl_mean`)
+            "kl_mean": st.fmean(r["kl"] if r.get("kl") is not None else (r.get("kl_mean") or 0.0) for r in rows),
             "gold_mean": st.fmean(gold), "gold_se": max(se_seeds, se_eval),
             "proxy_mean": st.fmean(proxy) if proxy else None,
             "spearman_sigma2_sqerr": st.fmean(rho) if rho else None,
