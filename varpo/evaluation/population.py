@@ -185,9 +185,25 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
     row = {"method": method, "seed": seed, "vary": vary, "training_seed": cfg.seed,
            "beta": None if method == REFERENCE else cfg.ppo.kl.beta, "steps": None if method == REFERENCE else cfg.ppo.steps,
            "noise_seed": cfg.reward.oracle.noise_seed if cfg.reward.type == "oracle" else None,
-           **ev, **extra, "policy_path": str(policy_path)}
+           **ev, **extra, "policy_path": str(policy_path), "policy_sha256": _weights_digest(Path(policy_path))}
     write_json(result_path(out_p, method, seed), row)
     return row
+
+
+def _weights_digest(folder: Path) -> str | None:
+    """SHA-256 of a policy folder's weight files: two result rows with the same digest are one
+    policy (a results folder that reuses another's policies shows it)."""
+    import hashlib
+
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def worker_threads(cores: int, n_workers: int, env) -> int:
@@ -199,9 +215,11 @@ def worker_threads(cores: int, n_workers: int, env) -> int:
 
 
 def run_population(config_path, overrides: list[str], seeds: int, out: Path, workers: int | None = None,
-                   methods: list[str] | None = None, reference: bool = True, vary: str = "both") -> list[dict]:
+                   methods: list[str] | None = None, reference: bool = True, vary: str = "both",
+                   first_seed: int = 0) -> list[dict]:
     """Train and evaluate `seeds` policies per method plus (unless `reference` is False)
-    `seeds` reference runs under `out`; `vary` says what differs between members (VARY)."""
+    `seeds` reference runs under `out`, members first_seed … first_seed + seeds − 1; `vary` says
+    what differs between members (VARY)."""
     cfg = load_config(config_path, overrides)
     member_overrides(cfg, 0, vary)  # a bad --vary fails here, before any job
     marker = out / "vary.txt"  # results of one kind of population must not mix with another's
@@ -228,7 +246,7 @@ def run_population(config_path, overrides: list[str], seeds: int, out: Path, wor
     if unknown:
         raise ConfigError(f"--methods: {sorted(unknown)} not in evaluation.methods ({sorted(cfg.evaluation.methods)})")
     names = ([REFERENCE] if reference else []) + list(methods or cfg.evaluation.methods)
-    jobs = [(m, s) for s in range(seeds) for m in names]
+    jobs = [(m, s) for s in range(first_seed, first_seed + seeds) for m in names]
     done = [json.loads(result_path(out, m, s).read_text()) for m, s in jobs if result_path(out, m, s).exists()]
     todo = [(m, s) for m, s in jobs if not result_path(out, m, s).exists()]
     if done:
