@@ -3,7 +3,7 @@ results folder: policies.jsonl (one row per policy, local paths dropped), then `
 and gold_vs_kl.png (each policy's gold reward against its KL, per method) plus a calibration
 summary (σ² vs squared error of the proxy on each method's evaluation samples).
 
-    python benchmarks/overoptimization_report.py runs/pop_oracle benchmarks/results/overoptimization/oracle
+    python experiments/overoptimization/overoptimization_report.py runs/pop_oracle experiments/overoptimization/oracle
 """
 from __future__ import annotations
 
