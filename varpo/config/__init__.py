@@ -15,6 +15,7 @@ from .ppo import (
     KLConfig,
     ModelConfig,
     ModelLoraConfig,
+    PackingConfig,
     PPOConfig,
     QuantizationConfig,
     VarianceWeightConfig,
@@ -60,6 +61,6 @@ __all__ = [
     "CheckpointConfig", "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
-    "PPOConfig", "VarianceWeightConfig", "VLLMConfig", "WandbConfig", "ModelLoraConfig", "QuantizationConfig",
+    "PackingConfig", "PPOConfig", "VarianceWeightConfig", "VLLMConfig", "WandbConfig", "ModelLoraConfig", "QuantizationConfig",
     "RewardConfig", "RewardTrainingConfig", "TestbedConfig",
 ]

@@ -63,6 +63,24 @@ class WandbConfig(Section):
     mode: Literal["online", "offline"] = Field("online", description="offline: write under OUT/wandb, sync later")
 
 
+class PackingConfig(Section):
+    """Padding-free forwards (varpo.ppo.packing): the reference, critic and actor forwards, and the
+    update's backward, run over the samples' real tokens packed into rows, position ids restarting
+    per sample, instead of the padded [B, prompt + response] layout; the rollout-time forwards'
+    micro-batches are balanced by token count. Exact: the same log-probs, values, losses and
+    gradients as the padded layout, up to float rounding (tests/ppo/test_packing.py, float64)."""
+
+    enabled: bool = Field(
+        False, description="pack each micro-batch's samples without padding (a micro-batch with no padding at all "
+        "keeps the padded layout, which is then the same thing); worth it when responses end at EOS with varied "
+        "lengths: the work saved is about the padding fraction")
+    row_tokens: int | None = Field(
+        None, ge=1, description="most tokens per packed row (one forward each); a longer sample gets a row of its "
+        "own. None: the micro-batch's longest sample with sdpa/eager attention (their masked attention is dense "
+        "over a row, so a row never costs more than that sample's padded row), one row per micro-batch with "
+        "flash_attention_2 (its varlen kernel attends per sample)")
+
+
 class PPOConfig(Section):
     steps: int = Field(20, ge=1, description="PPO iterations (rollout + update)")
     batch_size: int = Field(16, ge=1, description="prompts per iteration, global across ranks")
@@ -90,6 +108,7 @@ class PPOConfig(Section):
     missing_eos_penalty: float | None = Field(None, description="subtracted from s when a response has no EOS")
     kl: KLConfig = KLConfig()
     variance: VarianceWeightConfig = VarianceWeightConfig()
+    packing: PackingConfig = PackingConfig()
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: only at the end)")
     max_consecutive_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before the run stops")
     log_samples_every: int = Field(
