@@ -116,7 +116,7 @@ def test_pack_layout_matches_the_padded_tokens(padded_batch):
     exp, rows = padded_batch(g, 7, 6, 5, 40)
     order = [4, 0, 6, 2]
     row = packing.pack(exp, order)
-    ids, pos, keep_tokens = [], [], []
+    ids, pos = [], []
     for b in order:
         pr, rs = rows[b]
         ids += pr.tolist() + rs.tolist()
