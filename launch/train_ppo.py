@@ -31,5 +31,7 @@ if __name__ == "__main__":
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     from varpo.ppo import train_ppo
+    from varpo.threads import announce
 
+    announce(cfg.runtime.threads)  # this rank's torch threads, before torch loads (varpo.threads)
     train_ppo(cfg, args.out)

@@ -22,7 +22,9 @@ def register(app: typer.Typer) -> None:
 def run(cfg, out: Path) -> dict:
     from ..outputs import print_table
     from ..ppo import train_ppo
+    from ..threads import announce
 
+    announce(cfg.runtime.threads)  # before torch loads: the OpenMP wait policy is read then
     summary = train_ppo(cfg, out)
     final = summary.get("final", {})
     keys = ["score_mean", "variance_mean", "kl_mean", "weighted_kl_mean", "kl_coef", "entropy", "gold_mean",

@@ -22,6 +22,7 @@ from .ppo import (
     VLLMConfig,
 )
 from .reward import RewardConfig, RewardTrainingConfig
+from .runtime import RuntimeConfig
 from .testbed import TestbedConfig
 
 
@@ -39,6 +40,7 @@ class VarpoConfig(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     kernels: KernelsConfig = KernelsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
     def _quantized_roles_not_zero3(self):
@@ -62,5 +64,5 @@ __all__ = [
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
     "PackingConfig", "PPOConfig", "VarianceWeightConfig", "VLLMConfig", "WandbConfig", "ModelLoraConfig", "QuantizationConfig",
-    "RewardConfig", "RewardTrainingConfig", "TestbedConfig",
+    "RewardConfig", "RewardTrainingConfig", "RuntimeConfig", "TestbedConfig",
 ]
