@@ -14,3 +14,8 @@ class RuntimeConfig(Section):
         "start-up, shared among this host's ranks (a machine other jobs keep busy gets fewer threads instead of "
         "oversubscribed cores), and OpenMP workers that sleep instead of spinning when it is busy. The environment "
         "wins over this field: OMP_NUM_THREADS as set by the user, then VARPO_THREADS (varpo.threads)")
+    keep_freed_memory: bool = Field(
+        True, description="CPU: large tensors reuse memory malloc already holds instead of fresh pages the kernel "
+        "must fault in and zero on every allocation (glibc's mmap and trim thresholds raised to 1 GiB; "
+        "varpo.allocator): a step's big temporaries (logits, their gradients) stop paying page faults; the process "
+        "keeps its peak heap between steps. No effect outside glibc")

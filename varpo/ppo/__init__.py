@@ -37,6 +37,10 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=()) -> dict:
     from .trainer import PPOTrainer, check_batch_sizes
 
     check_environment(cfg)  # refuse what this machine cannot run before any model is built
+    if cfg.runtime.keep_freed_memory:
+        from ..allocator import keep_freed_memory
+
+        keep_freed_memory()  # a step's large temporaries reuse freed heap instead of fresh pages
     # join the process group first: building the default reward model coordinates the ranks
     check_batch_sizes(cfg.ppo, join(cfg.deepspeed).world_size)
     policy_path, prompts, gold_fn, _ = resolve_sources(cfg)
