@@ -148,7 +148,16 @@ class VLLMConfig(Section):
         256.0, gt=0.0, description="weight sync: most MB of parameters gathered (ZeRO-3) and sent to the "
         "engine at once; whole transformer blocks only (a block larger than this goes alone)",
     )
-    cpu_kvcache_gb: int = Field(1, ge=1, description="CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    cpu_kvcache_gb: float | None = Field(
+        None, gt=0.0, description="CPU: KV-cache size in GiB; None: sized to the rollout (this rank's prompts × "
+        "max_model_len × the model's key/value bytes per token, four times over, plus 32 MiB), which starts "
+        "faster and holds less memory than a fixed GiB. The VLLM_CPU_KVCACHE_SPACE variable, when set, wins")
+    engine_process: Literal["auto", "inline", "child"] = Field(
+        "auto", description="where the engine runs. child: vLLM's engine core (scheduler, worker, model, KV "
+        "cache) in processes of its own, each decode step a round trip through shared memory, each process "
+        "importing vLLM again at start-up; inline: in the trainer's own process (no process start, no per-step "
+        "IPC; its threads are the trainer's torch threads; one trainer rank and one engine device only); auto: "
+        "inline for a one-rank CPU run without tensor parallelism, child otherwise")
     enforce_eager: bool | None = Field(
         None, description="no CUDA graphs / torch.compile; None: True on CPU (compile time dominates tiny "
         "runs), False on GPU",
