@@ -175,10 +175,19 @@ def test_balanced_chunks_are_as_even_as_the_best_split_nearly():
 
 
 def test_row_capacity_follows_the_attention_kernel():
+    from varpo.models.flops import ModelShape
+
     assert packing.row_capacity([5, 9, 3], "sdpa", None) == 9
     assert packing.row_capacity([5, 9, 3], "eager", None) == 9
     assert packing.row_capacity([5, 9, 3], "flash_attention_2", None) is None
     assert packing.row_capacity([5, 9, 3], "sdpa", 40) == 40
+    # GPT-2 small's shape: per token and layer 2·12·768² linear FLOPs; a row of C tokens adds 4·768·C of
+    # dense attention; a quarter of the former allows C = 0.25 · 2 · 12 · 768² / (4 · 768) = 1152
+    g = ModelShape(layers=12, hidden=768, heads=12, kv_heads=12, head_dim=64, intermediate=3072, vocab=50257,
+                   gated_mlp=False)
+    assert packing.row_capacity([100, 300], "sdpa", None, g) == 1152
+    assert packing.row_capacity([2000, 300], "sdpa", None, g) == 2000  # never below the longest sample
+    assert packing.row_capacity([100, 300], "flash_attention_2", None, g) is None
 
 
 def test_plan_keeps_the_padded_layout_when_nothing_is_padded(padded_batch):

@@ -102,7 +102,24 @@ def packed_rows(exp: Experience, module: torch.nn.Module, cfg: PackingConfig | N
     """exp's padding-free rows for a forward of `module` when ppo.packing is on (None: the padded layout)."""
     if cfg is None or not cfg.enabled:
         return None
-    return packing.plan(exp, packing.attn_implementation(module), cfg.row_tokens)
+    return packing.plan(exp, packing.attn_implementation(module), cfg.row_tokens, _shape(module))
+
+
+def _shape(module: torch.nn.Module):
+    """The module's ModelShape (cached on it), or None for a model varpo cannot read the shape of."""
+    shape = getattr(module, "_varpo_shape", False)
+    if shape is False:
+        from .phase_flops import shape_of
+
+        try:
+            shape = shape_of(module)
+        except (ValueError, AttributeError, StopIteration):
+            shape = None
+        try:
+            object.__setattr__(module, "_varpo_shape", shape)
+        except AttributeError:
+            pass
+    return shape
 
 
 class Actor(CausalLMRole):

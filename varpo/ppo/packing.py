@@ -13,10 +13,13 @@ sample b is predicted at row position o_b + p_b − 1 + t (o_b: where the sample
 positions alone go through the LM head (`keep`), and the outputs go back to their [B, T] places.
 
 Rows: with flash-attention one row holds the whole micro-batch (its kernel attends per sample).
-sdpa and eager attend densely over a row (a masked L×L score matrix), so there a row holds at most
-as many tokens as the micro-batch's longest sample (`row_capacity`): no row then costs more
-arithmetic than that sample's padded row did, and short samples share rows (first-fit decreasing).
-A micro-batch without any padding stays in the padded layout (it is already padding-free)."""
+sdpa and eager attend densely over a row (a masked C×C score matrix for a row of C tokens), so
+there a row is capped (`row_capacity`) where that dense attention stays within a quarter of the
+blocks' linear-layer FLOPs per token (`DENSE_ATTENTION_SHARE`, from the model's shape), and never
+below the longest sample; samples share rows first-fit decreasing. Each row is one forward: a cap
+at the longest sample alone would cost a forward per sample, and on a small model that per-call
+overhead outweighs the padding it saves. A micro-batch without any padding stays in the padded
+layout (it is already padding-free)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ import torch
 from .experience import Experience
 
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")  # kernels that attend per packed sample
+DENSE_ATTENTION_SHARE = 0.25  # dense attention over a row ≤ this share of the blocks' linear FLOPs per token
 
 
 @dataclass(frozen=True)
@@ -99,14 +103,21 @@ def attn_implementation(module: torch.nn.Module) -> str | None:
     return None
 
 
-def row_capacity(lengths: list[int], attn_implementation: str | None, row_tokens: int | None) -> int | None:
+def row_capacity(lengths: list[int], attn_implementation: str | None, row_tokens: int | None,
+                 shape=None) -> int | None:
     """Tokens per packed row: `row_tokens` when set; else one row (None) for a varlen attention
-    kernel, the longest sample's length for dense attention (sdpa, eager)."""
+    kernel; for dense attention (sdpa, eager) the longest sample, or more when the model's shape
+    (varpo.models.flops.ModelShape) allows rows of C tokens whose attention, 4·heads·head_dim·C
+    FLOPs per token and layer, stays within DENSE_ATTENTION_SHARE of the layer's linear FLOPs."""
     if row_tokens is not None:
         return row_tokens
     if attn_implementation in VARLEN_ATTENTION:
         return None
-    return max(lengths) if lengths else None
+    longest = max(lengths) if lengths else None
+    if shape is None or longest is None:
+        return longest
+    budget = int(DENSE_ATTENTION_SHARE * 2 * shape.layer_matmul_params / (4 * shape.heads * shape.head_dim))
+    return max(longest, budget)
 
 
 def pack(exp: Experience, samples: list[int]) -> PackedRow:
@@ -134,14 +145,15 @@ def pack(exp: Experience, samples: list[int]) -> PackedRow:
     )
 
 
-def plan(exp: Experience, attn_implementation: str | None, row_tokens: int | None = None) -> list[PackedRow] | None:
+def plan(exp: Experience, attn_implementation: str | None, row_tokens: int | None = None,
+         shape=None) -> list[PackedRow] | None:
     """exp's samples as packed rows, or None when the padded layout holds no padding (packing
-    would change nothing)."""
+    would change nothing). `shape`: the model's ModelShape, for the dense-attention row cap."""
     prompt_len, response_len = sample_lengths(exp)
     if bool((prompt_len == exp.prompt_mask.shape[1]).all() and (response_len == exp.response_mask.shape[1]).all()):
         return None
     lengths = (prompt_len + response_len).tolist()
-    rows = first_fit_decreasing(lengths, row_capacity(lengths, attn_implementation, row_tokens))
+    rows = first_fit_decreasing(lengths, row_capacity(lengths, attn_implementation, row_tokens, shape))
     return [pack(exp, r) for r in rows]
 
 
