@@ -23,10 +23,10 @@ if __name__ == "__main__":
 
     quiet_third_party()
     from varpo.config import ConfigError, load_config
-    from varpo.defaults import EMBEDDED
+    from varpo.defaults import config_or_default
 
     try:
-        cfg = load_config(args.config or EMBEDDED, args.overrides)
+        cfg = load_config(config_or_default(args.config), args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

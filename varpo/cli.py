@@ -15,7 +15,23 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click passes help_option_names down to every subcommand's context
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"varpo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="print varpo's version and exit")) -> None:
+    """Variance-aware RLHF: reward ensembles, interval judges, uncertainty-weighted PPO."""
 
 # One module per subcommand (or group of subcommands).
 COMMAND_MODULES = [

@@ -13,8 +13,9 @@ OutOpt = typer.Option(..., "--out", "-o", help="output folder (created if missin
 
 
 def load(config: Path | None, overrides: list[str] | None):
-    """The validated config: the file given, else the embedded default task's, plus overrides."""
+    """The validated config: the file given (an empty one counts as none), else the embedded
+    default task's, plus overrides."""
     from ..config import load_config
-    from ..defaults import EMBEDDED
+    from ..defaults import config_or_default
 
-    return load_config(config or EMBEDDED, overrides or [])
+    return load_config(config_or_default(config), overrides or [])

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         """Reference runs and the vanilla population once (OUT/base), the variance-aware population
         at each α (OUT/scale_<α>), one shared reward ensemble (OUT/reward); results are saved per
         policy, so a killed sweep resumes. Writes OUT/heterogeneity.json and OUT/heterogeneity.md."""
-        from ..defaults import EMBEDDED
+        from ..defaults import config_or_default
         from ..evaluation.heterogeneity import (
             heterogeneity_markdown,
             parse_scales,
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             "--out", str(out), *(["--config", str(config)] if config else []),
             *[x for o in set_ or [] for x in ("--set", o)], *(["--workers", str(workers)] if workers else []),
         ])
-        report = run_heterogeneity(config or EMBEDDED, set_ or [], alphas, seeds, out, workers=workers)
+        report = run_heterogeneity(config_or_default(config), set_ or [], alphas, seeds, out, workers=workers)
         report["command"] = command
         write_json(out / "heterogeneity.json", report)
         (out / "heterogeneity.md").write_text(heterogeneity_markdown(report, command))

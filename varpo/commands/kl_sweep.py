@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         otherwise) and write OUT/kl_sweep.json (points: method, beta,
         kl_mean, gold_mean, gold_se, proxy_mean) and OUT/kl_sweep.png (gold and proxy vs KL)."""
         from ..config import ConfigError
-        from ..defaults import OVEROPT
+        from ..defaults import OVEROPT, config_or_default, is_empty_config
         from ..evaluation.kl_sweep import run_kl_sweep
         from ..outputs import print_table
 
@@ -40,8 +40,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--betas {betas!r}: expected comma-separated numbers, e.g. 0.03,0.1,0.3") from None
         if not beta_list or any(b < 0 for b in beta_list):
             raise ConfigError(f"--betas {betas!r}: expected at least one β ≥ 0")
-        res = run_kl_sweep(config or OVEROPT, set_ or [], out, beta_list, seeds, methods=methods, workers=workers,
-                           best_of=best_of, steps=steps or None, defaults=DEFAULT_OVERRIDES if config is None else ())
+        packaged = config is None or is_empty_config(config)  # an empty file means what no --config means
+        res = run_kl_sweep(config_or_default(config, OVEROPT), set_ or [], out, beta_list, seeds, methods=methods,
+                           workers=workers, best_of=best_of, steps=steps or None,
+                           defaults=DEFAULT_OVERRIDES if packaged else ())
         print_table("kl-sweep: gold and proxy vs KL", [
             {k: p.get(k) for k in ("method", "beta", "kl_mean", "gold_mean", "gold_se", "proxy_mean")} for p in res["points"]])
         for m, o in res["overoptimization"].items():

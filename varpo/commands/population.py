@@ -23,11 +23,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train and evaluate a population; results land in OUT/policies/<method>/seed_<k>.json as they
         finish (a killed run resumes). Then `varpo stats OUT` computes the paper's tables."""
-        from ..defaults import EMBEDDED
+        from ..defaults import config_or_default
         from ..evaluation.population import run_population, summarize
         from ..outputs import print_table, write_json
 
-        rows = run_population(config or EMBEDDED, set_ or [], seeds, out, workers=workers, methods=methods,
+        rows = run_population(config_or_default(config), set_ or [], seeds, out, workers=workers, methods=methods,
                               vary=vary)
         summary = summarize(rows)
         write_json(out / "population.json", summary)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from .checkpoint import CheckpointConfig
-from .core import ConfigError, Section, build_config, config_hash, redacted_dict, save_resolved
+from .core import ConfigError, Section, build_config, config_hash, documented_yaml, redacted_dict, save_resolved
 from .data import DataConfig
 from .deepspeed import DeepSpeedConfig, RoleEngineConfig
 from .evaluation import EvaluationConfig
@@ -57,7 +57,8 @@ def load_config(path=None, overrides=None) -> VarpoConfig:
 
 
 __all__ = [
-    "CheckpointConfig", "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
+    "CheckpointConfig", "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "documented_yaml",
+    "load_config",
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
     "PPOConfig", "VarianceWeightConfig", "VLLMConfig", "WandbConfig", "ModelLoraConfig", "QuantizationConfig",
