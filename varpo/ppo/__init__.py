@@ -7,7 +7,8 @@ from pathlib import Path
 
 def resolve_sources(cfg):
     """Policy folder, training prompts and gold-reward function from the config: user paths
-    when given, the embedded testbed otherwise."""
+    when given, the embedded testbed otherwise. Conversational prompts are rendered with the
+    policy tokenizer's chat template (varpo.data)."""
     policy_path, gold_fn = cfg.model.policy_path, None
     testbed = None
     if policy_path is None or cfg.data.prompts_path is None:
@@ -17,14 +18,25 @@ def resolve_sources(cfg):
     if policy_path is None:
         policy_path = str(testbed.model_path)
     if cfg.data.prompts_path is not None:
-        from ..data import load_prompts
+        from ..data.sets import policy_renderer, train_prompts
 
-        prompts = load_prompts(cfg.data.prompts_path, column=cfg.data.prompt_column, skip_bad_rows=cfg.data.skip_bad_rows).rows
+        prompts = train_prompts(cfg, policy_renderer(cfg, policy_path))
     else:
         from ..testbed import task_gold
 
         prompts, gold_fn = list(testbed.train_prompts), task_gold(cfg.testbed)
     return policy_path, prompts, gold_fn, testbed
+
+
+def resolve_eval_prompts(cfg, policy_path: str, testbed=None) -> list[str] | None:
+    """Held-out prompts (data.eval_prompts_path, or the eval split of the prompt dataset, or the
+    testbed's when the training prompts are the testbed's); None: the config names none."""
+    from ..data.sets import eval_prompts, policy_renderer
+
+    rows = eval_prompts(cfg, policy_renderer(cfg, policy_path))
+    if rows is None and testbed is not None and cfg.data.prompts_path is None:
+        rows = list(testbed.eval_prompts)
+    return rows
 
 
 def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=()) -> dict:

@@ -62,11 +62,10 @@ def bootstrap_counts(n: int, num_heads: int, seed: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ data
 def load_pair_sets(cfg) -> tuple[list[dict], list[dict], str, str]:
     """(train pairs, held-out pairs, backbone folder, where the held-out pairs come from).
-    User files when configured; a user pair file without eval_pairs_path gives up its last 10%
-    (after a seeded shuffle) as the held-out set. Otherwise the testbed's pairs and LM."""
-    import random
-
-    from ..data import load_pairs
+    User data when configured (varpo.data.sets.pair_sets: a user pair set without held-out pairs
+    gives up its eval split, or its last 10% after a seeded shuffle); conversational rows are
+    rendered with the backbone tokenizer's chat template. Otherwise the testbed's pairs and LM."""
+    from ..data.sets import pair_sets, tokenizer_renderer
 
     rt, dc = cfg.reward_training, cfg.data
     tb = None
@@ -74,26 +73,16 @@ def load_pair_sets(cfg) -> tuple[list[dict], list[dict], str, str]:
         from ..testbed import build_testbed
 
         tb = build_testbed(cfg.testbed, progress=False)
-    cols = dc.pair_columns()
-    if dc.pairs_path:
-        train = load_pairs(dc.pairs_path, cols, dc.skip_bad_rows).rows
-        if dc.eval_pairs_path:
-            held, source = load_pairs(dc.eval_pairs_path, cols, dc.skip_bad_rows).rows, str(dc.eval_pairs_path)
-        else:
-            if len(train) < 2:
-                raise ValueError(f"data.pairs_path={dc.pairs_path}: {len(train)} pair(s); need ≥ 2 to hold one out "
-                                 "(or set data.eval_pairs_path)")
-            train = list(train)
-            random.Random(cfg.seed).shuffle(train)
-            n_held = max(1, len(train) // 10)
-            train, held, source = train[:-n_held], train[-n_held:], f"last 10% of {dc.pairs_path} (seeded shuffle)"
-    else:
+    backbone = rt.backbone_path or cfg.model.policy_path or str(tb.model_path)
+    field = ("reward_training.backbone_path" if rt.backbone_path else
+             "model.policy_path" if cfg.model.policy_path else "the testbed LM")
+    train, held, source = pair_sets(cfg, tokenizer_renderer(backbone, field))
+    if dc.pairs_path is None:
         train = tb.pairs("train")
-        held, source = (load_pairs(dc.eval_pairs_path, cols, dc.skip_bad_rows).rows, str(dc.eval_pairs_path)) \
-            if dc.eval_pairs_path else (tb.pairs("eval"), f"testbed {tb.dir.name} eval pairs")
+        if held is None:
+            held, source = tb.pairs("eval"), f"testbed {tb.dir.name} eval pairs"
     if rt.max_train_pairs:
         train = train[: rt.max_train_pairs]
-    backbone = rt.backbone_path or cfg.model.policy_path or str(tb.model_path)
     return train, held, backbone, source
 
 
