@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .reward_source import Scorer, Scores
 
-__all__ = ["Scorer", "Scores", "build_scorer", "default_reward_model"]
+__all__ = ["Scorer", "Scores", "build_scorer", "default_reward_model", "describe_reward"]
 
 
 def build_scorer(cfg) -> Scorer:
@@ -23,11 +23,51 @@ def build_scorer(cfg) -> Scorer:
         from .judge import JudgeScorer
 
         return JudgeScorer.from_config(cfg.judge)
-    path = cfg.reward.path or default_reward_model(cfg)
     from .adapters import attn_kwargs
+
+    if kind == "sequence_classifier":
+        from .reward.sequence_classifier import load_sequence_classifier
+
+        return load_sequence_classifier(cfg.reward.path, cfg=cfg.reward, ds_cfg=cfg.deepspeed,
+                                        separator=cfg.reward_training.separator, load_kw=attn_kwargs(cfg.model))
+    path = cfg.reward.path or default_reward_model(cfg)
     from .reward.scorer import load_scorer
 
-    return load_scorer(path, cfg=cfg.reward, ds_cfg=cfg.deepspeed, load_kw=attn_kwargs(cfg.model))
+    scorer = load_scorer(path, cfg=cfg.reward, ds_cfg=cfg.deepspeed, load_kw=attn_kwargs(cfg.model))
+    scorer.source_path = str(path)  # the folder it came from (the embedded default's, when reward.path is unset)
+    return scorer
+
+
+def describe_reward(cfg, scorer) -> dict:
+    """What a run was scored by, for its summary.json and log: the type, where it came from and
+    what its σ² is. `scorer` is the one the run used (a caller's own when it passed one)."""
+    r = cfg.reward
+    from .reward.scorer import EnsembleScorer
+    from .reward.sequence_classifier import SequenceClassifierScorer
+
+    if isinstance(scorer, EnsembleScorer):
+        path = getattr(scorer, "source_path", r.path)
+        module = getattr(scorer.model, "module", scorer.model)
+        K = module.num_heads
+        out = {"type": "ensemble", "path": path, "default": r.path is None, "num_heads": K,
+               "sigma2": f"variance over the {K} members (ddof {scorer.ddof})"}
+        if r.path is None:
+            out["note"] = "the embedded task's default ensemble (testbed sentiment), reward.path unset"
+        return out
+    if isinstance(scorer, SequenceClassifierScorer):
+        return {"type": "sequence_classifier", "path": r.path,
+                "sigma2": "0: one reward model has no uncertainty estimate (variance weighting is off)"}
+    name = type(scorer).__name__
+    if r.type == "judge" and name == "JudgeScorer":
+        return {"type": "judge", "judges": [f"{j.model}@{j.base_url}" for j in cfg.judge.judges],
+                "sigma2": "(b - a)^2 / 12 of the judges' intervals"
+                          + (" and their disagreement" if len(cfg.judge.judges) > 1 else "")}
+    if r.type == "gold" and name == "GoldScorer":
+        return {"type": "gold", "task": cfg.testbed.task, "sigma2": "0: the testbed's true reward"}
+    if r.type == "oracle" and name == "OracleScorer":
+        return {"type": "oracle", "task": cfg.testbed.task, "sigma2": "known: the oracle's noise variance"}
+    return {"type": "custom", "scorer": f"{type(scorer).__module__}.{type(scorer).__qualname__}",
+            "note": f"passed by the caller (reward.type={r.type} in the config was not used)"}
 
 
 def default_reward_model(cfg) -> str:

@@ -18,11 +18,16 @@ class OracleConfig(Section):
 
 
 class RewardConfig(Section):
-    type: Literal["ensemble", "judge", "gold", "oracle"] = Field(
+    type: Literal["ensemble", "judge", "gold", "oracle", "sequence_classifier"] = Field(
         "ensemble", description="where (score, σ²) come from: a trained ensemble, interval judges, the testbed's "
-        "gold (σ² = 0), or the oracle (gold + noise with a known σ², reward.oracle)")
+        "gold (σ² = 0), the oracle (gold + noise with a known σ², reward.oracle), or a Hugging Face "
+        "sequence-classification reward model (reward.path: AutoModelForSequenceClassification with one label, as "
+        "TRL's RewardTrainer writes it; one score, σ² = 0; for σ², train heads on it with varpo train-rm --set "
+        "reward_training.backbone_path=...)")
     oracle: OracleConfig = OracleConfig()
-    path: str | None = Field(None, description="trained ensemble folder; None: the embedded task's default ensemble")
+    path: str | None = Field(None, description="type ensemble: a trained ensemble folder (varpo train-rm's "
+                             "OUT/reward_model; None: the embedded task's default ensemble, refused with a policy "
+                             "of your own); type sequence_classifier: the reward model's folder or cached name")
     aggregation: Literal["mean", "median", "min", "mean_minus_var", "mean_minus_std"] = Field(
         "mean", description="score s from the K head rewards: mean (the paper), median, min (worst case), "
         "mean − λ·var, or mean − k·std (lower confidence bound)",
@@ -32,6 +37,13 @@ class RewardConfig(Section):
     ddof: int = Field(1, ge=0, description="σ² = variance over heads with this delta degrees of freedom (1: sample variance)")
     batch_size: int = Field(64, ge=1, description="texts per reward-model forward")
     max_length: int = Field(96, ge=2, description="tokens of prompt+response scored (longer texts keep their end)")
+
+    @model_validator(mode="after")
+    def _a_reward_model_needs_its_folder(self):
+        if self.type == "sequence_classifier" and not self.path:
+            raise ValueError("reward.type=sequence_classifier needs reward.path: the reward model's folder "
+                             "(AutoModelForSequenceClassification, num_labels 1)")
+        return self
 
 
 class LoraConfig(Section):

@@ -39,27 +39,65 @@ def resolve_eval_prompts(cfg, policy_path: str, testbed=None) -> list[str] | Non
     return rows
 
 
-def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=()) -> dict:
+def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=(), overwrite: bool = False,
+              allow_config_change: bool = False, reuse_finished: bool = False) -> dict:
     """Train one policy; writes metrics.jsonl, tensorboard/, checkpoints/, policy/, summary.json
-    and config.yaml under out_dir. Resumes from the last complete checkpoint there. `callbacks`:
-    varpo.ppo.callbacks.TrainerCallback instances, called after varpo's own loggers."""
+    and config.yaml under out_dir. Before anything starts (no process group, no engine, no file
+    written) the model, tokenizer and reward folders and the data are checked (varpo.preflight)
+    and so is the output folder (varpo.run_folder): an interrupted run there is resumed from its
+    last complete checkpoint if its saved configuration agrees on what is trained
+    (`allow_config_change` resumes anyway); a finished run is refused unless `overwrite` (start
+    over) or `reuse_finished` (return its summary: populations resuming), or ppo.steps was raised
+    (continue it). `callbacks`: varpo.ppo.callbacks.TrainerCallback instances, called after
+    varpo's own loggers. `scorer`: a reward source of the caller's instead of reward.*."""
+    from .. import dist
     from ..adapters import check_environment
-    from ..dist import init_distributed
-    from ..scoring import build_scorer
+    from ..config import ConfigError
+    from ..outputs import console
+    from ..preflight import check_ppo
+    from ..run_folder import PPO, clear, decide
+    from ..scoring import build_scorer, describe_reward
     from .trainer import PPOTrainer
 
+    out = Path(out_dir)
+    check_ppo(cfg, check_reward_source=scorer is None)
+    decision = decide(out, cfg, PPO, overwrite=overwrite, allow_config_change=allow_config_change,
+                      reuse_finished=reuse_finished)
+    if decision.action == "reuse":
+        return decision.summary
     check_environment(cfg)  # refuse what this machine cannot run before any model is built
+    # the data, read and checked before the process group and the engines exist
+    policy_path, prompts, gold_fn, testbed = resolve_sources(cfg)
+    evaluator = None
+    if cfg.ppo.eval_every:
+        held = resolve_eval_prompts(cfg, policy_path, testbed)
+        if not held:
+            raise ConfigError("ppo.eval_every: evaluation needs held-out prompts: set data.eval_prompts_path, or give "
+                              "data.prompts_path a dataset with a data.eval_split split")
+        from .periodic_eval import PeriodicEvaluation
+
+        evaluator = PeriodicEvaluation(held[: cfg.ppo.eval_prompts], cfg.ppo.eval_every, gold_fn)
     # join the process group first: building the default reward model coordinates the ranks
-    init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes, cfg.deepspeed.peer_timeout_s,
-                     cfg.deepspeed.rendezvous_timeout_s)
-    policy_path, prompts, gold_fn, _ = resolve_sources(cfg)
+    dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes, cfg.deepspeed.peer_timeout_s,
+                          cfg.deepspeed.rendezvous_timeout_s)
+    if dist.rank() == 0:
+        if decision.action == "overwrite":
+            clear(out, PPO)
+        if decision.note:
+            console.print(decision.note, highlight=False)
+    dist.barrier()
     if scorer is None:
         scorer = build_scorer(cfg)
-    trainer = PPOTrainer(cfg, out_dir, prompts=prompts, policy_path=policy_path, scorer=scorer,
-                         critic_path=cfg.model.critic_path, gold_fn=gold_fn, callbacks=callbacks)
+    reward = describe_reward(cfg, scorer)
+    if dist.rank() == 0:
+        console.print(f"reward: {reward['type']}" + (f" {reward['path']}" if reward.get("path") else "")
+                      + f"; σ²: {reward.get('sigma2', 'as the scorer gives it')}", highlight=False)
+    trainer = PPOTrainer(cfg, out, prompts=prompts, policy_path=policy_path, scorer=scorer,
+                         critic_path=cfg.model.critic_path, gold_fn=gold_fn, callbacks=callbacks,
+                         evaluator=evaluator, run_info={"reward": reward})
     return trainer.train()
 
 
 from .callbacks import TrainerCallback, TrainerControl  # noqa: E402  (light: no torch, no engines)
 
-__all__ = ["TrainerCallback", "TrainerControl", "resolve_sources", "train_ppo"]
+__all__ = ["TrainerCallback", "TrainerControl", "resolve_eval_prompts", "resolve_sources", "train_ppo"]

@@ -107,6 +107,21 @@ def micro_batch_per_rank(cfg: VarpoConfig, world: int) -> int:
     return max(1, cfg.ppo.mini_batch_size // world)
 
 
+def lr_schedule(cfg: VarpoConfig):
+    """ppo.lr_schedule as an update -> multiplier function for the trained roles' engines (None:
+    constant, no warm-up): PPO steps counted in optimizer updates (ppo_epochs × minibatches each)."""
+    p = cfg.ppo
+    if p.lr_schedule == "constant" and not p.lr_warmup_steps:
+        return None
+    from functools import partial
+
+    from ..engines import lr_factor
+
+    per_step = p.ppo_epochs * (p.batch_size // p.mini_batch_size)
+    return partial(lr_factor, warmup=p.lr_warmup_steps * per_step, total=p.steps * per_step,
+                   schedule=p.lr_schedule, min_ratio=p.lr_min_ratio)
+
+
 def _base(model: nn.Module) -> nn.Module:
     return model.get_base_model() if is_peft(model) else model
 
@@ -146,7 +161,8 @@ def build_actor(cfg: VarpoConfig, path: str, world: int):
         model = PolicyWithValueHead(model)
         lr_of = {"value_head.": cfg.ppo.critic_lr}
     disable_dropout(model)
-    return train_engine(model, conf, lr=cfg.ppo.actor_lr, weight_decay=cfg.ppo.weight_decay, lr_of=lr_of)
+    return train_engine(model, conf, lr=cfg.ppo.actor_lr, weight_decay=cfg.ppo.weight_decay, lr_of=lr_of,
+                        lr_lambda=lr_schedule(cfg))
 
 
 class ReferenceFromBase:
@@ -202,7 +218,8 @@ def build_critic(cfg: VarpoConfig, path: str, world: int):
     if cfg.model.gradient_checkpointing:
         _base(model.backbone).gradient_checkpointing_enable()
     disable_dropout(model)
-    return train_engine(model, conf, lr=cfg.ppo.critic_lr, weight_decay=cfg.ppo.weight_decay)
+    return train_engine(model, conf, lr=cfg.ppo.critic_lr, weight_decay=cfg.ppo.weight_decay,
+                        lr_lambda=lr_schedule(cfg))
 
 
 def role_param_counts(actor, critic) -> dict:

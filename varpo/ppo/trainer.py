@@ -55,7 +55,8 @@ class NonFiniteError(RuntimeError):
 class PPOTrainer:
     def __init__(self, cfg: VarpoConfig, out_dir: str | Path, *, prompts: list[str], policy_path: str,
                  scorer: Scorer, critic_path: str | None = None, gold_fn=None,
-                 callbacks: list[TrainerCallback] = ()):
+                 callbacks: list[TrainerCallback] = (), evaluator: TrainerCallback | None = None,
+                 run_info: dict | None = None):
         self.cfg, self.out = cfg, Path(out_dir)
         self.info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes,
                                           cfg.deepspeed.peer_timeout_s, cfg.deepspeed.rendezvous_timeout_s)
@@ -85,11 +86,15 @@ class PPOTrainer:
         self.kl_ctl = core.make_kl_controller(p.kl)
         self.sigma_mean = core.ExponentialMovingAverage(p.variance.running_momentum)
         self.step = 0
+        self._saved_step: int | None = None  # the step of the last checkpoint this run wrote or resumed from
         self.bad_steps_in_row = 0
         self.counters = {"skipped_steps": 0, "skipped_updates": 0, "truncated_prompts": 0, "dropped_samples": 0}
         self.timings: dict[str, float] = {}
         self.control = TrainerControl()
-        self.callbacks = CallbackList([*own_callbacks, *callbacks], self.control)
+        # evaluation during training (varpo.ppo.periodic_eval) runs first, on every rank: it adds its
+        # eval/* metrics to the step's row before the loggers write it
+        self.callbacks = CallbackList([*([evaluator] if evaluator else []), *own_callbacks, *callbacks], self.control)
+        self.run_info = dict(run_info or {})  # what produced this run (reward source, ...), for summary.json
         self._maybe_resume()
         # the rollout engine (generation.backend): HF generate with the actor itself, or a colocated
         # vLLM engine that starts from policy_path and is synced after every update
@@ -415,13 +420,18 @@ class PPOTrainer:
                 exp.values, exp.returns, exp.mask, var_fn=lambda x, m: self._global_mean_var(x, m)[1])),
             "response_length": self._global_mean(exp.response_mask.sum(-1).float()),
             "eos_fraction": self._global_mean(exp.has_eos.float()),
-            **self._mismatch_metrics(exp), **losses,
+            **self._mismatch_metrics(exp), **losses, **self._lr_metrics(),
             "episodes_per_s": self.cfg.ppo.batch_size / elapsed, "tokens_per_s": n_tokens / elapsed,
             **{f"time/{k}": v for k, v in self.timings.items()}, "time/step": elapsed, **self.counters,
         }
         if exp.gold is not None:
             m["gold_mean"] = self._global_mean(exp.gold)
         return m
+
+    def _lr_metrics(self) -> dict:
+        """The learning rates the next update uses (ppo.lr_schedule moves them)."""
+        actor = self.actor.get_lr()
+        return {"lr_actor": actor[0], "lr_critic": actor[-1] if self.shared_trunk else self.critic.get_lr()[0]}
 
     def _mismatch_metrics(self, exp: Experience) -> dict:
         """|Δ log p| between the sampling engine's log-probs and the trainer's old log-probs."""
@@ -461,6 +471,7 @@ class PPOTrainer:
         c = self.cfg.checkpoint
         path = checkpoint.save(self.out / "checkpoints", self.step, self._trained_engines(),
                                self._state(), keep_last=c.keep_last, verify=c.verify)
+        self._saved_step = self.step
         self.callbacks.on_checkpoint_saved(path)
 
     def _maybe_resume(self) -> None:
@@ -473,12 +484,13 @@ class PPOTrainer:
         self.kl_ctl.load_state_dict(st["kl_ctl"])
         self.sigma_mean.load_state_dict(st["sigma_mean"])
         self.bad_steps_in_row, self.counters = st["bad_steps_in_row"], st["counters"]
+        self._saved_step = self.step
         if self.info.is_main:
             console.print(f"resumed from {last} at step {self.step}")
 
     def train(self) -> dict:
-        """Steps until ppo.steps, or until a callback asks to stop; then the last checkpoint (when
-        ppo.checkpoint_every is set), the exported policy and summary.json."""
+        """Steps until ppo.steps, or until a callback asks to stop; then the last checkpoint (always:
+        ppo.checkpoint_every 0 means only then), the exported policy and summary.json."""
         p = self.cfg.ppo
         # running sums for the summary, not a list of every step's metrics (which grew with the run)
         good, eps_sum, tok_sum, final = 0, 0.0, 0.0, {}
@@ -502,14 +514,14 @@ class PPOTrainer:
                     bar.update(task, advance=1, info="skipped")
                 if stop:
                     break
-        if p.checkpoint_every:
+        if self._saved_step != self.step:  # (a run resumed from its last checkpoint has it already)
             self.save_checkpoint()
         self.rollout_engine.close()
         policy_dir = self.export_policy(self.out / "policy")
         summary = {
             "steps": self.step, "world_size": self.world, "policy_path": str(policy_dir),
             "episodes_per_s": eps_sum / max(good, 1), "tokens_per_s": tok_sum / max(good, 1),
-            "final": final, **self.counters, **self.params,
+            "final": final, **self.counters, **self.params, **self.run_info,
         }
         if self.step < p.steps:
             summary["stopped_early"] = self.control.reason or "a callback on another rank asked to stop"

@@ -28,8 +28,10 @@ def scored_texts(prompts: list[str], responses: list[str], separator: str = " ")
     return out
 
 
-def token_ids(tokenizer, prompts: list[str], responses: list[str], separator: str = " ") -> list[list[int]]:
-    """Untruncated ids of each text, EOS-terminated."""
+def token_ids(tokenizer, prompts: list[str], responses: list[str], separator: str = " ",
+              append_eos: bool = True) -> list[list[int]]:
+    """Untruncated ids of each text, EOS-terminated (unless `append_eos` is False: the tokenizer's
+    own special tokens only)."""
     texts = scored_texts(prompts, responses, separator)
     ids: list[list[int] | None] = [None] * len(texts)
     for special in (True, False):  # one tokenizer call per kind of text
@@ -37,7 +39,7 @@ def token_ids(tokenizer, prompts: list[str], responses: list[str], separator: st
         if idx:
             for i, x in zip(idx, tokenizer([texts[i][0] for i in idx], add_special_tokens=special)["input_ids"]):
                 ids[i] = x
-    eos = tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id if append_eos else None
     return [list(x) + [eos] if eos is not None and (not x or x[-1] != eos) else list(x) for x in ids]
 
 
@@ -68,11 +70,12 @@ def pad_id(tokenizer) -> int:
 
 
 def encode(tokenizer, prompts: list[str], responses: list[str], max_length: int, device=None,
-           separator: str = " ") -> tuple[torch.Tensor, torch.Tensor, int]:
+           separator: str = " ", append_eos: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(input_ids [B, T], attention_mask [B, T], number of texts truncated)."""
     if max_length < 2:
         raise ValueError(f"max_length must be ≥ 2, got {max_length}")
-    cut = [truncate_left(x, max_length, tokenizer.bos_token_id) for x in token_ids(tokenizer, prompts, responses, separator)]
+    cut = [truncate_left(x, max_length, tokenizer.bos_token_id)
+           for x in token_ids(tokenizer, prompts, responses, separator, append_eos)]
     input_ids, mask = collate([x for x, _ in cut], pad_id(tokenizer), device)
     return input_ids, mask, sum(c for _, c in cut)
 

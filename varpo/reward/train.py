@@ -187,6 +187,42 @@ def _resume(engine, folder: Path, st: dict, log: Path, is_main: bool) -> None:
         log.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(log) if r["step"] <= st["step"]))
 
 
+def _start_from_score_head(model, backbone_path: str, rt, is_main: bool) -> str | None:
+    """The paper's setting (Appendix B): heads attached beside a trained reward model's own scalar
+    head on its frozen trunk. When the backbone is a sequence-classification reward model and the
+    heads read what its score head reads (pooling=last), head 0 starts from that head; returns
+    where head 0 came from (None: a random start like the others)."""
+    from ..model_folders import is_sequence_classifier
+    from .sequence_classifier import score_head_weights
+
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(str(backbone_path))
+    except (OSError, ValueError):
+        return None
+    if not is_sequence_classifier(conf) or rt.ensemble_kind == "deep":
+        return None
+    if rt.pooling != "last":
+        if is_main:
+            console.print(f"reward_training.pooling={rt.pooling}: head 0 starts at random, not from the score head "
+                          f"of {backbone_path}, which reads the last token (pooling=last for the paper's setting)")
+        return None
+    found = score_head_weights(backbone_path)
+    if found is None:
+        if is_main:
+            console.print(f"{backbone_path}: no score.weight tensor of one row found; head 0 starts at random")
+        return None
+    weight, bias = found
+    with torch.no_grad():  # the heads are plain tensors until the engine wraps them (ZeRO-3 included)
+        model.heads.weight[0].copy_(weight[0].to(model.heads.weight))
+        model.heads.bias[0] = float(bias[0]) if bias is not None else 0.0
+    if is_main:
+        console.print(f"head 0 starts from the score head of {backbone_path} (the paper's setting: "
+                      f"{rt.num_heads - 1} more heads beside the reward model's own)")
+    return f"score head of {backbone_path}"
+
+
 # ------------------------------------------------------------------------------------ training
 def train_reward_model(cfg, out_dir: str | Path) -> dict:
     """Train, evaluate and save an ensemble as configured (`cfg`: a VarpoConfig); returns the
@@ -238,6 +274,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
             backbone_path, rt.num_heads, head_seed=rt.head_seed, pooling=rt.pooling, ddof=cfg.reward.ddof,
             separator=rt.separator, load_kw=attn_kwargs(cfg.model),
             prior_scale=rt.prior_scale if rt.ensemble_kind == "prior" else 0.0), conf)
+    head0 = _start_from_score_head(model, backbone_path, rt, info.is_main)
     if rt.lora.enabled:
         torch.manual_seed(cfg.seed)  # LoRA's A matrices draw from the global generator: same on every rank and rerun
         model.add_lora(rt.lora.r, rt.lora.alpha, rt.lora.dropout, rt.lora.target_modules)
@@ -365,7 +402,7 @@ def train_reward_model(cfg, out_dir: str | Path) -> dict:
             report.update(
                 model_path=str(model_path), backbone=str(backbone_path), lora=rt.lora.enabled,
                 ensemble_kind=rt.ensemble_kind, prior_scale=engine.module.prior_scale, standardized=rt.standardize,
-                deep_init=rt.deep_init if rt.ensemble_kind == "deep" else None,
+                deep_init=rt.deep_init if rt.ensemble_kind == "deep" else None, head0_from=head0,
                 trainable_parameters=n_trainable, bootstrap=rt.bootstrap, head_seeds=engine.module.head_seeds,
                 train_pairs=len(train), eval_source=held_source, steps=st["step"], epochs=rt.epochs,
                 final_train_loss=st["last_loss"], eval_loss=final["loss"], stopped_early=st["stopped_early"],
