@@ -63,8 +63,12 @@ def main() -> None:
         app()
     except ConfigError as exc:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # soft_wrap: one message, one line, whatever the terminal's width (scripts grep it); escaped:
+        # a message quoting user text in brackets is not markup
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True,
+                                   soft_wrap=True)
         sys.exit(2)
 
 

@@ -2,12 +2,11 @@
 said in one line naming the config field and the path (never a traceback from deep inside
 transformers: "Repo id must be in the form ...", "install sentencepiece or tiktoken").
 
-A path is a local folder, or a model name (`org/name`) found in the local Hugging Face cache
-(or, online, downloaded by transformers later). The config itself is read by the check
+A path is a local folder, or a model name (`org/name`) found in the local Hugging Face cache;
+the checks never go to the network. The config itself is read by the check
 `varpo estimate-memory` uses (`varpo.memory.load_hf_config`): one home for it."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +26,8 @@ class ModelPathError(ConfigError):
 @dataclass
 class ModelFolder:
     name: str  # what from_pretrained is given
-    folder: Path | None  # where its files are on disk (None: a hub name transformers will download)
+    folder: Path  # where its files are on disk
     config: object  # its transformers PretrainedConfig
-
-
-def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _name_shaped(text: str) -> bool:
@@ -51,8 +45,8 @@ def _name_shaped(text: str) -> bool:
 
 
 def locate(path: str, field: str) -> tuple[str, Path | None]:
-    """(name for from_pretrained, local folder or None) of a model path; ModelPathError when there
-    is no such folder and no such model in the cache."""
+    """(name for from_pretrained, the folder holding its files) of a model path; ModelPathError
+    when there is no such folder and no such model in the local cache."""
     p = Path(str(path)).expanduser()
     if p.is_dir():
         return str(p), p
@@ -64,10 +58,9 @@ def locate(path: str, field: str) -> tuple[str, Path | None]:
         cached = try_to_load_from_cache(str(path), "config.json")
         if isinstance(cached, str):
             return str(path), Path(cached).parent
-        if not _offline():
-            return str(path), None  # a hub name: transformers downloads it
+        # never a download from here: a typo'd folder would otherwise wait on the network for minutes
         raise ModelPathError(f"{field}: {path}: no such folder, and no model of that name in the local Hugging Face "
-                             "cache (offline: HF_HUB_OFFLINE is set)")
+                             f"cache (models load from folders or the cache; `hf download {path}` fetches one)")
     raise ModelPathError(f"{field}: {path}: no such folder (expected an HF model folder with config.json, or a model "
                          "name in the local Hugging Face cache)")
 
@@ -87,12 +80,10 @@ def check_model(path: str, field: str, kind: str = "causal_lm") -> ModelFolder:
     from .memory import load_hf_config
 
     name, folder = locate(path, field)
-    conf = load_hf_config(folder if folder is not None else name, field)
-    if folder is not None:
-        has_weights = any((folder / w).is_file() for w in WEIGHT_FILES) or any(folder.glob("*.safetensors"))
-        if not has_weights:
-            raise ModelPathError(f"{field}: {path} has a config.json but no weights ({', '.join(WEIGHT_FILES[:3])}, "
-                                 "...): an incomplete download or copy?")
+    conf = load_hf_config(folder, field)
+    if not (any((folder / w).is_file() for w in WEIGHT_FILES) or any(folder.glob("*.safetensors"))):
+        raise ModelPathError(f"{field}: {path} has a config.json but no weights ({', '.join(WEIGHT_FILES[:3])}, "
+                             "...): an incomplete download or copy?")
     archs = _architectures(conf)
     if kind == "causal_lm" and is_sequence_classifier(conf):
         raise ModelPathError(f"{field}: {path} is a sequence-classification model ({archs[0]}), not a causal LM: "
@@ -113,13 +104,13 @@ def check_tokenizer(path: str, field: str, chat_template_for: str | None = None)
     """The tokenizer at `path`, loaded; `chat_template_for`: why a chat template is needed (it is
     then an error when the tokenizer has none)."""
     name, folder = locate(path, field)
-    if folder is not None and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise ModelPathError(f"{field}: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...); "
                              "copy the tokenizer into it or name one with model.tokenizer_path")
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name)
+        tok = AutoTokenizer.from_pretrained(str(folder))  # the files on disk: no network
     except Exception as exc:  # transformers raises many kinds for unreadable tokenizers
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelPathError(f"{field}: {path}: the tokenizer cannot be loaded ({type(exc).__name__}: {first})") from None

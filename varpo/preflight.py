@@ -30,6 +30,10 @@ def check_reward(cfg, *, trains_its_own: bool = False) -> None:
     elif r.type == "ensemble":
         if r.path:
             check_ensemble_folder(r.path, "reward.path")
+        elif cfg.data.pairs_path is not None and not trains_its_own:
+            raise ConfigError(f"reward.path: not set, with preference pairs of your own (data.pairs_path="
+                              f"{cfg.data.pairs_path}): train a reward ensemble on them first (varpo train-rm) and "
+                              "point reward.path at its OUT/reward_model")
         elif cfg.model.policy_path is not None and not (trains_its_own and cfg.data.pairs_path):
             # the embedded default ensemble scores the testbed's toy sentiment task: never what a run
             # on your own policy means, so it is not used silently

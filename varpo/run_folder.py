@@ -36,6 +36,11 @@ NEUTRAL = (
     "reward_training.resume",
 )
 
+# and per kind: the data a PPO run only evaluates on, or never reads; the prompts a reward model never sees
+NEUTRAL_PPO = ("data.eval_prompts_path", "data.eval_split", "data.eval_pairs_path")
+NEUTRAL_PPO_WITH_PROMPTS = ("data.pairs_path", "data.chosen_column", "data.rejected_column")  # pairs give no prompts
+NEUTRAL_REWARD = ("data.prompts_path", "data.eval_prompts_path", "data.chat_template")
+
 PPO_OUTPUTS = ("checkpoints", "metrics.jsonl", "samples.jsonl", "tensorboard", "wandb", "policy", "policy_adapter",
                "policy_value_head", "summary.json", "config.yaml")
 RM_OUTPUTS = ("checkpoints", "train_log.jsonl", "reward_model", "rm_report.json", "disagreement.png",
@@ -81,7 +86,9 @@ def config_changes(saved: dict, cfg, kind: Kind = PPO) -> list[tuple[str, object
     """(field, saved value, new value) of every training-relevant field that differs."""
     new = flatten(redacted_dict(cfg))
     old = flatten(saved)
-    neutral = list(NEUTRAL)
+    neutral = [*NEUTRAL, *(NEUTRAL_PPO if kind is PPO else NEUTRAL_REWARD)]
+    if kind is PPO and cfg.data.prompts_path is not None:
+        neutral += NEUTRAL_PPO_WITH_PROMPTS
     if kind is PPO and cfg.ppo.lr_schedule == "constant":
         neutral.append("ppo.steps")  # raising it continues the same run
     relevant = _relevant(cfg, kind)
@@ -165,9 +172,9 @@ def decide(out: Path, cfg, kind: Kind, *, overwrite: bool = False, allow_config_
     if changes and not allow_config_change:
         listed = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in changes[:12])
         more_ = f" (and {len(changes) - 12} more)" if len(changes) > 12 else ""
-        what = "finished" if summary is not None and not continuing else "interrupted"
+        what = "finished" if summary is not None and not continuing else "interrupted" if summary is None else "earlier"
         raise ConfigError(f"--out {out}: the {what} {kind.name} run there was started with another configuration, "
-                          f"and resuming would mix the two: {listed}{more_}. Rerun with the saved configuration "
+                          f"and continuing it would mix the two: {listed}{more_}. Rerun with the saved configuration "
                           f"({out / 'config.yaml'}), choose another --out, pass --overwrite to start over, or "
                           "--allow-config-change to resume with the new values")
     note = ""

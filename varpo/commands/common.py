@@ -10,6 +10,10 @@ SetOpt = typer.Option(
     None, "--set", "-s", help="dotted override KEY=VALUE, repeatable (e.g. --set ppo.kl.beta=0.05)"
 )
 OutOpt = typer.Option(..., "--out", "-o", help="output folder (created if missing)")
+OverwriteOpt = typer.Option(False, "--overwrite", help="replace the run already in --out (finished or not): its "
+                            "outputs are removed first")
+AllowChangeOpt = typer.Option(False, "--allow-config-change", help="resume the interrupted run in --out even though "
+                              "fields that change what is trained differ from its saved config.yaml (listed)")
 
 
 def load(config: Path | None, overrides: list[str] | None):

@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
         """Reference runs and the vanilla population once (OUT/base), the variance-aware population
         at each α (OUT/scale_<α>), one shared reward ensemble (OUT/reward); results are saved per
         policy, so a killed sweep resumes. Writes OUT/heterogeneity.json and OUT/heterogeneity.md."""
+        from ..config import load_config
         from ..defaults import config_or_default
         from ..evaluation.heterogeneity import (
             heterogeneity_markdown,
@@ -32,8 +33,10 @@ def register(app: typer.Typer) -> None:
             scale_name,
         )
         from ..outputs import console, print_table, write_json
+        from ..preflight import check_population
 
         alphas = parse_scales(scales)
+        check_population(load_config(config_or_default(config), set_ or []))  # paths, before any worker starts
         command = shlex.join([
             "varpo", "heterogeneity", "--scales", ",".join(scale_name(a) for a in alphas), "--seeds", str(seeds),
             "--out", str(out), *(["--config", str(config)] if config else []),

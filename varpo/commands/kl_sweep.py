@@ -40,7 +40,12 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--betas {betas!r}: expected comma-separated numbers, e.g. 0.03,0.1,0.3") from None
         if not beta_list or any(b < 0 for b in beta_list):
             raise ConfigError(f"--betas {betas!r}: expected at least one β ≥ 0")
+        from ..config import load_config
+        from ..preflight import check_population
+
         packaged = config is None or is_empty_config(config)  # an empty file means what no --config means
+        check_population(load_config(config_or_default(config, OVEROPT),
+                                     [*(DEFAULT_OVERRIDES if packaged else ()), *(set_ or [])]))
         res = run_kl_sweep(config_or_default(config, OVEROPT), set_ or [], out, beta_list, seeds, methods=methods,
                            workers=workers, best_of=best_of, steps=steps or None,
                            defaults=DEFAULT_OVERRIDES if packaged else ())

@@ -23,10 +23,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train and evaluate a population; results land in OUT/policies/<method>/seed_<k>.json as they
         finish (a killed run resumes). Then `varpo stats OUT` computes the paper's tables."""
+        from ..config import load_config
         from ..defaults import config_or_default
         from ..evaluation.population import run_population, summarize
         from ..outputs import print_table, write_json
+        from ..preflight import check_population
 
+        check_population(load_config(config_or_default(config), set_ or []))  # paths, before any worker starts
         rows = run_population(config_or_default(config), set_ or [], seeds, out, workers=workers, methods=methods,
                               vary=vary)
         summary = summarize(rows)

@@ -42,6 +42,9 @@ def run(out: Path, seeds: int, config, overrides: list[str]) -> dict:
 
     config = config_or_default(config)
     cfg = load_config(config, overrides)
+    from ..preflight import check_population
+
+    check_population(cfg)  # model, tokenizer and reward paths, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out)
     console.rule("1/3 testbed")

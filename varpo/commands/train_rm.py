@@ -5,25 +5,26 @@ from pathlib import Path
 
 import typer
 
-from .common import ConfigOpt, OutOpt, SetOpt, load
+from .common import AllowChangeOpt, ConfigOpt, OutOpt, OverwriteOpt, SetOpt, load
 
 
 def register(app: typer.Typer) -> None:
     @app.command("train-rm")
-    def train_rm(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, out: Path = OutOpt) -> None:
+    def train_rm(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, out: Path = OutOpt,
+                 overwrite: bool = OverwriteOpt, allow_config_change: bool = AllowChangeOpt) -> None:
         """Train a K-member reward ensemble, a Bradley–Terry loss each (the embedded task's pairs by
         default): K linear heads on one backbone (reward_training.ensemble_kind heads or prior) or K
         backbones of their own (deep). Writes OUT/rm_report.json, OUT/disagreement.png, OUT/reward_model/
         (point reward.path at it), OUT/train_log.jsonl and the resolved config."""
-        run(load(config, set_), out)
+        run(load(config, set_), out, overwrite=overwrite, allow_config_change=allow_config_change)
 
 
-def run(cfg, out: Path) -> dict:
+def run(cfg, out: Path, **folder_opts) -> dict:
     from .. import dist
     from ..outputs import print_table, write_json
     from ..reward.train import train_reward_model
 
-    r = train_reward_model(cfg, out)
+    r = train_reward_model(cfg, out, **folder_opts)
     if dist.rank() != 0:
         return r
     rows = [{"head": str(k), "eval_accuracy": a} for k, a in enumerate(r["head_accuracy"])]

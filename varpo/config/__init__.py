@@ -4,7 +4,15 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from .checkpoint import CheckpointConfig
-from .core import ConfigError, Section, build_config, config_hash, documented_yaml, redacted_dict, save_resolved
+from .core import (
+    ConfigError,
+    Section,
+    build_config,
+    config_hash,
+    documented_yaml,
+    redacted_dict,
+    save_resolved,
+)
 from .data import DataConfig
 from .deepspeed import DeepSpeedConfig, RoleEngineConfig
 from .evaluation import EvaluationConfig

@@ -206,3 +206,29 @@ def load_pairs(path: str | Path, columns: dict[str, str] | None = None, skip_bad
         return row, conversational
 
     return _load(path, cols, parse, skip_bad_rows, read_kw, needed=[cols["chosen"], cols["rejected"]])
+
+
+def load_responses(path: str | Path, prompt_column: str = "prompt", response_column: str = "response",
+                   skip_bad_rows: bool = False, **read_kw) -> LoadResult[dict]:
+    """Rows to score (`varpo score`): {"prompt", "response", "id", "location", "row"} where prompt
+    is a string or a message list (rendered by whoever scores it), response a string (a reply given
+    as [{"role": "assistant", ...}], or as a whole conversation whose last message is the reply,
+    is taken apart the same way as for pairs), id the row's optional "id", location where the row
+    is, and row its original prompt and response values (kept in the output)."""
+    pname, rname = _field_name(prompt_column, "prompt"), _field_name(response_column, "response")
+
+    def parse(rec: dict, loc: str):
+        prompt = _text(rec, prompt_column, "prompt", path, loc, messages_ok=True)
+        response = _text(rec, response_column, "response", path, loc, messages_ok=True)
+        original = {"prompt": rec[prompt_column], "response": rec[response_column]}
+        if isinstance(response, list):
+            turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            k = shared_prefix(turns, response)
+            response = _reply(response[k:], path, loc, rname)
+        if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
+            raise DataError(path, "the conversation ends with an assistant message: the response answers the "
+                                  "prompt's last turn", loc, pname)
+        row = {"prompt": prompt, "response": response, "id": rec.get("id"), "location": loc, "row": original}
+        return row, isinstance(prompt, list)
+
+    return _load(path, {"prompt": prompt_column, "response": response_column}, parse, skip_bad_rows, read_kw)

@@ -17,7 +17,13 @@ def tokenizer_renderer(path: str, field: str) -> ChatRenderer:
     def load():
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(path))
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except Exception as exc:  # transformers raises many kinds for a path that holds no tokenizer
+            from ..config import ConfigError
+
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"{field}: {path}: no tokenizer to render conversational rows with ({first})") from None
 
     return ChatRenderer(load, f"{field} ({path})")
 
@@ -29,6 +35,25 @@ def train_prompts(cfg, chat: ChatRenderer | None = None) -> list[str] | None:
         return None
     return load_prompts(dc.prompts_path, dc.prompt_column, dc.skip_bad_rows, chat=chat,
                         **dc.where("train", explicit=True)).rows
+
+
+def pair_prompts(cfg, chat: ChatRenderer | None = None, which: str = "train") -> list[str] | None:
+    """The distinct prompts of the preference pairs (data.pairs_path, at the training or held-out
+    split), in order: PPO's prompts when data.prompts_path is unset, as RLHF runs on a preference
+    dataset's prompts. None when pairs_path is unset (or, for "eval", has no held-out split)."""
+    dc = cfg.data
+    if which == "train":
+        if dc.pairs_path is None:
+            return None
+        path, where = dc.pairs_path, dc.where("train", explicit=True)
+    elif dc.eval_pairs_path is not None:
+        path, where = dc.eval_pairs_path, dc.where("eval", explicit=True)
+    elif dc.pairs_path is not None and has_split(dc.pairs_path, dc.eval_split, dc.dataset_config):
+        path, where = dc.pairs_path, dc.where("eval", explicit=False)
+    else:
+        return None
+    rows = load_pairs(path, dc.pair_columns(), dc.skip_bad_rows, chat=chat, **where).rows
+    return list(dict.fromkeys(r["prompt"] for r in rows))
 
 
 def eval_prompt_source(cfg) -> tuple[str, dict] | None:

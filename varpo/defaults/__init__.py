@@ -25,6 +25,6 @@ def config_or_default(path, default: Path = EMBEDDED) -> Path:
         from ..outputs import console
 
         console.print(f"{path}: empty config file: using the defaults, as without --config ({default.name})",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         return default
     return Path(path)

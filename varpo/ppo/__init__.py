@@ -7,20 +7,23 @@ from pathlib import Path
 
 def resolve_sources(cfg):
     """Policy folder, training prompts and gold-reward function from the config: user paths
-    when given, the embedded testbed otherwise. Conversational prompts are rendered with the
-    policy tokenizer's chat template (varpo.data)."""
+    when given (data.prompts_path, else the prompts of data.pairs_path), the embedded testbed
+    otherwise. Conversational prompts are rendered with the policy tokenizer's chat template
+    (varpo.data)."""
+    from ..data.sets import pair_prompts, policy_renderer, train_prompts
+
     policy_path, gold_fn = cfg.model.policy_path, None
+    user_prompts = cfg.data.prompts_path is not None or cfg.data.pairs_path is not None
     testbed = None
-    if policy_path is None or cfg.data.prompts_path is None:
+    if policy_path is None or not user_prompts:
         from ..testbed import build_testbed
 
         testbed = build_testbed(cfg.testbed, progress=False)
     if policy_path is None:
         policy_path = str(testbed.model_path)
-    if cfg.data.prompts_path is not None:
-        from ..data.sets import policy_renderer, train_prompts
-
-        prompts = train_prompts(cfg, policy_renderer(cfg, policy_path))
+    if user_prompts:
+        chat = policy_renderer(cfg, policy_path)
+        prompts = train_prompts(cfg, chat) if cfg.data.prompts_path is not None else pair_prompts(cfg, chat)
     else:
         from ..testbed import task_gold
 
@@ -29,13 +32,17 @@ def resolve_sources(cfg):
 
 
 def resolve_eval_prompts(cfg, policy_path: str, testbed=None) -> list[str] | None:
-    """Held-out prompts (data.eval_prompts_path, or the eval split of the prompt dataset, or the
-    testbed's when the training prompts are the testbed's); None: the config names none."""
-    from ..data.sets import eval_prompts, policy_renderer
+    """Held-out prompts: data.eval_prompts_path, or the eval split of the prompt dataset, or (PPO
+    on a preference dataset's prompts) the held-out pairs' prompts, or the testbed's when the
+    training prompts are the testbed's; None: the config names none."""
+    from ..data.sets import eval_prompts, pair_prompts, policy_renderer
 
-    rows = eval_prompts(cfg, policy_renderer(cfg, policy_path))
-    if rows is None and testbed is not None and cfg.data.prompts_path is None:
-        rows = list(testbed.eval_prompts)
+    chat = policy_renderer(cfg, policy_path)
+    rows = eval_prompts(cfg, chat)
+    if rows is None and cfg.data.prompts_path is None:
+        rows = pair_prompts(cfg, chat, "eval")
+        if rows is None and testbed is not None and cfg.data.pairs_path is None:
+            rows = list(testbed.eval_prompts)
     return rows
 
 
@@ -50,21 +57,22 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=(), overwrite:
     over) or `reuse_finished` (return its summary: populations resuming), or ppo.steps was raised
     (continue it). `callbacks`: varpo.ppo.callbacks.TrainerCallback instances, called after
     varpo's own loggers. `scorer`: a reward source of the caller's instead of reward.*."""
-    from .. import dist
-    from ..adapters import check_environment
-    from ..config import ConfigError
-    from ..outputs import console
     from ..preflight import check_ppo
     from ..run_folder import PPO, clear, decide
-    from ..scoring import build_scorer, describe_reward
-    from .trainer import PPOTrainer
 
     out = Path(out_dir)
-    check_ppo(cfg, check_reward_source=scorer is None)
+    check_ppo(cfg, check_reward_source=scorer is None)  # light: no torch yet, so a bad path fails at once
     decision = decide(out, cfg, PPO, overwrite=overwrite, allow_config_change=allow_config_change,
                       reuse_finished=reuse_finished)
     if decision.action == "reuse":
         return decision.summary
+    from .. import dist
+    from ..adapters import check_environment
+    from ..config import ConfigError
+    from ..outputs import console
+    from ..scoring import build_scorer, describe_reward
+    from .trainer import PPOTrainer
+
     check_environment(cfg)  # refuse what this machine cannot run before any model is built
     # the data, read and checked before the process group and the engines exist
     policy_path, prompts, gold_fn, testbed = resolve_sources(cfg)

@@ -192,10 +192,10 @@ def _start_from_score_head(model, backbone_path: str, rt, is_main: bool) -> str 
     head on its frozen trunk. When the backbone is a sequence-classification reward model and the
     heads read what its score head reads (pooling=last), head 0 starts from that head; returns
     where head 0 came from (None: a random start like the others)."""
+    from transformers import AutoConfig
+
     from ..model_folders import is_sequence_classifier
     from .sequence_classifier import score_head_weights
-
-    from transformers import AutoConfig
 
     try:
         conf = AutoConfig.from_pretrained(str(backbone_path))
@@ -224,34 +224,49 @@ def _start_from_score_head(model, backbone_path: str, rt, is_main: bool) -> str 
 
 
 # ------------------------------------------------------------------------------------ training
-def train_reward_model(cfg, out_dir: str | Path) -> dict:
+def train_reward_model(cfg, out_dir: str | Path, *, overwrite: bool = False, allow_config_change: bool = False) -> dict:
     """Train, evaluate and save an ensemble as configured (`cfg`: a VarpoConfig); returns the
-    report written to OUT/rm_report.json (same dict on every rank)."""
+    report written to OUT/rm_report.json (same dict on every rank). The backbone, the data and
+    the output folder are checked before anything starts (varpo.run_folder: a finished run is
+    refused unless `overwrite`, an interrupted one resumed only with the configuration it was
+    started with unless `allow_config_change`)."""
     from transformers import AutoTokenizer
 
     from ..adapters import attn_kwargs, check_environment
-    from ..config import save_resolved
+    from ..config import ConfigError, save_resolved
     from ..engines import build_model, ds_config, gathered_params, train_engine
+    from ..preflight import check_reward_training
+    from ..run_folder import REWARD, clear, decide
     from .deep import DeepEnsembleRewardModel
     from .encode import model_max_length, pad_id
     from .model import EnsembleRewardModel
     from .report import disagreement_report
 
     t_start = time.perf_counter()
-    check_environment(cfg)
     out = Path(out_dir)
+    rt = cfg.reward_training
+    # before anything starts or is written: the backbone, the output folder, the machine, the data
+    check_reward_training(cfg)
+    decision = decide(out, cfg, REWARD, overwrite=overwrite, allow_config_change=allow_config_change,
+                      has_checkpoint=None if rt.resume else False)
+    check_environment(cfg)
+    train, held, backbone_path, held_source = load_pair_sets(cfg)
     info = dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes,
                                  cfg.deepspeed.peer_timeout_s, cfg.deepspeed.rendezvous_timeout_s)
-    rt = cfg.reward_training
-    train, held, backbone_path, held_source = load_pair_sets(cfg)
     world = info.world_size
     if len(train) < world:
-        raise ValueError(f"{len(train)} training pair(s) for {world} ranks: each rank needs at least one")
+        raise ConfigError(f"{len(train)} training pair(s) for {world} ranks: each rank needs at least one")
     if not held:
-        raise ValueError("no held-out pairs to evaluate the ensemble on")
+        raise ConfigError("no held-out pairs to evaluate the ensemble on")
     global_batch = min(rt.batch_size, len(train))
     if global_batch < world:
-        raise ValueError(f"reward_training.batch_size={rt.batch_size} is smaller than the world size {world}")
+        raise ConfigError(f"reward_training.batch_size={rt.batch_size} is smaller than the world size {world}")
+    if info.is_main:
+        if decision.action == "overwrite":
+            clear(out, REWARD)
+        if decision.note:
+            console.print(decision.note, highlight=False)
+    dist.barrier()
     ckpt_dir = out / "checkpoints"
     last = checkpoint.resolve(ckpt_dir) if rt.resume else None
     resuming = last is not None
