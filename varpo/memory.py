@@ -242,6 +242,8 @@ def role_shapes(cfg, reward_model_config: str | Path | None = None) -> dict[str,
     if reward_model_config is not None:
         reward = shape_of(load_hf_config(reward_model_config, "--reward-model-config"), "ensemble", K,
                           source=str(reward_model_config))
+    elif cfg.reward.type == "sequence_classifier":  # one HF reward model: its trunk and one scalar head
+        reward = shape_of(load_hf_config(cfg.reward.path, "reward.path"), "ensemble", 1, source=str(cfg.reward.path))
     elif cfg.reward.type != "ensemble":
         reward = None
     elif cfg.reward.path:

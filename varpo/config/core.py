@@ -181,7 +181,8 @@ def documented_yaml(cfg: BaseModel, width: int = 100) -> str:
     lines: list[str] = []
 
     def comment(text: str, indent: str) -> None:
-        for ln in textwrap.wrap(" ".join(text.split()), width - len(indent) - 2):
+        for ln in textwrap.wrap(" ".join(text.split()), width - len(indent) - 2, break_on_hyphens=False,
+                                break_long_words=False):
             lines.append(f"{indent}# {ln}")
 
     def walk(model: BaseModel, vals: dict, indent: str) -> None:
