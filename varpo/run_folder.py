@@ -7,12 +7,13 @@ run silently continues with another configuration or replaces a finished one:
   trained; otherwise refused with the differing fields listed, unless the user passes
   `allow_config_change` (`--allow-config-change`);
 - a finished run (its summary file): refused unless the user asks to `overwrite` it
-  (`--overwrite`: the run's own outputs are removed first, nothing else in the folder), or, for PPO,
-  raises ppo.steps to continue it from its last checkpoint; callers that keep finished runs
+  (`--overwrite`: the run's own outputs are removed first, nothing else in the folder), or raises
+  ppo.steps (reward_training.epochs) to continue it from its last checkpoint; callers that keep finished runs
   (populations resuming) `reuse` them, after the same configuration check.
 
 Fields that do not change what is trained (how often to log or checkpoint, timeouts, caches,
-kernels, evaluation) may differ; ppo.steps too, unless a learning-rate schedule depends on it."""
+kernels, evaluation) may differ; ppo.steps too, unless a learning-rate schedule depends on it, and
+reward_training.epochs (each epoch's data order depends on the epoch alone)."""
 from __future__ import annotations
 
 import json
@@ -39,7 +40,8 @@ NEUTRAL = (
 # and per kind: the data a PPO run only evaluates on, or never reads; the prompts a reward model never sees
 NEUTRAL_PPO = ("data.eval_prompts_path", "data.eval_split", "data.eval_pairs_path")
 NEUTRAL_PPO_WITH_PROMPTS = ("data.pairs_path", "data.chosen_column", "data.rejected_column")  # pairs give no prompts
-NEUTRAL_REWARD = ("data.prompts_path", "data.eval_prompts_path", "data.chat_template")
+NEUTRAL_REWARD = ("data.prompts_path", "data.eval_prompts_path", "data.chat_template",
+                  "reward_training.epochs")  # the data order is per epoch: more epochs continue the same run
 
 PPO_OUTPUTS = ("checkpoints", "metrics.jsonl", "samples.jsonl", "tensorboard", "wandb", "policy", "policy_adapter",
                "policy_value_head", "summary.json", "config.yaml")
@@ -152,11 +154,11 @@ def decide(out: Path, cfg, kind: Kind, *, overwrite: bool = False, allow_config_
     saved = _saved_config(out)
     continuing = False
     if summary is not None and not reuse_finished:
-        done = summary.get("steps")
-        more = (kind is PPO and isinstance(done, int) and cfg.ppo.steps > done and has_checkpoint
-                and not summary.get("stopped_early"))
+        more = _more_to_do(summary, cfg, kind) and has_checkpoint
         if not more:
-            extra = f", or raise ppo.steps above {done} to continue it" if kind is PPO and isinstance(done, int) else ""
+            done = summary.get("steps" if kind is PPO else "epochs")
+            knob = "ppo.steps" if kind is PPO else "reward_training.epochs"
+            extra = f", or raise {knob} above {done} to continue it" if isinstance(done, int) else ""
             raise ConfigError(f"--out {out}: holds a finished {kind.name} run ({out / kind.summary}); choose another "
                               f"--out, or pass --overwrite to replace it{extra}")
         continuing = True
@@ -183,8 +185,20 @@ def decide(out: Path, cfg, kind: Kind, *, overwrite: bool = False, allow_config_
     if summary is not None and not continuing:
         return Decision("reuse", summary, note)
     if continuing:
-        return Decision("continue", None, note or f"continuing the finished run in {out} to ppo.steps={cfg.ppo.steps}")
+        knob = f"ppo.steps={cfg.ppo.steps}" if kind is PPO else f"reward_training.epochs={cfg.reward_training.epochs}"
+        return Decision("continue", None, note or f"continuing the finished {kind.name} run in {out} to {knob}")
     return Decision("resume", None, note)
+
+
+def _more_to_do(summary: dict, cfg, kind: Kind) -> bool:
+    """A finished run the new configuration asks to take further (more PPO steps, more epochs)."""
+    if summary.get("stopped_early"):
+        return False
+    if kind is PPO:
+        done, want = summary.get("steps"), cfg.ppo.steps
+    else:
+        done, want = summary.get("epochs"), cfg.reward_training.epochs
+    return isinstance(done, int) and want > done
 
 
 def _show(v) -> str:

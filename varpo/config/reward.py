@@ -90,7 +90,9 @@ class RewardTrainingConfig(Section):
     eval_batch_size: int = Field(128, ge=1, description="pairs per forward while evaluating")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between DeepSpeed checkpoints under OUT/checkpoints (0: only at the end)")
     resume: bool = Field(True, description="continue from OUT/checkpoints when a previous run left one")
-    separator: str = Field(" ", description="scored text = prompt + separator + response (saved with the model, used by the scorer)")
+    separator: str = Field(" ", description="scored text = prompt + separator + response (saved with the model, used "
+                           "by the scorer; also what a reward.type=sequence_classifier model is given); a prompt "
+                           "rendered by a chat template takes no separator")
     max_train_pairs: int | None = Field(None, ge=1, description="use at most this many training pairs (a limited budget makes heads disagree)")
     lora: LoraConfig = LoraConfig()
 
