@@ -168,7 +168,8 @@ def decide(out: Path, cfg, kind: Kind, *, overwrite: bool = False, allow_config_
                                           "starting over")
         return Decision("fresh")
     if saved is None:
-        return Decision("reuse" if summary is not None else "resume", summary,
+        action = "continue" if continuing else "reuse" if summary is not None else "resume"
+        return Decision(action, summary if action == "reuse" else None,
                         note=f"{out}: no config.yaml beside the run: the configuration cannot be compared")
     changes = config_changes(saved, cfg, kind)
     if changes and not allow_config_change:

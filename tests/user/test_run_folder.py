@@ -42,7 +42,8 @@ def test_schedule_and_reward_make_fields_count():
     assert config_changes(_saved(load_config(None, own_rm)), load_config(None, [*own_rm, "reward_training.lr=0.5"])) == []
     # reward training: its own sections count, PPO's do not
     assert [k for k, _, _ in config_changes(_saved(load_config(None, [])), load_config(None, [
-        "ppo.kl.beta=3", "reward_training.epochs=5", "reward_training.eval_every=2"]), REWARD)] == ["reward_training.epochs"]
+        "ppo.kl.beta=3", "reward_training.lr=0.5", "reward_training.epochs=5", "reward_training.eval_every=2"]),
+        REWARD)] == ["reward_training.lr"]  # more epochs continue the same run
     # a field the saved config predates is not a change
     old = _saved(load_config(None, []))
     del old["ppo"]["lr_schedule"]
@@ -72,6 +73,10 @@ def test_decide_on_fabricated_folders(tmp_path):
         decide(run, other, PPO, reuse_finished=True)  # a population never reuses a run of another config
     assert decide(run, cfg, PPO, overwrite=True).action == "overwrite"
     assert decide(run, load_config(None, ["ppo.steps=6"]), PPO).action == "continue"
+    (run / "config.yaml").unlink()  # a run from before config.yaml was saved: said, not compared
+    d = decide(run, load_config(None, ["ppo.steps=6"]), PPO)
+    assert d.action == "continue" and "cannot be compared" in d.note
+    assert decide(run, cfg, PPO, reuse_finished=True).action == "reuse"
     rm = tmp_path / "rm"
     rm.mkdir()
     (rm / "rm_report.json").write_text("{}")
