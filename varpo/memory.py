@@ -126,7 +126,8 @@ def linear_params(model) -> int:
 
 def lora_params(model, lora_cfg) -> int:
     """Adapter parameters peft adds to `model` for `lora_cfg` (a ModelLoraConfig), on the meta device."""
-    from .adapters import attach_lora, param_counts
+    from .models.loading import param_counts
+    from .models.lora import attach_lora
 
     try:
         wrapped = on_meta(lambda: attach_lora(model, lora_cfg.r, lora_cfg.alpha, 0.0, lora_cfg.target_modules))

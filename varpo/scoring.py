@@ -9,33 +9,60 @@ __all__ = ["Scorer", "Scores", "build_scorer", "default_reward_model", "describe
 
 
 def build_scorer(cfg) -> Scorer:
-    """The reward source named by `cfg.reward.type`, ready to score texts."""
+    """The reward source named by `cfg.reward.type` (SCORERS), ready to score texts."""
     kind = cfg.reward.type
-    if kind == "gold":
-        from .testbed import GoldScorer
+    if kind not in SCORERS:
+        from .config import ConfigError
 
-        return GoldScorer(cfg.testbed.task, cfg.testbed.overopt_threshold)
-    if kind == "oracle":
-        from .reward.oracle import OracleScorer
+        raise ConfigError(f"reward.type={kind!r}: no reward source of that type (known: {', '.join(SCORERS)})")
+    return SCORERS[kind](cfg)
 
-        return OracleScorer.from_config(cfg)
-    if kind == "judge":
-        from .judge import JudgeScorer
 
-        return JudgeScorer.from_config(cfg.judge)
-    from .adapters import attn_kwargs
-
-    if kind == "sequence_classifier":
-        from .reward.sequence_classifier import load_sequence_classifier
-
-        return load_sequence_classifier(cfg.reward.path, cfg=cfg.reward, ds_cfg=cfg.deepspeed,
-                                        separator=cfg.reward_training.separator, load_kw=attn_kwargs(cfg.model))
+def _ensemble(cfg) -> Scorer:
     path = cfg.reward.path or default_reward_model(cfg)
+    from .models.loading import attn_kwargs
     from .reward.scorer import load_scorer
 
     scorer = load_scorer(path, cfg=cfg.reward, ds_cfg=cfg.deepspeed, load_kw=attn_kwargs(cfg.model))
     scorer.source_path = str(path)  # the folder it came from (the embedded default's, when reward.path is unset)
     return scorer
+
+
+def _judge(cfg) -> Scorer:
+    from .judge import JudgeScorer
+
+    return JudgeScorer.from_config(cfg.judge)
+
+
+def _gold(cfg) -> Scorer:
+    from .testbed import GoldScorer
+
+    return GoldScorer(cfg.testbed.task, cfg.testbed.overopt_threshold)
+
+
+def _oracle(cfg) -> Scorer:
+    from .reward.oracle import OracleScorer
+
+    return OracleScorer.from_config(cfg)
+
+
+def _sequence_classifier(cfg) -> Scorer:
+    from .models.loading import attn_kwargs
+    from .reward.sequence_classifier import load_sequence_classifier
+
+    return load_sequence_classifier(cfg.reward.path, cfg=cfg.reward, ds_cfg=cfg.deepspeed,
+                                    separator=cfg.reward_training.separator, load_kw=attn_kwargs(cfg.model))
+
+
+# reward.type -> the function that builds its source from the whole config (imports deferred: each
+# source loads only when used). A new type is its function and one line here.
+SCORERS = {
+    "ensemble": _ensemble,
+    "judge": _judge,
+    "gold": _gold,
+    "oracle": _oracle,
+    "sequence_classifier": _sequence_classifier,
+}
 
 
 def describe_reward(cfg, scorer) -> dict:
@@ -74,7 +101,6 @@ def default_reward_model(cfg) -> str:
     """The embedded task's reward ensemble, trained once per (testbed, reward config) and cached
     beside the testbed. Rank 0 trains it in a child process (a world of one, whatever the
     launcher started); the other ranks wait at a barrier, then everyone loads the same folder."""
-    import hashlib
     import json
     import os
     import subprocess
@@ -83,7 +109,7 @@ def default_reward_model(cfg) -> str:
     from filelock import FileLock
 
     from . import dist
-    from .config import redacted_dict
+    from .config import config_hash
     from .testbed import build_testbed
 
     if cfg.data.pairs_path is not None:
@@ -91,11 +117,14 @@ def default_reward_model(cfg) -> str:
 
         raise ConfigError("reward.path: required when data.pairs_path is set (train it with `varpo train-rm`)")
     tb = build_testbed(cfg.testbed, progress=False)
-    spec = {"reward": redacted_dict(cfg.reward), "reward_training": redacted_dict(cfg.reward_training)}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    key = config_hash({"reward": cfg.reward, "reward_training": cfg.reward_training})
     out = tb.dir.parent / f"{tb.dir.name}-reward-{key}"
     if dist.rank() == 0 and not (out / "rm_report.json").exists():
         with FileLock(str(out) + ".lock"):
+            # a cache from before the key had config_hash's length: its first 12 characters
+            legacy = out.with_name(f"{tb.dir.name}-reward-{key[:12]}")
+            if not (out / "rm_report.json").exists() and (legacy / "rm_report.json").exists():
+                _move_cache(legacy, out)
             if not (out / "rm_report.json").exists():
                 from .config import save_resolved
 
@@ -106,3 +135,15 @@ def default_reward_model(cfg) -> str:
                                check=True, env=env)
     dist.barrier()
     return json.loads((out / "rm_report.json").read_text())["model_path"]
+
+
+def _move_cache(old, new) -> None:
+    """Rename a cached ensemble folder; its report's model_path is rewritten to the new place."""
+    import json
+    import os
+
+    os.replace(old, new)
+    report = new / "rm_report.json"
+    data = json.loads(report.read_text())
+    data["model_path"] = str(new / "reward_model")
+    report.write_text(json.dumps(data, indent=2))

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from varpo.adapters import BNB_CPU_MIN, check_environment
 from varpo.cli import app
 from varpo.config import ConfigError, load_config
+from varpo.config.environment import BNB_CPU_MIN, check_environment
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -47,7 +47,7 @@ def test_4bit_is_refused_where_bitsandbytes_cannot_run_it():
         with pytest.raises(ConfigError, match=r"load_in_4bit=true: the bitsandbytes package is not installed"):
             check_environment(cfg)
     else:
-        from varpo.adapters import _version_tuple
+        from varpo.config.environment import _version_tuple
 
         ok = not NO_CUDA or _version_tuple(importlib.metadata.version("bitsandbytes")) >= BNB_CPU_MIN
         if ok:
@@ -58,8 +58,8 @@ def test_4bit_is_refused_where_bitsandbytes_cannot_run_it():
 
 
 def test_prompts_through_the_chat_template_when_asked_and_present(testbed):
-    from varpo.ppo.models import load_tokenizer
-    from varpo.ppo.rollout import tokenize_prompts
+    from varpo.models.loading import load_tokenizer
+    from varpo.ppo.tokens import tokenize_prompts
 
     tok = load_tokenizer(str(testbed.model_path))
     prompts = list(testbed.train_prompts[:3])

@@ -31,10 +31,12 @@ def test_evaluation_during_training_is_logged_and_exact(user_models, user_data, 
     from transformers import AutoModelForCausalLM
 
     from varpo.data.sets import policy_renderer, train_prompts
+    from varpo.models.loading import load_tokenizer
     from varpo.ppo.generation import sampling_seed
-    from varpo.ppo.models import load_tokenizer
+    from varpo.ppo.generation.hf import generate
     from varpo.ppo.periodic_eval import EVAL_STEP, PeriodicEvaluation
-    from varpo.ppo.rollout import decode_responses, generate, tokenize_prompts
+    from varpo.ppo.roles import build_roles
+    from varpo.ppo.tokens import decode_responses, tokenize_prompts
     from varpo.ppo.trainer import PPOTrainer
     from varpo.scoring import build_scorer
 
@@ -42,9 +44,9 @@ def test_evaluation_during_training_is_logged_and_exact(user_models, user_data, 
     prompts = train_prompts(cfg, policy_renderer(cfg, user_models["policy"]))
     held = prompts[-5:]  # five held-out prompts: one chunk of the local batch (4) and one of 1
     scorer = build_scorer(cfg)
-    trainer = PPOTrainer(cfg, tmp_path, prompts=prompts[:-5], policy_path=user_models["policy"], scorer=scorer,
-                         gold_fn=gold_words, evaluator=PeriodicEvaluation(held, 2, gold_words))
-    summary = trainer.train()
+    roles = build_roles(cfg, tmp_path, policy_path=user_models["policy"], scorer=scorer)
+    roles.callbacks.insert(0, PeriodicEvaluation(held, 2, gold_words))  # first: before the loggers, as train_ppo does
+    summary = PPOTrainer(cfg, tmp_path, roles, prompts=prompts[:-5], gold_fn=gold_words).train()
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert ["eval/reward_mean" in r for r in rows] == [False, True, True]
     last = rows[-1]

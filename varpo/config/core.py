@@ -126,8 +126,9 @@ def build_config(cls: type[T], path: str | Path | None = None, overrides: list[s
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
-def redacted_dict(cfg: BaseModel) -> dict:
-    """Plain JSON-able dict of the config with every secret replaced by a marker."""
+def redacted_dict(cfg: BaseModel | dict) -> dict:
+    """Plain JSON-able dict of the config (or of a dict holding sections) with every secret
+    replaced by a marker."""
 
     def walk(obj: Any) -> Any:
         if isinstance(obj, SecretStr):
@@ -154,12 +155,16 @@ def save_resolved(cfg: BaseModel, out_dir: str | Path, name: str = "config.yaml"
     return path
 
 
-def config_hash(section: BaseModel) -> str:
-    """Stable short hash of a section, used to key caches (rebuild only when the config changes)."""
+CONFIG_HASH_LENGTH = 16  # hex characters: every cache key varpo derives from a config
+
+
+def config_hash(section: BaseModel | dict) -> str:
+    """Stable short hash of a section (or a dict of sections), used to key caches (rebuild only
+    when the config changes)."""
     import hashlib
 
     blob = json.dumps(redacted_dict(section), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return hashlib.sha256(blob).hexdigest()[:CONFIG_HASH_LENGTH]
 
 
 def _choices(annotation) -> list:

@@ -6,10 +6,13 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .core import Section
+from .lora import LoraConfig
 
 
 class KLConfig(Section):
-    estimator: Literal["k1", "k2", "k3"] = Field("k1", description="per-token KL estimator in the shaped reward")
+    estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="per-token KL estimator in the shaped reward: k1 = r, k2 = r²/2, k3 = e^{−r} − 1 + r of "
+        "r = log π − log π_ref (varpo_kernels.weighted_kl.kl_from_log_ratio, the one definition every path uses)")
     beta: float = Field(0.1, ge=0.0, description="initial KL coefficient (β)")
     controller: Literal["fixed", "adaptive"] = Field("fixed", description="fixed β, or Ziegler et al.'s adaptive controller")
     target: float = Field(6.0, gt=0.0, description="adaptive controller: target KL per sequence (nats)")
@@ -198,22 +201,15 @@ class GenerationConfig(Section):
 
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
-LoraTargets = list[str] | Literal["auto", "all-linear"]
 
 
-class ModelLoraConfig(Section):
+class ModelLoraConfig(LoraConfig):
     """LoRA adapters (peft) on the actor and optionally the critic: only the adapters (and the
     critic's value head) train, the base weights stay frozen."""
 
     enabled: bool = Field(False, description="train LoRA adapters on the actor instead of all its weights")
-    r: int = Field(8, ge=1, description="adapter rank")
-    alpha: int = Field(16, ge=1, description="scaling numerator: the update is (alpha / r)·B·A")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="adapter dropout (PPO disables every dropout of the "
                            "actor so rollout and update log-probs agree; kept for fidelity to the paper's value)")
-    target_modules: LoraTargets = Field(
-        "auto", description="module names to adapt; auto: peft's per-architecture choice (q_proj, v_proj for Llama, "
-        "Qwen2, Mistral; c_attn for GPT-2), all-linear for an architecture peft has no entry for; all-linear: "
-        "every linear layer but the output head")
     critic: bool = Field(False, description="also give the critic LoRA adapters (its value head trains in full); "
                          "False: the critic is fully fine-tuned")
     reference_from_base: bool = Field(

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .core import Section
+from .lora import LoraConfig
 
 
 class OracleConfig(Section):
@@ -46,18 +47,12 @@ class RewardConfig(Section):
         return self
 
 
-class LoraConfig(Section):
+class RewardLoraConfig(LoraConfig):
     # on by default: the embedded testbed LM is too small for its frozen features to separate the
     # pairs linearly (measured: a fully converged logistic probe on frozen last-token states reaches
     # 0.57 held-out accuracy; LoRA + heads reach 0.75, with the label noise capping it near 0.8)
-    enabled: bool = Field(True, description="train LoRA adapters on the backbone (False: the backbone stays frozen, only the heads train)")
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
-        "auto", description="module names to adapt; auto: peft's per-architecture choice (the attention's query and "
-        "value projections: q_proj, v_proj for Llama, Qwen2, Mistral; c_attn for GPT-2), all-linear for an "
-        "architecture peft has no entry for; all-linear: every linear layer of the backbone")
+    enabled: bool = Field(True, description="train LoRA adapters on the backbone (False: the backbone stays frozen, "
+                          "only the heads train)")
 
 
 class RewardTrainingConfig(Section):
@@ -94,7 +89,7 @@ class RewardTrainingConfig(Section):
                            "by the scorer; also what a reward.type=sequence_classifier model is given); a prompt "
                            "rendered by a chat template takes no separator")
     max_train_pairs: int | None = Field(None, ge=1, description="use at most this many training pairs (a limited budget makes heads disagree)")
-    lora: LoraConfig = LoraConfig()
+    lora: RewardLoraConfig = RewardLoraConfig()
 
     @model_validator(mode="after")
     def _deep_random_members_train_their_backbones(self):

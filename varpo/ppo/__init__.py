@@ -55,8 +55,8 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=(), overwrite:
     last complete checkpoint if its saved configuration agrees on what is trained
     (`allow_config_change` resumes anyway); a finished run is refused unless `overwrite` (start
     over) or `reuse_finished` (return its summary: populations resuming), or ppo.steps was raised
-    (continue it). `callbacks`: varpo.ppo.callbacks.TrainerCallback instances, called after
-    varpo's own loggers. `scorer`: a reward source of the caller's instead of reward.*."""
+    (continue it). `callbacks`: varpo.callbacks.TrainerCallback instances, called after varpo's
+    own loggers. `scorer`: a reward source of the caller's instead of reward.*."""
     from ..preflight import check_ppo
     from ..run_folder import PPO, clear, decide
 
@@ -67,11 +67,12 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=(), overwrite:
     if decision.action == "reuse":
         return decision.summary
     from .. import dist
-    from ..adapters import check_environment
     from ..config import ConfigError
+    from ..config.environment import check_environment
     from ..outputs import console
     from ..scoring import build_scorer, describe_reward
-    from .trainer import PPOTrainer
+    from .roles import build_roles
+    from .trainer import PPOTrainer, check_batch_sizes
 
     check_environment(cfg)  # refuse what this machine cannot run before any model is built
     # the data, read and checked before the process group and the engines exist
@@ -86,9 +87,11 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=(), overwrite:
 
         evaluator = PeriodicEvaluation(held[: cfg.ppo.eval_prompts], cfg.ppo.eval_every, gold_fn)
     # join the process group first: building the default reward model coordinates the ranks
-    dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes, cfg.deepspeed.peer_timeout_s,
-                          cfg.deepspeed.rendezvous_timeout_s)
-    if dist.rank() == 0:
+    info = dist.join(cfg.deepspeed)
+    check_batch_sizes(cfg.ppo, info.world_size)
+    if not prompts:
+        raise ConfigError("no training prompts")
+    if info.is_main:
         if decision.action == "overwrite":
             clear(out, PPO)
         if decision.note:
@@ -97,15 +100,29 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=(), overwrite:
     if scorer is None:
         scorer = build_scorer(cfg)
     reward = describe_reward(cfg, scorer)
-    if dist.rank() == 0:
+    if info.is_main:
         console.print(f"reward: {reward['type']}" + (f" {reward['path']}" if reward.get("path") else "")
                       + f"; σ²: {reward.get('sigma2', 'as the scorer gives it')}", highlight=False)
-    trainer = PPOTrainer(cfg, out, prompts=prompts, policy_path=policy_path, scorer=scorer,
-                         critic_path=cfg.model.critic_path, gold_fn=gold_fn, callbacks=callbacks,
-                         evaluator=evaluator, run_info={"reward": reward})
-    return trainer.train()
+    roles = build_roles(cfg, out, policy_path=policy_path, scorer=scorer, callbacks=callbacks)
+    roles.run_info["reward"] = reward
+    if evaluator is not None:  # first, on every rank: its eval/* metrics join the row before the loggers write it
+        roles.callbacks.insert(0, evaluator)
+    return PPOTrainer(cfg, out, roles, prompts=prompts, gold_fn=gold_fn).train()
 
 
-from .callbacks import TrainerCallback, TrainerControl  # noqa: E402  (light: no torch, no engines)
+from ..callbacks import TrainerCallback, TrainerControl  # noqa: E402  (light: no torch, no engines)
 
-__all__ = ["TrainerCallback", "TrainerControl", "resolve_eval_prompts", "resolve_sources", "train_ppo"]
+# the heavy parts load on first use: `import varpo.ppo` stays light
+_LAZY = {"PPOTrainer": "trainer", "build_roles": "roles", "Roles": "roles", "ExperienceMaker": "experience_maker"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ExperienceMaker", "PPOTrainer", "Roles", "TrainerCallback", "TrainerControl", "build_roles",
+           "resolve_eval_prompts", "resolve_sources", "train_ppo"]

@@ -20,7 +20,7 @@ import math
 import torch
 
 from .. import dist
-from .callbacks import TrainerCallback
+from ..callbacks import TrainerCallback
 
 EVAL_STEP = 10_000_019  # the `step` the sampling seed is derived from: apart from every training step
 
@@ -55,13 +55,13 @@ class PeriodicEvaluation(TrainerCallback):
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        from .rollout import decode_responses, tokenize_prompts
+        from .tokens import decode_responses, tokenize_prompts
 
         t = self.trainer
         cfg = t.cfg
         prompts, real = self._shard()
         responses, lengths = [], []
-        chunk = max(1, t.local_batch)  # no larger than a training rollout: the same memory
+        chunk = max(1, cfg.ppo.batch_size // t.world)  # no larger than a training rollout: the same memory
         for s in range(0, len(prompts), chunk):
             ids, mask, _ = tokenize_prompts(t.tokenizer, prompts[s : s + chunk], cfg.generation.max_prompt_len,
                                             t.device, cfg.data.chat_template)

@@ -108,11 +108,10 @@ def load_sequence_classifier(path: str | Path, cfg=None, ds_cfg=None, *, separat
         return SequenceClassifierReward.from_pretrained(path, pad_token_id=pad_id(tok), load_kw=load_kw)
 
     if ds_cfg is not None:
-        from ..dist import init_distributed
+        from ..dist import join
         from ..engines import build_model, ds_config, inference_engine
 
-        init_distributed(ds_cfg.dist_backend, ds_cfg.timeout_minutes, ds_cfg.peer_timeout_s,
-                         ds_cfg.rendezvous_timeout_s)  # a no-op inside a launched job
+        join(ds_cfg)  # a no-op inside a launched job
         conf = ds_config(ds_cfg, "reward", cfg.batch_size, trainable=False)
         model = build_model(make, conf)  # under ZeRO-3 partitioned while it loads
         max_length = model_max_length(model.model.config, cfg.max_length)
