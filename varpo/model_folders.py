@@ -16,7 +16,6 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
                    "spiece.model")
-ENSEMBLE_TYPES = ("varpo_ensemble_reward_model", "varpo_deep_ensemble_reward_model")
 
 
 class ModelPathError(ConfigError):
@@ -137,8 +136,13 @@ def check_ensemble_folder(path: str, field: str = "reward.path") -> str:
         conf = json.loads(conf_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelPathError(f"{field}: {conf_file} is not readable JSON ({exc})") from None
+    from .reward.deep import MEMBERS_DIR
+    from .reward.ensemble import HEADS_NAME
+    from .reward.load import FOLDER_KINDS  # the kinds of folder varpo writes (torch is loaded by now anyway)
+    from .reward.model import BACKBONE_DIR, MODEL_TYPE
+
     mtype = conf.get("model_type")
-    if mtype not in ENSEMBLE_TYPES:
+    if mtype not in FOLDER_KINDS:
         archs = conf.get("architectures") or []
         if any(str(a).endswith("ForSequenceClassification") for a in archs):
             raise ModelPathError(f"{field}: {path} is a sequence-classification reward model ({archs[0]}), not a "
@@ -148,9 +152,9 @@ def check_ensemble_folder(path: str, field: str = "reward.path") -> str:
         what = f"an HF {archs[0]} folder" if archs else f"a folder of model_type {mtype!r}"
         raise ModelPathError(f"{field}: {path} is {what}, not a reward ensemble; train one on it with `varpo "
                              f"train-rm --set reward_training.backbone_path={path}`")
-    if not (p / "heads.safetensors").is_file():
-        raise ModelPathError(f"{field}: {path} has no heads.safetensors (an interrupted `varpo train-rm`?)")
-    sub = p / "backbone" if mtype == ENSEMBLE_TYPES[0] else p / "members" / "00"
+    if not (p / HEADS_NAME).is_file():
+        raise ModelPathError(f"{field}: {path} has no {HEADS_NAME} (an interrupted `varpo train-rm`?)")
+    sub = p / BACKBONE_DIR if mtype == MODEL_TYPE else p / MEMBERS_DIR / "00"  # one trunk, or a deep ensemble's first
     check_model(str(sub), f"{field} ({sub.relative_to(p)}/)", "backbone")
     check_tokenizer(str(p), field)
     return mtype
