@@ -68,15 +68,12 @@ def _architectures(conf) -> list[str]:
     return list(getattr(conf, "architectures", None) or [])
 
 
-def is_sequence_classifier(conf) -> bool:
-    return any(a.endswith("ForSequenceClassification") for a in _architectures(conf))
-
-
 def check_model(path: str, field: str, kind: str = "causal_lm") -> ModelFolder:
     """An HF model folder (or cached name) with a readable config and weights. kind: causal_lm (a
     policy), backbone (any model whose trunk is used), sequence_classifier (a scalar reward model:
     *ForSequenceClassification with one label)."""
     from .memory import load_hf_config
+    from .reward.sequence_classifier import is_sequence_classifier
 
     name, folder = locate(path, field)
     conf = load_hf_config(folder, field)

@@ -116,3 +116,29 @@ def test_finished_runs_are_kept_and_continued_exactly(user_models, tmp_path, ppo
     assert [r["step"] for r in read_jsonl(a / "metrics.jsonl")] == [0]
     assert sorted(p.name for p in (a / "checkpoints").glob("step_*")) == ["step_00000001"]
     assert (a / "notes.txt").read_text() == "mine"
+
+
+def test_reward_training_runs_are_kept_and_continued(user_models, user_data, tmp_path):
+    """`varpo train-rm` (varpo.commands.train_rm.run): a finished run is refused and left as it was,
+    raising reward_training.epochs continues it exactly, --overwrite starts over."""
+    from varpo.commands.train_rm import run
+
+    rm = [f"reward_training.backbone_path={user_models['reward_model']}", f"data.pairs_path={user_data['hh_pairs']}",
+          "reward_training.num_heads=2", "reward_training.lora.enabled=false", "reward_training.batch_size=16",
+          "reward_training.max_length=32", "reward_training.eval_every=2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    one = run(load_config(None, [*rm, "reward_training.epochs=1"]), a)
+    assert one["steps"] == 2 and (a / "checkpoints" / "step_00000002").is_dir()  # 43 pairs, batches of 16
+    before = snapshot(a)
+    for extra, match in ((["reward_training.epochs=1"], r"holds a finished reward-model run .*raise "
+                                                          r"reward_training.epochs above 1 to continue it"),
+                         (["reward_training.epochs=2", "reward_training.lr=0.5"], r"reward_training.lr: 0.01 -> 0.5")):
+        with pytest.raises(ConfigError, match=match):
+            run(load_config(None, [*rm, *extra]), a)
+        assert snapshot(a) == before
+    two = run(load_config(None, [*rm, "reward_training.epochs=2"]), a)
+    ref = run(load_config(None, [*rm, "reward_training.epochs=2"]), b)
+    assert two["steps"] == ref["steps"] == 4
+    assert two["final_train_loss"] == ref["final_train_loss"] and two["head_accuracy"] == ref["head_accuracy"]
+    three = run(load_config(None, [*rm, "reward_training.epochs=1"]), a, overwrite=True)
+    assert three["steps"] == 2 and sorted(p.name for p in (a / "checkpoints").glob("step_*")) == ["step_00000002"]

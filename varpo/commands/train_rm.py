@@ -19,12 +19,20 @@ def register(app: typer.Typer) -> None:
         run(load(config, set_), out, overwrite=overwrite, allow_config_change=allow_config_change)
 
 
-def run(cfg, out: Path, **folder_opts) -> dict:
+def run(cfg, out: Path, *, overwrite: bool = False, allow_config_change: bool = False) -> dict:
+    """Check the backbone and the output folder before anything starts (varpo.preflight,
+    varpo.run_folder: a finished run is refused unless `overwrite`, an interrupted one resumed only
+    with the configuration it was started with unless `allow_config_change`), then train."""
     from .. import dist
     from ..outputs import print_table, write_json
+    from ..preflight import check_reward_training
     from ..reward.train import train_reward_model
+    from ..run_folder import REWARD, decide
 
-    r = train_reward_model(cfg, out, **folder_opts)
+    check_reward_training(cfg)
+    decision = decide(out, cfg, REWARD, overwrite=overwrite, allow_config_change=allow_config_change,
+                      has_checkpoint=None if cfg.reward_training.resume else False)
+    r = train_reward_model(cfg, out, decision=decision)
     if dist.rank() != 0:
         return r
     rows = [{"head": str(k), "eval_accuracy": a} for k, a in enumerate(r["head_accuracy"])]

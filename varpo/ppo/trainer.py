@@ -206,8 +206,12 @@ class PPOTrainer:
         return m
 
     def _lr_metrics(self) -> dict:
-        """The learning rates the next update uses (ppo.lr_schedule moves them): the critic's own
-        engine's, or with a value head on the actor's trunk its group in the actor's optimizer."""
+        """The learning rates the next update uses, when ppo.lr_schedule or a warm-up moves them
+        (constant: the configured ones, not logged): the critic's own engine's, or with a value
+        head on the actor's trunk its group in the actor's optimizer."""
+        p = self.cfg.ppo
+        if p.lr_schedule == "constant" and not p.lr_warmup_steps:
+            return {}
         actor = self.actor.engine.get_lr()
         critic = next(iter(self.critic.engines.values()), None)
         return {"lr_actor": actor[0], "lr_critic": critic.get_lr()[0] if critic is not None else actor[-1]}

@@ -23,6 +23,11 @@ from torch import nn
 from ..reward_source import Scores
 
 
+def is_sequence_classifier(conf) -> bool:
+    """Whether an HF config is a sequence-classification model's (what its architectures say)."""
+    return any(str(a).endswith("ForSequenceClassification") for a in getattr(conf, "architectures", None) or [])
+
+
 class SequenceClassifierReward(nn.Module):
     """forward(input_ids [B, T], attention_mask [B, T]) → rewards [B] (float32): the HF model's
     single logit. A plain module, so a frozen DeepSpeed engine (ZeRO-3 included) can wrap it."""

@@ -190,20 +190,13 @@ class TrainLog(TrainerCallback):
 
 
 # ------------------------------------------------------------------------------------ the trainer
-def train_reward_model(cfg, out_dir: str | Path, *, callbacks=(), overwrite: bool = False,
-                       allow_config_change: bool = False) -> dict:
+def train_reward_model(cfg, out_dir: str | Path, *, callbacks=(), decision=None) -> dict:
     """Train, evaluate and save an ensemble as configured (`cfg`: a VarpoConfig); returns the
     report written to OUT/rm_report.json (same dict on every rank). `callbacks`:
-    varpo.callbacks.TrainerCallback instances, called after the train log. Before anything
-    starts, the backbone and the output folder are checked (varpo.run_folder: a finished run is
-    refused unless `overwrite`, an interrupted one resumed only with the configuration it was
-    started with unless `allow_config_change`), then the data."""
-    from ..preflight import check_reward_training
-    from ..run_folder import REWARD, decide
-
-    check_reward_training(cfg)
-    decision = decide(Path(out_dir), cfg, REWARD, overwrite=overwrite, allow_config_change=allow_config_change,
-                      has_checkpoint=None if cfg.reward_training.resume else False)
+    varpo.callbacks.TrainerCallback instances, called after the train log. `decision`: what the
+    caller decided about OUT before anything started (varpo.run_folder.decide; `varpo train-rm`
+    checks the backbone and OUT first, varpo.commands.train_rm.run), carried out here once the
+    process group exists (an overwrite clears the earlier run)."""
     return RewardTrainer(cfg, out_dir, callbacks=callbacks, decision=decision).train()
 
 
@@ -487,8 +480,7 @@ def _start_from_score_head(model, backbone_path: str, rt, is_main: bool) -> str 
     where head 0 came from (None: a random start like the others)."""
     from transformers import AutoConfig
 
-    from ..model_folders import is_sequence_classifier
-    from .sequence_classifier import score_head_weights
+    from .sequence_classifier import is_sequence_classifier, score_head_weights
 
     try:
         conf = AutoConfig.from_pretrained(str(backbone_path))
