@@ -86,10 +86,11 @@ def test_sequence_kl_matches_a_float64_token_loop(testbed):
     """sequence_kl on sampled responses against a per-sample loop: full forwards of both models on
     each unpadded prompt+response, log-softmax in float64, summed over the real response tokens."""
     from transformers import AutoModelForCausalLM
-    from varpo.ppo.models import load_tokenizer
-    from varpo.ppo.rollout import generate, tokenize_prompts
 
     from varpo.evaluation.policy_eval import sequence_kl
+    from varpo.models.loading import load_tokenizer
+    from varpo.ppo.generation.hf import generate
+    from varpo.ppo.tokens import tokenize_prompts
 
     path = str(testbed.model_path)
     tok = load_tokenizer(path)
