@@ -73,9 +73,11 @@ def check_model(path: str, field: str, kind: str = "causal_lm") -> ModelFolder:
     policy), backbone (any model whose trunk is used), sequence_classifier (a scalar reward model:
     *ForSequenceClassification with one label)."""
     from .memory import load_hf_config
-    from .reward.sequence_classifier import is_sequence_classifier
 
     name, folder = locate(path, field)
+    # after locate: a missing folder is refused before anything imports torch (varpo.reward does)
+    from .reward.sequence_classifier import is_sequence_classifier
+
     conf = load_hf_config(folder, field)
     if not (any((folder / w).is_file() for w in WEIGHT_FILES) or any(folder.glob("*.safetensors"))):
         raise ModelPathError(f"{field}: {path} has a config.json but no weights ({', '.join(WEIGHT_FILES[:3])}, "
