@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "population",
     "heterogeneity",
     "kl_sweep",
+    "kl_match",
     "stats",
     "theory",
     "score",

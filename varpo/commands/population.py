@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
         vary: str = typer.Option("both", "--vary", help="what differs between members: both (training seed and, "
                                  "with reward.type=oracle, the noise draw), training (one noise draw for all), "
                                  "reward (one training seed for all; only the oracle's noise draw differs)"),
+        kl_match: Path | None = typer.Option(None, "--kl-match", help="a kl_match.json (`varpo kl-match`): every method "
+                                             "trains at its matched β"),
     ) -> None:
         """Train and evaluate a population; results land in OUT/policies/<method>/seed_<k>.json as they
         finish (a killed run resumes). Then `varpo stats OUT` computes the paper's tables."""
@@ -27,8 +29,18 @@ def register(app: typer.Typer) -> None:
         from ..evaluation.population import run_population, summarize
         from ..outputs import print_table, write_json
 
-        rows = run_population(config or EMBEDDED, set_ or [], seeds, out, workers=workers, methods=methods,
-                              vary=vary)
+        overrides = list(set_ or [])
+        if kl_match is not None:
+            import shutil
+
+            from ..config import load_config
+            from ..evaluation.kl_match import read_kl_match
+
+            overrides += read_kl_match(kl_match, load_config(config or EMBEDDED, overrides).evaluation.methods)
+            out.mkdir(parents=True, exist_ok=True)
+            if kl_match.resolve() != (out / "kl_match.json").resolve():
+                shutil.copy(kl_match, out / "kl_match.json")  # the β per method the population trained with
+        rows = run_population(config or EMBEDDED, overrides, seeds, out, workers=workers, methods=methods, vary=vary)
         summary = summarize(rows)
         write_json(out / "population.json", summary)
         print_table(f"population ({out}/population.json)", [{"method": m, **v} for m, v in summary.items()])

@@ -1,10 +1,11 @@
-"""benchmarks/oracle_decomposition.py: the bandit interpolation and the per-population table."""
+"""varpo/evaluation/oracle_decomposition.py: the bandit interpolation and the per-population table."""
 import json
 import math
 
 import numpy as np
-import oracle_decomposition as dec
 import pytest
+
+from varpo.evaluation import oracle_decomposition as dec
 
 
 def test_bandit_ratio_is_interpolated_in_log_kl():
@@ -78,8 +79,9 @@ def test_weight_summary_from_logged_samples(tmp_path):
 
 
 def test_arm_kl_matches_scipy_and_floors_unseen_arms():
-    import oracle_arms
     from scipy.stats import entropy
+
+    from varpo.evaluation import oracle_arms
 
     rng = np.random.default_rng(9)
     cs_ref = list(rng.integers(-3, 4, 301))

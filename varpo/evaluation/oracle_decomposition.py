@@ -1,10 +1,10 @@
 """Where the spread of an oracle population comes from, against the bandit theory's prediction.
 
-    python benchmarks/oracle_decomposition.py --out benchmarks/results/overoptimization/oracle_decomposition \
-        NAME=FOLDER [NAME=FOLDER ...] [--bandit benchmarks/results/overoptimization/bandit/oracle_bandit.json]
+    python -m varpo.evaluation.oracle_decomposition --out experiments/overoptimization/oracle_decomposition \
+        NAME=FOLDER [NAME=FOLDER ...] [--bandit experiments/overoptimization/bandit/oracle_bandit.json]
 
 Each FOLDER is a committed population (policies.jsonl and stats.json, as
-benchmarks/overoptimization_report.py writes them) of the oracle reward source, made with
+experiments/overoptimization/overoptimization_report.py writes them) of the oracle reward source, made with
 `varpo population --vary both|reward|training`. Per folder and method, from `varpo stats`: the
 variance of the policies' gold rewards, its evaluation-noise part and the excess (what the
 policies themselves differ by); from the rows: the mean KL and the mean oracle σ² of the policies'
@@ -143,7 +143,7 @@ def markdown(res: dict, command: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", help="NAME=FOLDER, a committed oracle population")
-    ap.add_argument("--bandit", type=Path, default=None, help="benchmarks/oracle_bandit.py's JSON")
+    ap.add_argument("--bandit", type=Path, default=None, help="experiments/overoptimization/oracle_bandit.py's JSON")
     ap.add_argument("--runs", action="append", default=[],
                     help="NAME=POPULATION_DIR: the population's own output, for the KL weights of its training samples")
     ap.add_argument("--out", type=Path, required=True)
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
         if not sep or name not in res or not (Path(path) / "runs").is_dir():
             ap.error(f"--runs {item!r}: expected NAME=DIR with NAME one of {list(res)} and DIR/runs/ a population's runs")
         res[name]["weights"] = weight_summary(Path(path))
-    command = "python benchmarks/oracle_decomposition.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m varpo.evaluation.oracle_decomposition " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "decomposition.json").write_text(json.dumps({"command": command, "populations": res}, indent=1) + "\n")
     (a.out / "decomposition.md").write_text(markdown(res, command))

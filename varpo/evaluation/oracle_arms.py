@@ -1,8 +1,8 @@
 """How PPO policies on the oracle spend their KL, in the bandit theory's own terms.
 
-    python benchmarks/oracle_arms.py POPULATION_DIR --out DIR [--prompts 128] [--samples 2]
+    python -m varpo.evaluation.oracle_arms POPULATION_DIR --out DIR [--prompts 128] [--samples 2]
 
-The bandit (benchmarks/oracle_bandit.py) has one arm per net positive count c, so its KL is a KL
+The bandit (experiments/overoptimization/oracle_bandit.py) has one arm per net positive count c, so its KL is a KL
 between distributions over c. A PPO policy's KL is over whole responses, which includes every way
 it differs from the reference that leaves c unchanged; by the data-processing inequality the KL of
 its distribution over c is at most that. For every trained policy of a population
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
                 agg["var_gold_two_evals"] = st.variance([r["gold_two_evals"] for r in rs])
             agg["var_gold_from_arm_mix"] = st.variance([r["gold_from_arm_mix"] for r in rs])
         per_method[method] = {"n": len(rs), **agg}
-    res = {"command": "python benchmarks/oracle_arms.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+    res = {"command": "python -m varpo.evaluation.oracle_arms " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
            "reference": {"p_c": ref_p, "r_star": r_star, "share_c3": ref_p.get(3, 0.0),
                          "share_c_ge4": sum(v for c, v in ref_p.items() if abs(c) >= 4)},
            "per_method": per_method, "policies": rows}

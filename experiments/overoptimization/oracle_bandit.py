@@ -7,7 +7,7 @@ oracle's noise z, the KL-regularised vanilla policy π ∝ π_ref exp(r̂/β) an
 give true returns ⟨π, r*⟩ whose variance ratio and risk P(⟨π, r*⟩ < ⟨π_ref, r*⟩) are the
 bandit's prediction of what a population of policies would show.
 
-    python benchmarks/oracle_bandit.py --testbed ~/.cache/varpo/testbed-<key> --out DIR
+    python experiments/overoptimization/oracle_bandit.py --testbed ~/.cache/varpo/testbed-<key> --out DIR
 """
 from __future__ import annotations
 

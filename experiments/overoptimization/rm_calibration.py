@@ -8,9 +8,9 @@ task's evaluation prompts are sampled once (seeded); every reward model scores t
 gives Spearman ρ(σ², squared error) with its p-value, the error by σ² quartile and σ²'s p90/p10.
 Written to OUT/calibration.json with the command and the machine.
 
-    python benchmarks/rm_calibration.py --rm heads=runs/rm_heads/reward_model --rm deep=runs/rm_deep/reward_model \
+    python experiments/overoptimization/rm_calibration.py --rm heads=runs/rm_heads/reward_model --rm deep=runs/rm_deep/reward_model \
         --policy reference --policy vanilla_b0.01=runs/sweep/population/runs/vanilla@beta=0.01/seed_0/policy \
-        --prompts 500 --samples 2 --out benchmarks/results/overoptimization/calibration
+        --prompts 500 --samples 2 --out experiments/overoptimization/calibration
 """
 from __future__ import annotations
 
@@ -44,12 +44,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from host import machine
 
     from varpo.config import load_config
     from varpo.defaults import OVEROPT
     from varpo.evaluation.policy_eval import sample_responses
     from varpo.evaluation.population import true_reward_fn
+    from varpo.evaluation.provenance import run_context
     from varpo.ppo import resolve_sources
     from varpo.reward.report import sigma2_error_calibration
     from varpo.reward.scorer import load_scorer
@@ -62,7 +62,7 @@ def main() -> None:
     rep = [p for p in prompts for _ in range(args.samples)]
     gold_fn = true_reward_fn(cfg)
     scorers = {k: load_scorer(p) for k, p in rms.items()}
-    result = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "prompts": len(prompts),
+    result = {"command": " ".join(["python", *sys.argv]), "machine": run_context(), "prompts": len(prompts),
               "samples_per_prompt": args.samples, "reward_models": rms, "policies": policies, "results": {}}
     t0 = time.perf_counter()
     for name, path in policies.items():

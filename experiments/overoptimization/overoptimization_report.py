@@ -3,7 +3,7 @@ results folder: policies.jsonl (one row per policy, local paths dropped), then `
 and gold_vs_kl.png (each policy's gold reward against its KL, per method) plus a calibration
 summary (σ² vs squared error of the proxy on each method's evaluation samples).
 
-    python benchmarks/overoptimization_report.py runs/pop_oracle benchmarks/results/overoptimization/oracle
+    python experiments/overoptimization/overoptimization_report.py runs/pop_oracle experiments/overoptimization/oracle
 """
 from __future__ import annotations
 
@@ -80,4 +80,11 @@ def main(src: str, dst: str, *stats_args: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", help="the population folder (varpo population / kl-sweep --out)")
+    ap.add_argument("dst", help="the results folder to write")
+    ap.add_argument("stats_args", nargs=argparse.REMAINDER, help="passed on to `varpo stats`")
+    a = ap.parse_args()
+    main(a.src, a.dst, *a.stats_args)

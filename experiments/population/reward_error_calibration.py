@@ -6,7 +6,7 @@ response, and compare it with σ² (the variance over heads). Variance-aware PPO
 predicts e² (Spearman ρ > 0, larger errors in the high-σ² quartile). The label-only version of this
 check, for models without a gold reward, is `uncertainty_calibration` in `varpo train-rm`'s report.
 
-    python benchmarks/reward_error_calibration.py --reward-model runs/rm/reward_model [--out calib.json]
+    python experiments/population/reward_error_calibration.py --reward-model runs/rm/reward_model [--out calib.json]
 
 Responses: the chosen and rejected responses of the testbed's held-out preference pairs.
 """
