@@ -5,6 +5,7 @@ the config says so -- that is how a reward model larger than one device fits. Ga
 actor's parameters while it generates is varpo.ppo.generation.zero3_gather."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -96,11 +97,29 @@ def _adamw_impl(model: torch.nn.Module) -> dict:
     return {"fused": True} if fused_ok and trainable else {"foreach": True}
 
 
+def lr_factor(update: int, warmup: int, total: int, schedule: str = "constant", min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at optimizer update `update` (0-based): linear warm-up
+    over `warmup` updates from 1/warmup to 1, then constant, or a linear or cosine decay reaching
+    `min_ratio` at update `total` (and staying there)."""
+    if warmup > 0 and update < warmup:
+        return (update + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (update - warmup) / (total - warmup))
+    if schedule == "linear":
+        return 1.0 - (1.0 - min_ratio) * progress
+    if schedule == "cosine":
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}: expected constant, linear or cosine")
+
+
 def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: float = 0.0,
-                 lr_of: dict[str, float] | None = None):
+                 lr_of: dict[str, float] | None = None, lr_lambda: Callable[[int], float] | None = None):
     """A trainable DeepSpeed engine with a client AdamW over the trainable parameters. `lr_of`:
     {parameter-name prefix: learning rate} for parameters that get their own group (e.g. a value
-    head sharing the actor's trunk), the rest at `lr`."""
+    head sharing the actor's trunk), the rest at `lr`. `lr_lambda`: update -> multiplier of every
+    group's learning rate (a torch LambdaLR the engine steps after each optimizer step and saves in
+    its checkpoints; groups keep their ratios)."""
     deepspeed = import_deepspeed()
     lr_of = lr_of or {}
     groups: dict[float, list] = {lr: []}
@@ -111,8 +130,10 @@ def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: fl
     params = [{"params": ps, "lr": g} for g, ps in groups.items() if ps]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), eps=1e-8,
                                   **_adamw_impl(model))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda is not None else None
     with jit_lock.watch():  # DeepSpeed may build or load a C++ op here (a stale lock must not block it)
-        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=conf)
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=conf,
+                                                       lr_scheduler=scheduler)
     if world_size() == 1 and conf["zero_optimization"]["stage"] < 2:
         # alone, averaging gradients over ranks is the identity, yet stage 0/1 would still flatten
         # every gradient into a bucket and all-reduce it after each backward (the attribute is

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .reward_source import Scorer, Scores
 
-__all__ = ["Scorer", "Scores", "build_scorer", "default_reward_model"]
+__all__ = ["Scorer", "Scores", "build_scorer", "default_reward_model", "describe_reward"]
 
 
 def build_scorer(cfg) -> Scorer:
@@ -23,7 +23,9 @@ def _ensemble(cfg) -> Scorer:
     from .models.loading import attn_kwargs
     from .reward.scorer import load_scorer
 
-    return load_scorer(path, cfg=cfg.reward, ds_cfg=cfg.deepspeed, load_kw=attn_kwargs(cfg.model))
+    scorer = load_scorer(path, cfg=cfg.reward, ds_cfg=cfg.deepspeed, load_kw=attn_kwargs(cfg.model))
+    scorer.source_path = str(path)  # the folder it came from (the embedded default's, when reward.path is unset)
+    return scorer
 
 
 def _judge(cfg) -> Scorer:
@@ -44,6 +46,14 @@ def _oracle(cfg) -> Scorer:
     return OracleScorer.from_config(cfg)
 
 
+def _sequence_classifier(cfg) -> Scorer:
+    from .models.loading import attn_kwargs
+    from .reward.sequence_classifier import load_sequence_classifier
+
+    return load_sequence_classifier(cfg.reward.path, cfg=cfg.reward, ds_cfg=cfg.deepspeed,
+                                    separator=cfg.reward_training.separator, load_kw=attn_kwargs(cfg.model))
+
+
 # reward.type -> the function that builds its source from the whole config (imports deferred: each
 # source loads only when used). A new type is its function and one line here.
 SCORERS = {
@@ -51,7 +61,40 @@ SCORERS = {
     "judge": _judge,
     "gold": _gold,
     "oracle": _oracle,
+    "sequence_classifier": _sequence_classifier,
 }
+
+
+def describe_reward(cfg, scorer) -> dict:
+    """What a run was scored by, for its summary.json and log: the type, where it came from and
+    what its σ² is. `scorer` is the one the run used (a caller's own when it passed one)."""
+    r = cfg.reward
+    from .reward.scorer import EnsembleScorer
+    from .reward.sequence_classifier import SequenceClassifierScorer
+
+    if isinstance(scorer, EnsembleScorer):
+        path = getattr(scorer, "source_path", r.path)
+        module = getattr(scorer.model, "module", scorer.model)
+        K = module.num_heads
+        out = {"type": "ensemble", "path": path, "default": r.path is None, "num_heads": K,
+               "sigma2": f"variance over the {K} members (ddof {scorer.ddof})"}
+        if r.path is None:
+            out["note"] = "the embedded task's default ensemble (testbed sentiment), reward.path unset"
+        return out
+    if isinstance(scorer, SequenceClassifierScorer):
+        return {"type": "sequence_classifier", "path": r.path,
+                "sigma2": "0: one reward model has no uncertainty estimate (variance weighting is off)"}
+    name = type(scorer).__name__
+    if r.type == "judge" and name == "JudgeScorer":
+        return {"type": "judge", "judges": [f"{j.model}@{j.base_url}" for j in cfg.judge.judges],
+                "sigma2": "(b - a)^2 / 12 of the judges' intervals"
+                          + (" and their disagreement" if len(cfg.judge.judges) > 1 else "")}
+    if r.type == "gold" and name == "GoldScorer":
+        return {"type": "gold", "task": cfg.testbed.task, "sigma2": "0: the testbed's true reward"}
+    if r.type == "oracle" and name == "OracleScorer":
+        return {"type": "oracle", "task": cfg.testbed.task, "sigma2": "known: the oracle's noise variance"}
+    return {"type": "custom", "scorer": f"{type(scorer).__module__}.{type(scorer).__qualname__}",
+            "note": f"passed by the caller (reward.type={r.type} in the config was not used)"}
 
 
 def default_reward_model(cfg) -> str:
@@ -76,12 +119,13 @@ def default_reward_model(cfg) -> str:
     tb = build_testbed(cfg.testbed, progress=False)
     key = config_hash({"reward": cfg.reward, "reward_training": cfg.reward_training})
     out = tb.dir.parent / f"{tb.dir.name}-reward-{key}"
+    # a cache made before the key had config_hash's length is named by its first 12 characters:
+    # used where it is (other checkouts sharing the cache may still look for it there)
+    legacy = out.with_name(f"{tb.dir.name}-reward-{key[:12]}")
+    if not (out / "rm_report.json").exists() and (legacy / "rm_report.json").exists():
+        out = legacy
     if dist.rank() == 0 and not (out / "rm_report.json").exists():
         with FileLock(str(out) + ".lock"):
-            # a cache from before the key had config_hash's length: its first 12 characters
-            legacy = out.with_name(f"{tb.dir.name}-reward-{key[:12]}")
-            if not (out / "rm_report.json").exists() and (legacy / "rm_report.json").exists():
-                _move_cache(legacy, out)
             if not (out / "rm_report.json").exists():
                 from .config import save_resolved
 
@@ -93,14 +137,3 @@ def default_reward_model(cfg) -> str:
     dist.barrier()
     return json.loads((out / "rm_report.json").read_text())["model_path"]
 
-
-def _move_cache(old, new) -> None:
-    """Rename a cached ensemble folder; its report's model_path is rewritten to the new place."""
-    import json
-    import os
-
-    os.replace(old, new)
-    report = new / "rm_report.json"
-    data = json.loads(report.read_text())
-    data["model_path"] = str(new / "reward_model")
-    report.write_text(json.dumps(data, indent=2))

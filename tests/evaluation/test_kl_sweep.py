@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from varpo.evaluation.kl_sweep import DEFAULT_OVERRIDES, _point, overoptimization, seed_overrides, with_defaults
+from varpo.evaluation.kl_sweep import (
+    DEFAULT_OVERRIDES,
+    _point,
+    overoptimization,
+    seed_overrides,
+    with_defaults,
+)
 
 
 def _p(method, beta, kl, gold, se, proxy):

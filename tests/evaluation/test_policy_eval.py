@@ -88,8 +88,9 @@ def test_sequence_kl_matches_a_float64_token_loop(testbed):
     from transformers import AutoModelForCausalLM
 
     from varpo.evaluation.policy_eval import sequence_kl
-    from varpo.ppo.models import load_tokenizer
-    from varpo.ppo.rollout import generate, tokenize_prompts
+    from varpo.models.loading import load_tokenizer
+    from varpo.ppo.generation.hf import generate
+    from varpo.ppo.tokens import tokenize_prompts
 
     path = str(testbed.model_path)
     tok = load_tokenizer(path)

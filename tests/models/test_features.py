@@ -64,8 +64,11 @@ def test_prompts_through_the_chat_template_when_asked_and_present(testbed):
     tok = load_tokenizer(str(testbed.model_path))
     prompts = list(testbed.train_prompts[:3])
     raw = tokenize_prompts(tok, prompts, 64, "cpu")
-    # no template: the switch changes nothing
-    assert all(torch.equal(a, b) for a, b in zip(raw[:2], tokenize_prompts(tok, prompts, 64, "cpu", True)[:2]))
+    # no template: asking for it is an error, not a silent fallback to raw text
+    from varpo.data.chat import NoChatTemplate
+
+    with pytest.raises(NoChatTemplate, match="data.chat_template=true, and the policy's tokenizer has no chat template"):
+        tokenize_prompts(tok, prompts, 64, "cpu", True)
     tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
                          "{% if add_generation_prompt %}<|assistant|> {% endif %}")
     ids, mask, _ = tokenize_prompts(tok, prompts, 64, "cpu", True)

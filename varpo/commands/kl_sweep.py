@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         gold_se, proxy_mean; kl_mean is each policy's KL(π ‖ π_ref) per sequence on its evaluation
         samples, averaged) and OUT/kl_sweep.png (gold and proxy vs KL)."""
         from ..config import ConfigError
-        from ..defaults import OVEROPT
+        from ..defaults import OVEROPT, config_or_default, is_empty_config
         from ..evaluation.kl_sweep import run_kl_sweep
         from ..outputs import print_table
 
@@ -43,9 +43,15 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--betas {betas!r}: expected comma-separated numbers, e.g. 0.03,0.1,0.3") from None
         if not beta_list or any(b < 0 for b in beta_list):
             raise ConfigError(f"--betas {betas!r}: expected at least one β ≥ 0")
-        res = run_kl_sweep(config or OVEROPT, set_ or [], out, beta_list, seeds, methods=methods, workers=workers,
-                           best_of=best_of, steps=steps or None, defaults=DEFAULT_OVERRIDES if config is None else (),
-                           seed=seed)
+        from ..config import load_config
+        from ..preflight import check_population
+
+        packaged = config is None or is_empty_config(config)  # an empty file means what no --config means
+        check_population(load_config(config_or_default(config, OVEROPT),
+                                     [*(DEFAULT_OVERRIDES if packaged else ()), *(set_ or [])]))
+        res = run_kl_sweep(config_or_default(config, OVEROPT), set_ or [], out, beta_list, seeds, methods=methods,
+                           workers=workers, best_of=best_of, steps=steps or None,
+                           defaults=DEFAULT_OVERRIDES if packaged else (), seed=seed)
         print_table("kl-sweep: gold and proxy vs KL", [
             {k: p.get(k) for k in ("method", "beta", "kl_mean", "gold_mean", "gold_se", "proxy_mean")} for p in res["points"]])
         for m, o in res["overoptimization"].items():

@@ -25,22 +25,26 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train and evaluate a population; results land in OUT/policies/<method>/seed_<k>.json as they
         finish (a killed run resumes). Then `varpo stats OUT` computes the paper's tables."""
-        from ..defaults import EMBEDDED
+        from ..config import load_config
+        from ..defaults import config_or_default
         from ..evaluation.population import run_population, summarize
         from ..outputs import print_table, write_json
+        from ..preflight import check_population
 
         overrides = list(set_ or [])
+        config = config_or_default(config)
         if kl_match is not None:
             import shutil
 
-            from ..config import load_config
             from ..evaluation.kl_match import read_kl_match
 
-            overrides += read_kl_match(kl_match, load_config(config or EMBEDDED, overrides).evaluation.methods)
+            overrides += read_kl_match(kl_match, load_config(config, overrides).evaluation.methods)
+        check_population(load_config(config, overrides))  # paths, before any worker starts or file is written
+        if kl_match is not None:
             out.mkdir(parents=True, exist_ok=True)
             if kl_match.resolve() != (out / "kl_match.json").resolve():
                 shutil.copy(kl_match, out / "kl_match.json")  # the β per method the population trained with
-        rows = run_population(config or EMBEDDED, overrides, seeds, out, workers=workers, methods=methods, vary=vary)
+        rows = run_population(config, overrides, seeds, out, workers=workers, methods=methods, vary=vary)
         summary = summarize(rows)
         write_json(out / "population.json", summary)
         print_table(f"population ({out}/population.json)", [{"method": m, **v} for m, v in summary.items()])

@@ -19,11 +19,16 @@ class OracleConfig(Section):
 
 
 class RewardConfig(Section):
-    type: Literal["ensemble", "judge", "gold", "oracle"] = Field(
+    type: Literal["ensemble", "judge", "gold", "oracle", "sequence_classifier"] = Field(
         "ensemble", description="where (score, σ²) come from: a trained ensemble, interval judges, the testbed's "
-        "gold (σ² = 0), or the oracle (gold + noise with a known σ², reward.oracle)")
+        "gold (σ² = 0), the oracle (gold + noise with a known σ², reward.oracle), or a Hugging Face "
+        "sequence-classification reward model (reward.path: AutoModelForSequenceClassification with one label, as "
+        "TRL's RewardTrainer writes it; one score, σ² = 0; for σ², train heads on it with varpo train-rm --set "
+        "reward_training.backbone_path=...)")
     oracle: OracleConfig = OracleConfig()
-    path: str | None = Field(None, description="trained ensemble folder; None: the embedded task's default ensemble")
+    path: str | None = Field(None, description="type ensemble: a trained ensemble folder (varpo train-rm's "
+                             "OUT/reward_model; None: the embedded task's default ensemble, refused with a policy "
+                             "of your own); type sequence_classifier: the reward model's folder or cached name")
     aggregation: Literal["mean", "median", "min", "mean_minus_var", "mean_minus_std"] = Field(
         "mean", description="score s from the K head rewards: mean (the paper), median, min (worst case), "
         "mean − λ·var, or mean − k·std (lower confidence bound)",
@@ -33,6 +38,13 @@ class RewardConfig(Section):
     ddof: int = Field(1, ge=0, description="σ² = variance over heads with this delta degrees of freedom (1: sample variance)")
     batch_size: int = Field(64, ge=1, description="texts per reward-model forward")
     max_length: int = Field(96, ge=2, description="tokens of prompt+response scored (longer texts keep their end)")
+
+    @model_validator(mode="after")
+    def _a_reward_model_needs_its_folder(self):
+        if self.type == "sequence_classifier" and not self.path:
+            raise ValueError("reward.type=sequence_classifier needs reward.path: the reward model's folder "
+                             "(AutoModelForSequenceClassification, num_labels 1)")
+        return self
 
 
 class RewardLoraConfig(LoraConfig):
@@ -73,7 +85,9 @@ class RewardTrainingConfig(Section):
     eval_batch_size: int = Field(128, ge=1, description="pairs per forward while evaluating")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between DeepSpeed checkpoints under OUT/checkpoints (0: only at the end)")
     resume: bool = Field(True, description="continue from OUT/checkpoints when a previous run left one")
-    separator: str = Field(" ", description="scored text = prompt + separator + response (saved with the model, used by the scorer)")
+    separator: str = Field(" ", description="scored text = prompt + separator + response (saved with the model, used "
+                           "by the scorer; also what a reward.type=sequence_classifier model is given); a prompt "
+                           "rendered by a chat template takes no separator")
     max_train_pairs: int | None = Field(None, ge=1, description="use at most this many training pairs (a limited budget makes heads disagree)")
     lora: RewardLoraConfig = RewardLoraConfig()
 

@@ -41,7 +41,7 @@ def sample_responses(policy_path: str, prompts: list[str], gen: GenerationConfig
 
 def sequence_kl(policy, reference, exp, temperature: float = 1.0) -> torch.Tensor:
     """[B] float64: Σ_t (log π − log π_ref)(y_t) over each sampled response's real tokens."""
-    from ..ppo.rollout import response_logits
+    from ..ppo.forward import response_logits
 
     ids = exp.response_ids.unsqueeze(-1)
     lp = torch.log_softmax(response_logits(policy, exp, temperature).double(), -1).gather(-1, ids).squeeze(-1)

@@ -72,11 +72,12 @@ def true_reward_fn(cfg: VarpoConfig):
 
 
 def eval_prompts(cfg: VarpoConfig) -> list[str]:
-    if cfg.data.eval_prompts_path:
-        from ..data import load_prompts
+    rows = None
+    if cfg.data.eval_prompts_path or cfg.data.prompts_path:  # the user's held-out prompts (or eval split)
+        from ..ppo import resolve_eval_prompts
 
-        rows = load_prompts(cfg.data.eval_prompts_path, column=cfg.data.prompt_column, skip_bad_rows=cfg.data.skip_bad_rows).rows
-    else:
+        rows = resolve_eval_prompts(cfg, cfg.model.policy_path or "the testbed LM")
+    if rows is None:
         from ..testbed import build_testbed
 
         rows = list(build_testbed(cfg.testbed, progress=False).eval_prompts)
@@ -167,7 +168,7 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
         from ..ppo import train_ppo
 
         run_dir = out_p / "runs" / method / f"seed_{seed}"
-        summary = train_ppo(cfg, run_dir)
+        summary = train_ppo(cfg, run_dir, reuse_finished=True)  # trained before a kill: kept, not redone
         final = summary["final"]
         policy_path = summary["policy_path"]
         extra = {k: final.get(k) for k in ("kl_mean", "weighted_kl_mean", "score_mean", "variance_mean", "gold_mean")}

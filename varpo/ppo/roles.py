@@ -27,7 +27,7 @@ from ..config import VarpoConfig
 from ..dist import DistInfo
 from ..engines import build_model, ds_config, inference_engine, train_engine
 from ..models.loading import disable_dropout, load_kwargs, load_tokenizer, param_counts
-from ..models.lora import attach_lora, base_model, is_peft
+from ..models.lora import attach_lora, base_model, is_peft, prepare_quantized
 from ..models.value_head import PolicyWithValueHead, ValueModel, causal_lm, shares_trunk
 from ..reward_source import Scorer
 from ..scoring import build_scorer
@@ -41,21 +41,26 @@ def micro_batch_per_rank(cfg: VarpoConfig, world: int) -> int:
     return max(1, cfg.ppo.mini_batch_size // world)
 
 
-def _prepare_quantized(model: nn.Module, cfg: VarpoConfig) -> nn.Module:
-    """A 4-bit base before adapters go on: norms and other small layers in fp32, input grads
-    enabled so gradient checkpointing reaches the adapters (peft's QLoRA preparation)."""
-    if not cfg.model.quantization.load_in_4bit:
-        return model
-    from peft import prepare_model_for_kbit_training
+def lr_schedule(cfg: VarpoConfig):
+    """ppo.lr_schedule as an update -> multiplier function for the trained roles' engines (None:
+    constant, no warm-up): PPO steps counted in optimizer updates (ppo_epochs × minibatches each)."""
+    p = cfg.ppo
+    if p.lr_schedule == "constant" and not p.lr_warmup_steps:
+        return None
+    from functools import partial
 
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
+    from ..engines import lr_factor
+
+    per_step = p.ppo_epochs * (p.batch_size // p.mini_batch_size)
+    return partial(lr_factor, warmup=p.lr_warmup_steps * per_step, total=p.steps * per_step,
+                   schedule=p.lr_schedule, min_ratio=p.lr_min_ratio)
 
 
 def _lora(model: nn.Module, cfg: VarpoConfig, task_type: str | None, field: str) -> nn.Module:
     lc = cfg.model.lora
     # adapter init draws from the global generator: the same A matrices on every rank and rerun
     torch.manual_seed(cfg.seed)
-    return attach_lora(_prepare_quantized(model, cfg), lc.r, lc.alpha, lc.dropout, lc.target_modules,
+    return attach_lora(prepare_quantized(model, cfg.model), lc.r, lc.alpha, lc.dropout, lc.target_modules,
                        field=field, task_type=task_type)
 
 
@@ -76,7 +81,8 @@ def build_actor(cfg: VarpoConfig, path: str, world: int):
         model = PolicyWithValueHead(model)
         lr_of = {"value_head.": cfg.ppo.critic_lr}
     disable_dropout(model)
-    return train_engine(model, conf, lr=cfg.ppo.actor_lr, weight_decay=cfg.ppo.weight_decay, lr_of=lr_of)
+    return train_engine(model, conf, lr=cfg.ppo.actor_lr, weight_decay=cfg.ppo.weight_decay, lr_of=lr_of,
+                        lr_lambda=lr_schedule(cfg))
 
 
 class ReferenceFromBase:
@@ -129,7 +135,8 @@ def build_critic(cfg: VarpoConfig, path: str, world: int):
     if cfg.model.gradient_checkpointing:
         base_model(model.backbone).gradient_checkpointing_enable()
     disable_dropout(model)
-    return train_engine(model, conf, lr=cfg.ppo.critic_lr, weight_decay=cfg.ppo.weight_decay)
+    return train_engine(model, conf, lr=cfg.ppo.critic_lr, weight_decay=cfg.ppo.weight_decay,
+                        lr_lambda=lr_schedule(cfg))
 
 
 def role_param_counts(actor: Actor, critic: Critic) -> dict:
@@ -159,6 +166,7 @@ class Roles:
     reward: Scorer  # texts -> score s and σ² (varpo.reward_source)
     rollout: RolloutEngine  # samples the responses (varpo.ppo.generation)
     callbacks: list[TrainerCallback] = field(default_factory=list)  # called in this order
+    run_info: dict = field(default_factory=dict)  # what produced the run (its reward source), for summary.json
 
 
 CRITICS = {  # model.critic -> how its role is built from the actor's

@@ -18,24 +18,34 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[tor
     return mask.long(), has_eos
 
 
-def apply_chat_template(tokenizer, prompts: list[str]) -> tuple[list[str], bool]:
-    """Each prompt as one user turn of the tokenizer's chat template, ending with the assistant's
-    generation prompt; (prompts unchanged, False) when the tokenizer has no template."""
-    if not getattr(tokenizer, "chat_template", None):
-        return prompts, False
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts], True
+def apply_chat_template(tokenizer, prompts: list[str]) -> list[str]:
+    """Each plain-text prompt as one user turn of the tokenizer's chat template, ending with the
+    assistant's generation prompt; prompts a template already rendered (conversational rows,
+    varpo.data.chat.ChatText) stay as they are. A tokenizer without a template is an error, not
+    a silent fallback to raw text."""
+    from ..data.chat import NoChatTemplate, is_chat_text, render_prompt
+
+    try:
+        return [p if is_chat_text(p) else render_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    except NoChatTemplate:
+        raise NoChatTemplate("data.chat_template=true, and the policy's tokenizer has no chat template "
+                             "(set model.tokenizer_path to one that has, or data.chat_template=false)") from None
 
 
 def tokenize_prompts(tokenizer, prompts: list[str], max_len: int, device,
                      chat_template: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Left-pad and left-truncate; returns ids, mask and how many prompts were truncated. With
-    `chat_template` (data.chat_template), prompts go through the tokenizer's chat template when it
-    has one; the template writes its own special tokens, so none are added again."""
-    templated = False
+    `chat_template` (data.chat_template), plain-text prompts go through the tokenizer's chat
+    template; a rendered prompt (conversational data) carries the template's special tokens, so
+    none are added again."""
+    from ..data.chat import is_chat_text
+
     if chat_template:
-        prompts, templated = apply_chat_template(tokenizer, prompts)
-    special = not templated
+        prompts = apply_chat_template(tokenizer, prompts)
+    templated = [is_chat_text(p) for p in prompts]
+    if any(templated) and not all(templated):
+        raise ValueError("tokenize_prompts: a batch mixes prompts rendered by a chat template with plain text")
+    special = not any(templated)
     full = tokenizer(prompts, add_special_tokens=special)["input_ids"]
     n_truncated = sum(len(ids) > max_len for ids in full)
     enc = tokenizer(prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt",

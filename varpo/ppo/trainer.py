@@ -73,6 +73,7 @@ class PPOTrainer:
         self.sigma_mean = core.ExponentialMovingAverage(cfg.ppo.variance.running_momentum)
         self.state, self.control = TrainerState(), TrainerControl()
         self.bad_steps_in_row = 0
+        self._saved_step: int | None = None  # the step of the last checkpoint this run wrote or resumed from
         self.counters = {"skipped_steps": 0, "skipped_updates": 0, "truncated_prompts": 0, "dropped_samples": 0}
         self.timer = PhaseTimer()
         self.callbacks = CallbackList(roles.callbacks, self.control, self.state)
@@ -198,7 +199,7 @@ class PPOTrainer:
                 exp.values, exp.returns, exp.mask, var_fn=lambda x, m: dist.global_mean_var(*core.masked_moments(x, m))[1])),
             "response_length": dist.global_mean(exp.response_mask.sum(-1).float()),
             "eos_fraction": dist.global_mean(exp.has_eos.float()),
-            **self._mismatch_metrics(exp), **losses,
+            **self._mismatch_metrics(exp), **losses, **self._lr_metrics(),
             "episodes_per_s": self.cfg.ppo.batch_size / elapsed, "tokens_per_s": n_tokens / elapsed,
             **{f"time/{k}": v for k, v in self.timer.timings.items()}, "time/step": elapsed, **self.counters,
         }
@@ -209,14 +210,16 @@ class PPOTrainer:
             m["gold_mean"] = dist.global_mean(exp.gold)
         return m
 
-    def _mismatch_metrics(self, exp: Experience) -> dict:
-        """|Δ log p| between the sampling engine's log-probs and the trainer's old log-probs."""
-        if exp.rollout_logp is None:
+    def _lr_metrics(self) -> dict:
+        """The learning rates the next update uses, when ppo.lr_schedule or a warm-up moves them
+        (constant: the configured ones, not logged): the critic's own engine's, or with a value
+        head on the actor's trunk its group in the actor's optimizer."""
+        p = self.cfg.ppo
+        if p.lr_schedule == "constant" and not p.lr_warmup_steps:
             return {}
-        total, count, largest = core.logprob_mismatch(exp.logp, exp.rollout_logp, exp.response_mask)
-        tot = dist.all_reduce_sum(torch.stack([total.double(), count.double()]))
-        return {"rollout_logprob_diff_mean": (tot[0] / tot[1].clamp(min=1)).item(),
-                "rollout_logprob_diff_max": dist.all_reduce_max(largest.double()).item()}
+        actor = self.actor.engine.get_lr()
+        critic = next(iter(self.critic.engines.values()), None)
+        return {"lr_actor": actor[0], "lr_critic": critic.get_lr()[0] if critic is not None else actor[-1]}
 
     def _mismatch_metrics(self, exp: Experience) -> dict:
         """|Δ log p| between the sampling engine's log-probs and the trainer's old log-probs."""
@@ -252,6 +255,7 @@ class PPOTrainer:
         c = self.cfg.checkpoint
         path = checkpoint.save(self.out / "checkpoints", self.step, self._trained_engines(),
                                self._state(), keep_last=c.keep_last, verify=c.verify)
+        self._saved_step = self.step
         self.callbacks.on_checkpoint_saved(path)
 
     def _maybe_resume(self) -> None:
@@ -265,12 +269,13 @@ class PPOTrainer:
         self.sigma_mean.load_state_dict(st["sigma_mean"])
         self.bad_steps_in_row = st["bad_steps_in_row"]
         self.counters.update(st["counters"])  # in place: the experience maker counts into the same dict
+        self._saved_step = self.step
         if self.info.is_main:
             console.print(f"resumed from {last} at step {self.step}")
 
     def train(self) -> dict:
-        """Steps until ppo.steps, or until a callback asks to stop; then the last checkpoint (when
-        ppo.checkpoint_every is set), the exported policy and summary.json."""
+        """Steps until ppo.steps, or until a callback asks to stop; then the last checkpoint (always:
+        ppo.checkpoint_every 0 means only then), the exported policy and summary.json."""
         p = self.cfg.ppo
         # running sums for the summary, not a list of every step's metrics (which grew with the run)
         good, eps_sum, tok_sum, final = 0, 0.0, 0.0, {}
@@ -294,14 +299,14 @@ class PPOTrainer:
                     bar.update(task, advance=1, info="skipped")
                 if stop:
                     break
-        if p.checkpoint_every:
+        if self._saved_step != self.step:  # (a run resumed from its last checkpoint has it already)
             self.save_checkpoint()
         self.rollout_engine.close()
         policy_dir = self.export_policy(self.out / "policy")
         summary = {
             "steps": self.step, "world_size": self.world, "policy_path": str(policy_dir),
             "episodes_per_s": eps_sum / max(good, 1), "tokens_per_s": tok_sum / max(good, 1),
-            "final": final, **self.counters, **self.params,
+            "final": final, **self.counters, **self.params, **self.roles.run_info,
         }
         if self.step < p.steps:
             summary["stopped_early"] = self.control.reason or "a callback on another rank asked to stop"

@@ -71,11 +71,10 @@ def bootstrap_counts(n: int, num_heads: int, seed: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ data
 def load_pair_sets(cfg) -> tuple[list[dict], list[dict], str, str]:
     """(train pairs, held-out pairs, backbone folder, where the held-out pairs come from).
-    User files when configured; a user pair file without eval_pairs_path gives up its last 10%
-    (after a seeded shuffle) as the held-out set. Otherwise the testbed's pairs and LM."""
-    import random
-
-    from ..data import load_pairs
+    User data when configured (varpo.data.sets.pair_sets: a user pair set without held-out pairs
+    gives up its eval split, or its last 10% after a seeded shuffle); conversational rows are
+    rendered with the backbone tokenizer's chat template. Otherwise the testbed's pairs and LM."""
+    from ..data.sets import pair_sets, tokenizer_renderer
 
     rt, dc = cfg.reward_training, cfg.data
     tb = None
@@ -83,26 +82,16 @@ def load_pair_sets(cfg) -> tuple[list[dict], list[dict], str, str]:
         from ..testbed import build_testbed
 
         tb = build_testbed(cfg.testbed, progress=False)
-    cols = dc.pair_columns()
-    if dc.pairs_path:
-        train = load_pairs(dc.pairs_path, cols, dc.skip_bad_rows).rows
-        if dc.eval_pairs_path:
-            held, source = load_pairs(dc.eval_pairs_path, cols, dc.skip_bad_rows).rows, str(dc.eval_pairs_path)
-        else:
-            if len(train) < 2:
-                raise ValueError(f"data.pairs_path={dc.pairs_path}: {len(train)} pair(s); need ≥ 2 to hold one out "
-                                 "(or set data.eval_pairs_path)")
-            train = list(train)
-            random.Random(cfg.seed).shuffle(train)
-            n_held = max(1, len(train) // 10)
-            train, held, source = train[:-n_held], train[-n_held:], f"last 10% of {dc.pairs_path} (seeded shuffle)"
-    else:
+    backbone = rt.backbone_path or cfg.model.policy_path or str(tb.model_path)
+    field = ("reward_training.backbone_path" if rt.backbone_path else
+             "model.policy_path" if cfg.model.policy_path else "the testbed LM")
+    train, held, source = pair_sets(cfg, tokenizer_renderer(backbone, field))
+    if dc.pairs_path is None:
         train = tb.pairs("train")
-        held, source = (load_pairs(dc.eval_pairs_path, cols, dc.skip_bad_rows).rows, str(dc.eval_pairs_path)) \
-            if dc.eval_pairs_path else (tb.pairs("eval"), f"testbed {tb.dir.name} eval pairs")
+        if held is None:
+            held, source = tb.pairs("eval"), f"testbed {tb.dir.name} eval pairs"
     if rt.max_train_pairs:
         train = train[: rt.max_train_pairs]
-    backbone = rt.backbone_path or cfg.model.policy_path or str(tb.model_path)
     return train, held, backbone, source
 
 
@@ -201,35 +190,47 @@ class TrainLog(TrainerCallback):
 
 
 # ------------------------------------------------------------------------------------ the trainer
-def train_reward_model(cfg, out_dir: str | Path, *, callbacks=()) -> dict:
+def train_reward_model(cfg, out_dir: str | Path, *, callbacks=(), decision=None) -> dict:
     """Train, evaluate and save an ensemble as configured (`cfg`: a VarpoConfig); returns the
     report written to OUT/rm_report.json (same dict on every rank). `callbacks`:
-    varpo.callbacks.TrainerCallback instances, called after the train log."""
-    return RewardTrainer(cfg, out_dir, callbacks=callbacks).train()
+    varpo.callbacks.TrainerCallback instances, called after the train log. `decision`: what the
+    caller decided about OUT before anything started (varpo.run_folder.decide; `varpo train-rm`
+    checks the backbone and OUT first, varpo.commands.train_rm.run), carried out here once the
+    process group exists (an overwrite clears the earlier run)."""
+    return RewardTrainer(cfg, out_dir, callbacks=callbacks, decision=decision).train()
 
 
 class RewardTrainer:
-    def __init__(self, cfg, out_dir: str | Path, *, callbacks=()):
+    def __init__(self, cfg, out_dir: str | Path, *, callbacks=(), decision=None):
         from transformers import AutoTokenizer
 
-        from ..config import save_resolved
+        from ..config import ConfigError, save_resolved
         from ..config.environment import check_environment
+        from ..run_folder import REWARD, clear
         from .encode import pad_id
 
         self.t_start = time.perf_counter()
         check_environment(cfg)
         self.cfg, self.out, self.rt = cfg, Path(out_dir), cfg.reward_training
         rt = self.rt
+        # the data, read and checked before the process group and the engines exist
+        self.train_pairs, self.held, self.backbone_path, self.held_source = load_pair_sets(cfg)
         self.info = dist.join(cfg.deepspeed)
         self.world = self.info.world_size
-        self.train_pairs, self.held, self.backbone_path, self.held_source = load_pair_sets(cfg)
         if len(self.train_pairs) < self.world:
-            raise ValueError(f"{len(self.train_pairs)} training pair(s) for {self.world} ranks: each rank needs at least one")
+            raise ConfigError(f"{len(self.train_pairs)} training pair(s) for {self.world} ranks: each rank needs at "
+                              "least one")
         if not self.held:
-            raise ValueError("no held-out pairs to evaluate the ensemble on")
+            raise ConfigError("no held-out pairs to evaluate the ensemble on")
         self.global_batch = min(rt.batch_size, len(self.train_pairs))
         if self.global_batch < self.world:
-            raise ValueError(f"reward_training.batch_size={rt.batch_size} is smaller than the world size {self.world}")
+            raise ConfigError(f"reward_training.batch_size={rt.batch_size} is smaller than the world size {self.world}")
+        if decision is not None and self.info.is_main:
+            if decision.action == "overwrite":
+                clear(self.out, REWARD)
+            if decision.note:
+                console.print(decision.note, highlight=False)
+        dist.barrier()
         self.ckpt_dir = self.out / "checkpoints"
         last = checkpoint.resolve(self.ckpt_dir) if rt.resume else None
         if self.info.is_main:
@@ -276,6 +277,7 @@ class RewardTrainer:
                 self.backbone_path, rt.num_heads, head_seed=rt.head_seed, pooling=rt.pooling, ddof=cfg.reward.ddof,
                 separator=rt.separator, load_kw=attn_kwargs(cfg.model),
                 prior_scale=rt.prior_scale if rt.ensemble_kind == "prior" else 0.0), conf)
+        self.head0_from = _start_from_score_head(model, self.backbone_path, rt, self.info.is_main)
         if rt.lora.enabled:
             torch.manual_seed(cfg.seed)  # LoRA's A matrices draw from the global generator: same on every rank and rerun
             model.add_lora(rt.lora.r, rt.lora.alpha, rt.lora.dropout, rt.lora.target_modules)
@@ -459,7 +461,7 @@ class RewardTrainer:
         report.update(
             model_path=str(model_path), backbone=str(self.backbone_path), lora=rt.lora.enabled,
             ensemble_kind=rt.ensemble_kind, prior_scale=module.prior_scale, standardized=rt.standardize,
-            deep_init=rt.deep_init if rt.ensemble_kind == "deep" else None,
+            deep_init=rt.deep_init if rt.ensemble_kind == "deep" else None, head0_from=self.head0_from,
             trainable_parameters=self.n_trainable, bootstrap=rt.bootstrap, head_seeds=module.head_seeds,
             train_pairs=len(self.train_pairs), eval_source=self.held_source, steps=st.step, epochs=rt.epochs,
             final_train_loss=st.last_loss, eval_loss=final["loss"], stopped_early=st.stopped_early,
@@ -469,6 +471,41 @@ class RewardTrainer:
         )
         write_json(self.out / "rm_report.json", report)
         return report
+
+
+def _start_from_score_head(model, backbone_path: str, rt, is_main: bool) -> str | None:
+    """The paper's setting (Appendix B): heads attached beside a trained reward model's own scalar
+    head on its frozen trunk. When the backbone is a sequence-classification reward model and the
+    heads read what its score head reads (pooling=last), head 0 starts from that head; returns
+    where head 0 came from (None: a random start like the others)."""
+    from transformers import AutoConfig
+
+    from .sequence_classifier import is_sequence_classifier, score_head_weights
+
+    try:
+        conf = AutoConfig.from_pretrained(str(backbone_path))
+    except (OSError, ValueError):
+        return None
+    if not is_sequence_classifier(conf) or rt.ensemble_kind == "deep":
+        return None
+    if rt.pooling != "last":
+        if is_main:
+            console.print(f"reward_training.pooling={rt.pooling}: head 0 starts at random, not from the score head "
+                          f"of {backbone_path}, which reads the last token (pooling=last for the paper's setting)")
+        return None
+    found = score_head_weights(backbone_path)
+    if found is None:
+        if is_main:
+            console.print(f"{backbone_path}: no score.weight tensor of one row found; head 0 starts at random")
+        return None
+    weight, bias = found
+    with torch.no_grad():  # the heads are plain tensors until the engine wraps them (ZeRO-3 included)
+        model.heads.weight[0].copy_(weight[0].to(model.heads.weight))
+        model.heads.bias[0] = float(bias[0]) if bias is not None else 0.0
+    if is_main:
+        console.print(f"head 0 starts from the score head of {backbone_path} (the paper's setting: "
+                      f"{rt.num_heads - 1} more heads beside the reward model's own)")
+    return f"score head of {backbone_path}"
 
 
 def _trainable_state(module) -> dict:
