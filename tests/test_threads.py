@@ -92,7 +92,8 @@ def test_free_cores_on_this_machine_is_between_zero_and_the_usable_cores():
 
 
 def _run(code: str, env: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "VARPO_THREADS", "OMP_WAIT_POLICY")} | env
+    drop = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "VARPO_THREADS", "OMP_WAIT_POLICY")
+    env = {k: v for k, v in os.environ.items() if k not in drop} | env
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
