@@ -72,10 +72,10 @@ def check_model(path: str, field: str, kind: str = "causal_lm") -> ModelFolder:
     """An HF model folder (or cached name) with a readable config and weights. kind: causal_lm (a
     policy), backbone (any model whose trunk is used), sequence_classifier (a scalar reward model:
     *ForSequenceClassification with one label)."""
+    name, folder = locate(path, field)  # first: a path that is not there fails before anything heavy loads
     from .memory import load_hf_config
     from .reward.sequence_classifier import is_sequence_classifier
 
-    name, folder = locate(path, field)
     conf = load_hf_config(folder, field)
     if not (any((folder / w).is_file() for w in WEIGHT_FILES) or any(folder.glob("*.safetensors"))):
         raise ModelPathError(f"{field}: {path} has a config.json but no weights ({', '.join(WEIGHT_FILES[:3])}, "
