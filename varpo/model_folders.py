@@ -72,8 +72,10 @@ def check_model(path: str, field: str, kind: str = "causal_lm") -> ModelFolder:
     """An HF model folder (or cached name) with a readable config and weights. kind: causal_lm (a
     policy), backbone (any model whose trunk is used), sequence_classifier (a scalar reward model:
     *ForSequenceClassification with one label)."""
-    name, folder = locate(path, field)  # first: a path that is not there fails before anything heavy loads
     from .memory import load_hf_config
+
+    name, folder = locate(path, field)
+    # after locate: a missing folder is refused before anything imports torch (varpo.reward does)
     from .reward.sequence_classifier import is_sequence_classifier
 
     conf = load_hf_config(folder, field)

@@ -119,12 +119,13 @@ def default_reward_model(cfg) -> str:
     tb = build_testbed(cfg.testbed, progress=False)
     key = config_hash({"reward": cfg.reward, "reward_training": cfg.reward_training})
     out = tb.dir.parent / f"{tb.dir.name}-reward-{key}"
+    # a cache made before the key had config_hash's length is named by its first 12 characters:
+    # used where it is (other checkouts sharing the cache may still look for it there)
+    legacy = out.with_name(f"{tb.dir.name}-reward-{key[:12]}")
+    if not (out / "rm_report.json").exists() and (legacy / "rm_report.json").exists():
+        out = legacy
     if dist.rank() == 0 and not (out / "rm_report.json").exists():
         with FileLock(str(out) + ".lock"):
-            # a cache from before the key had config_hash's length: its first 12 characters
-            legacy = out.with_name(f"{tb.dir.name}-reward-{key[:12]}")
-            if not (out / "rm_report.json").exists() and (legacy / "rm_report.json").exists():
-                _move_cache(legacy, out)
             if not (out / "rm_report.json").exists():
                 from .config import save_resolved
 
@@ -136,14 +137,3 @@ def default_reward_model(cfg) -> str:
     dist.barrier()
     return json.loads((out / "rm_report.json").read_text())["model_path"]
 
-
-def _move_cache(old, new) -> None:
-    """Rename a cached ensemble folder; its report's model_path is rewritten to the new place."""
-    import json
-    import os
-
-    os.replace(old, new)
-    report = new / "rm_report.json"
-    data = json.loads(report.read_text())
-    data["model_path"] = str(new / "reward_model")
-    report.write_text(json.dumps(data, indent=2))

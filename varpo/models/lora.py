@@ -48,6 +48,17 @@ def attach_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_mod
                          f"{linear_module_names(model)} (or use all-linear)") from None
 
 
+def prepare_quantized(model: nn.Module, model_cfg) -> nn.Module:
+    """A 4-bit base (model.quantization.load_in_4bit) before adapters go on: norms and other small
+    layers in fp32, input grads enabled so gradient checkpointing reaches the adapters (peft's
+    QLoRA preparation); any other model as it is."""
+    if not model_cfg.quantization.load_in_4bit:
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+
+
 def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 

@@ -27,7 +27,7 @@ from ..config import VarpoConfig
 from ..dist import DistInfo
 from ..engines import build_model, ds_config, inference_engine, train_engine
 from ..models.loading import disable_dropout, load_kwargs, load_tokenizer, param_counts
-from ..models.lora import attach_lora, base_model, is_peft
+from ..models.lora import attach_lora, base_model, is_peft, prepare_quantized
 from ..models.value_head import PolicyWithValueHead, ValueModel, causal_lm, shares_trunk
 from ..reward_source import Scorer
 from ..scoring import build_scorer
@@ -56,21 +56,11 @@ def lr_schedule(cfg: VarpoConfig):
                    schedule=p.lr_schedule, min_ratio=p.lr_min_ratio)
 
 
-def _prepare_quantized(model: nn.Module, cfg: VarpoConfig) -> nn.Module:
-    """A 4-bit base before adapters go on: norms and other small layers in fp32, input grads
-    enabled so gradient checkpointing reaches the adapters (peft's QLoRA preparation)."""
-    if not cfg.model.quantization.load_in_4bit:
-        return model
-    from peft import prepare_model_for_kbit_training
-
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
-
-
 def _lora(model: nn.Module, cfg: VarpoConfig, task_type: str | None, field: str) -> nn.Module:
     lc = cfg.model.lora
     # adapter init draws from the global generator: the same A matrices on every rank and rerun
     torch.manual_seed(cfg.seed)
-    return attach_lora(_prepare_quantized(model, cfg), lc.r, lc.alpha, lc.dropout, lc.target_modules,
+    return attach_lora(prepare_quantized(model, cfg.model), lc.r, lc.alpha, lc.dropout, lc.target_modules,
                        field=field, task_type=task_type)
 
 
