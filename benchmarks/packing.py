@@ -69,9 +69,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     import torch
+    from bench_models import build_inputs
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from bench_models import build_inputs
     from varpo.allocator import keep_freed_memory
     from varpo.config import KernelsConfig, PackingConfig
     from varpo.models.value_head import ValueModel
