@@ -97,8 +97,9 @@ def main(argv=None) -> int:
 
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    meta = build_inputs(out / "work", a.size)
-    reward = str(build_ensemble(meta["policy_path"], 10, out / "work" / "reward_k10", 0))
+    work = out / "runs" / "work"  # runs/ is git-ignored: the models and the runs' logs stay out of results
+    meta = build_inputs(work, a.size)
+    reward = str(build_ensemble(meta["policy_path"], 10, work / "reward_k10", 0))
     runs = []
     for r in range(a.rounds):
         for setting in (SETTINGS if r % 2 == 0 else SETTINGS[::-1]):
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
             stop, procs = start_competitors(a.competitors)
             time.sleep(2.0)  # the competitors are running when the run measures its free cores
             watch, t0 = ForeignCpu(), time.perf_counter()
-            with open(out / f"r{r}_{setting}.log", "w") as log:
+            with open(out / "runs" / f"r{r}_{setting}.log", "w") as log:
                 log.write("$ " + shlex.join(cmd) + "\n")
                 log.flush()
                 try:
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
             stop_competitors(stop, procs)
             rec = {"round": r, "setting": setting, "rc": rc, "process_s": time.perf_counter() - t0,
                    "foreign_cores": foreign, "command": shlex.join(cmd)}
-            chosen = [ln for ln in (out / f"r{r}_{setting}.log").read_text().splitlines() if "torch threads" in ln]
+            chosen = [ln for ln in (out / "runs" / f"r{r}_{setting}.log").read_text().splitlines() if "torch threads" in ln]
             rec["threads_line"] = chosen[-1] if chosen else None
             if rc == 0:
                 rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     keep_freed_memory()  # as train_ppo runs
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    meta = build_inputs(out / "work", a.size, seed=a.seed)
+    meta = build_inputs(out / "runs" / "work", a.size, seed=a.seed)  # runs/ is git-ignored: no models in results
     p = meta["preset"]
     lm = AutoModelForCausalLM.from_pretrained(meta["policy_path"]).eval()
     critic = ValueModel(AutoModel.from_pretrained(meta["policy_path"])).eval()

@@ -195,10 +195,10 @@ def variant_summary(runs: list[dict], warmup: int, roofline: dict | None = None)
         out["flops_per_s"] = {ph: summarize([p["flops_per_s"].get(ph) for p in with_mfu])["median"] for ph in MFU_PHASES}
         out["generate_bandwidth_fraction"] = summarize([p.get("generate_bandwidth_fraction") for p in with_mfu])["median"]
         out["generate_bytes_per_s"] = summarize([p.get("generate_bytes_per_s") for p in with_mfu])["median"]
+    # the rollout engine's start-up, not in the throughput (None where no run reported one)
     starts = [p["startup_s"] for p in per_run if p.get("startup_s") is not None]
-    if starts:
-        out["startup_s"] = summarize(starts)["median"]
-        out["startup_s_stats"] = summarize(starts)
+    out["startup_s"] = summarize(starts)["median"]
+    out["startup_s_stats"] = summarize(starts)
     if ok:
         res = ok[0]["result"]
         out["settings"] = res.get("settings")
@@ -323,6 +323,17 @@ def validate_results(res: dict) -> None:
     for k in ("cpu_model", "cores", "torch", "trl"):
         if "machine" in res and k not in res["machine"]:
             missing.append(f"machine.{k}")
+    # issue 26's contract, per variant that ran: its paired ratio against TRL, its utilisation per
+    # phase wherever the peaks were probed, and vLLM's start-up kept apart from its throughput
+    for v in _shown(res):
+        if not isinstance(res[v], dict) or res[v].get("episodes_per_s") is None:
+            continue
+        if v != "trl" and "ratio_vs_trl" not in res[v]:
+            missing.append(f"{v}.ratio_vs_trl")
+        if res.get("roofline") and res["roofline"]["matmul_flops_per_s"]["median"]:
+            missing += [f"{v}.mfu.{ph}" for ph in MFU_PHASES if ph not in (res[v].get("mfu") or {})]
+        if VARIANTS[v].get("backend") == "vllm":
+            missing += [f"{v}.{k}" for k in ("startup_s", "breakeven_steps") if k not in res[v]]
     if missing:
         raise ValueError(f"results.json is missing {missing}")
 

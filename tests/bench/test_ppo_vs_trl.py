@@ -377,6 +377,32 @@ def test_mfu_per_phase_startup_and_breakeven(tmp_path):
     bench.plot(res, tmp_path / "t.png")
 
 
+def test_validate_results_names_missing_contract_keys_per_variant():
+    """Issue 26's contract per variant that ran: ratio_vs_trl, mfu for the four phases where peaks
+    were probed, and for varpo_vllm startup_s and breakeven_steps."""
+    rng = random.Random(21)
+    runs, roofline = [], {0: _probe()}
+    for v in ("trl", "varpo_vanilla", "varpo_vllm"):
+        run = _run(rng, 3)
+        for s in run["steps"]:
+            s.update({f"flops/{ph}": 1e9 for ph in bench.MFU_PHASES})
+        run["startup_s"] = 30.0 if v == "varpo_vllm" else None
+        runs.append({"round": 0, "variant": v, "position": 0, "ok": True, "result": run})
+    res = bench.build_results(runs, 1, _machine(), META, "c", roofline=roofline)
+    bench.validate_results(res)
+    assert res["varpo_vllm"]["startup_s"] == 30.0 and set(res["varpo_vllm"]["mfu"]) == set(bench.MFU_PHASES)
+    del res["varpo_vllm"]["startup_s"]
+    del res["varpo_vllm"]["ratio_vs_trl"]
+    del res["varpo_vanilla"]["mfu"]["update"]
+    del res["trl"]["mfu"]
+    with pytest.raises(ValueError) as e:
+        bench.validate_results(res)
+    msg = str(e.value)
+    for key in ("varpo_vllm.startup_s", "varpo_vllm.ratio_vs_trl", "varpo_vanilla.mfu.update", "trl.mfu.generate"):
+        assert key in msg, key
+    assert "varpo_vllm.breakeven_steps" not in msg and "varpo_vanilla.mfu.value" not in msg
+
+
 def test_vllm_variant_runs_vllm_rollouts_and_is_opt_in():
     assert "varpo_vllm" not in bench.DEFAULT_VARIANTS
     ov = bench.varpo_overrides({"preset": dict(META["preset"]), "policy_path": "/p", "prompts_path": "/q"},
