@@ -32,9 +32,10 @@ and a fixed order would charge that to one variant (--order fixed keeps the old 
   varpo_vllm             as varpo_vanilla with generation.backend=vllm (a colocated vLLM engine samples the
                          rollouts, weights synced in memory after each update), run by the vLLM environment's
                          interpreter (--vllm-venv, default .venv-vllm in the repository, or $VARPO_VLLM_VENV);
-                         opt-in. Its engine's start-up is reported apart (`startup_s`: a user pays it once per
-                         run, not per step), with `breakeven_steps`: the steps after which the faster steps have
-                         paid for it against varpo_vanilla in the same round
+                         opt-in. Its start-up is reported apart (`startup_s`: importing vLLM and building the
+                         engine, `startup_parts_s`; a user pays it once per run, not per step), with
+                         `breakeven_steps`: the steps after which the faster steps have paid for the extra seconds
+                         before the first step (`setup_s` against varpo_vanilla's) in the same round
 
 Throughput of one run = episodes (tokens) of its steps after warm-up / their wall time, where a
 step's wall time runs from the end of the previous step to the end of this one (both trainers'
@@ -155,7 +156,9 @@ def variant_summary(runs: list[dict], warmup: int, roofline: dict | None = None)
     probe measured before it) each phase's utilisation of the measured peaks (median over runs)."""
     ok = [r for r in runs if r.get("ok")]
     per_run = [{"round": r["round"], "position": r.get("position"), **run_throughput(r["result"], warmup),
-                "peak_rss_mb": r["result"].get("peak_rss_mb"), "startup_s": r["result"].get("startup_s")} for r in ok]
+                "peak_rss_mb": r["result"].get("peak_rss_mb"), "startup_s": r["result"].get("startup_s"),
+                "setup_s": r["result"].get("setup_s"), **({"startup_parts_s": r["result"]["startup_parts_s"]}
+                                                          if r["result"].get("startup_parts_s") else {})} for r in ok]
     for p in per_run:
         probe = (roofline or {}).get(p["round"])
         if probe and p.get("phase_flops"):
@@ -199,6 +202,8 @@ def variant_summary(runs: list[dict], warmup: int, roofline: dict | None = None)
     starts = [p["startup_s"] for p in per_run if p.get("startup_s") is not None]
     out["startup_s"] = summarize(starts)["median"]
     out["startup_s_stats"] = summarize(starts)
+    # process start to the first step (imports, models, engines): what a run pays before training
+    out["setup_s"] = summarize([p.get("setup_s") for p in per_run])["median"]
     if ok:
         res = ok[0]["result"]
         out["settings"] = res.get("settings")
@@ -266,17 +271,25 @@ def build_results(runs: list[dict], warmup: int, machine: dict, meta: dict, comm
 
 
 def breakeven_steps(vllm_runs: list[dict], hf_runs: list[dict]) -> dict:
-    """After how many steps vLLM's engine start-up has paid for itself: per round,
-    startup_s / (HF step seconds − vLLM step seconds) against varpo_vanilla (HF rollouts, no engine
-    to start) in the same round; None for a round where vLLM's steps were not faster (never)."""
-    hf = {p["round"]: p["step_s"] for p in hf_runs}
-    per_round = []
+    """After how many steps vLLM's start-up has paid for itself: per round, the extra seconds before
+    its first step / (HF step seconds − vLLM step seconds) against varpo_vanilla (HF rollouts, no
+    engine to start) in the same round. The extra seconds are setup_s (process start to the first
+    step) minus varpo_vanilla's where both runs recorded it, else the engine's startup_s (vLLM's
+    import and engine). None for a round where vLLM's steps were not faster (never)."""
+    hf = {p["round"]: p for p in hf_runs}
+    per_round, cost = [], []
     for p in vllm_runs:
-        if p["round"] in hf and p.get("startup_s") is not None:
-            saved = hf[p["round"]] - p["step_s"]
-            per_round.append(p["startup_s"] / saved if saved > 0 else None)
+        h = hf.get(p["round"])
+        if h is None or p.get("startup_s") is None:
+            continue
+        extra = p["setup_s"] - h["setup_s"] if p.get("setup_s") is not None and h.get("setup_s") is not None \
+            else p["startup_s"]
+        saved = h["step_s"] - p["step_s"]
+        cost.append(extra)
+        per_round.append(extra / saved if saved > 0 else None)
     finite = [x for x in per_round if x is not None]
-    return {"per_round": per_round, **summarize(finite), "never": len(per_round) - len(finite)}
+    return {"per_round": per_round, **summarize(finite), "never": len(per_round) - len(finite),
+            "extra_setup_s_per_round": cost}
 
 
 def position_effect(res: dict, variants: list[str]) -> dict:
@@ -423,8 +436,15 @@ def results_markdown(res: dict) -> str:
         lines.append("")
     if "varpo_vllm" in res and res["varpo_vllm"].get("startup_s") is not None:
         st, be = res["varpo_vllm"]["startup_s_stats"], res["varpo_vllm"].get("breakeven_steps", {})
-        lines += [f"varpo_vllm: engine start-up **{_fmt(st['median'])} s** (min {_fmt(st['min'])}, max {_fmt(st['max'])}; "
-                  f"not in the steady-state throughput); paid for by its faster steps after **{_fmt(be.get('median'))}** "
+        parts = [p["startup_parts_s"] for p in res["varpo_vllm"]["runs"] if p.get("startup_parts_s")]
+        split = (f"; of which importing vLLM {_fmt(summarize([x.get('import_s') for x in parts])['median'])} s, building "
+                 f"the engine {_fmt(summarize([x.get('engine_s') for x in parts])['median'])} s" if parts else "")
+        extra = be.get("extra_setup_s_per_round") or []
+        lines += [f"varpo_vllm: start-up **{_fmt(st['median'])} s** (min {_fmt(st['min'])}, max {_fmt(st['max'])}{split}; "
+                  f"not in the steady-state throughput); process start to first step {_fmt(res['varpo_vllm'].get('setup_s'))} s "
+                  f"against varpo_vanilla's {_fmt(res['varpo_vanilla'].get('setup_s'))} s (extra per round: "
+                  f"{', '.join(format(x, '.0f') for x in extra) or '—'} s); "
+                  f"paid for by its faster steps after **{_fmt(be.get('median'))}** "
                   f"steps (median over rounds against varpo_vanilla; per round "
                   f"{', '.join('never' if x is None else format(x, '.1f') for x in be.get('per_round', [])) or '—'}); "
                   f"vLLM / HF rollouts, paired: {_fmt(res['ratios'].get('vllm_vs_vanilla', {}).get('median'))}", ""]
@@ -646,11 +666,14 @@ def varpo_run(argv: list[str]) -> int:
             self.marks: list[float] = []
             self.cpu_marks: list[float] = []  # process CPU seconds (all threads): barely moved by other jobs
             self.setup_s = self.startup_s = None
+            self.parts: dict = {}
 
         def on_train_begin(self, trainer):
             self.setup_s = time.perf_counter() - t_start
             # the rollout engine's own start-up (vLLM: its engine; HF generate runs the actor: none)
-            self.startup_s = getattr(trainer.rollout_engine, "startup_s", 0.0)
+            engine = trainer.rollout_engine
+            self.startup_s = getattr(engine, "startup_s", 0.0)
+            self.parts = {k: getattr(engine, k) for k in ("import_s", "engine_s") if hasattr(engine, k)}
             self.marks.append(time.perf_counter())
             self.cpu_marks.append(time.process_time())
 
@@ -683,6 +706,7 @@ def varpo_run(argv: list[str]) -> int:
 
     result = {
         "side": "varpo", "variant": a.variant, "steps": steps, "setup_s": timer.setup_s, "startup_s": timer.startup_s,
+        "startup_parts_s": timer.parts,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,

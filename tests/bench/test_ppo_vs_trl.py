@@ -373,7 +373,7 @@ def test_mfu_per_phase_startup_and_breakeven(tmp_path):
     assert be["never"] == 1 and be["median"] == pytest.approx(statistics.median(want), rel=1e-12)
     assert res["roofline"]["matmul_flops_per_s"]["n"] == 3
     md = bench.results_markdown(res)
-    assert "Model FLOPs utilisation" in md and "engine start-up" in md and "never" in md
+    assert "Model FLOPs utilisation" in md and "varpo_vllm: start-up" in md and "never" in md
     bench.plot(res, tmp_path / "t.png")
 
 
@@ -387,10 +387,13 @@ def test_validate_results_names_missing_contract_keys_per_variant():
         for s in run["steps"]:
             s.update({f"flops/{ph}": 1e9 for ph in bench.MFU_PHASES})
         run["startup_s"] = 30.0 if v == "varpo_vllm" else None
+        if v == "varpo_vllm":
+            run["startup_parts_s"] = {"import_s": 26.0, "engine_s": 4.0}
         runs.append({"round": 0, "variant": v, "position": 0, "ok": True, "result": run})
     res = bench.build_results(runs, 1, _machine(), META, "c", roofline=roofline)
     bench.validate_results(res)
     assert res["varpo_vllm"]["startup_s"] == 30.0 and set(res["varpo_vllm"]["mfu"]) == set(bench.MFU_PHASES)
+    assert "importing vLLM 26 s, building the engine 4 s" in bench.results_markdown(res)
     del res["varpo_vllm"]["startup_s"]
     del res["varpo_vllm"]["ratio_vs_trl"]
     del res["varpo_vanilla"]["mfu"]["update"]
@@ -401,6 +404,22 @@ def test_validate_results_names_missing_contract_keys_per_variant():
     for key in ("varpo_vllm.startup_s", "varpo_vllm.ratio_vs_trl", "varpo_vanilla.mfu.update", "trl.mfu.generate"):
         assert key in msg, key
     assert "varpo_vllm.breakeven_steps" not in msg and "varpo_vanilla.mfu.value" not in msg
+
+
+def test_breakeven_counts_the_extra_setup_against_vanilla_in_the_same_round():
+    """The seconds vLLM costs before its first step: its setup minus varpo_vanilla's (imports and
+    engine included), or its startup_s where a run has no setup time; paid back per faster step."""
+    vllm = [{"round": 0, "step_s": 5.0, "startup_s": 20.0, "setup_s": 60.0},
+            {"round": 1, "step_s": 9.0, "startup_s": 20.0, "setup_s": 50.0},
+            {"round": 2, "step_s": 4.0, "startup_s": 30.0},
+            {"round": 3, "step_s": 4.0, "startup_s": 30.0, "setup_s": 40.0}]  # no vanilla run in round 3
+    hf = [{"round": 0, "step_s": 8.0, "setup_s": 15.0}, {"round": 1, "step_s": 8.0, "setup_s": 14.0},
+          {"round": 2, "step_s": 7.0, "setup_s": 10.0}]
+    be = bench.breakeven_steps(vllm, hf)
+    assert be["extra_setup_s_per_round"] == [45.0, 36.0, 30.0]
+    assert be["per_round"][0] == pytest.approx(45.0 / 3.0) and be["per_round"][1] is None
+    assert be["per_round"][2] == pytest.approx(30.0 / 3.0)
+    assert be["never"] == 1 and be["n"] == 2 and be["median"] == pytest.approx((15.0 + 10.0) / 2)
 
 
 def test_vllm_variant_runs_vllm_rollouts_and_is_opt_in():
