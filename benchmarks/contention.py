@@ -90,7 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--competitors", type=int, default=2, help="busy processes beside each run")
     ap.add_argument("--steps", type=int, default=3, help="PPO steps per run (the first is warm-up)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds of (default, auto), order alternating")
-    ap.add_argument("--timeout", type=float, default=3600.0)
+    ap.add_argument("--timeout", type=float, default=3600.0,
+                    help="seconds per run; a run cut there reports the steps it finished (at least 2)")
     a = ap.parse_args(argv)
     from bench_models import build_inputs
     from ppo_vs_trl import build_ensemble
@@ -100,6 +101,27 @@ def main(argv=None) -> int:
     work = out / "runs" / "work"  # runs/ is git-ignored: the models and the runs' logs stay out of results
     meta = build_inputs(work, a.size)
     reward = str(build_ensemble(meta["policy_path"], 10, work / "reward_k10", 0))
+
+    def write() -> None:  # after every run: a run cut short keeps what it measured
+        res = {"command": "python benchmarks/contention.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+               "machine": machine("cpu"), "size": a.size, "competitors": a.competitors, "steps": a.steps, "runs": runs}
+        ok = {s: [x for x in runs if x["setting"] == s and "step_s" in x] for s in SETTINGS}
+        if ok["default"] and ok["auto"]:
+            res["auto_vs_default_step_s"] = statistics.median(x["step_s"] for x in ok["default"]) / \
+                statistics.median(x["step_s"] for x in ok["auto"])
+        (out / "contention.json").write_text(json.dumps(res, indent=1) + "\n")
+        lines = ["# A PPO step beside a competing job", "", f"Command: `{res['command']}`", "",
+                 f"{a.competitors} busy competitor process(es) on {res['machine']['cores']} cores, `{a.size}` preset, "
+                 f"{a.steps} steps per run (first dropped).", "",
+                 "| round | setting | s/step (median) | CPU s/step | foreign cores | threads |", "|---|---|---|---|---|---|"]
+        for x in runs:
+            cut = f" (cut at --timeout after {len(x['steps_wall_s'])} steps)" if x.get("partial") else ""
+            lines.append(f"| {x['round']} | {x['setting']}{cut} | {x.get('step_s', '—')} | {x.get('step_cpu_s', '—')} | "
+                         f"{x['foreign_cores']} | {x['threads_line']} |")
+        if "auto_vs_default_step_s" in res:
+            lines += ["", f"default / auto seconds per step: **{res['auto_vs_default_step_s']:.2f}×**"]
+        (out / "contention.md").write_text("\n".join(lines) + "\n")
+
     runs = []
     for r in range(a.rounds):
         for setting in (SETTINGS if r % 2 == 0 else SETTINGS[::-1]):
@@ -122,29 +144,15 @@ def main(argv=None) -> int:
                    "foreign_cores": foreign, "command": shlex.join(cmd)}
             chosen = [ln for ln in (out / "runs" / f"r{r}_{setting}.log").read_text().splitlines() if "torch threads" in ln]
             rec["threads_line"] = chosen[-1] if chosen else None
-            if rc == 0:
-                rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-                rec.update(summarize_run(rows, warmup=1))
+            metrics = run_dir / "metrics.jsonl"
+            rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
+            if len(rows) > 1:  # a run cut by --timeout still reports the steps it finished
+                rec.update(summarize_run(rows, warmup=1), partial=rc != 0)
             runs.append(rec)
+            write()
             print(json.dumps({k: rec.get(k) for k in ("setting", "rc", "step_s", "step_cpu_s", "foreign_cores",
                                                        "threads_line")}), flush=True)
-    res = {"command": "python benchmarks/contention.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-           "machine": machine("cpu"), "size": a.size, "competitors": a.competitors, "steps": a.steps, "runs": runs}
-    ok = {s: [x for x in runs if x["setting"] == s and x["rc"] == 0] for s in SETTINGS}
-    if ok["default"] and ok["auto"]:
-        res["auto_vs_default_step_s"] = statistics.median(x["step_s"] for x in ok["default"]) / \
-            statistics.median(x["step_s"] for x in ok["auto"])
-    (out / "contention.json").write_text(json.dumps(res, indent=1) + "\n")
-    lines = ["# A PPO step beside a competing job", "", f"Command: `{res['command']}`", "",
-             f"{a.competitors} busy competitor process(es) on {res['machine']['cores']} cores, `{a.size}` preset, "
-             f"{a.steps} steps per run (first dropped).", "",
-             "| round | setting | s/step (median) | CPU s/step | foreign cores | threads |", "|---|---|---|---|---|---|"]
-    for x in runs:
-        lines.append(f"| {x['round']} | {x['setting']} | {x.get('step_s', '—')} | {x.get('step_cpu_s', '—')} | "
-                     f"{x['foreign_cores']} | {x['threads_line']} |")
-    if "auto_vs_default_step_s" in res:
-        lines += ["", f"default / auto seconds per step: **{res['auto_vs_default_step_s']:.2f}×**"]
-    (out / "contention.md").write_text("\n".join(lines) + "\n")
+    write()
     return 0 if all(x["rc"] == 0 for x in runs) else 1
 
 
