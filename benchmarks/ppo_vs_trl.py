@@ -735,6 +735,14 @@ def child_env(device: str, threads: int) -> dict:
     return env
 
 
+def foreign_env(env: dict) -> dict:
+    """The environment for a child of another interpreter (the TRL or the vLLM environment): without
+    this process's TORCH_EXTENSIONS_DIR, which its venv set for its own torch. Inherited, a vLLM child
+    rebuilt DeepSpeed's CPU communication op into this venv's cache for its own torch paths (minutes of
+    compiling in its start-up), and the next varpo run rebuilt it back; each venv sets its own."""
+    return {k: v for k, v in env.items() if k != "TORCH_EXTENSIONS_DIR"}
+
+
 def run_one(cmd: list[str], out_json: Path, env: dict, timeout: float) -> dict:
     """Run one child; its result JSON, or the reason it has none. stdout/stderr go to a log file.
     `foreign_cores`: the average number of cores other processes kept busy during the run (all
@@ -858,7 +866,7 @@ def main(argv=None) -> int:
                        "--reward-path", reward_paths[v], *common]
             print(f"[{time.perf_counter() - t_all:6.0f}s] round {r + 1}/{rounds}: {v}", flush=True)
             load1 = os.getloadavg()[0]
-            rec = run_one(cmd, out_json, env, a.timeout)
+            rec = run_one(cmd, out_json, env if cmd[0] == sys.executable else foreign_env(env), a.timeout)
             rec.update(round=r, variant=v, position=pos, loadavg1_at_start=round(load1, 2))
             if rec["ok"] and v == "trl":  # TRL's steps did the same useful work as varpo's: counted alike
                 for step in rec["result"]["steps"]:

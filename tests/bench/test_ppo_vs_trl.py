@@ -464,3 +464,14 @@ def test_roofline_probe_and_utilisation():
     assert u["flops_per_s"] == {"update": 4e9, "value": None, "generate": 2e9}
     assert u["mfu"] == {"update": 0.5, "value": None, "generate": 0.25}
     assert u["generate_bytes_per_s"] == 4e9 and u["generate_bandwidth_fraction"] == 0.25
+
+
+def test_children_of_other_venvs_do_not_inherit_this_venvs_extension_cache():
+    """A vLLM (or TRL) child given this venv's TORCH_EXTENSIONS_DIR rebuilt DeepSpeed's CPU op there
+    for its own torch: such children get the environment without it, everything else kept."""
+    env = bench.child_env("cpu", 1)
+    env["TORCH_EXTENSIONS_DIR"] = "/somewhere/.venv/torch_extensions"
+    other = bench.foreign_env(env)
+    assert "TORCH_EXTENSIONS_DIR" not in other and "TORCH_EXTENSIONS_DIR" in env
+    assert {k: v for k, v in env.items() if k != "TORCH_EXTENSIONS_DIR"} == other
+    assert other["OMP_NUM_THREADS"] == "1" and other["DS_ACCELERATOR"] == "cpu"
