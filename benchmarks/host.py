@@ -25,11 +25,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def commit() -> str | None:
+    """The checkout's commit the benchmark ran from (short hash, "+dirty" when tracked files were
+    modified), so a result names the code behind it; None outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def machine(device: str | None = None, **extra) -> dict:
     """The host as every benchmark's results describe it: CPU model, cores (all, and usable by this
     process), Python, platform, the versions of torch / transformers / deepspeed / triton (None when
     absent), torch's thread count, the device (default: cuda when present) and its GPU, the load
-    average now; `extra` adds a benchmark's own fields (e.g. the thread count of its child runs)."""
+    average now, the commit; `extra` adds a benchmark's own fields (e.g. the thread count of its child runs)."""
     import importlib.metadata as md
 
     import torch
@@ -45,7 +61,7 @@ def machine(device: str | None = None, **extra) -> dict:
             "transformers": version("transformers"), "deepspeed": version("deepspeed"), "triton": version("triton"),
             "torch_threads": torch.get_num_threads(),
             "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
-            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+            "loadavg": [round(x, 2) for x in os.getloadavg()], "commit": commit()}
     if info["device"].startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     return {**info, **extra}

@@ -20,6 +20,14 @@ def test_machine_describes_this_host_and_takes_extras():
     assert host.machine("cpu")["device"] == "cpu"
 
 
+def test_machine_names_the_commit_it_ran_from():
+    import subprocess
+
+    head = subprocess.run(["git", "-C", str(BENCH), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert host.machine()["commit"] in (head, head + "+dirty")
+
+
 def test_every_benchmark_uses_the_one_description():
     """No benchmark defines its own machine()/cpu lookup; each that records a machine calls host.machine."""
     for path in sorted(BENCH.glob("*.py")):
