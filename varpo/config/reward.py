@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .core import Section
+from .remote_reward import RemoteRewardConfig
 
 
 class OracleConfig(Section):
@@ -18,10 +19,12 @@ class OracleConfig(Section):
 
 
 class RewardConfig(Section):
-    type: Literal["ensemble", "judge", "gold", "oracle"] = Field(
+    type: Literal["ensemble", "judge", "gold", "oracle", "remote"] = Field(
         "ensemble", description="where (score, σ²) come from: a trained ensemble, interval judges, the testbed's "
-        "gold (σ² = 0), or the oracle (gold + noise with a known σ², reward.oracle)")
+        "gold (σ² = 0), the oracle (gold + noise with a known σ², reward.oracle), or a reward server apart from "
+        "the trainer (reward.remote)")
     oracle: OracleConfig = OracleConfig()
+    remote: RemoteRewardConfig = RemoteRewardConfig()
     path: str | None = Field(None, description="trained ensemble folder; None: the embedded task's default ensemble")
     aggregation: Literal["mean", "median", "min", "mean_minus_var", "mean_minus_std"] = Field(
         "mean", description="score s from the K head rewards: mean (the paper), median, min (worst case), "
@@ -32,6 +35,12 @@ class RewardConfig(Section):
     ddof: int = Field(1, ge=0, description="σ² = variance over heads with this delta degrees of freedom (1: sample variance)")
     batch_size: int = Field(64, ge=1, description="texts per reward-model forward")
     max_length: int = Field(96, ge=2, description="tokens of prompt+response scored (longer texts keep their end)")
+
+    @model_validator(mode="after")
+    def _remote_is_complete(self):
+        if self.type == "remote":
+            self.remote.check(self.path)
+        return self
 
 
 class LoraConfig(Section):
