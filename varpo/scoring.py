@@ -23,6 +23,10 @@ def build_scorer(cfg) -> Scorer:
         from .judge import JudgeScorer
 
         return JudgeScorer.from_config(cfg.judge)
+    if kind == "remote":
+        from .reward.remote import RemoteRewardScorer
+
+        return RemoteRewardScorer.from_config(cfg)
     path = cfg.reward.path or default_reward_model(cfg)
     from .adapters import attn_kwargs
     from .reward.scorer import load_scorer

@@ -159,16 +159,22 @@ class EnsembleRewardModel(nn.Module):
         h = self.pooled(input_ids, attention_mask).to(self.heads.weight.dtype)
         if stats_ddof is not None and self._is_plain():
             return self.heads(h, ddof=stats_ddof)
-        r = self.heads(h)
-        if self.prior_scale:
-            r = r + self.prior_scale * self.prior(h)
-        r = ((r - self.member_shift) / self.member_scale).float()
+        r = self.rewards_from_pooled(h)
         if stats_ddof is None:
             return r
         if self.num_heads <= stats_ddof:  # the spread of ≤ ddof heads is not measurable: σ² := 0
             zero = torch.zeros_like(r[:, 0])
             return r, EnsembleStats(r.mean(1), zero, zero, r.amin(1))
         return r, ensemble_stats(r, ddof=stats_ddof)
+
+    def rewards_from_pooled(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, hidden] pooled states (from this backbone, or from a server running it: varpo.reward.remote)
+        → per-head rewards [B, K] float32: heads, prior heads, member standardisation."""
+        h = h.to(self.heads.weight.dtype)
+        r = self.heads(h)
+        if self.prior_scale:
+            r = r + self.prior_scale * self.prior(h)
+        return ((r - self.member_shift) / self.member_scale).float()
 
     def _is_plain(self) -> bool:
         return not self.prior_scale and bool((self.member_shift == 0).all() and (self.member_scale == 1).all())
@@ -208,13 +214,20 @@ class EnsembleRewardModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
-                        load_kw: dict | None = None) -> EnsembleRewardModel:
+                        load_kw: dict | None = None, backbone_weights: bool = True) -> EnsembleRewardModel:
+        """The saved ensemble. `backbone_weights=False`: the backbone is built from its config on the
+        meta device (no weights read or allocated), for callers that get its hidden states elsewhere
+        (a server running it, varpo.reward.remote) and use `rewards_from_pooled` only."""
         from safetensors.torch import load_file
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
 
         path = Path(path)
         conf = read_folder_config(path, MODEL_TYPE, "EnsembleRewardModel")
-        backbone = AutoModel.from_pretrained(str(path / conf["backbone"]), dtype=dtype, **(load_kw or {}))
+        if backbone_weights:
+            backbone = AutoModel.from_pretrained(str(path / conf["backbone"]), dtype=dtype, **(load_kw or {}))
+        else:
+            with torch.device("meta"):
+                backbone = AutoModel.from_config(AutoConfig.from_pretrained(str(path / conf["backbone"])))
         model = cls(backbone, conf["num_heads"], head_seeds=conf["head_seeds"], pooling=conf["pooling"],
                     ddof=conf["ddof"], separator=conf.get("separator", " "), prior_scale=conf.get("prior_scale", 0.0))
         state = load_file(str(path / HEADS_NAME))
