@@ -31,9 +31,11 @@ def _zero_block(cfg: DeepSpeedConfig, role: str, trainable: bool) -> dict:
     if stage == 3:
         zero.update(
             stage3_param_persistence_threshold=cfg.param_persistence_threshold,
-            stage3_max_live_parameters=int(1e9),
+            stage3_max_live_parameters=int(role_cfg.max_live_parameters or 1e9),
             stage3_prefetch_bucket_size=int(5e7),
         )
+        if role_cfg.allgather_sequential:
+            zero["stage3_allgather_sequential"] = True
         if role_cfg.offload_param:
             zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if trainable and role_cfg.offload_optimizer and stage > 0:

@@ -63,6 +63,9 @@ class ModelShape:
     linear_params: int = 0  # weights of the linear layers a 4-bit load quantizes (all but the output head)
     lora_params: int = 0  # LoRA adapter parameters when model.lora applies to this role's model
     value_head_params: int = 0  # a value head on this causal LM's trunk (model.critic=shared_trunk)
+    # own parameter counts of every module a forward calls, in order (ZeRO-3 fetches and releases
+    # parameters module by module: `zero3_forward_working_set` replays that)
+    modules: list[list[int]] = field(default_factory=list)
 
 
 def count_params(model) -> tuple[int, int]:
@@ -72,6 +75,15 @@ def count_params(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     largest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
     return total, largest
+
+
+def module_params(model) -> list[list[int]]:
+    """Own parameter counts of each module in `model.modules()` order (the order HF models call them
+    in, up to parameterless helpers), skipping containers that are never called (ModuleList/Dict)."""
+    from torch import nn
+
+    return [[p.numel() for p in m.parameters(recurse=False)] for m in model.modules()
+            if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
 
 
 def on_meta(build: Callable[[], object]):
@@ -151,9 +163,20 @@ def shape_of(conf, kind: str, num_heads_extra: int = 0, source: str = "", lora=N
     total, largest = count_params(model)
     shape = _shape(conf, total, largest, kind, num_heads_extra, source)
     shape.linear_params = linear_params(model)
+    shape.modules = _with_heads(module_params(model), kind, shape.hidden_size, num_heads_extra)
     if lora is not None:
         shape.lora_params = lora_params(model, lora)
     return shape
+
+
+def _with_heads(mods: list[list[int]], kind: str, h: int, k: int) -> list[list[int]]:
+    """A backbone's module trace inside its varpo wrapper: the wrapper module first, then the
+    critic's value head (h + 1) or the ensemble's K heads (one [K, h] linear with bias) last."""
+    if kind == "value":
+        return [[], *mods, [h, 1]]
+    if kind == "ensemble":
+        return [[], *mods, [k * h, k]]
+    return mods
 
 
 def _shape(conf, total: int, largest: int, kind: str, num_heads_extra: int, source: str) -> ModelShape:
@@ -198,6 +221,7 @@ def testbed_shape(tb_cfg, kind: str, num_heads_extra: int = 0, lora=None) -> Mod
     total, largest = count_params(model)
     shape = _shape(lm.config, total, largest, kind, num_heads_extra, src)
     shape.linear_params = linear_params(model)
+    shape.modules = _with_heads(module_params(model), kind, shape.hidden_size, num_heads_extra)
     if lora is not None:
         shape.lora_params = lora_params(model, lora)
     return shape
@@ -355,6 +379,117 @@ def trainable_model_states(P: int, largest: int, stage: int, cluster: Cluster, o
         method = (f"stage {stage} (no DeepSpeed estimator): {whole} B/param whole + {state} B/param "
                   + ("sharded over ranks" if stage == 1 else "whole") + (", fp32" if fp32 else ", mixed precision"))
     return {"gpu": int(gpu), "cpu_node": int(cpu_node), "cpu": int(cpu_node / G), "method": method, "note": note}
+
+
+# ----------------------------------------------------------------------------- ZeRO-3 working sets
+@dataclass(frozen=True)
+class Zero3Knobs:
+    """The DeepSpeed settings that decide how many parameters a ZeRO-3 rank holds gathered."""
+
+    max_live: int = int(1e9)  # stage3_max_live_parameters
+    prefetch_bucket: int = int(5e7)  # stage3_prefetch_bucket_size
+    max_reuse_distance: int = int(1e9)  # stage3_max_reuse_distance (DeepSpeed's default; varpo does not set it)
+    sequential: bool = False  # stage3_allgather_sequential
+    persistence_threshold: int = 0  # stage3_param_persistence_threshold
+
+    @classmethod
+    def of(cls, zero: dict) -> Zero3Knobs:
+        return cls(max_live=int(zero.get("stage3_max_live_parameters", 1e9)),
+                   prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", 5e7)),
+                   max_reuse_distance=int(zero.get("stage3_max_reuse_distance", 1e9)),
+                   sequential=bool(zero.get("stage3_allgather_sequential", False)),
+                   persistence_threshold=int(zero.get("stage3_param_persistence_threshold", 0)))
+
+
+def zero3_forward_working_set(modules: list[list[int]], knobs: Zero3Knobs) -> list[int]:
+    """Elements a ZeRO-3 rank (world > 1) holds for gathered parameters while each module of a
+    frozen model's forward runs, once DeepSpeed knows the forward's order (every forward after the
+    first): a replay of DeepSpeed 0.19's PartitionedParameterCoordinator (fetch_sub_module /
+    release_sub_module). Before a module runs, its own parameters are gathered if not yet there;
+    then, at every module (containers included), up to min(prefetch bucket, max_live − live) more
+    elements of upcoming parameters are prefetched, the last one taken whole; after the module they
+    are released (a forward uses each once). A gather of several parameters goes through one flat
+    buffer that stays allocated until each of its parameters has been copied out of it (at its
+    module's fetch): both copies count. Gathered alone (`sequential`, or a single parameter), a
+    parameter is its buffer. Parameters under the persistence threshold are always whole and are
+    not counted here. Returns, per module, the elements held at that module's peak (after its
+    own fetch and the prefetch it triggers)."""
+    from collections import deque
+
+    pid_size: dict[int, int] = {}
+    order: list[list[int]] = []
+    for own in modules:
+        ids = []
+        for n in own:
+            if n >= knobs.persistence_threshold:
+                pid_size[len(pid_size)] = n
+                ids.append(len(pid_size) - 1)
+        order.append(ids)
+    queue = deque(pid for ids in order for pid in ids)
+    live = 0  # elements gathered or in flight (DeepSpeed's n_available_params)
+    held = 0  # elements allocated: gathered parameters + flat buffers not yet released
+    flat_of: dict[int, int] = {}  # parameter in flight -> its flat buffer
+    flats: dict[int, list] = {}  # flat buffer -> [size, parameters not yet fetched, copied out?]
+    status: dict[int, str] = {}
+
+    def gather(pids: list[int]) -> None:
+        nonlocal live, held
+        if not pids:
+            return
+        size = sum(pid_size[p] for p in pids)
+        live += size
+        held += size
+        if knobs.sequential or len(pids) == 1:
+            for p in pids:
+                status[p] = "avail"  # the parameter is its gather buffer
+            return
+        fid = len(flats)
+        flats[fid] = [size, set(pids), False]
+        for p in pids:
+            status[p], flat_of[p] = "inflight", fid
+
+    def wait(p: int) -> None:
+        nonlocal held
+        if p not in flat_of:
+            return
+        f = flats[flat_of.pop(p)]
+        if not f[2]:  # the first wait on a flat buffer copies every parameter of it out
+            f[2] = True
+            held += f[0]
+            for q in f[1]:
+                status[q] = "avail"
+        f[1].discard(p)  # the buffer is freed once each of its parameters has been fetched
+        if not f[1]:
+            held -= f[0]
+
+    out = []
+    for ids in order:
+        gather([p for p in ids if p not in status])
+        peak = held
+        for p in ids:
+            wait(p)
+            peak = max(peak, held)
+        while queue and queue[0] in ids:
+            queue.popleft()
+        if knobs.prefetch_bucket > 0:
+            limit, chosen, n = min(knobs.max_live - live, knobs.prefetch_bucket), [], 0
+            while queue and n < limit:
+                p = queue.popleft()
+                if p not in status and p not in chosen:
+                    chosen.append(p)
+                    n += pid_size[p]
+            gather(chosen)
+        out.append(max(peak, held))
+        for p in ids:  # released after the module: its copy (and nothing else) goes
+            if status.pop(p, None) == "avail":
+                held -= pid_size[p]
+                live -= pid_size[p]
+    return out
+
+
+def persistent_params(modules: list[list[int]], threshold: int) -> int:
+    """Elements of the parameters ZeRO-3 keeps whole on every rank (fewer elements than the threshold)."""
+    return sum(n for own in modules for n in own if n < threshold)
 
 
 def frozen_params(P: int, largest: int, stage: int, world: int, offload_param: bool, bytes_per_param: int,

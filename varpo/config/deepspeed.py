@@ -14,6 +14,15 @@ class RoleEngineConfig(Section):
     )
     offload_optimizer: bool = Field(False, description="ZeRO-Offload of optimizer states to CPU (trainable roles)")
     offload_param: bool = Field(False, description="offload parameters to CPU (ZeRO-3 only)")
+    max_live_parameters: int | None = Field(
+        None, ge=1, description="ZeRO-3: most parameters (elements) a rank holds gathered at once, prefetched ones "
+        "included (DeepSpeed's stage3_max_live_parameters; None: its default 1e9). Once a forward's order is known "
+        "DeepSpeed prefetches up to this many, so a frozen model smaller than it is gathered whole on every rank: "
+        "set it (e.g. 2-3 × the largest layer's weight) when the point of sharding is that no rank holds the model")
+    allgather_sequential: bool = Field(
+        False, description="ZeRO-3: gather each parameter on its own (DeepSpeed's stage3_allgather_sequential) "
+        "instead of through one flat buffer per bucket, whose contents are then copied into every parameter: no "
+        "second copy of a bucket in memory, one collective per parameter")
 
 
 class DeepSpeedConfig(Section):

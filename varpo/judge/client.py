@@ -21,7 +21,7 @@ import openai
 from tenacity import RetryCallState
 
 from ..config.judge import JudgeConfig, JudgeEndpointConfig
-from ..http_retry import retry_after, retryable_status, retrying
+from ..http_retry import retryable_status, retrying
 
 log = logging.getLogger("varpo.judge")
 
