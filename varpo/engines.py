@@ -36,7 +36,11 @@ def _zero_block(cfg: DeepSpeedConfig, role: str, trainable: bool) -> dict:
         )
         if role_cfg.allgather_sequential:
             zero["stage3_allgather_sequential"] = True
-        if role_cfg.offload_param:
+        if role_cfg.offload_param and role_cfg.offload_param_nvme_path:
+            zero["offload_param"] = {"device": "nvme", "nvme_path": role_cfg.offload_param_nvme_path,
+                                     "buffer_count": role_cfg.nvme_buffer_count,
+                                     "buffer_size": role_cfg.nvme_buffer_size, "pin_memory": torch.cuda.is_available()}
+        elif role_cfg.offload_param:
             zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if trainable and role_cfg.offload_optimizer and stage > 0:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}

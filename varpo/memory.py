@@ -29,6 +29,7 @@ Sources of each figure (reported per role in the output's `method` fields):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -63,9 +64,9 @@ class ModelShape:
     linear_params: int = 0  # weights of the linear layers a 4-bit load quantizes (all but the output head)
     lora_params: int = 0  # LoRA adapter parameters when model.lora applies to this role's model
     value_head_params: int = 0  # a value head on this causal LM's trunk (model.critic=shared_trunk)
-    # own parameter counts of every module a forward calls, in order (ZeRO-3 fetches and releases
-    # parameters module by module: `zero3_forward_working_set` replays that)
-    modules: list[list[int]] = field(default_factory=list)
+    # (name, own parameter counts) of every module a forward calls, in order (ZeRO-3 fetches and
+    # releases parameters module by module: `zero3_forward_working_set` replays that)
+    modules: list[tuple[str, list[int]]] = field(default_factory=list)
 
 
 def count_params(model) -> tuple[int, int]:
@@ -77,21 +78,30 @@ def count_params(model) -> tuple[int, int]:
     return total, largest
 
 
-def module_params(model) -> list[list[int]]:
-    """Own parameter counts of each module in `model.modules()` order (the order HF models call them
-    in, up to parameterless helpers), skipping containers that are never called (ModuleList/Dict)."""
+def module_params(model) -> list[tuple[str, list[int]]]:
+    """(name, own parameter counts) of each module in `model.named_modules()` order (the order HF
+    models call them in, up to parameterless helpers and norms), skipping containers that are never
+    called (ModuleList/Dict)."""
     from torch import nn
 
-    return [[p.numel() for p in m.parameters(recurse=False)] for m in model.modules()
+    return [(name, [p.numel() for p in m.parameters(recurse=False)]) for name, m in model.named_modules()
             if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
 
 
 def on_meta(build: Callable[[], object]):
-    """Run `build()` with the meta device as the default: modules get shapes, no storage."""
+    """Run `build()` with the meta device as the default: modules get shapes, no storage. HF's global
+    ZeRO-3 switch (set while a ZeRO-3 engine's model is alive in this process) is off meanwhile:
+    under it, from_config builds through zero.Init, which allocates real partitioned weights."""
     import torch
+    import transformers.integrations.deepspeed as hf_ds
 
-    with torch.device("meta"):
-        return build()
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        with torch.device("meta"):
+            return build()
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
 def load_hf_config(path: str | Path, field_name: str):
@@ -169,13 +179,13 @@ def shape_of(conf, kind: str, num_heads_extra: int = 0, source: str = "", lora=N
     return shape
 
 
-def _with_heads(mods: list[list[int]], kind: str, h: int, k: int) -> list[list[int]]:
+def _with_heads(mods: list[tuple[str, list[int]]], kind: str, h: int, k: int) -> list[tuple[str, list[int]]]:
     """A backbone's module trace inside its varpo wrapper: the wrapper module first, then the
     critic's value head (h + 1) or the ensemble's K heads (one [K, h] linear with bias) last."""
     if kind == "value":
-        return [[], *mods, [h, 1]]
+        return [("", []), *[(f"backbone.{n}".rstrip("."), p) for n, p in mods], ("value_head", [h, 1])]
     if kind == "ensemble":
-        return [[], *mods, [k * h, k]]
+        return [("", []), *[(f"backbone.{n}".rstrip("."), p) for n, p in mods], ("heads", [k * h, k])]
     return mods
 
 
@@ -274,7 +284,9 @@ def role_shapes(cfg, reward_model_config: str | Path | None = None) -> dict[str,
         if rp.parent.name == "members":  # a deep ensemble holds K backbones (one member's activations at a time)
             members, head = len(list(rp.parent.glob("*/config.json"))), reward.hidden_size + 1
             reward = replace(reward, total_params=members * (reward.total_params - K * head + head),
-                             linear_params=members * reward.linear_params)
+                             linear_params=members * reward.linear_params,
+                             modules=[("", []), *(m for _ in range(members) for m in reward.modules[1:-1]),
+                                      ("heads", [members * (head - 1), members])])
     elif policy is None:
         reward = testbed_shape(cfg.testbed, "ensemble", K)
     else:
@@ -287,7 +299,8 @@ def role_shapes(cfg, reward_model_config: str | Path | None = None) -> dict[str,
         # beside LoRA adapters); the reference keeps the plain causal LM's shape
         h = actor.hidden_size
         shared = replace(actor, total_params=actor.total_params + h + 1, value_head_params=h + 1,
-                         source=f"{actor.source} + value head (model.critic=shared_trunk)")
+                         source=f"{actor.source} + value head (model.critic=shared_trunk)",
+                         modules=[*actor.modules, ("value_head", [h, 1])])
         return {"actor": shared, "critic": None, "reference": actor, "reward": reward}
     return {"actor": actor, "critic": critic, "reference": actor, "reward": reward}
 
@@ -401,7 +414,8 @@ class Zero3Knobs:
                    persistence_threshold=int(zero.get("stage3_param_persistence_threshold", 0)))
 
 
-def zero3_forward_working_set(modules: list[list[int]], knobs: Zero3Knobs) -> list[int]:
+def zero3_forward_working_set(modules: list[tuple[str, list[int]]], knobs: Zero3Knobs,
+                              staging: bool = False, keep: set[int] | None = None) -> list[int]:
     """Elements a ZeRO-3 rank (world > 1) holds for gathered parameters while each module of a
     frozen model's forward runs, once DeepSpeed knows the forward's order (every forward after the
     first): a replay of DeepSpeed 0.19's PartitionedParameterCoordinator (fetch_sub_module /
@@ -411,14 +425,18 @@ def zero3_forward_working_set(modules: list[list[int]], knobs: Zero3Knobs) -> li
     are released (a forward uses each once). A gather of several parameters goes through one flat
     buffer that stays allocated until each of its parameters has been copied out of it (at its
     module's fetch): both copies count. Gathered alone (`sequential`, or a single parameter), a
-    parameter is its buffer. Parameters under the persistence threshold are always whole and are
-    not counted here. Returns, per module, the elements held at that module's peak (after its
-    own fetch and the prefetch it triggers)."""
+    parameter is its buffer. `staging`: the collective copies its output through a buffer of the
+    same size that lives until the gather is waited on (gloo, the CPU backend; NCCL writes in
+    place; counted for prefetches, which are waited on later: a fetch is waited on at once). Parameters
+    under the persistence threshold are always whole and are not counted here.
+    `keep`: modules whose parameters stay gathered after they ran (a training forward keeps what the
+    backward reuses soon, `zero3_training_kept`). Returns, per module, the elements held at that
+    module's peak (after its own fetch and the prefetch it triggers)."""
     from collections import deque
 
     pid_size: dict[int, int] = {}
     order: list[list[int]] = []
-    for own in modules:
+    for _name, own in modules:
         ids = []
         for n in own:
             if n >= knobs.persistence_threshold:
@@ -429,22 +447,28 @@ def zero3_forward_working_set(modules: list[list[int]], knobs: Zero3Knobs) -> li
     live = 0  # elements gathered or in flight (DeepSpeed's n_available_params)
     held = 0  # elements allocated: gathered parameters + flat buffers not yet released
     flat_of: dict[int, int] = {}  # parameter in flight -> its flat buffer
-    flats: dict[int, list] = {}  # flat buffer -> [size, parameters not yet fetched, copied out?]
+    flats: dict[int, list] = {}  # gather -> [size, parameters not yet fetched, completed?, sequential?, staged?]
     status: dict[int, str] = {}
 
-    def gather(pids: list[int]) -> None:
+    def gather(pids: list[int], prefetch: bool) -> None:
         nonlocal live, held
         if not pids:
             return
         size = sum(pid_size[p] for p in pids)
         live += size
         held += size
+        staged = staging and prefetch  # a fetch is waited on at once: its staging never meets the compute
         if knobs.sequential or len(pids) == 1:
-            for p in pids:
-                status[p] = "avail"  # the parameter is its gather buffer
+            for p in pids:  # the parameter is its gather buffer
+                status[p] = "inflight" if staged else "avail"
+                if staged:
+                    flat_of[p] = len(flats)
+                    flats[len(flats)] = [pid_size[p], {p}, False, True, True]
+                    held += pid_size[p]
             return
         fid = len(flats)
-        flats[fid] = [size, set(pids), False]
+        flats[fid] = [size, set(pids), False, False, staged]
+        held += size if staged else 0
         for p in pids:
             status[p], flat_of[p] = "inflight", fid
 
@@ -453,18 +477,24 @@ def zero3_forward_working_set(modules: list[list[int]], knobs: Zero3Knobs) -> li
         if p not in flat_of:
             return
         f = flats[flat_of.pop(p)]
-        if not f[2]:  # the first wait on a flat buffer copies every parameter of it out
+        if not f[2]:  # the first wait completes the gather
             f[2] = True
-            held += f[0]
+            if f[4]:
+                held -= f[0]  # the collective's staging buffer
+            if f[3]:  # a sequential gather: the parameter is its buffer
+                status[p] = "avail"
+                return
+            held += f[0]  # a flat buffer: every parameter of it is copied out now
             for q in f[1]:
                 status[q] = "avail"
-        f[1].discard(p)  # the buffer is freed once each of its parameters has been fetched
+        f[1].discard(p)  # the flat buffer is freed once each of its parameters has been fetched
         if not f[1]:
             held -= f[0]
 
     out = []
-    for ids in order:
-        gather([p for p in ids if p not in status])
+    keep = keep or set()
+    for i, ids in enumerate(order):
+        gather([p for p in ids if p not in status], prefetch=False)
         peak = held
         for p in ids:
             wait(p)
@@ -478,34 +508,50 @@ def zero3_forward_working_set(modules: list[list[int]], knobs: Zero3Knobs) -> li
                 if p not in status and p not in chosen:
                     chosen.append(p)
                     n += pid_size[p]
-            gather(chosen)
+            gather(chosen, prefetch=True)
         out.append(max(peak, held))
-        for p in ids:  # released after the module: its copy (and nothing else) goes
+        for p in ([] if i in keep else ids):  # released after the module: its copy (and nothing else) goes
             if status.pop(p, None) == "avail":
                 held -= pid_size[p]
                 live -= pid_size[p]
     return out
 
 
-def persistent_params(modules: list[list[int]], threshold: int) -> int:
+def zero3_training_kept(modules: list[tuple[str, list[int]]], knobs: Zero3Knobs) -> set[int]:
+    """Modules whose parameters a training forward keeps gathered for the backward: DeepSpeed releases
+    a module's parameters only if they are not used again within stage3_max_reuse_distance elements
+    of the trace, and the backward reuses module i after the modules behind it run forward and
+    backward (≈ twice their parameters)."""
+    after, keep = 0, set()
+    for i in range(len(modules) - 1, -1, -1):
+        if 2 * after < knobs.max_reuse_distance:
+            keep.add(i)
+        after += sum(n for n in modules[i][1] if n >= knobs.persistence_threshold)
+    return keep
+
+
+def persistent_params(modules: list[tuple[str, list[int]]], threshold: int) -> int:
     """Elements of the parameters ZeRO-3 keeps whole on every rank (fewer elements than the threshold)."""
-    return sum(n for own in modules for n in own if n < threshold)
+    return sum(n for _name, own in modules for n in own if n < threshold)
 
 
 def frozen_params(P: int, largest: int, stage: int, world: int, offload_param: bool, bytes_per_param: int,
-                  prefetch_bucket: int = 0) -> dict:
-    """Parameters of a frozen model, per rank. ZeRO-3: a 1/world shard (on CPU if offloaded)
-    plus the gathered working set of the layer being computed and the prefetch bucket."""
+                  prefetch_bucket: int = 0, persistent: int = 0) -> dict:
+    """Resident parameters of a frozen model, per rank: whole (stages 0-2), or under ZeRO-3 a 1/world
+    shard (on CPU with parameter offload) plus the parameters under the persistence threshold,
+    which stay whole on every rank. What ZeRO-3 gathers while the model runs is its forward's
+    working set (`zero3_frozen_forward`), counted with the phase; `largest` and `prefetch_bucket`
+    are kept for callers that plan a gathered layer into the states (the 4-bit base)."""
     b = bytes_per_param
     if stage != 3:
         return {"gpu": b * P, "cpu": 0, "method": f"whole model, {b} B/param (stage {stage})"}
-    shard = int(b * P / world)
-    live = b * min(P, largest + prefetch_bucket)
+    shard = int(b * (P - persistent) / world)
+    whole = int(b * persistent)
     if offload_param:
-        return {"gpu": live, "cpu": shard,
-                "method": f"ZeRO-3 shard {b}·P/{world} on CPU + gathered layer/prefetch {b}·(largest+bucket) on GPU"}
-    return {"gpu": shard + live, "cpu": 0,
-            "method": f"ZeRO-3 shard {b}·P/{world} + gathered layer/prefetch {b}·(largest+bucket)"}
+        return {"gpu": whole, "cpu": shard,
+                "method": f"ZeRO-3 shard {b}·P/{world} on CPU (+ gathered working set on GPU while it runs)"}
+    return {"gpu": shard + whole, "cpu": 0,
+            "method": f"ZeRO-3 shard {b}·P/{world} (+ gathered working set while it runs)"}
 
 
 def quantized_bytes_per_param(double_quant: bool) -> float:
@@ -530,30 +576,77 @@ def frozen_base_params(shape: ModelShape, stage: int, world: int, offload_param:
     return frozen_params(shape.total_params, shape.largest_layer_params, stage, world, offload_param, b, bucket)
 
 
-def training_activations(s: ModelShape, batch: int, seq: int, act_bytes: int, checkpointing: bool) -> int:
+def training_activations(s: ModelShape, batch: int, seq: int, act_bytes: int, checkpointing: bool,
+                         eager: bool = False) -> int:
     """Activation memory of a forward+backward (estimate). Per layer, Korthikanti et al. 2022
     ("Reducing Activation Recomputation in Large Transformer Models", eq. 1), written for 2-byte
     activations and a 4h MLP: S·B·h·(34 + 5·a·S/h) bytes; scaled by act_bytes/2 and by the MLP
-    width (the MLP's 19 of the 34 scale with intermediate/4h). With gradient checkpointing only each
-    layer's input (act_bytes·S·B·h) is kept, plus one layer recomputed in full. Causal LMs add the
-    logits in the activation dtype and an fp32 log-softmax with its gradient: (act_bytes+8)·B·S·V."""
+    width (the MLP's 19 of the 34 scale with intermediate/4h); the 5·a·S/h of stored attention
+    scores only with eager attention (SDPA keeps O(S) per head). With gradient checkpointing only
+    each layer's input (act_bytes·S·B·h) is kept, plus one layer recomputed in full. Causal LMs add
+    the logits in the activation dtype and an fp32 log-softmax with its gradient: (act_bytes+8)·B·S·V."""
     h, a, L = s.hidden_size, s.num_heads, s.num_layers
-    per_layer_coeff = 15 + 19 * s.intermediate_size / (4 * h) + 5 * a * seq / h
+    per_layer_coeff = 15 + 19 * s.intermediate_size / (4 * h) + (5 * a * seq / h if eager else 0)
     per_layer = seq * batch * h * per_layer_coeff * act_bytes / 2
     body = (L * act_bytes * seq * batch * h + per_layer) if checkpointing else L * per_layer
     head = (act_bytes + 8) * batch * seq * s.vocab_size if s.lm_head else 0
     return int(body + head)
 
 
-def inference_activations(s: ModelShape, batch: int, seq: int, act_bytes: int) -> int:
-    """Peak transient memory of a no-grad forward (estimate): one layer's hidden state, attention
-    q/k/v/out and MLP intermediates, act_bytes·B·S·(4h + 2·intermediate), plus eager attention
-    scores act_bytes·B·a·S² (SDPA/flash attention avoid them), plus for causal LMs the logits
-    in the activation dtype and in fp32 (log-probs are taken in fp32): (act_bytes+4)·B·S·V."""
-    h = s.hidden_size
-    layer = act_bytes * batch * seq * (4 * h + 2 * s.intermediate_size) + act_bytes * batch * s.num_heads * seq * seq
-    head = (act_bytes + 4) * batch * seq * s.vocab_size if s.lm_head else 0
-    return int(layer + head)
+def inference_activations(s: ModelShape, batch: int, seq: int, act_bytes: int, eager: bool = False) -> int:
+    """Peak transient memory of a no-grad forward (estimate, checked against measurement by
+    benchmarks/memory_vs_estimate.py): inside a decoder layer the MLP holds act(gate), up and their
+    product beside the residual stream, act_bytes·B·S·(3·intermediate + 4h), or the attention its
+    q, k, v (KV heads repeated), output and residual, act_bytes·B·S·7h, whichever is larger; eager
+    attention adds its scores act_bytes·B·a·S² (SDPA avoids them); causal LMs add the logits in the
+    activation dtype and in fp32 (log-probs are taken in fp32): (act_bytes+4)·B·S·V."""
+    return max(module_activations(s, batch, seq, act_bytes, eager).values())
+
+
+def module_activations(s: ModelShape, batch: int, seq: int, act_bytes: int, eager: bool = False) -> dict[str, int]:
+    """Transient activation bytes of a no-grad forward while each kind of module runs: `mlp` and
+    `attn` inside a decoder layer, `layer` (its norms), `outside` (embeddings, final norm, heads)
+    and `lm_head` (the logits, causal LMs)."""
+    h, bst = s.hidden_size, act_bytes * batch * seq
+    scores = act_bytes * batch * s.num_heads * seq * seq if eager else 0
+    out = {"mlp": bst * (3 * s.intermediate_size + 4 * h), "attn": bst * 7 * h + scores, "layer": bst * 3 * h,
+           "outside": bst * 2 * h}
+    if s.lm_head:
+        out["lm_head"] = (act_bytes + 4) * batch * seq * s.vocab_size + bst * 2 * h
+    return out
+
+
+_LAYER = re.compile(r"(^|\.)(layers|h|layer|blocks)\.\d+(\.|$)")
+
+
+def module_kind(name: str) -> str:
+    """Where a module sits, for `module_activations` (HF naming: layers.N / h.N, mlp, self_attn/attn)."""
+    if name.endswith("lm_head"):
+        return "lm_head"
+    if not _LAYER.search(name):
+        return "outside"
+    tail = name.split(".")
+    if any(t in ("mlp", "feed_forward", "ffn") for t in tail):
+        return "mlp"
+    if any("attn" in t or "attention" in t for t in tail):
+        return "attn"
+    return "layer"
+
+
+def zero3_frozen_forward(s: ModelShape, knobs: Zero3Knobs, world: int, act_bytes: int, batch: int, seq: int,
+                         eager: bool, staging: bool) -> dict:
+    """A frozen ZeRO-3 role's forward: the peak over its modules of gathered parameters
+    (`zero3_forward_working_set`; none at world size 1, where DeepSpeed's shard is the parameter
+    itself) plus the activations of the module running then."""
+    acts = module_activations(s, batch, seq, act_bytes, eager)
+    held = zero3_forward_working_set(s.modules, knobs, staging) if world > 1 else [0] * len(s.modules)
+    if not s.modules:  # a shape without its module list (hand-made): one largest layer gathered
+        held = [s.largest_layer_params] if world > 1 else [0]
+        kinds = ["mlp"]
+    else:
+        kinds = [module_kind(n) for n, _ in s.modules]
+    peaks = [act_bytes * g + acts.get(k, acts["outside"]) for g, k in zip(held, kinds)]
+    return {"peak": int(max(peaks)), "gathered": int(act_bytes * max(held)), "activations": int(max(acts.values()))}
 
 
 def kv_cache(s: ModelShape, batch: int, seq: int, act_bytes: int) -> int:
@@ -585,8 +678,25 @@ def _precision_bytes(conf: dict) -> int:
     return 2 if ("bf16" in conf or "fp16" in conf) else 4
 
 
+def zero3_trainable_states(P: int, world: int, b: int, reduce_bucket: int) -> dict:
+    """A trainable ZeRO-3 role's resident bytes per rank, from what DeepSpeed 0.19's stage-3
+    optimizer allocates (no offload): the b-byte parameter shard, its fp32 master copy (a copy even
+    when b = 4), Adam's fp32 m and v, the gradient partitions in the parameters' dtype (DeepSpeed's
+    default accumulation dtype), all 1/world; and the gradient bucket it allocates whole
+    (reduce_bucket_size elements of b bytes, filled by the backward before each reduce-scatter)."""
+    shard = (b + 4 + 8 + b) * P / world
+    return {"gpu": int(shard + b * reduce_bucket), "cpu": 0, "shard": int(shard), "reduce_bucket": int(b * reduce_bucket),
+            "method": f"ZeRO-3: ({b} param + 4 fp32 master + 8 Adam + {b} grad) B × P/{world} "
+                      f"+ gradient bucket {b} B × {reduce_bucket:,}"}
+
+
 def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
-    """Per-rank memory of one role, using the exact DeepSpeed config the engines will build."""
+    """Per-rank memory of one role, using the exact DeepSpeed config the engines will build.
+
+    model_states_*: what the role keeps resident (parameters or their shard, optimizer states,
+    DeepSpeed's buffers); activations_gpu: its largest working set above that, over the phases it
+    works in (details["working_set"] per phase: activations, gathered ZeRO-3 parameters, transient
+    buffers)."""
     from .engines import ds_config
 
     N = cluster.world
@@ -600,7 +710,12 @@ def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
     off_opt, off_par = "offload_optimizer" in zero, "offload_param" in zero
     b = _precision_bytes(conf)
     P, largest = shape.total_params, shape.largest_layer_params
+    eager = cfg.model.attn_implementation == "eager"
+    knobs = Zero3Knobs.of(zero) if stage == 3 else None
+    # gloo (CPU ranks) stages a collective's output in a buffer of its own; NCCL does not
+    staging = cfg.deepspeed.dist_backend == "gloo"
     details: dict = {"seq_len": seq, "act_bytes": b}
+    working: dict[str, int] = {}
     lc, q = cfg.model.lora, cfg.model.quantization
     adapters = trainable and shape.lora_params > 0
     if trainable and adapters:
@@ -614,40 +729,69 @@ def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
         method = f"LoRA adapters ({P_t:,} params): {ms['method']}; frozen base: {base['method']}"
         details.update(cpu_bytes_per_node=ms["cpu_node"], note=ms["note"], trainable_params=P_t,
                        frozen_base_bytes=base["gpu"] + base["cpu"])
+    elif trainable and stage == 3 and not (off_opt or off_par):
+        ms = zero3_trainable_states(P, N, b, int(zero.get("reduce_bucket_size", 5e8)))
+        ms_gpu, ms_cpu, method = ms["gpu"], ms["cpu"], ms["method"]
+        details.update(param_shard_and_optimizer=ms["shard"], gradient_bucket=ms["reduce_bucket"])
     elif trainable:
         ms = trainable_model_states(P, largest, stage, cluster, off_opt, off_par, fp32=b == 4)
         ms_gpu, ms_cpu, method = ms["gpu"], ms["cpu"], ms["method"]
         details.update(cpu_bytes_per_node=ms["cpu_node"], note=ms["note"])
     if trainable:
-        if b == 4 and stage >= 2 and not adapters:
-            details["precision_note"] = ("fp32 training: DeepSpeed's estimator assumes mixed precision "
-                                         "(18-20 B/param); pure fp32 with Adam needs 16 B/param")
-        train_act = training_activations(shape, local_mini, seq, b, cfg.model.gradient_checkpointing)
+        train_act = training_activations(shape, local_mini, seq, b, cfg.model.gradient_checkpointing, eager)
+        update = train_act + 2 * b * largest  # + a layer's full gradient and its copy into the bucket
+        if stage == 3 and N > 1 and shape.modules and not adapters:
+            kept = zero3_training_kept(shape.modules, knobs)
+            held = zero3_forward_working_set(shape.modules, knobs, staging, keep=kept)
+            kept_b = b * sum(n for i in kept for n in shape.modules[i][1] if n >= knobs.persistence_threshold)
+            # the forward's start (prefetch buffers, little activation) or its end (the parameters
+            # kept for the backward, every saved activation)
+            update = max(b * max(held) + module_activations(shape, local_mini, seq, b, eager)["outside"],
+                         kept_b + update)
+            details.update(train_gathered_kept=kept_b, train_gathered_peak=b * max(held))
+        if stage == 3 and b == 2 and not adapters:
+            update += 4 * P // N  # the optimizer step's fp32 copy of the gradient partition
+        working["update"] = int(update)
         details.update(train_batch=local_mini, train_activations=train_act)
-        act = train_act
+        if role == "critic":
+            fwd = zero3_frozen_forward(shape, knobs, N, b, local_mini, seq, eager, staging) if stage == 3 \
+                else {"peak": inference_activations(shape, local_mini, seq, b, eager)}
+            working["forwards"] = fwd["peak"]
         if role == "actor":
-            # rollout: the actor generates for all local prompts with a KV cache; under ZeRO-3 the
-            # default hybrid path gathers the whole model for the rollout phase
+            # rollout: the actor generates for all local prompts with a KV cache; under ZeRO-3,
+            # generation.zero3_gather=full gathers the whole model once (one coalesced gather: its
+            # flat buffer, gloo's staging copy and the parameters' own copies meet for a moment)
             kv = kv_cache(shape, local_batch, seq, b)
-            gen_act = inference_activations(shape, local_batch, 1, b) + kv  # decode: one new token per step
-            gathered = b * P if stage == 3 else 0
+            gen_act = inference_activations(shape, local_batch, 1, b, eager) + kv  # decode: one new token per step
+            gathered = b * P if stage == 3 and N > 1 else 0
+            gather_transient = gathered * (2 + int(staging)) if cfg.generation.zero3_gather == "full" else gathered
+            gen = max(gather_transient, gathered + gen_act)
             details.update(gen_batch=local_batch, kv_cache=kv, generation_gathered_params=gathered,
-                           generation_peak_extra=gathered + gen_act,
-                           generation_per_layer_gather_extra=b * largest + gen_act)
-            act = max(train_act, gathered + gen_act)
+                           generation_peak_extra=gen, generation_per_layer_gather_extra=b * largest + gen_act)
+            working["generate"] = int(gen)
     elif role == "reference" and lc.enabled and lc.reference_from_base:
         ms_gpu, ms_cpu, method = 0, 0, "served by the actor's base with adapters disabled: no parameters of its own"
     elif role == "reference" and q.load_in_4bit:
         fp = frozen_base_params(shape, stage, N, off_par, b, q, conf)
         ms_gpu, ms_cpu, method = fp["gpu"], fp["cpu"], fp["method"]
     else:
-        bucket = zero.get("stage3_prefetch_bucket_size", 0) if stage == 3 else 0
-        fp = frozen_params(P, largest, stage, N, off_par, b, bucket)
+        fp = frozen_params(P, largest, stage, N, off_par, b, 0,
+                           persistent=persistent_params(shape.modules, knobs.persistence_threshold) if knobs else 0)
         ms_gpu, ms_cpu, method = fp["gpu"], fp["cpu"], fp["method"]
     if not trainable:
-        batch = local_mini if role == "reference" else local_batch
-        act = inference_activations(shape, batch, seq, b)
-        details.update(forward_batch=batch)
+        if role == "reference":
+            batch, tokens = local_mini, seq
+        else:  # the scorer's batches of prompt + separator + response + EOS, cut at reward.max_length
+            batch, tokens = min(local_batch, cfg.reward.batch_size), min(seq + 2, cfg.reward.max_length)
+        if stage == 3:
+            fwd = zero3_frozen_forward(shape, knobs, N, b, batch, tokens, eager, staging)
+            details.update(forward_gathered_peak=fwd["gathered"], forward_activations=fwd["activations"])
+            working["forwards" if role == "reference" else "score"] = fwd["peak"]
+        else:
+            working["forwards" if role == "reference" else "score"] = inference_activations(shape, batch, tokens, b, eager)
+        details.update(forward_batch=batch, forward_tokens=tokens)
+    details["working_set"] = {k: int(v) for k, v in working.items()}
+    act = max(working.values(), default=0)
     return RolePlan(role=role, trainable=trainable, zero_stage=stage, offload_optimizer=off_opt,
                     offload_param=off_par, total_params=P, largest_layer_params=largest,
                     model_states_gpu=int(ms_gpu), model_states_cpu=int(ms_cpu), activations_gpu=int(act),

@@ -226,8 +226,10 @@ class EnsembleRewardModel(nn.Module):
         if backbone_weights:
             backbone = AutoModel.from_pretrained(str(path / conf["backbone"]), dtype=dtype, **(load_kw or {}))
         else:
-            with torch.device("meta"):
-                backbone = AutoModel.from_config(AutoConfig.from_pretrained(str(path / conf["backbone"])))
+            from ..memory import on_meta
+
+            bconf = AutoConfig.from_pretrained(str(path / conf["backbone"]))
+            backbone = on_meta(lambda: AutoModel.from_config(bconf))
         model = cls(backbone, conf["num_heads"], head_seeds=conf["head_seeds"], pooling=conf["pooling"],
                     ddof=conf["ddof"], separator=conf.get("separator", " "), prior_scale=conf.get("prior_scale", 0.0))
         state = load_file(str(path / HEADS_NAME))

@@ -361,3 +361,48 @@ class RemoteRewardScorer:
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+
+
+# ----------------------------------------------------------------------------- serving with vLLM
+def vllm_server_args(reward_path: str | Path, model: str, *, port: int = 8000, host: str = "127.0.0.1",
+                     dtype: str = "auto", max_model_len: int | None = None, output: str = "hidden") -> list[str]:
+    """The arguments of `python -m vllm.entrypoints.openai.api_server` that serve what
+    reward.remote.backend=vllm expects: for output=hidden a varpo ensemble folder's backbone as an
+    embedding model whose pooling is the ensemble's (LAST or MEAN, unnormalised); for output=scores
+    a sequence-classification model folder with raw (not sigmoid/softmax) scores."""
+    path = Path(reward_path).expanduser()
+    if output == "hidden":
+        conf = json.loads((path / "config.json").read_text())
+        pooling = {"last": "LAST", "mean": "MEAN"}[conf.get("pooling", "last")]
+        args = ["--model", str(path / conf.get("backbone", "backbone")), "--tokenizer", str(path),
+                "--runner", "pooling", "--convert", "embed",
+                "--pooler-config", json.dumps({"seq_pooling_type": pooling, "use_activation": False})]
+    else:
+        args = ["--model", str(path), "--runner", "pooling",
+                "--pooler-config", json.dumps({"seq_pooling_type": "LAST", "use_activation": False})]
+    args += ["--served-model-name", model, "--host", host, "--port", str(port), "--dtype", dtype]
+    if max_model_len:
+        args += ["--max-model-len", str(max_model_len)]
+    return args
+
+
+def main() -> None:
+    import argparse
+    import shlex
+
+    ap = argparse.ArgumentParser(description="print the vLLM server command for reward.remote.backend=vllm")
+    ap.add_argument("--reward-path", required=True)
+    ap.add_argument("--model", required=True, help="the name to serve it under (reward.remote.model)")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--max-model-len", type=int, default=None)
+    ap.add_argument("--output", choices=("hidden", "scores"), default="hidden")
+    a = ap.parse_args()
+    args = vllm_server_args(a.reward_path, a.model, port=a.port, host=a.host, dtype=a.dtype,
+                            max_model_len=a.max_model_len, output=a.output)
+    print(shlex.join(["python", "-m", "vllm.entrypoints.openai.api_server", *args]))
+
+
+if __name__ == "__main__":
+    main()
