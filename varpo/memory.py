@@ -417,21 +417,23 @@ class Zero3Knobs:
 def zero3_forward_working_set(modules: list[tuple[str, list[int]]], knobs: Zero3Knobs,
                               staging: bool = False, keep: set[int] | None = None) -> list[int]:
     """Elements a ZeRO-3 rank (world > 1) holds for gathered parameters while each module of a
-    frozen model's forward runs, once DeepSpeed knows the forward's order (every forward after the
-    first): a replay of DeepSpeed 0.19's PartitionedParameterCoordinator (fetch_sub_module /
-    release_sub_module). Before a module runs, its own parameters are gathered if not yet there;
+    forward runs, once DeepSpeed knows the forward's order (every forward after the first): a replay
+    of DeepSpeed 0.19's PartitionedParameterCoordinator (fetch_sub_module / release_sub_module).
+
+    Before a module runs its own parameters are gathered if not yet there (and waited on at once);
     then, at every module (containers included), up to min(prefetch bucket, max_live − live) more
-    elements of upcoming parameters are prefetched, the last one taken whole; after the module they
-    are released (a forward uses each once). A gather of several parameters goes through one flat
-    buffer that stays allocated until each of its parameters has been copied out of it (at its
-    module's fetch): both copies count. Gathered alone (`sequential`, or a single parameter), a
-    parameter is its buffer. `staging`: the collective copies its output through a buffer of the
-    same size that lives until the gather is waited on (gloo, the CPU backend; NCCL writes in
-    place; counted for prefetches, which are waited on later: a fetch is waited on at once). Parameters
-    under the persistence threshold are always whole and are not counted here.
-    `keep`: modules whose parameters stay gathered after they ran (a training forward keeps what the
-    backward reuses soon, `zero3_training_kept`). Returns, per module, the elements held at that
-    module's peak (after its own fetch and the prefetch it triggers)."""
+    elements of upcoming parameters are prefetched in one gather, the last parameter taken whole;
+    after the module its parameters are released (a forward uses each once), except in `keep` (a
+    training forward keeps what the backward reuses soon, `zero3_training_kept`). A gather of
+    several parameters goes through one flat buffer; the first wait on any of them copies all of
+    them out, and the buffer is freed only when the last of them has been fetched: until then both
+    copies count. Gathered alone (`sequential`, or a single parameter) a parameter is its buffer.
+    `staging` (gloo, the CPU backend): the collective running at the moment copies its output
+    through a buffer of its own size; gloo runs them one after another, so that is the oldest
+    prefetch not yet waited on (a fetch is waited on at once: its staging never meets the compute;
+    NCCL writes in place). Parameters under the persistence threshold are always whole and are not
+    counted. Returns, per module, the elements held at that module's peak (after its own fetch and
+    the prefetch it triggers)."""
     from collections import deque
 
     pid_size: dict[int, int] = {}
@@ -445,10 +447,14 @@ def zero3_forward_working_set(modules: list[tuple[str, list[int]]], knobs: Zero3
         order.append(ids)
     queue = deque(pid for ids in order for pid in ids)
     live = 0  # elements gathered or in flight (DeepSpeed's n_available_params)
-    held = 0  # elements allocated: gathered parameters + flat buffers not yet released
-    flat_of: dict[int, int] = {}  # parameter in flight -> its flat buffer
-    flats: dict[int, list] = {}  # gather -> [size, parameters not yet fetched, completed?, sequential?, staged?]
-    status: dict[int, str] = {}
+    held = 0  # elements allocated: gathered parameters, flat buffers not yet freed
+    gather_of: dict[int, int] = {}  # parameter in flight -> its gather
+    gathers: dict[int, dict] = {}
+    running: deque[int] = deque()  # prefetches in flight, oldest first (gloo stages the oldest)
+    avail: set[int] = set()
+
+    def staged() -> int:
+        return gathers[running[0]]["size"] if staging and running else 0
 
     def gather(pids: list[int], prefetch: bool) -> None:
         nonlocal live, held
@@ -457,63 +463,57 @@ def zero3_forward_working_set(modules: list[tuple[str, list[int]]], knobs: Zero3
         size = sum(pid_size[p] for p in pids)
         live += size
         held += size
-        staged = staging and prefetch  # a fetch is waited on at once: its staging never meets the compute
-        if knobs.sequential or len(pids) == 1:
-            for p in pids:  # the parameter is its gather buffer
-                status[p] = "inflight" if staged else "avail"
-                if staged:
-                    flat_of[p] = len(flats)
-                    flats[len(flats)] = [pid_size[p], {p}, False, True, True]
-                    held += pid_size[p]
-            return
-        fid = len(flats)
-        flats[fid] = [size, set(pids), False, False, staged]
-        held += size if staged else 0
+        g = len(gathers)
+        gathers[g] = {"size": size, "pending": set(pids), "done": False, "flat": not knobs.sequential and len(pids) > 1}
         for p in pids:
-            status[p], flat_of[p] = "inflight", fid
+            gather_of[p] = g
+        if prefetch:
+            running.append(g)
 
     def wait(p: int) -> None:
         nonlocal held
-        if p not in flat_of:
+        g = gather_of.pop(p, None)
+        if g is None:
             return
-        f = flats[flat_of.pop(p)]
-        if not f[2]:  # the first wait completes the gather
-            f[2] = True
-            if f[4]:
-                held -= f[0]  # the collective's staging buffer
-            if f[3]:  # a sequential gather: the parameter is its buffer
-                status[p] = "avail"
-                return
-            held += f[0]  # a flat buffer: every parameter of it is copied out now
-            for q in f[1]:
-                status[q] = "avail"
-        f[1].discard(p)  # the flat buffer is freed once each of its parameters has been fetched
-        if not f[1]:
-            held -= f[0]
+        rec = gathers[g]
+        if not rec["done"]:  # the first wait completes the gather
+            rec["done"] = True
+            if g in running:
+                running.remove(g)
+            if rec["flat"]:
+                held += rec["size"]  # every parameter of a flat buffer is copied out now
+            for q in rec["pending"]:
+                avail.add(q)
+        rec["pending"].discard(p)
+        if rec["flat"] and not rec["pending"]:
+            held -= rec["size"]  # the flat buffer, once each of its parameters has been fetched
 
     out = []
     keep = keep or set()
     for i, ids in enumerate(order):
-        gather([p for p in ids if p not in status], prefetch=False)
-        peak = held
+        need = [p for p in ids if p not in avail and p not in gather_of]
+        gather(need, prefetch=False)
+        peak = held + staged() + (sum(pid_size[p] for p in need) if staging else 0)
         for p in ids:
             wait(p)
-            peak = max(peak, held)
+            peak = max(peak, held + staged())
         while queue and queue[0] in ids:
             queue.popleft()
         if knobs.prefetch_bucket > 0:
             limit, chosen, n = min(knobs.max_live - live, knobs.prefetch_bucket), [], 0
             while queue and n < limit:
                 p = queue.popleft()
-                if p not in status and p not in chosen:
+                if p not in avail and p not in gather_of and p not in chosen:
                     chosen.append(p)
                     n += pid_size[p]
             gather(chosen, prefetch=True)
-        out.append(max(peak, held))
-        for p in ([] if i in keep else ids):  # released after the module: its copy (and nothing else) goes
-            if status.pop(p, None) == "avail":
-                held -= pid_size[p]
-                live -= pid_size[p]
+        out.append(max(peak, held + staged()))
+        if i not in keep:
+            for p in ids:  # released after the module: its own copy goes (a flat buffer only when emptied)
+                if p in avail:
+                    avail.discard(p)
+                    held -= pid_size[p]
+                    live -= pid_size[p]
     return out
 
 
