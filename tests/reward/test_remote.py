@@ -240,3 +240,24 @@ def test_health_route_and_protocol_doc(server):
     assert got == {"status": "ok", "model": "tiny-rm", "protocol": "varpo-reward/1"}
     r = httpx2.post(f"{server.base_url}/rewards", content=json.dumps({"items": [{"prompt": "a"}]}))
     assert r.status_code == 400 and "items" in r.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_ppo_with_a_remote_reward_logs_the_in_process_rewards(ensemble, in_process, server, tiny_backbone, tmp_path):
+    """A PPO run with reward.type=remote (direct protocol, the reference server over real HTTP): every
+    logged (prompt, response) rescored by the same ensemble in-process gives the logged s and σ²."""
+    from varpo.config import load_config
+    from varpo.ppo import train_ppo
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    cfg = cfg_for(ensemble, server.base_url, tmp_path, f"model.policy_path={tiny_backbone}",
+                  f"data.prompts_path={prompts}", "ppo.steps=2", "ppo.batch_size=4", "ppo.mini_batch_size=2",
+                  "ppo.ppo_epochs=1", "ppo.log_samples_every=1", "generation.max_new_tokens=6",
+                  "generation.max_prompt_len=12")
+    train_ppo(cfg, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and server.scored >= 8
+    want = in_process.score([r["prompt"] for r in rows], [r["response"] for r in rows])
+    assert torch.allclose(torch.tensor([r["score"] for r in rows]), want.score, atol=1e-5)
+    assert torch.allclose(torch.tensor([r["variance"] for r in rows]), want.variance, atol=1e-5)
