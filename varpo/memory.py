@@ -415,7 +415,8 @@ class Zero3Knobs:
 
 
 def zero3_forward_working_set(modules: list[tuple[str, list[int]]], knobs: Zero3Knobs,
-                              staging: bool = False, keep: set[int] | None = None) -> list[int]:
+                              staging: bool = False, keep: set[int] | None = None,
+                              live_out: list[int] | None = None) -> list[int]:
     """Elements a ZeRO-3 rank (world > 1) holds for gathered parameters while each module of a
     forward runs, once DeepSpeed knows the forward's order (every forward after the first): a replay
     of DeepSpeed 0.19's PartitionedParameterCoordinator (fetch_sub_module / release_sub_module).
@@ -433,17 +434,19 @@ def zero3_forward_working_set(modules: list[tuple[str, list[int]]], knobs: Zero3
     prefetch not yet waited on (a fetch is waited on at once: its staging never meets the compute;
     NCCL writes in place). Parameters under the persistence threshold are always whole and are not
     counted. Returns, per module, the elements held at that module's peak (after its own fetch and
-    the prefetch it triggers)."""
+    the prefetch it triggers); `live_out`, if given, receives DeepSpeed's own count at that point
+    (parameters gathered or in flight, its n_available_params)."""
     from collections import deque
 
-    pid_size: dict[int, int] = {}
-    order: list[list[int]] = []
-    for _name, own in modules:
+    pid_size: dict = {}
+    order: list[list] = []
+    for i, (_name, own) in enumerate(modules):
         ids = []
-        for n in own:
+        for j, item in enumerate(own):  # a count, or (key, count) for a parameter several modules use
+            key, n = item if isinstance(item, tuple) else ((i, j), item)
             if n >= knobs.persistence_threshold:
-                pid_size[len(pid_size)] = n
-                ids.append(len(pid_size) - 1)
+                pid_size[key] = n
+                ids.append(key)
         order.append(ids)
     queue = deque(pid for ids in order for pid in ids)
     live = 0  # elements gathered or in flight (DeepSpeed's n_available_params)
@@ -490,7 +493,25 @@ def zero3_forward_working_set(modules: list[tuple[str, list[int]]], knobs: Zero3
 
     out = []
     keep = keep or set()
+    names = [n for n, _ in modules]
+    open_modules: list[int] = []  # a module is released after its forward, i.e. after its submodules
+
+    def release(i: int) -> None:
+        nonlocal held, live
+        if i in keep:
+            return
+        for p in order[i]:  # its own copy goes (a flat buffer only when emptied)
+            if p in avail:
+                avail.discard(p)
+                held -= pid_size[p]
+                live -= pid_size[p]
+
+    def inside(child: str, parent: str) -> bool:
+        return parent == "" or child.startswith(parent + ".")
+
     for i, ids in enumerate(order):
+        while open_modules and not inside(names[i], names[open_modules[-1]]):
+            release(open_modules.pop())
         need = [p for p in ids if p not in avail and p not in gather_of]
         gather(need, prefetch=False)
         peak = held + staged() + (sum(pid_size[p] for p in need) if staging else 0)
@@ -508,12 +529,9 @@ def zero3_forward_working_set(modules: list[tuple[str, list[int]]], knobs: Zero3
                     n += pid_size[p]
             gather(chosen, prefetch=True)
         out.append(max(peak, held + staged()))
-        if i not in keep:
-            for p in ids:  # released after the module: its own copy goes (a flat buffer only when emptied)
-                if p in avail:
-                    avail.discard(p)
-                    held -= pid_size[p]
-                    live -= pid_size[p]
+        if live_out is not None:
+            live_out.append(live)
+        open_modules.append(i)
     return out
 
 
@@ -759,13 +777,13 @@ def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
             working["forwards"] = fwd["peak"]
         if role == "actor":
             # rollout: the actor generates for all local prompts with a KV cache; under ZeRO-3,
-            # generation.zero3_gather=full gathers the whole model once (one coalesced gather: its
-            # flat buffer, gloo's staging copy and the parameters' own copies meet for a moment)
+            # generation.zero3_gather=full gathers the whole model once (GatheredParameters: each
+            # parameter into its own buffer; gloo stages one collective at a time, the largest
+            # parameter at most)
             kv = kv_cache(shape, local_batch, seq, b)
             gen_act = inference_activations(shape, local_batch, 1, b, eager) + kv  # decode: one new token per step
             gathered = b * P if stage == 3 and N > 1 else 0
-            gather_transient = gathered * (2 + int(staging)) if cfg.generation.zero3_gather == "full" else gathered
-            gen = max(gather_transient, gathered + gen_act)
+            gen = gathered + max(gen_act, b * largest if gathered and staging else 0)
             details.update(gen_batch=local_batch, kv_cache=kv, generation_gathered_params=gathered,
                            generation_peak_extra=gen, generation_per_layer_gather_extra=b * largest + gen_act)
             working["generate"] = int(gen)

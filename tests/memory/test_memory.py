@@ -3,10 +3,7 @@ against instantiated models, the ZeRO arithmetic against DeepSpeed's own estimat
 cluster configs, and clear errors on bad input."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import re
 from pathlib import Path
 
 import pytest
