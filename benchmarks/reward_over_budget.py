@@ -131,7 +131,7 @@ def driver(args) -> None:
     model_mib = params * 4 / MIB
     budget = args.budget_mib or int(0.8 * model_mib)
     base = [f"reward.path={path}", f"reward.max_length={2 * args.tokens + 2}", "reward.batch_size=2",
-            "ppo.batch_size=4", f"generation.max_prompt_len={args.tokens}", f"generation.max_new_tokens={args.tokens}"]
+            "ppo.batch_size=4", "ppo.mini_batch_size=4", f"generation.max_prompt_len={args.tokens}", f"generation.max_new_tokens={args.tokens}"]
     nvme = out / "nvme_swap"
     cases = [
         ("unsharded", base + ["deepspeed.zero_stage=0", "deepspeed.dist_backend=gloo"], 1, None, False),

@@ -395,6 +395,7 @@ def trainable_model_states(P: int, largest: int, stage: int, cluster: Cluster, o
 
 
 # ----------------------------------------------------------------------------- ZeRO-3 working sets
+GLOO_THREADS = 2  # torch's ProcessGroupGloo worker threads (Options.threads): collectives running at once
 @dataclass(frozen=True)
 class Zero3Knobs:
     """The DeepSpeed settings that decide how many parameters a ZeRO-3 rank holds gathered."""
@@ -429,10 +430,10 @@ def zero3_forward_working_set(modules: list[tuple[str, list[int]]], knobs: Zero3
     several parameters goes through one flat buffer; the first wait on any of them copies all of
     them out, and the buffer is freed only when the last of them has been fetched: until then both
     copies count. Gathered alone (`sequential`, or a single parameter) a parameter is its buffer.
-    `staging` (gloo, the CPU backend): the collective running at the moment copies its output
-    through a buffer of its own size; gloo runs them one after another, so that is the oldest
-    prefetch not yet waited on (a fetch is waited on at once: its staging never meets the compute;
-    NCCL writes in place). Parameters under the persistence threshold are always whole and are not
+    `staging` (gloo, the CPU backend): a running collective copies its output through a buffer of
+    its own size; gloo's worker threads (2) run them in order, so those are the two oldest
+    prefetches not yet waited on (a fetch is waited on at once: its staging never meets the
+    compute; NCCL writes in place). Parameters under the persistence threshold are always whole and are not
     counted. Returns, per module, the elements held at that module's peak (after its own fetch and
     the prefetch it triggers); `live_out`, if given, receives DeepSpeed's own count at that point
     (parameters gathered or in flight, its n_available_params)."""
@@ -457,7 +458,7 @@ def zero3_forward_working_set(modules: list[tuple[str, list[int]]], knobs: Zero3
     avail: set[int] = set()
 
     def staged() -> int:
-        return gathers[running[0]]["size"] if staging and running else 0
+        return sum(gathers[g]["size"] for g in list(running)[:GLOO_THREADS]) if staging else 0
 
     def gather(pids: list[int], prefetch: bool) -> None:
         nonlocal live, held

@@ -34,10 +34,13 @@ def test_prefetch_by_hand():
     live: list[int] = []
     held = zero3_forward_working_set(mods, Zero3Knobs(max_live=100, prefetch_bucket=15), live_out=live)
     assert held == [20, 50, 40, 10] and live == [20, 30, 20, 10]
-    # gloo stages the oldest prefetch in flight: the flat buffer's 20 until a's fetch, then c's 10
+    # gloo stages the two oldest prefetches in flight: the flat buffer's 20 until a's fetch, c's 10
     # until c's own fetch waits on it
     staged = zero3_forward_working_set(mods, Zero3Knobs(max_live=100, prefetch_bucket=15), staging=True)
     assert staged == [40, 60, 50, 20]
+    # two containers each prefetch one parameter: both collectives run at once, both staged
+    two = [("r", []), ("s", []), ("a", [10]), ("b", [10])]
+    assert zero3_forward_working_set(two, Zero3Knobs(max_live=100, prefetch_bucket=10), staging=True) == [20, 40, 40, 20]
     # max_live bounds the prefetch: with 12, r takes a (10 < 12) and b (crossing it), a nothing (20
     # live), b takes c once a is released (a module is released after its forward, before the next
     # one's fetch)
