@@ -273,11 +273,11 @@ def role_shapes(cfg, reward_model_config: str | Path | None = None) -> dict[str,
         critic = shape_of(load_hf_config(cpath, "model.critic_path") if cpath else pconf, "value",
                           source=str(cpath or policy), lora=c_lora)
     reward: ModelShape | None
-    if reward_model_config is not None:
+    if cfg.reward.type != "ensemble":  # a judge, the gold, or a reward server: nothing in the process group
+        reward = None
+    elif reward_model_config is not None:
         reward = shape_of(load_hf_config(reward_model_config, "--reward-model-config"), "ensemble", K,
                           source=str(reward_model_config))
-    elif cfg.reward.type != "ensemble":
-        reward = None
     elif cfg.reward.path:
         rp = reward_config_path(cfg.reward.path)
         reward = shape_of(load_hf_config(rp, "reward.path"), "ensemble", K, source=str(rp))

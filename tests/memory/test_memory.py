@@ -28,7 +28,7 @@ from varpo.memory import (
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = Path(__file__).parent / "model_configs"
-SHIPPED = ["cluster_zero3_multinode.yaml", "cluster_reward30b.yaml"]
+SHIPPED = ["cluster_zero3_multinode.yaml", "cluster_reward30b.yaml", "cluster_reward30b_remote.yaml"]
 
 
 def _tiny_configs():
@@ -325,3 +325,22 @@ def test_deep_ensemble_folder_counts_every_member(tmp_path):
     shapes = role_shapes(load_config(None, [f"model.policy_path={policy}", f"reward.path={tmp_path / 'deep'}",
                                             "reward_training.num_heads=3"]))
     assert shapes["reward"].total_params == sum(p.numel() for p in model.parameters())
+
+
+def test_reward30b_bounds_the_scoring_working_set_and_the_remote_variant_plans_no_reward():
+    """cluster_reward30b.yaml's reward settings bound what a scoring rank gathers (DeepSpeed's defaults
+    would prefetch ~1e9 parameters through flat buffers); the remote variant holds no reward model."""
+    policy = f"model.policy_path={SHAPES / 'llama3_8b_shape.json'}"
+    cfg = load_config(ROOT / "configs" / "cluster_reward30b.yaml", [policy])
+    default = load_config(ROOT / "configs" / "cluster_reward30b.yaml",
+                          [policy, "deepspeed.reward.max_live_parameters=null", "deepspeed.reward.allgather_sequential=false"])
+
+    def scoring(c):
+        p = plan(c, Cluster(2, 8), SHAPES / "llama_34b_shape.json")
+        return next(r for r in p["roles"] if r["role"] == "reward")["details"]["working_set"]["score"]
+
+    assert scoring(cfg) < 1.0 * 2**30 < 2 * 2**30 < scoring(default)
+    remote = plan(load_config(ROOT / "configs" / "cluster_reward30b_remote.yaml", [policy]), Cluster(1, 8),
+                  gpu_memory_gib=80)
+    assert remote["omitted_roles"] == ["reward"] and remote["fits"]
+    assert [r["role"] for r in remote["roles"]] == ["actor", "critic", "reference"]
