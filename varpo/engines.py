@@ -83,7 +83,8 @@ def model_init_context(conf: dict):
 
 def build_model(fn: Callable[[], torch.nn.Module], conf: dict) -> torch.nn.Module:
     """Call `fn()` (which builds an HF model) so that ZeRO-3 shards it while loading."""
-    with model_init_context(conf) as keep:
+    # zero.Init may build or load a C++ op too (async_io for parameters offloaded to NVMe)
+    with jit_lock.watch(), model_init_context(conf) as keep:
         model = fn()
     model._varpo_hf_ds_config = keep  # keep HF's weak reference alive for the model's lifetime
     return model
