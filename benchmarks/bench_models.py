@@ -144,3 +144,10 @@ def build_inputs(work_dir: str | Path, size: str, seed: int = 0) -> dict:
 
 def load_prompts(path: str | Path) -> list[str]:
     return [json.loads(line)["prompt"] for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+if __name__ == "__main__":  # a helper, imported by the benchmark scripts: --help says what it holds
+    import argparse
+
+    argparse.ArgumentParser(prog="benchmarks/bench_models.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()

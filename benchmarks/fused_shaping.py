@@ -63,8 +63,9 @@ def main(argv=None) -> int:
     from ppo_vs_trl import build_ensemble, override_strings, varpo_overrides
 
     from varpo.config import load_config
-    from varpo.dist import init_distributed
+    from varpo.dist import join
     from varpo.ppo import core, resolve_sources
+    from varpo.ppo.forward import forward_in_chunks, response_logits
     from varpo.ppo.trainer import PPOTrainer
     from varpo.scoring import build_scorer
 
@@ -75,31 +76,36 @@ def main(argv=None) -> int:
     ov = varpo_overrides(meta, "varpo_variance_aware", str(reward), 1, 0, 1e-5, 0.1)
     ov["ppo.kl.estimator"] = "k3"
     cfg = load_config(None, override_strings(ov))
-    init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
+    join(cfg.deepspeed)
     policy_path, prompts, _, _ = resolve_sources(cfg)
-    tr = PPOTrainer(cfg, out / "runs" / "trainer", prompts=prompts, policy_path=policy_path, scorer=build_scorer(cfg))
+    tr = PPOTrainer.from_config(cfg, out / "runs" / "trainer", prompts=prompts, policy_path=policy_path, scorer=build_scorer(cfg))
     watch = ForeignCpu()
-    ro = tr.rollout(0)
-    tr.score(ro)
-    tr.forward_passes(ro)  # fills mask and weights
+    mk = tr.experience
+    ro = mk.rollout(0)
+    mk.score(ro)
+    mk.weigh(ro)  # mask and weights
+    mk.forward_passes(ro)
     mask, w = ro.mask, ro.weights
     est = cfg.ppo.kl.estimator
 
+    def in_chunks(fn):
+        return forward_in_chunks(fn, ro, mk.chunk)
+
     def fused():
-        o = tr._shaping(tr.reference, "reference", ro)
+        o = in_chunks(lambda c: tr.reference.shaping(c, c.logp, "reference", est)).shaping
         return o.logp, o.kl, o.weighted_sum
 
     def unfused():
-        ref = tr._forward_in_chunks(lambda r: tr._logprobs(tr.reference, r), ro)
+        ref = in_chunks(lambda c: tr.reference.logprobs(c).logp)
         kl = core.kl_per_token(ro.logp, ref, est) * mask
         return ref, kl, torch.where(mask.bool(), kl * w[:, None], torch.zeros_like(kl)).sum(-1)
 
     def naive():
         def fn(c):
-            logits, _ = tr._logits(tr.reference, c)
+            logits = response_logits(tr.reference.engine, c, tr.reference.temperature)
             return torch.log_softmax(logits.float(), -1).gather(-1, c.response_ids[..., None]).squeeze(-1)
 
-        ref = tr._forward_in_chunks(fn, ro)
+        ref = in_chunks(fn)
         kl = core.kl_per_token(ro.logp, ref, est) * mask
         return ref, kl, torch.where(mask.bool(), kl * w[:, None], torch.zeros_like(kl)).sum(-1)
 

@@ -84,3 +84,10 @@ def describe(cores: float | None) -> str:
         return "other processes' CPU use unknown (no /proc/stat)"
     verdict = "timings taken under contention" if cores > SHARED_CORES else "a quiet machine"
     return f"other processes kept {cores:.2f} cores busy on average during the run ({verdict})"
+
+
+if __name__ == "__main__":  # a helper, imported by the benchmark scripts: --help says what it holds
+    import argparse
+
+    argparse.ArgumentParser(prog="benchmarks/host.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()

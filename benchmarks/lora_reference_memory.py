@@ -1,6 +1,6 @@
 """Memory per rank of the PPO reference under LoRA: a separate frozen reference model
 (`model.lora.reference_from_base=false`) against the actor's own base with its adapters disabled
-(`true`, the default). Real engines built by varpo.ppo.models, one process per rank via the
+(`true`, the default). Real engines built by varpo.ppo.roles, one process per rank via the
 `deepspeed` launcher: world 1 (ZeRO-0) and world 2 (ZeRO-3, CPU: gloo). Each rank reports
 
   - the parameter bytes it holds for actor and reference (ZeRO-3: its shards), and
@@ -45,7 +45,7 @@ def rank_main(out: Path, model_dir: str, from_base: bool, stage: int) -> None:
 
     from varpo.config import load_config
     from varpo.dist import init_distributed
-    from varpo.ppo.models import ReferenceFromBase, build_actor, build_reference
+    from varpo.ppo.roles import ReferenceFromBase, build_actor, build_reference
 
     cfg = load_config(None, [f"model.policy_path={model_dir}", "model.lora.enabled=true", "model.lora.r=8",
                              f"model.lora.reference_from_base={str(from_base).lower()}", f"deepspeed.zero_stage={stage}",

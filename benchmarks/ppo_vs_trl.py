@@ -51,7 +51,7 @@ from host import SHARED_CORES, ForeignCpu, machine  # benchmarks/, the script's 
 HERE = Path(__file__).resolve().parent
 
 TRL_VERSION = "1.12.0"
-PHASES = ("generate", "score", "reference", "value", "update", "other")
+PHASES = ("generate", "score", "reference", "value", "shape", "update", "other")
 VARIANTS = {
     "trl": {"side": "trl", "heads": 1, "weighting": None},
     "varpo_vanilla": {"side": "varpo", "heads": 10, "weighting": "none"},
@@ -716,14 +716,16 @@ NOTES = [
     "Phases. varpo: generate (tokenize + HF generate, with the old log-probs read off its logits), score "
     "(decode + ensemble forward with the fused head statistics), reference (the reference forward and the fused "
     "shaping pass over its logits: ref log-probs, KL, σ²-weighting), value (critic forward; varpo_shared_trunk: a "
-    "forward of the actor's trunk feeding the value head, its LM head at one position only), update (reward shaping, "
-    "GAE, whitening, PPO epochs; varpo_shared_trunk: one forward and one optimizer step per minibatch for policy "
-    "and value), as timed by the trainer; other = logging/tensorboard and the rest of the step.",
+    "forward of the actor's trunk feeding the value head, its LM head at one position only), shape (reward shaping, "
+    "GAE, whitening; results recorded before the trainer timed it apart count it in update), update (PPO epochs; "
+    "varpo_shared_trunk: one forward and one optimizer step per minibatch for policy and value), as timed by the "
+    "trainer; other = logging/tensorboard and the rest of the step.",
     "Phases. TRL, timed from outside by wrapping its module-level helpers in the runner process: generate "
     "(batch_generation; TRL reuses generate's scores as the old log-probs, so it has no separate actor "
     "forward), reference (forward of the reference model), value (get_reward on the value model), score "
     "(get_reward on the reward model); update = the rest of the step (log-softmax of the generation "
-    "scores, rewards, GAE, PPO epochs, logging, TRL's two gc.collect() per step); other is 0 by construction.",
+    "scores, rewards, GAE, PPO epochs, logging, TRL's two gc.collect() per step); shape is 0 (inside update) "
+    "and other is 0 by construction.",
     "Optimizer steps: varpo takes one per minibatch (epochs x batch/minibatch per PPO step); TRL with "
     "num_mini_batches=batch/minibatch and gradient_accumulation_steps=batch/minibatch steps only on "
     "accumulation boundaries (counted: see trl runs' optimizer_steps). Forward/backward work is equal.",

@@ -1,4 +1,4 @@
-"""Rollout generation: HF generate (the trainer's `varpo.ppo.rollout.generate`) against the
+"""Rollout generation: HF generate (the trainer's `varpo.ppo.generation.hf.generate`) against the
 colocated vLLM engine (`varpo.ppo.generation.vllm`), same model, same prompts, same lengths.
 
 Both sides generate exactly `response_len` new tokens per prompt (min_new_tokens = max_new_tokens,
@@ -49,10 +49,12 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM
 
     from varpo.config import load_config
+    from varpo.models.loading import load_tokenizer
+    from varpo.ppo.forward import response_logits
     from varpo.ppo.generation import build_rollout_engine
+    from varpo.ppo.generation.hf import generate
     from varpo.ppo.logprobs import token_logprobs
-    from varpo.ppo.models import load_tokenizer
-    from varpo.ppo.rollout import generate, response_logits, tokenize_prompts
+    from varpo.ppo.tokens import tokenize_prompts
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"

@@ -2,7 +2,7 @@
 `generation.zero3_gather` mode (full, grouped, per_layer), how many all-gather collectives it
 issues and how much memory each rank peaks at. A Llama built from a config (random weights),
 wrapped exactly as the PPO actor is (`varpo.engines.ds_config` + `train_engine`, every
-parameter partitioned), generates through the trainer's own `varpo.ppo.rollout.generate`.
+parameter partitioned), generates through the trainer's own `varpo.ppo.generation.hf.generate`.
 One process per rank under the `deepspeed` launcher: 2 CPU ranks (gloo), or 1 rank on a GPU.
 
 Modes alternate (full grouped per_layer full grouped per_layer ...) so that drift in the
@@ -65,8 +65,9 @@ def rank_main(a: argparse.Namespace) -> None:
 
     from varpo.config import DeepSpeedConfig, GenerationConfig
     from varpo.dist import init_distributed
-    from varpo.engines import GroupedGather, build_model, ds_config, train_engine
-    from varpo.ppo.rollout import generate
+    from varpo.engines import build_model, ds_config, train_engine
+    from varpo.ppo.generation.hf import generate
+    from varpo.ppo.generation.zero3_gather import GroupedGather
 
     info = init_distributed()
     cuda = torch.cuda.is_available()

@@ -15,6 +15,9 @@ if __name__ == "__main__":
     parser.add_argument("--config", "-c", default=None, help="YAML config (default: the embedded task)")
     parser.add_argument("--out", "-o", required=True, help="output folder")
     parser.add_argument("--set", "-s", action="append", default=[], dest="overrides", help="KEY=VALUE override")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume the interrupted run in --out although training fields of its config differ")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     args = parser.parse_args()
     if args.local_rank is not None:
@@ -24,13 +27,17 @@ if __name__ == "__main__":
 
     quiet_third_party()
     from varpo.config import ConfigError, load_config
-    from varpo.defaults import EMBEDDED
+    from varpo.defaults import config_or_default
 
     try:
-        cfg = load_config(args.config or EMBEDDED, args.overrides)
+        cfg = load_config(config_or_default(args.config), args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     from varpo.commands.train_rm import run
 
-    run(cfg, Path(args.out))
+    try:
+        run(cfg, Path(args.out), overwrite=args.overwrite, allow_config_change=args.allow_config_change)
+    except ConfigError as exc:  # a bad path, data or output folder: one line, before any engine started
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -15,7 +15,23 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click passes help_option_names down to every subcommand's context
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"varpo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="print varpo's version and exit")) -> None:
+    """Variance-aware RLHF: reward ensembles, interval judges, uncertainty-weighted PPO."""
 
 # One module per subcommand (or group of subcommands).
 COMMAND_MODULES = [
@@ -27,6 +43,7 @@ COMMAND_MODULES = [
     "population",
     "heterogeneity",
     "kl_sweep",
+    "kl_match",
     "stats",
     "theory",
     "score",
@@ -47,8 +64,12 @@ def main() -> None:
         app()
     except ConfigError as exc:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # soft_wrap: one message, one line, whatever the terminal's width (scripts grep it); escaped:
+        # a message quoting user text in brackets is not markup
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True,
+                                   soft_wrap=True)
         sys.exit(2)
 
 

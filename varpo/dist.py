@@ -103,6 +103,13 @@ def init_distributed(backend: str = "auto", timeout_minutes: int = 30, peer_time
     return DistInfo(torch_dist.get_rank(), local_rank, torch_dist.get_world_size(), device)
 
 
+def join(ds_cfg) -> DistInfo:
+    """`init_distributed` with the settings of a config's `deepspeed` section (a DeepSpeedConfig):
+    how every varpo command joins its ranks."""
+    return init_distributed(ds_cfg.dist_backend, ds_cfg.timeout_minutes, ds_cfg.peer_timeout_s,
+                            ds_cfg.rendezvous_timeout_s)
+
+
 _RDZV = "varpo_rendezvous/{}/rank/{}"
 
 
@@ -246,3 +253,46 @@ def broadcast_object(obj):
     box = [obj]
     torch_dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# ----------------------------------------------------------------------------- statistics over all ranks
+# Each is one all-reduce (two for global_std); every rank must call them together, with tensors of
+# the same shape. In a world of one they are the plain statistics.
+
+def global_mean(x: torch.Tensor) -> float:
+    """The mean of x's elements over every rank's x (float64 sums)."""
+    s = all_reduce_sum(torch.stack([x.double().sum(), x.new_tensor(float(x.numel()), dtype=torch.float64)]))
+    return (s[0] / s[1]).item()
+
+
+def global_std(x: torch.Tensor) -> float:
+    """The (population) standard deviation of x's elements over every rank's x."""
+    import math
+
+    mean = global_mean(x)
+    return math.sqrt(max(global_mean((x.double() - mean) ** 2), 0.0))
+
+
+def global_means(acc: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """Per key, the mean over every rank's values (0-d tensors, left on their device until here):
+    one all-reduce and one host transfer for all keys."""
+    if not acc:
+        return {}
+    keys = list(acc)
+    sums = torch.stack([torch.stack(acc[k]).double().sum() for k in keys])
+    counts = torch.tensor([float(len(acc[k])) for k in keys], dtype=torch.float64)
+    tot = all_reduce_sum(torch.stack([sums.cpu(), counts]))
+    return dict(zip(keys, (tot[0] / tot[1]).tolist()))
+
+
+def global_mean_var(total: torch.Tensor, total_sq: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance from each rank's (Σx, Σx², n) (float64 0-d tensors)."""
+    tot = all_reduce_sum(torch.stack([total.double(), total_sq.double(), count.double()]))
+    mean = tot[0] / tot[2]
+    return mean, (tot[1] / tot[2] - mean**2) * tot[2] / (tot[2] - 1).clamp(min=1)
+
+
+def any_rank(flag: bool | torch.Tensor) -> bool:
+    """True when `flag` is set on any rank (a tensor flag stays on its device until the reduction)."""
+    t = flag.detach().float().reshape(()) if torch.is_tensor(flag) else torch.tensor(float(flag))
+    return bool(all_reduce_max(t).item() > 0)

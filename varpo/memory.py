@@ -148,7 +148,8 @@ def linear_params(model) -> int:
 
 def lora_params(model, lora_cfg) -> int:
     """Adapter parameters peft adds to `model` for `lora_cfg` (a ModelLoraConfig), on the meta device."""
-    from .adapters import attach_lora, param_counts
+    from .models.loading import param_counts
+    from .models.lora import attach_lora
 
     try:
         wrapped = on_meta(lambda: attach_lora(model, lora_cfg.r, lora_cfg.alpha, 0.0, lora_cfg.target_modules))
@@ -273,11 +274,13 @@ def role_shapes(cfg, reward_model_config: str | Path | None = None) -> dict[str,
         critic = shape_of(load_hf_config(cpath, "model.critic_path") if cpath else pconf, "value",
                           source=str(cpath or policy), lora=c_lora)
     reward: ModelShape | None
-    if cfg.reward.type != "ensemble":  # a judge, the gold, or a reward server: nothing in the process group
-        reward = None
+    if cfg.reward.type not in ("ensemble", "sequence_classifier"):  # a judge, the gold, or a reward server:
+        reward = None                                                # nothing in the process group
     elif reward_model_config is not None:
         reward = shape_of(load_hf_config(reward_model_config, "--reward-model-config"), "ensemble", K,
                           source=str(reward_model_config))
+    elif cfg.reward.type == "sequence_classifier":  # one HF reward model: its trunk and one scalar head
+        reward = shape_of(load_hf_config(cfg.reward.path, "reward.path"), "ensemble", 1, source=str(cfg.reward.path))
     elif cfg.reward.path:
         rp = reward_config_path(cfg.reward.path)
         reward = shape_of(load_hf_config(rp, "reward.path"), "ensemble", K, source=str(rp))
@@ -852,3 +855,32 @@ def plan(cfg, cluster: Cluster, reward_model_config: str | Path | None = None,
         out["gpu_memory_gib"] = gpu_memory_gib
         out["fits"] = total["gpu_bytes_peak_phase"] <= gpu_memory_gib * GIB
     return out
+
+
+def find_min_gpus(cfg, gpu_memory_gib: float, gpus_per_node: int = 8,
+                  reward_model_config: str | Path | None = None) -> dict:
+    """How many GPUs of `gpu_memory_gib` each the config needs: `plan` on every world size the
+    trainer accepts (it must divide ppo.batch_size and ppo.mini_batch_size), as one node of up to
+    `gpus_per_node` GPUs or whole nodes of that many, smallest first, until the peak-phase memory
+    per rank fits. Returns min_gpus (None: no such world), the fitting (or last) plan and every
+    world tried with its per-rank peak."""
+    import math
+
+    if gpu_memory_gib <= 0 or gpus_per_node < 1:
+        raise MemoryPlanError(f"need a GPU memory > 0 and ≥ 1 GPU per node, got {gpu_memory_gib} GiB, {gpus_per_node}")
+    step = math.gcd(cfg.ppo.batch_size, cfg.ppo.mini_batch_size)
+    worlds = [w for w in range(1, step + 1) if step % w == 0 and (w <= gpus_per_node or w % gpus_per_node == 0)]
+    tried, result = [], None
+    for w in worlds:
+        cluster = Cluster(1, w) if w <= gpus_per_node else Cluster(w // gpus_per_node, gpus_per_node)
+        result = plan(cfg, cluster, reward_model_config, gpu_memory_gib)
+        peak = result["total_per_rank"]["gpu_bytes_peak_phase"]
+        tried.append({"world_size": w, "num_nodes": cluster.num_nodes, "gpus_per_node": cluster.gpus_per_node,
+                      "gpu_gib_peak_phase": peak / GIB, "fits": result["fits"]})
+        if result["fits"]:
+            return {"min_gpus": w, "gpu_memory_gib": gpu_memory_gib, "tried": tried, "plan": result}
+    return {"min_gpus": None, "gpu_memory_gib": gpu_memory_gib, "tried": tried, "plan": result,
+            "why": f"no world size up to {worlds[-1]} (the largest dividing ppo.batch_size={cfg.ppo.batch_size} and "
+                   f"ppo.mini_batch_size={cfg.ppo.mini_batch_size}) fits; the smallest per-rank peak was "
+                   f"{min(t['gpu_gib_peak_phase'] for t in tried):.2f} GiB: raise the batch sizes to allow more "
+                   "ranks, or shard more (deepspeed.zero_stage 3, offload, LoRA)"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +87,22 @@ def progress(transient: bool = False):
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
         console=console, transient=transient, disable=os.environ.get("VARPO_NO_PROGRESS") == "1",
     )
+
+
+class PhaseTimer:
+    """Wall seconds per named phase of a step, summed while a phase recurs: `with timer("update"): ...`;
+    `timer.timings` is what a metrics row reports as time/<phase>."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.timings = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0

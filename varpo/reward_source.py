@@ -27,6 +27,7 @@ class Scores:
 @runtime_checkable
 class Scorer(Protocol):
     """A reward source. Implementations: the multi-head ensemble (varpo.reward), interval judges
-    (varpo.judge), the testbed's gold reward (σ² = 0) and the oracle (gold + noise of known σ², varpo.reward.oracle)."""
+    (varpo.judge), the testbed's gold reward (σ² = 0), the oracle (gold + noise of known σ², varpo.reward.oracle)
+    and a Hugging Face sequence-classification reward model (σ² = 0, varpo.reward.sequence_classifier)."""
 
     def score(self, prompts: list[str], responses: list[str]) -> Scores: ...

@@ -56,11 +56,27 @@ def k3_taylor(r):
 
 
 def kl_from_log_ratio(r: torch.Tensor, estimator: str) -> torch.Tensor:
+    """The per-token KL estimators of KL(π‖π_ref) from r = log π − log π_ref (Schulman 2020):
+    k1 = r (unbiased, can be negative), k2 = ½r² (biased, low variance, ≥ 0), k3 = e^{−r} − 1 + r
+    (unbiased, ≥ 0; its Taylor series below k3_small_threshold, where the closed form cancels).
+    The one definition every path uses: this function on PyTorch tensors (varpo.ppo.core.kl_per_token,
+    the chunked twins), `_kl_estimate` in triton_kernels/weighted_kl.py inside the Triton kernels."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {estimator!r} (expected one of {', '.join(KL_ESTIMATORS)})")
     if estimator == "k1":
         return r
     if estimator == "k2":
         return 0.5 * r * r
     return torch.where(r.abs() < k3_small_threshold(r.dtype), k3_taylor(r), torch.expm1(-r) + r)
+
+
+def kl_derivative(r: torch.Tensor, estimator: str) -> torch.Tensor:
+    """d kl / d r of `kl_from_log_ratio` (the Triton paths' backward): 1, r, 1 − e^{−r}."""
+    if estimator == "k1":
+        return torch.ones_like(r)
+    if estimator == "k2":
+        return r
+    return -torch.expm1(-r)
 
 
 def weighted_kl_torch(logp, ref_logp, mask, weights, estimator: str = "k1") -> WeightedKL:

@@ -3,7 +3,6 @@ and a finished step), not for a fixed time, and says which never came when the j
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 

@@ -110,7 +110,7 @@ def test_bad_pair_row_skipped_and_counted(fmt, kind, tmp_path):
 def test_non_string_column_in_typed_formats(fmt, tmp_path):
     """Typed tables cannot mix types in a column: an int column fails on its first row."""
     path = write(fmt, [{**good(i), "chosen": i} for i in range(3)], tmp_path)
-    with pytest.raises(DataError, match=r"row 1, field 'chosen': expected a string, got int"):
+    with pytest.raises(DataError, match=r"row 1, field 'chosen': expected a non-empty string or a list of \{role, content\} messages, got int"):
         load_pairs(path)
     with pytest.raises(DataError, match="no usable rows .all 3 rows were bad"):
         load_pairs(path, skip_bad_rows=True)
@@ -205,14 +205,24 @@ def test_file_level_errors(tmp_path):
 
 
 def test_dataset_dict_folders(tmp_path):
+    """A saved DatasetDict is read at a split (train by default), not refused: the split option
+    picks another, a missing one is named with the splits there are."""
     one = DatasetDict({"train": Dataset.from_dict({"prompt": ["a", "b"]})})
     one.save_to_disk(str(tmp_path / "one"))
     assert load_prompts(tmp_path / "one").rows == ["a", "b"]
     two = DatasetDict({"train": Dataset.from_dict({"prompt": ["a"]}), "test": Dataset.from_dict({"prompt": ["b"]})})
     two.save_to_disk(str(tmp_path / "two"))
-    with pytest.raises(DataError, match=r"splits \['test', 'train'\]: point at one split folder"):
-        load_prompts(tmp_path / "two")
-    assert load_prompts(tmp_path / "two" / "test").rows == ["b"]
+    assert load_prompts(tmp_path / "two").rows == ["a"]
+    assert load_prompts(tmp_path / "two", split="test").rows == ["b"]
+    with pytest.raises(DataError, match=r"two: no split 'validation': the dataset has splits \['test', 'train'\]; "
+                                        r"choose one with data.eval_split"):
+        load_prompts(tmp_path / "two", split="validation", split_field="data.eval_split")
+    assert load_prompts(tmp_path / "two" / "test").rows == ["b"]  # a split's own folder still works
+    odd = DatasetDict({"train_prefs": Dataset.from_dict({"prompt": ["x"]})})
+    odd.save_to_disk(str(tmp_path / "odd"))
+    assert load_prompts(tmp_path / "odd").rows == ["x"]  # one split: it is the data
+    with pytest.raises(DataError, match="no split 'test'"):
+        load_prompts(tmp_path / "odd", split="test", single_split_ok=False)
 
 
 def test_json_data_wrapper_and_skip_warning(tmp_path, capsys):

@@ -80,3 +80,46 @@ def test_evaluate_policy_samples_each_prompt_k_times(testbed):
     assert three["n_scored"] == 9 and three["reward_se"] is not None and three["reward_se"] >= 0
     with pytest.raises(ValueError, match="samples_per_prompt"):
         evaluate_policy(tiny_policy, prompts, reward, gen, seed=5, samples_per_prompt=0)
+
+
+def test_sequence_kl_matches_a_float64_token_loop(testbed):
+    """sequence_kl on sampled responses against a per-sample loop: full forwards of both models on
+    each unpadded prompt+response, log-softmax in float64, summed over the real response tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from varpo.evaluation.policy_eval import sequence_kl
+    from varpo.models.loading import load_tokenizer
+    from varpo.ppo.generation.hf import generate
+    from varpo.ppo.tokens import tokenize_prompts
+
+    path = str(testbed.model_path)
+    tok = load_tokenizer(path)
+    ref = AutoModelForCausalLM.from_pretrained(path).eval()
+    pol = AutoModelForCausalLM.from_pretrained(path).eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for prm in pol.parameters():
+            prm.add_(0.05 * torch.randn_like(prm))
+        ids, mask, _ = tokenize_prompts(tok, ["the cat sat", "a dog ran on the", "the log"], 16, "cpu")
+        exp = generate(pol, tok, ids, mask, GenerationConfig(max_new_tokens=7, temperature=0.8))
+        got = sequence_kl(pol, ref, exp, 0.8)
+        for b in range(ids.shape[0]):
+            p_ids = ids[b][mask[b].bool()]
+            r_ids = exp.response_ids[b][exp.response_mask[b].bool()]
+            full = torch.cat([p_ids, r_ids])[None]
+            want = 0.0
+            for model, sign in ((pol, 1.0), (ref, -1.0)):
+                logp = torch.log_softmax(model(input_ids=full).logits[0].double() / 0.8, -1)
+                want += sign * sum(float(logp[len(p_ids) + t - 1, r_ids[t]]) for t in range(len(r_ids)))
+            assert float(got[b]) == pytest.approx(want, abs=1e-5)
+        assert torch.all(sequence_kl(ref, ref, exp, 0.8) == 0)
+
+
+def test_evaluate_policy_reports_kl_against_the_reference(testbed):
+    path = str(testbed.model_path)
+    gen = GenerationConfig(max_new_tokens=5)
+    same = evaluate_policy(path, ["the cat", "a dog"], lambda p, r: [0.0] * len(r), gen, seed=1,
+                           samples_per_prompt=2, reference_path=path)
+    assert same["kl"] == 0.0 and same["kl_se"] == 0.0
+    plain = evaluate_policy(path, ["the cat", "a dog"], lambda p, r: [0.0] * len(r), gen, seed=1, samples_per_prompt=2)
+    assert "kl" not in plain and plain["mean_response_chars"] == same["mean_response_chars"]

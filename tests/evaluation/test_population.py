@@ -73,6 +73,12 @@ def test_population_vary_reward_and_training_on_the_oracle(testbed, tmp_path):
     assert [(r["training_seed"], r["noise_seed"], r["vary"]) for r in van] == [(0, 0, "reward"), (0, 1, "reward")]
     # the same training seed and a different reward draw: the policies are not the same
     assert van[0]["kl_mean"] != van[1]["kl_mean"]
+    # each row: the final policy's KL on its evaluation samples, the β and steps it trained with
+    for r in van:
+        assert r["kl"] > 0 and r["kl_se"] > 0 and r["beta"] == 0.5 and r["steps"] == 2 and r["kl_last5_mean"] is not None
+    ref = [r for r in rows if r["method"] == "reference"]
+    assert all(r["kl"] == 0.0 and r["beta"] is None for r in ref)
+    assert (tmp_path / "r" / "config.yaml").exists()
     rows = run_population(EMBEDDED, over, 2, tmp_path / "t", workers=1, methods=["vanilla"], vary="training")
     van = sorted((r for r in rows if r["method"] == "vanilla"), key=lambda r: r["seed"])
     assert [(r["training_seed"], r["noise_seed"]) for r in van] == [(0, 0), (1, 0)]
@@ -86,3 +92,19 @@ def test_worker_threads_respects_omp_num_threads():
     assert worker_threads(8, 2, {}) == 4 and worker_threads(2, 4, {}) == 1
     assert worker_threads(2, 1, {"OMP_NUM_THREADS": "1"}) == 1  # three populations on two cores
     assert worker_threads(8, 2, {"OMP_NUM_THREADS": "0"}) == 4 and worker_threads(8, 2, {"OMP_NUM_THREADS": "x"}) == 4
+
+
+def test_a_resumed_population_keeps_its_declared_primary_test(tmp_path):
+    """The primary test is declared before a population runs (OUT/config.yaml); resuming it with
+    another declaration is refused before any job starts."""
+    from varpo.config import ConfigError, load_config, save_resolved
+    from varpo.defaults import EMBEDDED
+    from varpo.evaluation.population import run_population
+
+    over = ["reward.type=oracle", "evaluation.primary_test=[mcnemar_runaway]"]
+    save_resolved(load_config(EMBEDDED, over), tmp_path)
+    with pytest.raises(ConfigError, match="declared evaluation.primary_test=\\['mcnemar_runaway'\\]"):
+        run_population(EMBEDDED, ["reward.type=oracle", "evaluation.primary_test=[brown_forsythe]"], 2, tmp_path)
+    with pytest.raises(ConfigError, match="runaway_margin"):
+        run_population(EMBEDDED, [*over, "evaluation.runaway_margin=0.3"], 2, tmp_path)
+    assert not (tmp_path / "policies").exists()

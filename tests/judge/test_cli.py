@@ -63,7 +63,8 @@ def test_drop_policy_writes_error_rows(server, tmp_path):
     assert res.exit_code == 0, res.output
     out = [json.loads(x) for x in (tmp_path / "out" / "scores.jsonl").read_text().splitlines()]
     assert "reward" in out[0] and "error" not in out[0]
-    assert set(out[1]) == {"index", "error"} and "in.jsonl:2" in out[1]["error"]
+    assert set(out[1]) == {"index", "prompt", "response", "error"} and "in.jsonl:2" in out[1]["error"]
+    assert (out[1]["prompt"], out[1]["response"]) == (rows[1]["prompt"], rows[1]["response"])  # kept as given
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["n_failed"] == 1
 
 
@@ -78,10 +79,10 @@ def test_fail_policy_names_the_row(server, tmp_path):
 
 
 @pytest.mark.parametrize("line,expect", [
-    ('{"prompt": "p", "response": ', "in.jsonl:2: not valid JSON"),
-    ('["p", "r"]', "in.jsonl:2: expected a JSON object"),
-    ('{"prompt": "p"}', "in.jsonl:2: field 'response' must be a string (missing)"),
-    ('{"prompt": 3, "response": "r"}', "in.jsonl:2: field 'prompt' must be a string (got int)"),
+    ('{"prompt": "p", "response": ', "in.jsonl, line 2: invalid JSON"),
+    ('["p", "r"]', "in.jsonl, line 2: expected a JSON object"),
+    ('{"prompt": "p"}', "in.jsonl, line 2, field 'response': missing"),
+    ('{"prompt": 3, "response": "r"}', "in.jsonl, line 2, field 'prompt': expected a non-empty string or a list"),
 ])
 def test_bad_input_line(server, tmp_path, line, expect):
     inp = _write(tmp_path / "in.jsonl", [{"prompt": "p", "response": "r"}, line])

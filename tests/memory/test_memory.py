@@ -72,7 +72,7 @@ def test_meta_param_count_matches_instantiated_model(name):
 def test_value_and_ensemble_heads_are_counted_like_the_real_modules():
     from transformers import AutoModel
 
-    from varpo.ppo.models import ValueModel
+    from varpo.models.value_head import ValueModel
 
     conf = _tiny_configs()["llama_tied"]
     critic = ValueModel(AutoModel.from_config(conf))

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from varpo.adapters import BNB_CPU_MIN, check_environment
 from varpo.cli import app
 from varpo.config import ConfigError, load_config
+from varpo.config.environment import BNB_CPU_MIN, check_environment
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -47,7 +47,7 @@ def test_4bit_is_refused_where_bitsandbytes_cannot_run_it():
         with pytest.raises(ConfigError, match=r"load_in_4bit=true: the bitsandbytes package is not installed"):
             check_environment(cfg)
     else:
-        from varpo.adapters import _version_tuple
+        from varpo.config.environment import _version_tuple
 
         ok = not NO_CUDA or _version_tuple(importlib.metadata.version("bitsandbytes")) >= BNB_CPU_MIN
         if ok:
@@ -58,14 +58,17 @@ def test_4bit_is_refused_where_bitsandbytes_cannot_run_it():
 
 
 def test_prompts_through_the_chat_template_when_asked_and_present(testbed):
-    from varpo.ppo.models import load_tokenizer
-    from varpo.ppo.rollout import tokenize_prompts
+    from varpo.models.loading import load_tokenizer
+    from varpo.ppo.tokens import tokenize_prompts
 
     tok = load_tokenizer(str(testbed.model_path))
     prompts = list(testbed.train_prompts[:3])
     raw = tokenize_prompts(tok, prompts, 64, "cpu")
-    # no template: the switch changes nothing
-    assert all(torch.equal(a, b) for a, b in zip(raw[:2], tokenize_prompts(tok, prompts, 64, "cpu", True)[:2]))
+    # no template: asking for it is an error, not a silent fallback to raw text
+    from varpo.data.chat import NoChatTemplate
+
+    with pytest.raises(NoChatTemplate, match="data.chat_template=true, and the policy's tokenizer has no chat template"):
+        tokenize_prompts(tok, prompts, 64, "cpu", True)
     tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
                          "{% if add_generation_prompt %}<|assistant|> {% endif %}")
     ids, mask, _ = tokenize_prompts(tok, prompts, 64, "cpu", True)

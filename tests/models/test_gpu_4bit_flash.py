@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from varpo.adapters import BNB_CPU_MIN, _version_tuple
+from varpo.config.environment import BNB_CPU_MIN, _version_tuple
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 BNB_CPU = HAS_BNB and _version_tuple(importlib.metadata.version("bitsandbytes")) >= BNB_CPU_MIN

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from varpo.adapters import attach_lora, lora_targets, merged_state_dict, param_counts
+from varpo.models.loading import param_counts
+from varpo.models.lora import attach_lora, lora_targets, merged_state_dict
 
 from .conftest import ARCHS, arch_config
 
@@ -70,11 +71,11 @@ def test_merged_state_is_a_plain_model_computing_the_adapted_one(testbed, arch):
 def _engines(cfg_overrides, tiny_policy):
     from varpo import dist
     from varpo.config import load_config
-    from varpo.ppo.models import build_actor, build_critic, build_reference
+    from varpo.ppo.roles import build_actor, build_critic, build_reference
 
     cfg = load_config(None, [f"model.policy_path={tiny_policy}", "ppo.batch_size=4", "ppo.mini_batch_size=4",
                              *cfg_overrides])
-    dist.init_distributed(cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
+    dist.join(cfg.deepspeed)
     actor = build_actor(cfg, tiny_policy, 1)
     return cfg, actor, build_reference(cfg, tiny_policy, 1, actor=actor), build_critic(cfg, tiny_policy, 1)
 
@@ -82,7 +83,7 @@ def _engines(cfg_overrides, tiny_policy):
 def test_reference_from_base_is_the_initial_policy_and_only_adapters_train(tiny_models):
     from transformers import AutoModelForCausalLM
 
-    from varpo.ppo.models import ReferenceFromBase
+    from varpo.ppo.roles import ReferenceFromBase
 
     path = tiny_models["llama"]
     cfg, actor, ref, critic = _engines(["model.lora.enabled=true", "model.lora.r=4", "model.lora.critic=true",
@@ -114,8 +115,8 @@ def test_reference_from_base_is_the_initial_policy_and_only_adapters_train(tiny_
 def test_attn_implementation_reaches_every_model(tiny_models, tmp_path, impl):
     from transformers import AutoTokenizer
 
-    from varpo.adapters import attn_kwargs
     from varpo.config import load_config
+    from varpo.models.loading import attn_kwargs
     from varpo.reward.model import EnsembleRewardModel
     from varpo.reward.scorer import load_scorer
 

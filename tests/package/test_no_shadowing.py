@@ -30,7 +30,8 @@ def path_roots() -> list[Path]:
         if not (REPO / top).is_dir():
             continue
         for d in [REPO / top, *(REPO / top).rglob("*")]:
-            if d.is_dir() and not (SKIP_DIRS & set(d.relative_to(REPO).parts)) and not d.name.startswith(".") \
+            parts = d.relative_to(REPO).parts  # no virtual environment (.venv-trl, ...) or cache below a dot folder
+            if d.is_dir() and not (SKIP_DIRS & set(parts)) and not any(x.startswith(".") for x in parts) \
                     and any(d.glob("*.py")):
                 roots.append(d)
     return roots

@@ -50,7 +50,7 @@ def test_user_logger_and_early_stop(make_cfg, prompts, tmp_path, word_scorer):
     cfg = make_cfg("ppo.steps=5", "ppo.checkpoint_every=1", "ppo.variance.weighting=batch_mean",
                    "ppo.log_samples_every=1")
     user = UserLogger(stop_after=2)
-    trainer = PPOTrainer(cfg, tmp_path, prompts=prompts, policy_path=cfg.model.policy_path, scorer=word_scorer(),
+    trainer = PPOTrainer.from_config(cfg, tmp_path, prompts=prompts, policy_path=cfg.model.policy_path, scorer=word_scorer(),
                          callbacks=[user])
     assert not any(isinstance(cb, WandbLogger) for cb in trainer.callbacks.callbacks)  # off by default
     summary = trainer.train()
@@ -112,7 +112,7 @@ def test_wandb_is_optional_and_its_absence_is_a_clear_error(make_cfg, prompts, t
     monkeypatch.setitem(sys.modules, "wandb", None)  # what an environment without wandb looks like to import
     cfg = make_cfg("ppo.wandb.enabled=true")
     with pytest.raises(ConfigError, match=r"ppo\.wandb\.enabled: true needs the wandb package"):
-        PPOTrainer(cfg, tmp_path, prompts=prompts, policy_path=cfg.model.policy_path, scorer=word_scorer())
+        PPOTrainer.from_config(cfg, tmp_path, prompts=prompts, policy_path=cfg.model.policy_path, scorer=word_scorer())
     assert make_cfg().ppo.wandb.enabled is False
 
 

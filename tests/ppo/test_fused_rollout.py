@@ -7,8 +7,10 @@ import torch
 from varpo.config import KernelsConfig, load_config
 from varpo.ppo import core
 from varpo.ppo.experience import Experience
-from varpo.ppo.gen_logprobs import GenerationLogprobs
-from varpo.ppo.rollout import generate, response_logits, tokenize_prompts
+from varpo.ppo.forward import response_logits
+from varpo.ppo.generation.hf import generate
+from varpo.ppo.generation.logprobs import GenerationLogprobs
+from varpo.ppo.tokens import tokenize_prompts
 
 
 @pytest.mark.parametrize("temperature,min_new,lora", [(1.0, 0, False), (0.7, 3, False), (0.7, 2, True)])
@@ -61,14 +63,10 @@ def test_fused_shaping_equals_the_plain_steps(make_cfg, prompts, tmp_path, word_
     out = {}
     for fused in (True, False):
         cfg = make_cfg(*base, f"kernels.fused_shaping={str(fused).lower()}")
-        tr = PPOTrainer(cfg, tmp_path / str(fused), prompts=prompts, policy_path=cfg.model.policy_path,
+        tr = PPOTrainer.from_config(cfg, tmp_path / str(fused), prompts=prompts, policy_path=cfg.model.policy_path,
                         scorer=word_scorer())
-        exp = tr.rollout(0)
-        tr.score(exp)
-        tr.forward_passes(exp)
+        exp = tr.experience.make(0)
         assert ("weighted_kl_sum" in exp.extras) == fused
-        tr.shape(exp)
-        tr.advantages(exp)
         out[fused] = exp
     a, b = out[True], out[False]
     assert torch.equal(a.response_ids, b.response_ids)
@@ -87,11 +85,12 @@ def test_without_generation_logprobs_the_actor_forward_carries_the_shaping(make_
     from varpo.ppo.trainer import PPOTrainer
 
     cfg = make_cfg("generation.logprobs_from_generate=false", "ppo.variance.weighting=batch_mean")
-    tr = PPOTrainer(cfg, tmp_path, prompts=prompts, policy_path=cfg.model.policy_path, scorer=word_scorer())
-    exp = tr.rollout(0)
+    tr = PPOTrainer.from_config(cfg, tmp_path, prompts=prompts, policy_path=cfg.model.policy_path, scorer=word_scorer())
+    exp = tr.experience.rollout(0)
     assert isinstance(exp, Experience) and exp.logp is None
-    tr.score(exp)
-    tr.forward_passes(exp)
+    tr.experience.score(exp)
+    tr.experience.weigh(exp)
+    tr.experience.forward_passes(exp)
     assert "weighted_kl_sum" in exp.extras
     torch.testing.assert_close(exp.kl, (exp.logp - exp.ref_logp) * exp.response_mask, rtol=1e-5, atol=1e-6)
 

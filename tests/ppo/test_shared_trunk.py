@@ -1,14 +1,15 @@
 """model.critic=shared_trunk: the critic as a value head on the actor's own trunk, one engine and
-one optimizer (varpo.ppo.models.PolicyWithValueHead), on tiny real models and real DeepSpeed
+one optimizer (varpo.models.value_head.PolicyWithValueHead), on tiny real models and real DeepSpeed
 engines (CPU). The 2-rank ZeRO-3 check is in test_multirank.py."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from varpo.models.value_head import PolicyWithValueHead
 from varpo.outputs import read_jsonl, without_timings
-from varpo.ppo.models import PolicyWithValueHead
-from varpo.ppo.rollout import response_logits, response_values
+from varpo.ppo.critic import ValueHeadCritic
+from varpo.ppo.forward import response_logits, response_values
 
 _rows, _strip = read_jsonl, without_timings
 
@@ -16,7 +17,7 @@ _rows, _strip = read_jsonl, without_timings
 def _trainer(cfg, out, prompts, scorer):
     from varpo.ppo.trainer import PPOTrainer
 
-    return PPOTrainer(cfg, out, prompts=prompts, policy_path=cfg.model.policy_path, scorer=scorer)
+    return PPOTrainer.from_config(cfg, out, prompts=prompts, policy_path=cfg.model.policy_path, scorer=scorer)
 
 
 def _reference_values(trunk, weight, bias, rows):
@@ -67,14 +68,15 @@ def test_rollout_values_come_from_the_actor_trunk(make_cfg, prompts, tmp_path, w
 
     cfg = make_cfg("model.critic=shared_trunk", f"generation.logprobs_from_generate={str(from_generate).lower()}")
     tr = _trainer(cfg, tmp_path, prompts, word_scorer())
-    assert tr.critic is None and tr.shared_trunk
+    assert isinstance(tr.critic, ValueHeadCritic) and tr.critic.engines == {} and tr.actor.with_values
     head = tr.actor.module.value_head
     with torch.no_grad():
         head.weight.normal_(generator=torch.Generator().manual_seed(3))
         head.bias.fill_(-0.2)
-    exp = tr.rollout(0)
-    tr.score(exp)
-    tr.forward_passes(exp)
+    exp = tr.experience.rollout(0)
+    tr.experience.score(exp)
+    tr.experience.weigh(exp)
+    tr.experience.forward_passes(exp)
     trunk = AutoModel.from_pretrained(cfg.model.policy_path, dtype=torch.float64).eval()
     # the actor's current weights (transformer.* of the causal LM) in the float64 backbone
     lm_state = tr.actor.module.policy.state_dict()
@@ -165,7 +167,7 @@ def test_shared_trunk_with_lora(make_cfg, prompts, tmp_path, word_scorer):
     trainable = {n for n, p in tr.actor.module.named_parameters() if p.requires_grad}
     assert {"value_head.weight", "value_head.bias"} <= trainable
     assert all("lora_" in n or n.startswith("value_head.") for n in trainable)
-    lrs = sorted(g["lr"] for g in tr.actor.optimizer.param_groups)
+    lrs = sorted(g["lr"] for g in tr.actor.engine.optimizer.param_groups)
     assert lrs == [cfg.ppo.actor_lr, cfg.ppo.critic_lr]  # the head in its own group at critic_lr
     base_before = {n: p.detach().clone() for n, p in tr.actor.module.named_parameters() if not p.requires_grad}
     summary = tr.train()

@@ -6,7 +6,8 @@ import torch
 
 from varpo.masks import position_ids_from_mask
 from varpo.outputs import read_jsonl, without_timings
-from varpo.ppo.rollout import response_logits, response_mask_from_ids
+from varpo.ppo.forward import response_logits
+from varpo.ppo.tokens import response_mask_from_ids
 
 _rows, _strip = read_jsonl, without_timings
 
@@ -14,7 +15,7 @@ _rows, _strip = read_jsonl, without_timings
 def _train(cfg, out, prompts, scorer):
     from varpo.ppo.trainer import PPOTrainer
 
-    return PPOTrainer(cfg, out, prompts=prompts, policy_path=cfg.model.policy_path, scorer=scorer).train()
+    return PPOTrainer.from_config(cfg, out, prompts=prompts, policy_path=cfg.model.policy_path, scorer=scorer).train()
 
 
 def test_response_mask_matches_loop():
@@ -90,7 +91,8 @@ def test_training_writes_metrics_and_policy(make_cfg, prompts, tmp_path, word_sc
     assert [r["step"] for r in rows] == [0, 1, 2]
     for key in ("score_mean", "variance_mean", "kl_mean", "weighted_kl_mean", "kl_coef", "entropy", "clipfrac",
                 "approx_kl", "value_loss", "returns_mean", "response_length", "episodes_per_s", "tokens_per_s",
-                "time/generate", "time/score", "time/reference", "time/value", "time/update", "time/step_cpu"):
+                "time/generate", "time/score", "time/reference", "time/value", "time/shape", "time/update",
+                "time/step_cpu"):
         assert key in rows[-1] and rows[-1][key] == rows[-1][key], key
     assert all(0 < r["time/step_cpu"] for r in rows)
     # the summary's throughput is the mean over the steps; its `final` is the last step's metrics
@@ -146,8 +148,9 @@ def test_resume_is_exact(make_cfg, prompts, tmp_path, word_scorer):
     exactly where the uninterrupted run does. keep_last=2 prunes the older checkpoints."""
     from varpo import checkpoint as ckpt
 
+    # prompts cut to 3 tokens: the truncation counter must carry on across the resume too
     common = ("ppo.checkpoint_every=1", "checkpoint.keep_last=2", "ppo.variance.weighting=running_mean",
-              "ppo.kl.controller=adaptive")
+              "ppo.kl.controller=adaptive", "generation.max_prompt_len=3")
     full = make_cfg("ppo.steps=4", *common)
     _train(full, tmp_path / "full", prompts, word_scorer())
     # an interrupted run: stops after 3 steps (checkpoints at 1, 2, 3; 1 pruned)
@@ -165,6 +168,7 @@ def test_resume_is_exact(make_cfg, prompts, tmp_path, word_scorer):
     ref, got = _rows(tmp_path / "full" / "metrics.jsonl"), _rows(tmp_path / "part" / "metrics.jsonl")
     assert [r["step"] for r in got] == [0, 1, 2, 3]
     assert [_strip(r) for r in got] == [_strip(r) for r in ref]
+    assert 0 < got[1]["truncated_prompts"] < got[3]["truncated_prompts"]
 
 
 def test_non_finite_scores_skip_then_stop(make_cfg, prompts, tmp_path, word_scorer):

@@ -19,20 +19,23 @@ def gathered_bytes(params) -> int:
 
 
 def run_mode(out: Path, mode: str, overrides: list[str], steps: int, rank: int) -> dict:
+    import torch
     from conftest import WordScorer  # tests/ppo: scores the tiny vocabulary (the gold reward gives it 0)
     from deepspeed.comm import comm as dscomm
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
     from varpo.config import load_config
-    from varpo.engines import GroupedGather
     from varpo.outputs import without_timings
     from varpo.ppo import resolve_sources
-    from varpo.ppo.rollout import generate, tokenize_prompts
+    from varpo.ppo.generation.hf import generate
+    from varpo.ppo.generation.zero3_gather import GroupedGather
+    from varpo.ppo.tokens import tokenize_prompts
     from varpo.ppo.trainer import PPOTrainer
+    from varpo.seeds import derive_seed
 
     cfg = load_config(None, [*overrides, f"generation.zero3_gather={mode}"])
     policy_path, prompts, _, _ = resolve_sources(cfg)
-    trainer = PPOTrainer(cfg, out / mode, prompts=prompts, policy_path=policy_path, scorer=WordScorer())
+    trainer = PPOTrainer.from_config(cfg, out / mode, prompts=prompts, policy_path=policy_path, scorer=WordScorer())
     actor = trainer.actor.module
     params = list(actor.parameters())
     peak = [0]
@@ -41,10 +44,10 @@ def run_mode(out: Path, mode: str, overrides: list[str], steps: int, rank: int) 
         peak[0] = max(peak[0], gathered_bytes(params))
 
     hooks = [h for m in actor.modules() for h in (m.register_forward_pre_hook(watch), m.register_forward_hook(watch))]
-    trainer._seed_step(0)
-    ids, mask, _ = tokenize_prompts(trainer.tokenizer, trainer._batch_prompts(0), cfg.generation.max_prompt_len,
+    torch.manual_seed(derive_seed("sampling", cfg.seed, 0, rank))  # as the trainer's rollout of step 0
+    ids, mask, _ = tokenize_prompts(trainer.tokenizer, trainer.experience.batch_prompts(0), cfg.generation.max_prompt_len,
                                     trainer.device)
-    ro = generate(trainer.actor, trainer.tokenizer, ids, mask, cfg.generation)
+    ro = generate(trainer.actor.engine, trainer.tokenizer, ids, mask, cfg.generation)
     for h in hooks:
         h.remove()
     still_gathered = [p.ds_id for p in params if p.ds_status != ZeroParamStatus.NOT_AVAILABLE]
@@ -54,7 +57,7 @@ def run_mode(out: Path, mode: str, overrides: list[str], steps: int, rank: int) 
     n = 1 + 3 * rank
     dscomm.configure(enabled=True, prof_all=True)
     dscomm.comms_logger.comms_dict = {}
-    uneven = generate(trainer.actor, trainer.tokenizer, ids, mask,
+    uneven = generate(trainer.actor.engine, trainer.tokenizer, ids, mask,
                       cfg.generation.model_copy(update={"min_new_tokens": n, "max_new_tokens": n}))
     all_gathers = sum(c[0] for op, sizes in dscomm.comms_logger.comms_dict.items() if op.startswith("all_gather")
                       for c in sizes.values())

@@ -14,7 +14,8 @@ from varpo.config import ConfigError, load_config
 from varpo.defaults import EMBEDDED
 from varpo.outputs import read_jsonl
 from varpo.reward.deep import DeepEnsembleRewardModel
-from varpo.reward.model import EnsembleRewardModel, load_reward_model
+from varpo.reward.load import load_reward_model
+from varpo.reward.model import EnsembleRewardModel
 
 from .conftest import llama_config, make_tokenizer
 

@@ -87,7 +87,7 @@ def tiny_backbone_dir(overrides: list[str]) -> Path:
 def _initial_state(backbone_dir: Path, trained_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     """The weights before training: the backbone checkpoint (a CausalLM; the ensemble saves its base
     model, so without the `model.` prefix) and heads drawn from the seeds the ensemble recorded."""
-    from varpo.reward.model import init_heads, read_config
+    from varpo.reward.ensemble import init_heads, read_config
 
     raw = load_file(str(backbone_dir / "model.safetensors"))
     backbone = {k.removeprefix("model."): v for k, v in raw.items() if k.startswith("model.")}

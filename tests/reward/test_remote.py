@@ -246,7 +246,6 @@ def test_health_route_and_protocol_doc(server):
 def test_ppo_with_a_remote_reward_logs_the_in_process_rewards(ensemble, in_process, server, tiny_backbone, tmp_path):
     """A PPO run with reward.type=remote (direct protocol, the reference server over real HTTP): every
     logged (prompt, response) rescored by the same ensemble in-process gives the logged s and σ²."""
-    from varpo.config import load_config
     from varpo.ppo import train_ppo
 
     prompts = tmp_path / "prompts.jsonl"

@@ -152,3 +152,39 @@ def test_prior_kind_with_standardised_members(tmp_path, rm_overrides, pair_files
     torch.testing.assert_close(per_head.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-4, rtol=0)
     torch.testing.assert_close(per_head.std(0), torch.ones(4, dtype=torch.float64), atol=1e-4, rtol=0)
     assert r["ensemble_accuracy"] > 0.75  # standardising (a monotone map per member) kept what was learnt
+
+
+def test_reward_training_calls_the_same_callbacks_as_ppo(tmp_path, rm_overrides):
+    """A user's TrainerCallback (varpo.callbacks) sees reward training's train and eval rows as the
+    train log has them, every checkpoint, the report, and can stop the run early."""
+    from varpo.callbacks import TrainerCallback
+    from varpo.errors import NonFiniteError
+
+    class User(TrainerCallback):
+        def __init__(self):
+            self.events, self.rows = [], []
+
+        def on_train_begin(self, trainer):
+            self.events.append(("begin", trainer.step))
+
+        def on_step_end(self, metrics):
+            self.rows.append(metrics)
+            if self.state.step == 7:
+                self.stop("enough")
+
+        def on_evaluate(self, metrics):
+            self.rows.append(metrics)
+
+        def on_checkpoint_saved(self, path):
+            self.events.append(("checkpoint", path.name))
+
+        def on_train_end(self, summary):
+            self.events.append(("end", summary["steps"]))
+
+    user = User()
+    r = train_reward_model(load_config(EMBEDDED, [*rm_overrides, "reward_training.checkpoint_every=4"]), tmp_path,
+                           callbacks=[user])
+    assert r["steps"] == 7 and user.events == [("begin", 0), ("checkpoint", "step_00000004"),
+                                               ("checkpoint", "step_00000007"), ("end", 7)]
+    assert json.loads(json.dumps(user.rows)) == read_jsonl(tmp_path / "train_log.jsonl")
+    assert [row["kind"] for row in user.rows].count("eval") == 2 and NonFiniteLossError is NonFiniteError

@@ -22,11 +22,11 @@ PROBE_STEP = 10_000  # the probe's sampling seeds never coincide with a training
 
 
 def plain_logp(model, ro, temperature: float):
-    """Log-probs of the engine's samples under a plain HF model (varpo.ppo.rollout.response_logits,
-    as PPOTrainer._logprobs computes them for the actor)."""
+    """Log-probs of the engine's samples under a plain HF model (varpo.ppo.forward.response_logits,
+    as the actor role computes them, varpo.ppo.actor.CausalLMRole.logprobs)."""
     import torch
 
-    from varpo.ppo.rollout import response_logits
+    from varpo.ppo.forward import response_logits
 
     with torch.no_grad():
         logits = response_logits(model, ro, temperature).float()
@@ -44,7 +44,7 @@ def make_probe(out: Path, probe_prompts: list[str], initial):
 
     from varpo.engines import gathered_params
     from varpo.ppo import TrainerCallback
-    from varpo.ppo.rollout import tokenize_prompts
+    from varpo.ppo.tokens import tokenize_prompts
 
     class Probe(TrainerCallback):
         def on_train_begin(self, trainer) -> None:

@@ -26,9 +26,9 @@ def _cfg(path, *overrides):
 def setup(tiny_llama, prompts):
     from transformers import AutoModelForCausalLM
 
+    from varpo.models.loading import load_tokenizer
     from varpo.ppo.generation import build_rollout_engine
-    from varpo.ppo.models import load_tokenizer
-    from varpo.ppo.rollout import tokenize_prompts
+    from varpo.ppo.tokens import tokenize_prompts
 
     cfg = _cfg(tiny_llama)
     tok = load_tokenizer(tiny_llama)
@@ -40,11 +40,11 @@ def setup(tiny_llama, prompts):
 
 
 def _trainer_logp(cfg, actor, ro, eos_id=2):
-    """The trainer's forward (varpo.ppo.rollout.response_logits, as PPOTrainer._logprobs) turned
-    into the distribution vLLM samples from: temperature, and EOS masked for the first
+    """The trainer's forward (varpo.ppo.forward.response_logits, as varpo.ppo.actor.CausalLMRole.logprobs)
+    turned into the distribution vLLM samples from: temperature, and EOS masked for the first
     min_new_tokens positions (vLLM's processed log-probs include that masking; the trainer's
     old log-probs do not)."""
-    from varpo.ppo.rollout import response_logits
+    from varpo.ppo.forward import response_logits
 
     with torch.no_grad():
         logits = response_logits(actor, ro, cfg.generation.temperature).float().clone()

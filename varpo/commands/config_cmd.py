@@ -12,13 +12,16 @@ def register(app: typer.Typer) -> None:
     grp = typer.Typer(help="Inspect and validate configurations.", no_args_is_help=True)
 
     @grp.command("show")
-    def show(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt) -> None:
+    def show(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt,
+             doc: bool = typer.Option(False, "--doc", help="each field's description and allowed values as a "
+                                      "comment above it")) -> None:
         """Print the fully resolved config (defaults + file + overrides) as YAML, secrets redacted."""
         import yaml
 
-        from ..config import redacted_dict
+        from ..config import documented_yaml, redacted_dict
 
-        typer.echo(yaml.safe_dump(redacted_dict(load(config, set_)), sort_keys=False))
+        cfg = load(config, set_)
+        typer.echo(documented_yaml(cfg) if doc else yaml.safe_dump(redacted_dict(cfg), sort_keys=False))
 
     @grp.command("check")
     def check(config: Path = typer.Argument(..., help="YAML config file"), set_: list[str] | None = SetOpt) -> None:

@@ -15,8 +15,10 @@ def register(app: typer.Typer) -> None:
     def estimate_memory_cmd(
         config: Path | None = ConfigOpt,
         set_: list[str] | None = SetOpt,
-        num_gpus_per_node: int = typer.Option(1, "--num-gpus-per-node", min=1, help="GPUs (ranks) per node"),
-        num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="nodes"),
+        num_gpus_per_node: int | None = typer.Option(
+            None, "--num-gpus-per-node", min=1, help="GPUs (ranks) per node (default 1; with --find-min-gpus, 8: the "
+            "node size the search fills before adding nodes)"),
+        num_nodes: int | None = typer.Option(None, "--num-nodes", min=1, help="nodes (default 1)"),
         hostfile: Path | None = typer.Option(
             None, "--hostfile", help="DeepSpeed hostfile ('host slots=N' lines); replaces --num-nodes/--num-gpus-per-node"),
         reward_model_config: Path | None = typer.Option(
@@ -25,17 +27,36 @@ def register(app: typer.Typer) -> None:
             None, "--gpu-memory-gib", help="memory of one GPU (e.g. 80): adds a fits/does-not-fit verdict"),
         out: Path | None = typer.Option(None, "--out", "-o", help="write OUT/memory.json"),
         as_json: bool = typer.Option(False, "--json", help="print the JSON plan on stdout"),
+        find_min_gpus: bool = typer.Option(
+            False, "--find-min-gpus", help="how many GPUs of --gpu-memory-gib the config needs: the smallest world "
+            "size the trainer accepts (dividing ppo.batch_size and ppo.mini_batch_size) whose per-rank peak fits, "
+            "filling one node of --num-gpus-per-node GPUs before adding whole nodes"),
     ) -> None:
         """Per-rank memory for actor, critic (trainable), reference and reward (frozen).
 
         Parameter counts come from the model configs (built on the meta device, no weights);
         model states from DeepSpeed's ZeRO estimators; activations and KV cache are estimates
         (formulas in varpo/memory.py). The table is also written as JSON (--out or --json)."""
+        from ..config import ConfigError
         from ..memory import Cluster, plan, read_hostfile
 
         cfg = load(config, set_)
-        cluster = read_hostfile(hostfile) if hostfile else Cluster(num_nodes, num_gpus_per_node)
-        result = plan(cfg, cluster, reward_model_config, gpu_memory_gib)
+        if find_min_gpus:
+            if gpu_memory_gib is None:
+                raise ConfigError("--find-min-gpus needs --gpu-memory-gib: the memory of one GPU, e.g. 80")
+            if hostfile or num_nodes:
+                raise ConfigError("--find-min-gpus chooses the number of nodes itself: drop --hostfile/--num-nodes")
+            from ..memory import find_min_gpus as search
+
+            found = search(cfg, gpu_memory_gib, num_gpus_per_node or 8, reward_model_config)
+            result = {**found["plan"], "find_min_gpus": {k: v for k, v in found.items() if k != "plan"}}
+        else:
+            default_world = not hostfile and num_nodes is None and num_gpus_per_node is None
+            cluster = read_hostfile(hostfile) if hostfile else Cluster(num_nodes or 1, num_gpus_per_node or 1)
+            result = plan(cfg, cluster, reward_model_config, gpu_memory_gib)
+            if default_world:
+                result["note"] = ("world of 1 node × 1 GPU (no --num-nodes/--num-gpus-per-node/--hostfile given); "
+                                  "name your cluster, or --find-min-gpus with --gpu-memory-gib")
         result["config"] = str(config) if config else "defaults"
         result["overrides"] = list(set_ or [])
         show(result)
@@ -81,3 +102,16 @@ def show(result: dict) -> None:
         console.print(f"roles without a model in the process group: {', '.join(result['omitted_roles'])}", highlight=False)
     console.print("activations and KV cache are estimates; CPU bytes = DeepSpeed's per-node figure / GPUs per node",
                   highlight=False)
+    if "note" in result:
+        console.print(f"note: {result['note']}", highlight=False)
+    search = result.get("find_min_gpus")
+    if search:
+        print_table(f"world sizes tried with {search['gpu_memory_gib']} GiB per GPU",
+                    [{k: t[k] for k in ("world_size", "num_nodes", "gpus_per_node", "gpu_gib_peak_phase", "fits")}
+                     for t in search["tried"]], fmt="{:.3f}")
+        if search["min_gpus"] is not None:
+            console.print(f"needs {search['min_gpus']} GPU(s) of {search['gpu_memory_gib']} GiB "
+                          f"({c['num_nodes']} node(s) × {c['gpus_per_node']}); the plan above is that world's",
+                          highlight=False)
+        else:
+            console.print(f"does not fit: {search['why']}", highlight=False)

@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
         """Reference runs and the vanilla population once (OUT/base), the variance-aware population
         at each α (OUT/scale_<α>), one shared reward ensemble (OUT/reward); results are saved per
         policy, so a killed sweep resumes. Writes OUT/heterogeneity.json and OUT/heterogeneity.md."""
-        from ..defaults import EMBEDDED
+        from ..config import load_config
+        from ..defaults import config_or_default
         from ..evaluation.heterogeneity import (
             heterogeneity_markdown,
             parse_scales,
@@ -32,14 +33,16 @@ def register(app: typer.Typer) -> None:
             scale_name,
         )
         from ..outputs import console, print_table, write_json
+        from ..preflight import check_population
 
         alphas = parse_scales(scales)
+        check_population(load_config(config_or_default(config), set_ or []))  # paths, before any worker starts
         command = shlex.join([
             "varpo", "heterogeneity", "--scales", ",".join(scale_name(a) for a in alphas), "--seeds", str(seeds),
             "--out", str(out), *(["--config", str(config)] if config else []),
             *[x for o in set_ or [] for x in ("--set", o)], *(["--workers", str(workers)] if workers else []),
         ])
-        report = run_heterogeneity(config or EMBEDDED, set_ or [], alphas, seeds, out, workers=workers)
+        report = run_heterogeneity(config_or_default(config), set_ or [], alphas, seeds, out, workers=workers)
         report["command"] = command
         write_json(out / "heterogeneity.json", report)
         (out / "heterogeneity.md").write_text(heterogeneity_markdown(report, command))

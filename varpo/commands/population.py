@@ -20,15 +20,31 @@ def register(app: typer.Typer) -> None:
         vary: str = typer.Option("both", "--vary", help="what differs between members: both (training seed and, "
                                  "with reward.type=oracle, the noise draw), training (one noise draw for all), "
                                  "reward (one training seed for all; only the oracle's noise draw differs)"),
+        kl_match: Path | None = typer.Option(None, "--kl-match", help="a kl_match.json (`varpo kl-match`): every method "
+                                             "trains at its matched β"),
     ) -> None:
         """Train and evaluate a population; results land in OUT/policies/<method>/seed_<k>.json as they
         finish (a killed run resumes). Then `varpo stats OUT` computes the paper's tables."""
-        from ..defaults import EMBEDDED
+        from ..config import load_config
+        from ..defaults import config_or_default
         from ..evaluation.population import run_population, summarize
         from ..outputs import print_table, write_json
+        from ..preflight import check_population
 
-        rows = run_population(config or EMBEDDED, set_ or [], seeds, out, workers=workers, methods=methods,
-                              vary=vary)
+        overrides = list(set_ or [])
+        config = config_or_default(config)
+        if kl_match is not None:
+            import shutil
+
+            from ..evaluation.kl_match import read_kl_match
+
+            overrides += read_kl_match(kl_match, load_config(config, overrides).evaluation.methods)
+        check_population(load_config(config, overrides))  # paths, before any worker starts or file is written
+        if kl_match is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            if kl_match.resolve() != (out / "kl_match.json").resolve():
+                shutil.copy(kl_match, out / "kl_match.json")  # the β per method the population trained with
+        rows = run_population(config, overrides, seeds, out, workers=workers, methods=methods, vary=vary)
         summary = summarize(rows)
         write_json(out / "population.json", summary)
         print_table(f"population ({out}/population.json)", [{"method": m, **v} for m, v in summary.items()])

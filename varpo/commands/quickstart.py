@@ -23,12 +23,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the whole pipeline on the embedded default and write OUT/report.json."""
         from ..config import ConfigError
-        from ..defaults import EMBEDDED, OVEROPT
+        from ..defaults import EMBEDDED, OVEROPT, config_or_default
 
         tasks = {"sentiment": EMBEDDED, "overopt": OVEROPT}
         if task not in tasks:
             raise ConfigError(f"--task {task!r}: expected one of {sorted(tasks)}")
-        run(out, seeds, config or tasks[task], set_ or [])
+        run(out, seeds, config_or_default(config, tasks[task]), set_ or [])
 
 
 def run(out: Path, seeds: int, config, overrides: list[str]) -> dict:
@@ -38,10 +38,13 @@ def run(out: Path, seeds: int, config, overrides: list[str]) -> dict:
     from ..testbed import build_testbed
 
     t_start = time.perf_counter()
-    from ..defaults import EMBEDDED
+    from ..defaults import config_or_default
 
-    config = config or EMBEDDED
+    config = config_or_default(config)
     cfg = load_config(config, overrides)
+    from ..preflight import check_population
+
+    check_population(cfg)  # model, tokenizer and reward paths, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out)
     console.rule("1/3 testbed")

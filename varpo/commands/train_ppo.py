@@ -5,28 +5,30 @@ from pathlib import Path
 
 import typer
 
-from .common import ConfigOpt, OutOpt, SetOpt, load
+from .common import AllowChangeOpt, ConfigOpt, OutOpt, OverwriteOpt, SetOpt, load
 
 
 def register(app: typer.Typer) -> None:
     @app.command("train-ppo")
-    def train_ppo_cmd(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, out: Path = OutOpt) -> None:
+    def train_ppo_cmd(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, out: Path = OutOpt,
+                      overwrite: bool = OverwriteOpt, allow_config_change: bool = AllowChangeOpt) -> None:
         """Train a policy with PPO (vanilla, or variance-aware with ppo.variance.weighting != none).
 
         Writes OUT/metrics.jsonl (one row per step), OUT/tensorboard, OUT/checkpoints,
-        OUT/policy (HF folder) and OUT/summary.json; resumes from OUT/checkpoints if present."""
+        OUT/policy (HF folder) and OUT/summary.json; resumes an interrupted run from
+        OUT/checkpoints when its configuration agrees; refuses to replace a finished one."""
         cfg = load(config, set_)
-        run(cfg, out)
+        run(cfg, out, overwrite=overwrite, allow_config_change=allow_config_change)
 
 
-def run(cfg, out: Path) -> dict:
+def run(cfg, out: Path, **folder_opts) -> dict:
     from ..outputs import print_table
     from ..ppo import train_ppo
 
-    summary = train_ppo(cfg, out)
+    summary = train_ppo(cfg, out, **folder_opts)
     final = summary.get("final", {})
     keys = ["score_mean", "variance_mean", "kl_mean", "weighted_kl_mean", "kl_coef", "entropy", "gold_mean",
-            "episodes_per_s", "tokens_per_s"]
+            "eval/reward_mean", "eval/variance_mean", "eval/gold_mean", "episodes_per_s", "tokens_per_s"]
     print_table(f"PPO after {summary['steps']} steps ({out}/summary.json)",
                 [{"metric": k, "value": float(final[k])} for k in keys if k in final])
     return summary

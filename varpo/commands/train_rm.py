@@ -5,25 +5,34 @@ from pathlib import Path
 
 import typer
 
-from .common import ConfigOpt, OutOpt, SetOpt, load
+from .common import AllowChangeOpt, ConfigOpt, OutOpt, OverwriteOpt, SetOpt, load
 
 
 def register(app: typer.Typer) -> None:
     @app.command("train-rm")
-    def train_rm(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, out: Path = OutOpt) -> None:
+    def train_rm(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt, out: Path = OutOpt,
+                 overwrite: bool = OverwriteOpt, allow_config_change: bool = AllowChangeOpt) -> None:
         """Train a K-member reward ensemble, a Bradley–Terry loss each (the embedded task's pairs by
         default): K linear heads on one backbone (reward_training.ensemble_kind heads or prior) or K
         backbones of their own (deep). Writes OUT/rm_report.json, OUT/disagreement.png, OUT/reward_model/
         (point reward.path at it), OUT/train_log.jsonl and the resolved config."""
-        run(load(config, set_), out)
+        run(load(config, set_), out, overwrite=overwrite, allow_config_change=allow_config_change)
 
 
-def run(cfg, out: Path) -> dict:
+def run(cfg, out: Path, *, overwrite: bool = False, allow_config_change: bool = False) -> dict:
+    """Check the backbone and the output folder before anything starts (varpo.preflight,
+    varpo.run_folder: a finished run is refused unless `overwrite`, an interrupted one resumed only
+    with the configuration it was started with unless `allow_config_change`), then train."""
     from .. import dist
     from ..outputs import print_table, write_json
+    from ..preflight import check_reward_training
     from ..reward.train import train_reward_model
+    from ..run_folder import REWARD, decide
 
-    r = train_reward_model(cfg, out)
+    check_reward_training(cfg)
+    decision = decide(out, cfg, REWARD, overwrite=overwrite, allow_config_change=allow_config_change,
+                      has_checkpoint=None if cfg.reward_training.resume else False)
+    r = train_reward_model(cfg, out, decision=decision)
     if dist.rank() != 0:
         return r
     rows = [{"head": str(k), "eval_accuracy": a} for k, a in enumerate(r["head_accuracy"])]

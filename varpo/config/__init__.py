@@ -4,7 +4,15 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from .checkpoint import CheckpointConfig
-from .core import ConfigError, Section, build_config, config_hash, redacted_dict, save_resolved
+from .core import (
+    ConfigError,
+    Section,
+    build_config,
+    config_hash,
+    documented_yaml,
+    redacted_dict,
+    save_resolved,
+)
 from .data import DataConfig
 from .deepspeed import DeepSpeedConfig, RoleEngineConfig
 from .evaluation import EvaluationConfig
@@ -52,12 +60,25 @@ class VarpoConfig(Section):
         return self
 
 
+    @model_validator(mode="after")
+    def _variance_weighting_needs_a_variance(self):
+        # one reward model gives σ² = 0 everywhere: batch_mean/running_mean would divide 0 by ~0 and
+        # weight every KL penalty by 0, raw would drop it outright
+        if self.reward.type == "sequence_classifier" and self.ppo.variance.weighting != "none":
+            raise ValueError(f"ppo.variance.weighting={self.ppo.variance.weighting} with reward.type="
+                             "sequence_classifier: one reward model gives σ² = 0, so every KL penalty would be "
+                             "weighted by 0; use weighting=none, or train heads on the model (varpo train-rm --set "
+                             "reward_training.backbone_path=...) for a σ²")
+        return self
+
+
 def load_config(path=None, overrides=None) -> VarpoConfig:
     return build_config(VarpoConfig, path, overrides)
 
 
 __all__ = [
-    "CheckpointConfig", "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "load_config",
+    "CheckpointConfig", "ConfigError", "Section", "VarpoConfig", "build_config", "config_hash", "documented_yaml",
+    "load_config",
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
     "PPOConfig", "VarianceWeightConfig", "VLLMConfig", "WandbConfig", "ModelLoraConfig", "QuantizationConfig",

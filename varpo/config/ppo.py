@@ -6,10 +6,13 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .core import Section
+from .lora import LoraConfig
 
 
 class KLConfig(Section):
-    estimator: Literal["k1", "k2", "k3"] = Field("k1", description="per-token KL estimator in the shaped reward")
+    estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="per-token KL estimator in the shaped reward: k1 = r, k2 = r²/2, k3 = e^{−r} − 1 + r of "
+        "r = log π − log π_ref (varpo_kernels.weighted_kl.kl_from_log_ratio, the one definition every path uses)")
     beta: float = Field(0.1, ge=0.0, description="initial KL coefficient (β)")
     controller: Literal["fixed", "adaptive"] = Field("fixed", description="fixed β, or Ziegler et al.'s adaptive controller")
     target: float = Field(6.0, gt=0.0, description="adaptive controller: target KL per sequence (nats)")
@@ -65,8 +68,16 @@ class PPOConfig(Section):
     batch_size: int = Field(16, ge=1, description="prompts per iteration, global across ranks")
     mini_batch_size: int = Field(8, ge=1, description="sequences per optimizer step, global across ranks")
     ppo_epochs: int = Field(2, ge=1, description="passes over each rollout batch")
-    actor_lr: float = Field(1e-5, gt=0.0)
-    critic_lr: float = Field(1e-5, gt=0.0)
+    actor_lr: float = Field(1e-5, gt=0.0, description="peak learning rate of the actor (AdamW)")
+    critic_lr: float = Field(1e-5, gt=0.0, description="peak learning rate of the critic (or of a shared trunk's "
+                             "value head)")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="learning-rate schedule of actor and critic over the run's optimizer steps, after "
+        "the warm-up: constant, linear decay or cosine decay to lr_min_ratio × the peak (a torch LambdaLR stepped "
+        "by the DeepSpeed engines and saved in their checkpoints)")
+    lr_warmup_steps: int = Field(0, ge=0, description="PPO steps of linear warm-up from 0 to the peak learning rate")
+    lr_min_ratio: float = Field(0.0, ge=0.0, le=1.0, description="linear/cosine: the final learning rate as a share "
+                                "of the peak")
     weight_decay: float = Field(0.0, ge=0.0)
     gamma: float = Field(1.0, ge=0.0, le=1.0, description="GAE discount")
     lam: float = Field(0.95, ge=0.0, le=1.0, description="GAE λ")
@@ -87,12 +98,25 @@ class PPOConfig(Section):
     missing_eos_penalty: float | None = Field(None, description="subtracted from s when a response has no EOS")
     kl: KLConfig = KLConfig()
     variance: VarianceWeightConfig = VarianceWeightConfig()
-    checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: only at the end)")
+    checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: only at the "
+                                  "end); the run's last checkpoint is always written, so raising ppo.steps continues it")
+    eval_every: int = Field(
+        0, ge=0, description="every N PPO steps (and after the last), sample one response per held-out prompt "
+        "(data.eval_prompts_path, the prompt dataset's eval split, or the testbed's) and log eval/score_mean, "
+        "eval/variance_mean (σ² of the reward) and, where the task has one, eval/gold_mean with the step's "
+        "metrics (metrics.jsonl, TensorBoard, W&B); 0: off")
+    eval_prompts: int = Field(64, ge=1, description="held-out prompts per evaluation (the first N)")
     max_consecutive_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before the run stops")
     log_samples_every: int = Field(
         10, ge=0, description="every N steps, rank 0's prompts, responses, score and σ² to OUT/samples.jsonl and "
         "TensorBoard text (and W&B when enabled); 0: never")
     wandb: WandbConfig = WandbConfig()
+
+    @model_validator(mode="after")
+    def _warmup_within_the_run(self):
+        if self.lr_warmup_steps > self.steps:
+            raise ValueError(f"lr_warmup_steps ({self.lr_warmup_steps}) exceeds steps ({self.steps})")
+        return self
 
     @model_validator(mode="after")
     def _minibatches_divide(self):
@@ -177,22 +201,15 @@ class GenerationConfig(Section):
 
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
-LoraTargets = list[str] | Literal["auto", "all-linear"]
 
 
-class ModelLoraConfig(Section):
+class ModelLoraConfig(LoraConfig):
     """LoRA adapters (peft) on the actor and optionally the critic: only the adapters (and the
     critic's value head) train, the base weights stay frozen."""
 
     enabled: bool = Field(False, description="train LoRA adapters on the actor instead of all its weights")
-    r: int = Field(8, ge=1, description="adapter rank")
-    alpha: int = Field(16, ge=1, description="scaling numerator: the update is (alpha / r)·B·A")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="adapter dropout (PPO disables every dropout of the "
                            "actor so rollout and update log-probs agree; kept for fidelity to the paper's value)")
-    target_modules: LoraTargets = Field(
-        "auto", description="module names to adapt; auto: peft's per-architecture choice (q_proj, v_proj for Llama, "
-        "Qwen2, Mistral; c_attn for GPT-2), all-linear for an architecture peft has no entry for; all-linear: "
-        "every linear layer but the output head")
     critic: bool = Field(False, description="also give the critic LoRA adapters (its value head trains in full); "
                          "False: the critic is fully fine-tuned")
     reference_from_base: bool = Field(

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .core import Section
+from .lora import LoraConfig
 from .remote_reward import RemoteRewardConfig
 
 
@@ -19,13 +20,18 @@ class OracleConfig(Section):
 
 
 class RewardConfig(Section):
-    type: Literal["ensemble", "judge", "gold", "oracle", "remote"] = Field(
+    type: Literal["ensemble", "judge", "gold", "oracle", "sequence_classifier", "remote"] = Field(
         "ensemble", description="where (score, σ²) come from: a trained ensemble, interval judges, the testbed's "
-        "gold (σ² = 0), the oracle (gold + noise with a known σ², reward.oracle), or a reward server apart from "
-        "the trainer (reward.remote)")
+        "gold (σ² = 0), the oracle (gold + noise with a known σ², reward.oracle), a Hugging Face "
+        "sequence-classification reward model (reward.path: AutoModelForSequenceClassification with one label, as "
+        "TRL's RewardTrainer writes it; one score, σ² = 0; for σ², train heads on it with varpo train-rm --set "
+        "reward_training.backbone_path=...), or a reward server apart from the trainer (reward.remote)")
     oracle: OracleConfig = OracleConfig()
     remote: RemoteRewardConfig = RemoteRewardConfig()
-    path: str | None = Field(None, description="trained ensemble folder; None: the embedded task's default ensemble")
+    path: str | None = Field(None, description="type ensemble: a trained ensemble folder (varpo train-rm's "
+                             "OUT/reward_model; None: the embedded task's default ensemble, refused with a policy "
+                             "of your own); type sequence_classifier: the reward model's folder or cached name; "
+                             "type remote: see reward.remote")
     aggregation: Literal["mean", "median", "min", "mean_minus_var", "mean_minus_std"] = Field(
         "mean", description="score s from the K head rewards: mean (the paper), median, min (worst case), "
         "mean − λ·var, or mean − k·std (lower confidence bound)",
@@ -37,24 +43,21 @@ class RewardConfig(Section):
     max_length: int = Field(96, ge=2, description="tokens of prompt+response scored (longer texts keep their end)")
 
     @model_validator(mode="after")
-    def _remote_is_complete(self):
+    def _a_reward_model_needs_its_folder(self):
+        if self.type == "sequence_classifier" and not self.path:
+            raise ValueError("reward.type=sequence_classifier needs reward.path: the reward model's folder "
+                             "(AutoModelForSequenceClassification, num_labels 1)")
         if self.type == "remote":
             self.remote.check(self.path)
         return self
 
 
-class LoraConfig(Section):
+class RewardLoraConfig(LoraConfig):
     # on by default: the embedded testbed LM is too small for its frozen features to separate the
     # pairs linearly (measured: a fully converged logistic probe on frozen last-token states reaches
     # 0.57 held-out accuracy; LoRA + heads reach 0.75, with the label noise capping it near 0.8)
-    enabled: bool = Field(True, description="train LoRA adapters on the backbone (False: the backbone stays frozen, only the heads train)")
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
-        "auto", description="module names to adapt; auto: peft's per-architecture choice (the attention's query and "
-        "value projections: q_proj, v_proj for Llama, Qwen2, Mistral; c_attn for GPT-2), all-linear for an "
-        "architecture peft has no entry for; all-linear: every linear layer of the backbone")
+    enabled: bool = Field(True, description="train LoRA adapters on the backbone (False: the backbone stays frozen, "
+                          "only the heads train)")
 
 
 class RewardTrainingConfig(Section):
@@ -87,9 +90,11 @@ class RewardTrainingConfig(Section):
     eval_batch_size: int = Field(128, ge=1, description="pairs per forward while evaluating")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between DeepSpeed checkpoints under OUT/checkpoints (0: only at the end)")
     resume: bool = Field(True, description="continue from OUT/checkpoints when a previous run left one")
-    separator: str = Field(" ", description="scored text = prompt + separator + response (saved with the model, used by the scorer)")
+    separator: str = Field(" ", description="scored text = prompt + separator + response (saved with the model, used "
+                           "by the scorer; also what a reward.type=sequence_classifier model is given); a prompt "
+                           "rendered by a chat template takes no separator")
     max_train_pairs: int | None = Field(None, ge=1, description="use at most this many training pairs (a limited budget makes heads disagree)")
-    lora: LoraConfig = LoraConfig()
+    lora: RewardLoraConfig = RewardLoraConfig()
 
     @model_validator(mode="after")
     def _deep_random_members_train_their_backbones(self):

@@ -8,20 +8,30 @@ from __future__ import annotations
 
 import math
 import statistics as st
+import time
 from pathlib import Path
 
 from ..outputs import console, write_json
 
-# measured (benchmarks/results/overoptimization/README.md): with the paper's heads ensemble, whether a
-# policy at small β leaves the pairs' support depends on its seed (one of two never did, even at KL 117),
-# so a two-seed mean cannot fall by 3 SE. The ensemble with random prior heads is easier to exploit:
-# at β = 0.01 both seeds fell to the reference's gold (0.52-0.55) while β = 0.3 peaked at 0.715, a fall
-# of 10.9 SE in 40 steps. β = 1 sits below the peak, so the peak is interior.
-DEFAULT_BETAS = (0.01, 0.05, 0.3, 1.0)
-DEFAULT_STEPS = 0  # 0: the config's ppo.steps (40 in varpo/defaults/overopt.yaml)
+# measured (experiments/overoptimization/README.md, "kl-sweep defaults"): a deep ensemble (five
+# whole backbones from their own seeds) is the proxy PPO over-optimizes reliably on this task. At 80
+# steps its vanilla policies at β = 0.01 leave the pairs' support (KL 30-60, gold near 0) while
+# β = 0.1 sits at the gold's peak (KL ≈ 4) and β = 1 below it (KL < 1), so the peak is interior. The
+# prior-heads ensemble these defaults used before stopped over-optimizing on later code (gold rising
+# monotonically to β = 0.01), and the heads ensemble's fall is bimodal over seeds.
+DEFAULT_BETAS = (0.01, 0.1, 1.0)
+DEFAULT_STEPS = 80  # 0: the config's ppo.steps
 # with the default config, the ensemble a sweep trains when reward.path is not set (`varpo kl-sweep`
 # without --config; an override of the user's wins)
-DEFAULT_OVERRIDES = ("reward_training.ensemble_kind=prior",)
+DEFAULT_OVERRIDES = ("reward_training.ensemble_kind=deep", "reward_training.lora.enabled=false",
+                     "reward_training.num_heads=5", "reward_training.backbone_lr=3e-3")
+
+
+def seed_overrides(seed: int) -> list[str]:
+    """`--seed S`: the run's seed (bootstrap, data order, LoRA init) and the ensemble's member
+    seeds (head_seed, 100·S + k) change, so each S trains its own reward ensemble; the policies are
+    population members 1000·S + k (see `run_kl_sweep`). S = 0 is the sweep without --seed."""
+    return [f"seed={seed}", f"reward_training.head_seed={100 * seed}"] if seed else []
 
 
 def method_name(method: str, beta: float) -> str:
@@ -41,7 +51,9 @@ def _point(method: str, beta: float | None, rows: list[dict]) -> dict:
            if (r.get("calibration") or {}).get("spearman_sigma2_sqerr") is not None]
     growth = [r["sigma2_growth"] for r in rows if r.get("sigma2_growth") is not None]
     return {"method": method, "beta": beta, "n_seeds": n,
-            "kl_mean": st.fmean(r.get("kl_mean") or 0.0 for r in rows),
+            # KL(π ‖ π_ref) per sequence on the evaluation samples (`kl`); rows made before it existed
+            # carry only the last training step's batch estimate (`kl_mean`)
+            "kl_mean": st.fmean(r["kl"] if r.get("kl") is not None else (r.get("kl_mean") or 0.0) for r in rows),
             "gold_mean": st.fmean(gold), "gold_se": max(se_seeds, se_eval),
             "proxy_mean": st.fmean(proxy) if proxy else None,
             "spearman_sigma2_sqerr": st.fmean(rho) if rho else None,
@@ -133,15 +145,17 @@ def with_defaults(overrides: list[str], steps: int | None, defaults: tuple[str, 
 
 def run_kl_sweep(config_path, overrides: list[str], out: Path, betas: list[float], seeds: int,
                  methods: list[str] | None = None, workers: int | None = None, best_of: int = 0,
-                 best_of_prompts: int = 64, steps: int | None = None, defaults: tuple[str, ...] = ()) -> dict:
+                 best_of_prompts: int = 64, steps: int | None = None, defaults: tuple[str, ...] = (),
+                 seed: int = 0) -> dict:
     """Train/evaluate every (method, β, seed) as a population member under OUT/population (resumable),
     then write OUT/kl_sweep.json and OUT/kl_sweep.png. `steps`: PPO steps per policy (None: the
     config's ppo.steps); `defaults`: overrides applied before the caller's (DEFAULT_OVERRIDES for the
     default config); an override in `overrides` wins over both."""
     from ..config import ConfigError, load_config
     from .population import REFERENCE, ensure_reward_model, run_population
+    from .provenance import run_context
 
-    overrides = with_defaults(overrides, steps, defaults)
+    overrides = with_defaults([*seed_overrides(seed), *overrides], steps, defaults)
     cfg = load_config(config_path, overrides)
     names = list(methods or cfg.evaluation.methods)
     unknown = set(names) - set(cfg.evaluation.methods)
@@ -153,14 +167,22 @@ def run_kl_sweep(config_path, overrides: list[str], out: Path, betas: list[float
     import json
 
     sweep_overrides = [*overrides, f"evaluation.methods={json.dumps(swept)}"]
-    rows = run_population(config_path, sweep_overrides, seeds, out / "population", workers=workers)
+    t0 = time.perf_counter()
+    rows = run_population(config_path, sweep_overrides, seeds, out / "population", workers=workers,
+                          first_seed=1000 * seed)
     points = [_point(m, b, [r for r in rows if r["method"] == method_name(m, b)]) for m in names for b in betas]
     ref_rows = [r for r in rows if r["method"] == REFERENCE]
     if ref_rows:
         points.append({**_point(REFERENCE, None, ref_rows), "kl_mean": 0.0})
     if best_of > 1:
         points += best_of_n(load_config(config_path, overrides), best_of, best_of_prompts)
+    digests = [r.get("policy_sha256") for r in rows if r.get("policy_sha256") and r["method"] != REFERENCE]
+    if len(set(digests)) < len(digests):  # two (method, β, seed) members with one policy: a bug, not a result
+        raise RuntimeError(f"{out}/population: two members share one policy's weights (policy_sha256)")
     result = {"task": cfg.testbed.task, "reward": cfg.reward.type, "betas": list(betas), "seeds": seeds,
+              "seed": seed, "member_seeds": [1000 * seed, 1000 * seed + seeds - 1],
+              "ensemble_kind": cfg.reward_training.ensemble_kind if cfg.reward.type == "ensemble" else None,
+              "steps": cfg.ppo.steps, "seconds": time.perf_counter() - t0, "context": run_context(),
               "points": points, "overoptimization": {m: overoptimization(points, m) for m in [*names, "best_of_n"]
                                                      if any(p["method"] == m for p in points)}}
     write_json(out / "kl_sweep.json", result)

@@ -72,11 +72,12 @@ def true_reward_fn(cfg: VarpoConfig):
 
 
 def eval_prompts(cfg: VarpoConfig) -> list[str]:
-    if cfg.data.eval_prompts_path:
-        from ..data import load_prompts
+    rows = None
+    if cfg.data.eval_prompts_path or cfg.data.prompts_path:  # the user's held-out prompts (or eval split)
+        from ..ppo import resolve_eval_prompts
 
-        rows = load_prompts(cfg.data.eval_prompts_path, column=cfg.data.prompt_column, skip_bad_rows=cfg.data.skip_bad_rows).rows
-    else:
+        rows = resolve_eval_prompts(cfg, cfg.model.policy_path or "the testbed LM")
+    if rows is None:
         from ..testbed import build_testbed
 
         rows = list(build_testbed(cfg.testbed, progress=False).eval_prompts)
@@ -109,6 +110,15 @@ def _over_steps(metrics_path: Path, keys: tuple[str, ...]) -> dict:
         vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
         out[f"{k}_over_steps"] = sum(vals) / len(vals) if vals else None
     return out
+
+
+def _last_mean(metrics_path: Path, key: str, window: int) -> float | None:
+    """Mean of a logged metric over a run's last `window` steps (the last step alone is one batch)."""
+    from ..outputs import read_jsonl
+
+    rows = read_jsonl(metrics_path) if metrics_path.exists() else []
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))][-window:]
+    return sum(vals) / len(vals) if vals else None
 
 
 def _sigma2_growth(metrics_path: Path, window: int = 5) -> dict:
@@ -146,33 +156,55 @@ def _job(config_path, overrides: list[str], method: str, seed: int, out: str, th
     out_p = Path(out)
     base = load_config(config_path, overrides)
     member = member_overrides(base, seed, vary)
+    from ..ppo import resolve_sources
+
     if method == REFERENCE:
         cfg = load_config(config_path, [*overrides, *member])
-        from ..ppo import resolve_sources
-
         policy_path, extra = resolve_sources(cfg)[0], {"kl_mean": 0.0}
+        reference_path = None  # π_ref against itself: kl is 0 by definition
     else:
         method_overrides = base.evaluation.methods[method]
         cfg = load_config(config_path, [*overrides, *method_overrides, *member])
         from ..ppo import train_ppo
 
         run_dir = out_p / "runs" / method / f"seed_{seed}"
-        summary = train_ppo(cfg, run_dir)
+        summary = train_ppo(cfg, run_dir, reuse_finished=True)  # trained before a kill: kept, not redone
         final = summary["final"]
         policy_path = summary["policy_path"]
         extra = {k: final.get(k) for k in ("kl_mean", "weighted_kl_mean", "score_mean", "variance_mean", "gold_mean")}
         extra.update(_over_steps(run_dir / "metrics.jsonl", ("weight_mean", "weight_std")))
+        extra["kl_last5_mean"] = _last_mean(run_dir / "metrics.jsonl", "kl_mean", 5)
+        reference_path = resolve_sources(cfg)[0]
         extra.update(_sigma2_growth(run_dir / "metrics.jsonl"))
     # evaluation sampling is seeded apart from training, identically across methods
     ev = evaluate_policy(policy_path, eval_prompts(cfg), true_reward_fn(cfg), cfg.generation,
                          seed=1_000_000 + seed, batch_size=cfg.evaluation.eval_batch_size,
                          samples_per_prompt=cfg.evaluation.samples_per_prompt, chat_template=cfg.data.chat_template,
-                         load_kw=_eval_load_kwargs(cfg), proxy=_proxy(cfg))
+                         load_kw=_eval_load_kwargs(cfg), proxy=_proxy(cfg), reference_path=reference_path)
+    if reference_path is None:
+        ev.update({"kl": 0.0, "kl_se": 0.0})
     row = {"method": method, "seed": seed, "vary": vary, "training_seed": cfg.seed,
+           "beta": None if method == REFERENCE else cfg.ppo.kl.beta, "steps": None if method == REFERENCE else cfg.ppo.steps,
            "noise_seed": cfg.reward.oracle.noise_seed if cfg.reward.type == "oracle" else None,
-           **ev, **extra, "policy_path": str(policy_path)}
+           **ev, **extra, "policy_path": str(policy_path), "policy_sha256": _weights_digest(Path(policy_path))}
     write_json(result_path(out_p, method, seed), row)
     return row
+
+
+def _weights_digest(folder: Path) -> str | None:
+    """SHA-256 of a policy folder's weight files: two result rows with the same digest are one
+    policy (a results folder that reuses another's policies shows it)."""
+    import hashlib
+
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def worker_threads(cores: int, n_workers: int, env) -> int:
@@ -184,24 +216,38 @@ def worker_threads(cores: int, n_workers: int, env) -> int:
 
 
 def run_population(config_path, overrides: list[str], seeds: int, out: Path, workers: int | None = None,
-                   methods: list[str] | None = None, reference: bool = True, vary: str = "both") -> list[dict]:
+                   methods: list[str] | None = None, reference: bool = True, vary: str = "both",
+                   first_seed: int = 0) -> list[dict]:
     """Train and evaluate `seeds` policies per method plus (unless `reference` is False)
-    `seeds` reference runs under `out`; `vary` says what differs between members (VARY)."""
+    `seeds` reference runs under `out`, members first_seed … first_seed + seeds − 1; `vary` says
+    what differs between members (VARY)."""
     cfg = load_config(config_path, overrides)
     member_overrides(cfg, 0, vary)  # a bad --vary fails here, before any job
     marker = out / "vary.txt"  # results of one kind of population must not mix with another's
     if marker.exists() and marker.read_text().strip() != vary:
         raise ConfigError(f"{marker}: this folder holds a population with --vary {marker.read_text().strip()}, "
                           f"not {vary}; choose another --out")
+    declared = out / "config.yaml"  # the population's configuration, its primary test(s) included
+    if declared.exists():
+        before = load_config(declared).evaluation
+        if (list(before.primary_test), before.runaway_margin) != (list(cfg.evaluation.primary_test),
+                                                                 cfg.evaluation.runaway_margin):
+            raise ConfigError(f"{declared}: this population declared evaluation.primary_test={list(before.primary_test)} "
+                              f"and runaway_margin={before.runaway_margin} before it ran; a resumed run may not change them "
+                              f"(got {list(cfg.evaluation.primary_test)}, {cfg.evaluation.runaway_margin})")
     out.mkdir(parents=True, exist_ok=True)
     if not marker.exists():  # written once: a resumed population leaves its folder as it was
         marker.write_text(vary + "\n")
+    if not declared.exists():
+        from ..config import save_resolved
+
+        save_resolved(cfg, out)
     overrides = [*overrides, *ensure_reward_model(cfg, out)]
     unknown = set(methods or []) - set(cfg.evaluation.methods)
     if unknown:
         raise ConfigError(f"--methods: {sorted(unknown)} not in evaluation.methods ({sorted(cfg.evaluation.methods)})")
     names = ([REFERENCE] if reference else []) + list(methods or cfg.evaluation.methods)
-    jobs = [(m, s) for s in range(seeds) for m in names]
+    jobs = [(m, s) for s in range(first_seed, first_seed + seeds) for m in names]
     done = [json.loads(result_path(out, m, s).read_text()) for m, s in jobs if result_path(out, m, s).exists()]
     todo = [(m, s) for m, s in jobs if not result_path(out, m, s).exists()]
     if done:
@@ -236,8 +282,10 @@ def summarize(rows: list[dict]) -> dict:
     for method in dict.fromkeys(r["method"] for r in rows):
         r = [x["reward"] for x in rows if x["method"] == method]
         kl = [x["kl_mean"] for x in rows if x["method"] == method and x.get("kl_mean") is not None]
+        seq_kl = [x["kl"] for x in rows if x["method"] == method and x.get("kl") is not None]
         out[method] = {"gold_reward_mean": st.fmean(r), "gold_reward_var": st.variance(r) if len(r) > 1 else 0.0,
-                       "n_policies": len(r), "kl_mean": st.fmean(kl) if kl else 0.0}
+                       "n_policies": len(r), "kl_mean": st.fmean(kl) if kl else 0.0,
+                       "kl": st.fmean(seq_kl) if seq_kl else None}
         # the proxy and its σ² calibration on this method's evaluation samples, when they were scored
         rows_m = [x for x in rows if x["method"] == method]
         for key, get in (("proxy_mean", lambda x: x.get("proxy_mean")),

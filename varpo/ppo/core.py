@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from varpo_kernels.weighted_kl import kl_from_log_ratio
 
 from ..masks import last_token_index
 
@@ -114,22 +115,14 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
 
 # ---------------------------------------------------------------------------- KL and σ² weights
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
-
-
 def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
     """Per-token estimate of KL(π‖π_ref) at the sampled token, from r = log π − log π_ref
     (Schulman 2020): k1 = r (unbiased, can be negative), k2 = ½r² (biased, low variance, ≥ 0),
-    k3 = e^{−r} − 1 + r (unbiased, ≥ 0). [B, T] → [B, T]; the caller masks padding."""
+    k3 = e^{−r} − 1 + r (unbiased, ≥ 0). [B, T] → [B, T]; the caller masks padding. The estimators
+    are the kernels' own (varpo_kernels.weighted_kl.kl_from_log_ratio), so the fused shaping pass
+    and this unfused path compute the same k3."""
     _check_same_shape(logp=logp, ref_logp=ref_logp)
-    r = _float(logp) - _float(ref_logp)
-    if estimator == "k1":
-        return r
-    if estimator == "k2":
-        return 0.5 * r * r
-    if estimator == "k3":
-        return torch.expm1(-r) + r  # expm1 keeps precision when r ≈ 0
-    raise ValueError(f"unknown KL estimator {estimator!r} (expected one of {', '.join(KL_ESTIMATORS)})")
+    return kl_from_log_ratio(_float(logp) - _float(ref_logp), estimator)
 
 
 VARIANCE_MODES = ("none", "raw", "batch_mean", "running_mean")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..callbacks import TrainerCallback
 from ..config import ConfigError, redacted_dict
 from ..outputs import append_jsonl, read_jsonl
-from .callbacks import TrainerCallback
 
 
 class MetricsJsonl(TrainerCallback):
@@ -51,12 +51,11 @@ class SampleTable(TrainerCallback):
     """Every `every` steps, rank 0's prompts, responses, score s and σ² as JSONL rows (one per
     sample, with its step) and as a TensorBoard text table of the first `max_rows`."""
 
-    def __init__(self, path: str | Path, every: int, step, tensorboard: TensorBoardLogger | None = None,
+    def __init__(self, path: str | Path, every: int, tensorboard: TensorBoardLogger | None = None,
                  max_rows: int = 16):
         if every < 1:
             raise ValueError(f"SampleTable: every must be ≥ 1, got {every}")
-        # `step()`: the trainer's current step (also right when train_step is driven without train())
-        self.path, self.every, self.step, self.tensorboard, self.max_rows = Path(path), every, step, tensorboard, max_rows
+        self.path, self.every, self.tensorboard, self.max_rows = Path(path), every, tensorboard, max_rows
 
     def on_train_begin(self, trainer) -> None:
         if trainer.step == 0:
@@ -66,7 +65,7 @@ class SampleTable(TrainerCallback):
             self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def on_rollout_scored(self, prompts: list[str], responses: list[str], experience) -> None:
-        step = self.step()
+        step = self.state.step
         if step % self.every:
             return
         rows = [{"step": step, "prompt": p, "response": r, "score": float(s), "variance": float(v), "valid": bool(ok)}
@@ -94,19 +93,19 @@ class WandbLogger(TrainerCallback):
     is optional: it is imported only when enabled, and its absence is a clear error then. The
     API key comes from the environment (WANDB_API_KEY, or `wandb login`), never from the config."""
 
-    def __init__(self, cfg, out_dir: str | Path, step, samples_every: int = 0):
+    def __init__(self, cfg, out_dir: str | Path, samples_every: int = 0):
         try:
             import wandb
         except ImportError:
             raise ConfigError("ppo.wandb.enabled: true needs the wandb package, which is not installed "
                               "(pip install wandb), or set ppo.wandb.enabled=false") from None
         w = cfg.ppo.wandb
-        self.wandb, self.samples_every, self.step = wandb, samples_every, step
+        self.wandb, self.samples_every = wandb, samples_every
         self.run = wandb.init(project=w.project, entity=w.entity, name=w.run_name, mode=w.mode, dir=str(out_dir),
                               config=redacted_dict(cfg), resume="allow", id=w.run_id)
 
     def on_rollout_scored(self, prompts, responses, experience) -> None:
-        step = self.step()
+        step = self.state.step
         if not self.samples_every or step % self.samples_every:
             return
         table = self.wandb.Table(columns=["prompt", "response", "score", "variance"],
@@ -120,3 +119,22 @@ class WandbLogger(TrainerCallback):
 
     def on_train_end(self, summary: dict) -> None:
         self.run.finish()
+
+
+def output_callbacks(cfg, out_dir: str | Path) -> list[TrainerCallback]:
+    """varpo's own outputs of a PPO run under `out_dir` (rank 0's): the resolved config.yaml,
+    metrics.jsonl, TensorBoard, the sample table (ppo.log_samples_every) and W&B (ppo.wandb.enabled).
+    A logger that cannot start (wandb missing) fails here, before any model loads."""
+    from ..config import save_resolved
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    p = cfg.ppo
+    tb = TensorBoardLogger(out / "tensorboard")
+    own: list[TrainerCallback] = [MetricsJsonl(out / "metrics.jsonl"), tb]
+    if p.log_samples_every:
+        own.append(SampleTable(out / "samples.jsonl", p.log_samples_every, tensorboard=tb))
+    if p.wandb.enabled:
+        own.append(WandbLogger(cfg, out, samples_every=p.log_samples_every))
+    return own

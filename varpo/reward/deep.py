@@ -25,13 +25,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from varpo_kernels import EnsembleStats, ensemble_stats
 
-from .model import (
+from .ensemble import (
     CONFIG_NAME,
     HEADS_NAME,
-    POOLINGS,
+    RewardEnsemble,
+    check_pooling,
     init_heads,
+    member_seeds,
     pool,
     read_folder_config,
     takes_position_ids,
@@ -52,7 +53,7 @@ class MemberHeads(nn.Linear):
         return torch.einsum("kbh,kh->bk", h, self.weight) + self.bias
 
 
-class DeepEnsembleRewardModel(nn.Module):
+class DeepEnsembleRewardModel(RewardEnsemble):
     """forward(input_ids [B, T], attention_mask [B, T]) → member rewards [B, K] (float32), or with
     stats_ddof the rewards and their EnsembleStats (variance over members at that ddof)."""
 
@@ -61,24 +62,18 @@ class DeepEnsembleRewardModel(nn.Module):
         super().__init__()
         if len(backbones) < 1:
             raise ValueError("a deep ensemble needs at least one member")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        seeds = list(head_seeds)
-        if len(seeds) != len(backbones) or len(set(seeds)) != len(seeds):
-            raise ValueError(f"head_seeds must be {len(backbones)} distinct seeds, got {seeds}")
+        self._set_members(member_seeds(len(backbones), head_seeds, 0), pooling, ddof, separator)
         hidden = {b.config.hidden_size for b in backbones}
         if len(hidden) != 1:
             raise ValueError(f"deep-ensemble members must share one hidden size, got {sorted(hidden)}")
         self.members = nn.ModuleList(backbones)
-        self.num_heads, self.head_seeds, self.pooling, self.ddof, self.separator = len(seeds), seeds, pooling, ddof, separator
         self.init = init
         self.prior_scale = 0.0  # no prior functions: the members' own initialisations play that part
         self.heads = MemberHeads(hidden.pop(), self.num_heads, dtype=torch.float32)
-        init_heads(self.heads.weight, self.heads.bias, seeds)
-        self.register_buffer("member_shift", torch.zeros(self.num_heads))
-        self.register_buffer("member_scale", torch.ones(self.num_heads))
+        init_heads(self.heads.weight, self.heads.bias, self.head_seeds)
+        self._register_standardization()
         self._takes_position_ids = takes_position_ids(backbones[0])
 
     # ------------------------------------------------------------------ construction
@@ -95,7 +90,8 @@ class DeepEnsembleRewardModel(nn.Module):
             raise ValueError(f"num_members must be ≥ 1, got {num_members}")
         if init not in INITS:
             raise ValueError(f"reward_training.deep_init must be one of {INITS}, got {init!r}")
-        seeds = list(head_seeds) if head_seeds is not None else [head_seed + k for k in range(num_members)]
+        check_pooling(kw.get("pooling", "mean"))  # before any member is built
+        seeds = member_seeds(num_members, head_seeds, head_seed)
         is_config = isinstance(path_or_config, PretrainedConfig)
         if init == "pretrained" and is_config:
             raise ValueError("init='pretrained' needs a backbone folder, not a config")
@@ -115,7 +111,7 @@ class DeepEnsembleRewardModel(nn.Module):
                  target_modules: str | Sequence[str] | None = "auto") -> None:
         """LoRA adapters on every member (each drawn from its member's seed); afterwards only the
         adapters and the heads train."""
-        from ..adapters import attach_lora
+        from ..models.lora import attach_lora
 
         for k, seed in enumerate(self.head_seeds):
             torch.manual_seed(int(seed))
@@ -135,32 +131,15 @@ class DeepEnsembleRewardModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, stats_ddof: int | None = None):
         h = torch.stack([pool(m, input_ids, attention_mask, self.pooling, self._takes_position_ids)
                          for m in self.members]).to(self.heads.weight.dtype)
-        r = ((self.heads(h) - self.member_shift) / self.member_scale).float()
-        if stats_ddof is None:
-            return r
-        if self.num_heads <= stats_ddof:  # the spread of ≤ ddof members is not measurable: σ² := 0
-            zero = torch.zeros_like(r[:, 0])
-            return r, EnsembleStats(r.mean(1), zero, zero, r.amin(1))
-        return r, ensemble_stats(r, ddof=stats_ddof)
-
-    @torch.no_grad()
-    def standardize(self, raw: torch.Tensor) -> None:
-        """Each member to mean 0 and std 1 on its raw rewards [N, K] (reference samples)."""
-        if raw.dim() != 2 or raw.shape[1] != self.num_heads or raw.shape[0] < 2:
-            raise ValueError(f"standardize: expected raw rewards [N ≥ 2, {self.num_heads}], got {tuple(raw.shape)}")
-        raw = raw.double()
-        self.member_shift.copy_(raw.mean(0).to(self.member_shift))
-        self.member_scale.copy_(raw.std(0).clamp(min=1e-6).to(self.member_scale))
+        return self._output(self.heads(h), stats_ddof)
 
     # ------------------------------------------------------------------ persistence
     def member_dirs(self) -> list[str]:
         return [f"{MEMBERS_DIR}/{k:02d}" for k in range(self.num_heads)]
 
     def config_dict(self) -> dict:
-        return {"model_type": DEEP_MODEL_TYPE, "members": self.member_dirs(),
-                "backbone_type": self.backbone_config.model_type, "num_heads": self.num_heads,
-                "head_seeds": self.head_seeds, "hidden_size": self.heads.in_features, "pooling": self.pooling,
-                "ddof": self.ddof, "separator": self.separator, "init": self.init, "prior_scale": 0.0}
+        return {"model_type": DEEP_MODEL_TYPE, "members": self.member_dirs(), **self._common_config(),
+                "init": self.init, "prior_scale": 0.0}
 
     def save_pretrained(self, out_dir: str | Path, tokenizer=None, extra: dict | None = None) -> Path:
 
@@ -186,12 +165,5 @@ class DeepEnsembleRewardModel(nn.Module):
         backbones = [AutoModel.from_pretrained(str(path / d), dtype=dtype, **(load_kw or {})) for d in conf["members"]]
         model = cls(backbones, head_seeds=conf["head_seeds"], pooling=conf["pooling"], ddof=conf["ddof"],
                     separator=conf.get("separator", " "), init=conf.get("init", "random"))
-        state = load_file(str(path / HEADS_NAME))
-        if tuple(state["weight"].shape) != tuple(model.heads.weight.shape):
-            raise ValueError(f"{path / HEADS_NAME}: head weight {tuple(state['weight'].shape)}, "
-                             f"expected {tuple(model.heads.weight.shape)} from {path / CONFIG_NAME}")
-        with torch.no_grad():
-            for name in ("member_shift", "member_scale"):
-                getattr(model, name).copy_(state.pop(name))
-        model.heads.load_state_dict(state)
+        model._load_head_state(path, load_file(str(path / HEADS_NAME)))
         return model.eval()

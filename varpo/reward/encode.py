@@ -1,6 +1,7 @@
 """Texts → token ids for the reward model, one convention for training and scoring.
 
-A scored text is `prompt + separator + response` (the testbed's convention: separator " "),
+A scored text is `prompt + separator + response` (the testbed's convention: separator " "; a
+prompt rendered by a chat template is followed by the response directly),
 tokenized with the reward model's tokenizer, followed by EOS (the token whose hidden state the
 heads read), right-padded. A text longer than `max_length` is cut from the left after the leading
 special token (BOS): the prompt's start goes first, the response's end is always kept (it is what
@@ -10,13 +11,35 @@ from __future__ import annotations
 import torch
 
 
-def token_ids(tokenizer, prompts: list[str], responses: list[str], separator: str = " ") -> list[list[int]]:
-    """Untruncated ids of each text, EOS-terminated."""
+def scored_texts(prompts: list[str], responses: list[str], separator: str = " ") -> list[tuple[str, bool]]:
+    """(text, whether the tokenizer should add its special tokens) per pair. A prompt rendered by a
+    chat template (varpo.data.chat.ChatText) already holds its special tokens and ends where the
+    assistant's reply starts: no separator, no special tokens added."""
+    from ..data.chat import is_chat_text
+
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    texts = [f"{p}{separator}{r}" if p else r for p, r in zip(prompts, responses)]
-    ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    eos = tokenizer.eos_token_id
+    out = []
+    for p, r in zip(prompts, responses):
+        if is_chat_text(p):
+            out.append((f"{p}{r}", False))
+        else:
+            out.append((f"{p}{separator}{r}" if p else r, True))
+    return out
+
+
+def token_ids(tokenizer, prompts: list[str], responses: list[str], separator: str = " ",
+              append_eos: bool = True) -> list[list[int]]:
+    """Untruncated ids of each text, EOS-terminated (unless `append_eos` is False: the tokenizer's
+    own special tokens only)."""
+    texts = scored_texts(prompts, responses, separator)
+    ids: list[list[int] | None] = [None] * len(texts)
+    for special in (True, False):  # one tokenizer call per kind of text
+        idx = [i for i, (_, s) in enumerate(texts) if s is special]
+        if idx:
+            for i, x in zip(idx, tokenizer([texts[i][0] for i in idx], add_special_tokens=special)["input_ids"]):
+                ids[i] = x
+    eos = tokenizer.eos_token_id if append_eos else None
     return [list(x) + [eos] if eos is not None and (not x or x[-1] != eos) else list(x) for x in ids]
 
 
@@ -47,11 +70,12 @@ def pad_id(tokenizer) -> int:
 
 
 def encode(tokenizer, prompts: list[str], responses: list[str], max_length: int, device=None,
-           separator: str = " ") -> tuple[torch.Tensor, torch.Tensor, int]:
+           separator: str = " ", append_eos: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(input_ids [B, T], attention_mask [B, T], number of texts truncated)."""
     if max_length < 2:
         raise ValueError(f"max_length must be ≥ 2, got {max_length}")
-    cut = [truncate_left(x, max_length, tokenizer.bos_token_id) for x in token_ids(tokenizer, prompts, responses, separator)]
+    cut = [truncate_left(x, max_length, tokenizer.bos_token_id)
+           for x in token_ids(tokenizer, prompts, responses, separator, append_eos)]
     input_ids, mask = collate([x for x, _ in cut], pad_id(tokenizer), device)
     return input_ids, mask, sum(c for _, c in cut)
 

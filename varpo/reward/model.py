@@ -17,53 +17,29 @@ inference engine can wrap it (ZeRO-3 shards the backbone like any HF model).
 from __future__ import annotations
 
 import copy
-import inspect
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
-from varpo_kernels import EnsembleStats, ensemble_head_stats, ensemble_stats
+from varpo_kernels import ensemble_head_stats
 
-from ..masks import last_token_index, position_ids_from_mask
+from ..moved import moved_names
+from ..seeds import derive_seed
+from .ensemble import (
+    HEADS_NAME,
+    RewardEnsemble,
+    init_heads,
+    member_seeds,
+    pool,
+    read_folder_config,
+    statistics,
+    takes_position_ids,
+    write_head_files,
+)
 
-CONFIG_NAME = "config.json"
-HEADS_NAME = "heads.safetensors"
 BACKBONE_DIR = "backbone"
 MODEL_TYPE = "varpo_ensemble_reward_model"
-POOLINGS = ("last", "mean")
-
-
-def takes_position_ids(backbone: nn.Module) -> bool:
-    params = inspect.signature(backbone.forward).parameters
-    return "position_ids" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
-def pool(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
-         with_position_ids: bool) -> torch.Tensor:
-    """[B, T] → [B, hidden]: `backbone`'s last hidden state pooled over the real tokens ("last" or
-    "mean"); position ids come from the mask, so left and right padding give the same result."""
-    if not bool((attention_mask.sum(-1) > 0).all()):
-        raise ValueError("reward model: a row of attention_mask has no real token")
-    kw = {"position_ids": position_ids_from_mask(attention_mask)} if with_position_ids else {}
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    if pooling == "mean":
-        m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * m).sum(1) / m.sum(1)
-    idx = last_token_index(attention_mask)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-
-
-def init_heads(weight: torch.Tensor, bias: torch.Tensor, seeds: Sequence[int]) -> None:
-    """Head k ~ N(0, 1/hidden) from its own torch.Generator(seed_k); biases 0."""
-    hidden = weight.shape[1]
-    with torch.no_grad():
-        for k, seed in enumerate(seeds):
-            g = torch.Generator().manual_seed(int(seed))
-            weight[k].copy_(torch.randn(hidden, generator=g, dtype=torch.float32) / hidden**0.5)
-        bias.zero_()
 
 
 class EnsembleHeads(nn.Linear):
@@ -75,14 +51,13 @@ class EnsembleHeads(nn.Linear):
     def forward(self, h: torch.Tensor, ddof: int | None = None):
         if ddof is None:
             return super().forward(h)
-        if self.out_features <= ddof:  # the spread of ≤ ddof heads is not measurable: σ² := 0
+        if self.out_features <= ddof:  # the spread of ≤ ddof heads is not measurable (ensemble.statistics)
             r = super().forward(h).float()
-            zero = torch.zeros_like(r[:, 0])
-            return r, EnsembleStats(r.mean(1), zero, zero, r.amin(1))
+            return r, statistics(r, ddof)
         return ensemble_head_stats(h, self.weight, self.bias, ddof=ddof)
 
 
-class EnsembleRewardModel(nn.Module):
+class EnsembleRewardModel(RewardEnsemble):
     """forward(input_ids [B, T], attention_mask [B, T]) → per-head rewards [B, K] (float32), or
     with stats_ddof the rewards and their EnsembleStats."""
 
@@ -92,14 +67,9 @@ class EnsembleRewardModel(nn.Module):
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"num_heads must be ≥ 1, got {num_heads}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS} (last: the last non-padding token; "
-                             f"mean: the mean over non-padding tokens), got {pooling!r}")
-        seeds = list(head_seeds) if head_seeds is not None else [head_seed + k for k in range(num_heads)]
-        if len(seeds) != num_heads or len(set(seeds)) != num_heads:
-            raise ValueError(f"head_seeds must be {num_heads} distinct seeds, got {seeds}")
+        self._set_members(member_seeds(num_heads, head_seeds, head_seed), pooling, ddof, separator)
+        seeds = self.head_seeds
         self.backbone = backbone
-        self.num_heads, self.head_seeds, self.pooling, self.ddof, self.separator = num_heads, seeds, pooling, ddof, separator
         hidden = backbone.config.hidden_size
         self.heads = EnsembleHeads(hidden, num_heads, dtype=torch.float32)
         init_heads(self.heads.weight, self.heads.bias, seeds)
@@ -108,12 +78,9 @@ class EnsembleRewardModel(nn.Module):
         # data do not pull them together; prior_scale 0 is the plain ensemble
         self.prior_scale = float(prior_scale)
         self.prior = nn.Linear(hidden, num_heads, dtype=torch.float32)
-        init_heads(self.prior.weight, self.prior.bias, [1_000_003 + x for x in seeds])
+        init_heads(self.prior.weight, self.prior.bias, [derive_seed("prior_head", x) for x in seeds])
         self.prior.requires_grad_(False)
-        # per-member standardisation (set on reference samples after training, `standardize`): σ² is
-        # then a disagreement in units of each member's own spread, not a difference of scales
-        self.register_buffer("member_shift", torch.zeros(num_heads))
-        self.register_buffer("member_scale", torch.ones(num_heads))
+        self._register_standardization()
         if freeze_backbone:
             self.backbone.requires_grad_(False)
         self._takes_position_ids = takes_position_ids(backbone)
@@ -136,8 +103,8 @@ class EnsembleRewardModel(nn.Module):
     def add_lora(self, r: int = 8, alpha: int = 16, dropout: float = 0.0,
                  target_modules: str | Sequence[str] | None = "auto") -> None:
         """Attach LoRA adapters to the backbone: afterwards only the adapters and the heads train.
-        `target_modules`: names, "all-linear", or "auto"/None (per architecture, varpo.adapters)."""
-        from ..adapters import attach_lora
+        `target_modules`: names, "all-linear", or "auto"/None (per architecture, varpo.models.lora)."""
+        from ..models.lora import attach_lora
 
         self.backbone = attach_lora(self.backbone, r, alpha, dropout, target_modules or "auto",
                                     field="reward_training.lora.target_modules")
@@ -159,41 +126,25 @@ class EnsembleRewardModel(nn.Module):
         h = self.pooled(input_ids, attention_mask).to(self.heads.weight.dtype)
         if stats_ddof is not None and self._is_plain():
             return self.heads(h, ddof=stats_ddof)
-        r = self.rewards_from_pooled(h)
-        if stats_ddof is None:
-            return r
-        if self.num_heads <= stats_ddof:  # the spread of ≤ ddof heads is not measurable: σ² := 0
-            zero = torch.zeros_like(r[:, 0])
-            return r, EnsembleStats(r.mean(1), zero, zero, r.amin(1))
-        return r, ensemble_stats(r, ddof=stats_ddof)
+        return self._output(self._raw_from_pooled(h), stats_ddof)
 
     def rewards_from_pooled(self, h: torch.Tensor) -> torch.Tensor:
         """[B, hidden] pooled states (from this backbone, or from a server running it: varpo.reward.remote)
         → per-head rewards [B, K] float32: heads, prior heads, member standardisation."""
-        h = h.to(self.heads.weight.dtype)
+        return self._output(self._raw_from_pooled(h.to(self.heads.weight.dtype)), None)
+
+    def _raw_from_pooled(self, h: torch.Tensor) -> torch.Tensor:
         r = self.heads(h)
         if self.prior_scale:
             r = r + self.prior_scale * self.prior(h)
-        return ((r - self.member_shift) / self.member_scale).float()
+        return r
 
     def _is_plain(self) -> bool:
         return not self.prior_scale and bool((self.member_shift == 0).all() and (self.member_scale == 1).all())
 
-    @torch.no_grad()
-    def standardize(self, raw: torch.Tensor) -> None:
-        """Set the members' shift and scale from their raw rewards [N, K] on reference samples, so
-        that each member has mean 0 and standard deviation 1 there."""
-        if raw.dim() != 2 or raw.shape[1] != self.num_heads or raw.shape[0] < 2:
-            raise ValueError(f"standardize: expected raw rewards [N ≥ 2, {self.num_heads}], got {tuple(raw.shape)}")
-        raw = raw.double()
-        self.member_shift.copy_(raw.mean(0).to(self.member_shift))
-        self.member_scale.copy_(raw.std(0).clamp(min=1e-6).to(self.member_scale))
-
     # ------------------------------------------------------------------ persistence
     def config_dict(self) -> dict:
-        return {"model_type": MODEL_TYPE, "backbone": BACKBONE_DIR, "backbone_type": self.backbone_config.model_type,
-                "num_heads": self.num_heads, "head_seeds": self.head_seeds, "hidden_size": self.heads.in_features,
-                "pooling": self.pooling, "ddof": self.ddof, "separator": self.separator, "prior_scale": self.prior_scale}
+        return {"model_type": MODEL_TYPE, "backbone": BACKBONE_DIR, **self._common_config(), "prior_scale": self.prior_scale}
 
     @property
     def backbone_config(self):
@@ -233,57 +184,14 @@ class EnsembleRewardModel(nn.Module):
         model = cls(backbone, conf["num_heads"], head_seeds=conf["head_seeds"], pooling=conf["pooling"],
                     ddof=conf["ddof"], separator=conf.get("separator", " "), prior_scale=conf.get("prior_scale", 0.0))
         state = load_file(str(path / HEADS_NAME))
-        with torch.no_grad():  # folders saved before priors and standardisation existed have neither
+        with torch.no_grad():  # folders saved before priors existed have none
             if "prior_weight" in state:
                 model.prior.weight.copy_(state.pop("prior_weight"))
                 model.prior.bias.copy_(state.pop("prior_bias"))
-            for name in ("member_shift", "member_scale"):
-                if name in state:
-                    getattr(model, name).copy_(state.pop(name))
-        if tuple(state["weight"].shape) != tuple(model.heads.weight.shape):
-            raise ValueError(f"{path / HEADS_NAME}: head weight {tuple(state['weight'].shape)}, "
-                             f"expected {tuple(model.heads.weight.shape)} from {path / CONFIG_NAME}")
-        model.heads.load_state_dict(state)
+        model._load_head_state(path, state)
         return model.eval()
 
 
-
-def write_head_files(out: Path, tensors: dict[str, torch.Tensor], conf: dict, tokenizer=None) -> Path:
-    """The files every ensemble folder has beside its backbone(s): the head tensors (float32
-    safetensors), the config JSON and, if given, the tokenizer."""
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(out / HEADS_NAME))
-    (out / CONFIG_NAME).write_text(json.dumps(conf, indent=2))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    return out
-
-
-def read_folder_config(path: Path, model_type: str, writer: str) -> dict:
-    """An ensemble folder's config, checked to be of `model_type` (written by `writer`)."""
-    conf_file = path / CONFIG_NAME
-    if not conf_file.exists():
-        raise FileNotFoundError(f"{path}: not a reward-ensemble folder (no {CONFIG_NAME}; train one with `varpo train-rm`)")
-    conf = json.loads(conf_file.read_text())
-    if conf.get("model_type") != model_type:
-        raise ValueError(f"{path / CONFIG_NAME}: model_type is {conf.get('model_type')!r}, expected {model_type!r} "
-                         f"(a reward-ensemble folder written by {writer}.save_pretrained)")
-    return conf
-
-def read_config(path: str | Path) -> dict:
-    """The saved ensemble's config.json (K, ddof, separator, training's max_length, ...)."""
-    return json.loads((Path(path) / CONFIG_NAME).read_text())
-
-
-def load_reward_model(path: str | Path, *, dtype: torch.dtype = torch.float32, load_kw: dict | None = None):
-    """A saved reward ensemble of either layout: the shared-backbone heads (`EnsembleRewardModel`,
-    kinds heads and prior) or the deep ensemble (`varpo.reward.deep.DeepEnsembleRewardModel`),
-    chosen by the folder's config.json."""
-    conf_file = Path(path) / CONFIG_NAME
-    if conf_file.exists():
-        from .deep import DEEP_MODEL_TYPE, DeepEnsembleRewardModel
-
-        if json.loads(conf_file.read_text()).get("model_type") == DEEP_MODEL_TYPE:
-            return DeepEnsembleRewardModel.from_pretrained(path, dtype=dtype, load_kw=load_kw)
-    return EnsembleRewardModel.from_pretrained(path, dtype=dtype, load_kw=load_kw)
+# names that moved out: an import of one names its new home (varpo.moved)
+__getattr__ = moved_names(__name__, {"read_config": "varpo.reward.ensemble", "CONFIG_NAME": "varpo.reward.ensemble",
+                                     "POOLINGS": "varpo.reward.ensemble", "load_reward_model": "varpo.reward.load"})

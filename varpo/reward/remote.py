@@ -153,7 +153,8 @@ class VllmBackend:
         heads_sha = None
         if self.output == "hidden":
             from .deep import DEEP_MODEL_TYPE
-            from .model import HEADS_NAME, MODEL_TYPE, EnsembleRewardModel
+            from .ensemble import HEADS_NAME
+            from .model import MODEL_TYPE, EnsembleRewardModel
 
             if conf.get("model_type") == DEEP_MODEL_TYPE:
                 raise ValueError(f"reward.path {path}: a deep ensemble has K backbones, and a vLLM server runs one; "
@@ -211,16 +212,11 @@ class VllmBackend:
         return [{"heads": v.tolist()} for v in vecs]
 
     def scores(self, results: list[dict], truncated: int = 0) -> Scores:
-        from varpo_kernels import EnsembleStats, ensemble_stats
-
         from .aggregate import aggregate_from_stats
+        from .ensemble import statistics
 
         r = torch.tensor([x["heads"] for x in results], dtype=torch.float32).reshape(len(results), -1)
-        if r.shape[1] <= self.ddof:  # the spread of ≤ ddof members is not measurable: σ² := 0
-            zero = torch.zeros(r.shape[0])
-            st = EnsembleStats(r.mean(1), zero, zero, r.amin(1))
-        else:
-            st = ensemble_stats(r, ddof=self.ddof)
+        st = statistics(r, self.ddof)
         s = aggregate_from_stats(r, st, self.aggregation, lam=self.lam, k=self.k)
         return Scores(score=s.float(), variance=st.var.float(), eval_reward=st.mean.float(),
                       extras={"per_head": r, "truncated": truncated})

@@ -85,18 +85,18 @@ def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, load_kw
 
     from ..config import RewardConfig
     from .encode import model_max_length
-    from .model import load_reward_model, read_config
+    from .ensemble import read_config
+    from .load import load_reward_model
 
     saved = read_config(path) if (Path(path) / "config.json").exists() else {}
     cfg = cfg or RewardConfig(ddof=saved.get("ddof", 1))
     opts = {"aggregation": cfg.aggregation, "ddof": cfg.ddof, "lam": cfg.lam, "k": cfg.k,
             "max_length": cfg.max_length, "batch_size": cfg.batch_size, **overrides}
     if ds_cfg is not None:
-        from ..dist import init_distributed
+        from ..dist import join
         from ..engines import build_model, ds_config, inference_engine
 
-        init_distributed(ds_cfg.dist_backend, ds_cfg.timeout_minutes, ds_cfg.peer_timeout_s,
-                         ds_cfg.rendezvous_timeout_s)  # a no-op inside a launched job
+        join(ds_cfg)  # a no-op inside a launched job
         conf = ds_config(ds_cfg, "reward", opts["batch_size"], trainable=False)
         # under ZeRO-3 the backbone is partitioned while it loads: no rank ever holds all of it
         model = build_model(lambda: load_reward_model(path, load_kw=load_kw), conf)

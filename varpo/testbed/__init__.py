@@ -2,12 +2,8 @@
 tiny Llama pretrained on it, a programmatic gold reward (sentiment, guarded against repetition and
 empty output), prompt sets and Bradley–Terry-labelled preference pairs, all cached by config."""
 from .build import Testbed, build_testbed, cache_key, cache_root
-from .gold import GOLD_MAX, GOLD_MIN, GoldScorer, gold_fn, gold_reward, gold_score
+from .gold import GOLD_MAX, GOLD_MIN, gold_reward, gold_score
+from .tasks import GoldScorer, gold_fn, task_gold
 
 __all__ = ["GOLD_MAX", "GOLD_MIN", "GoldScorer", "Testbed", "build_testbed", "cache_key", "cache_root",
            "gold_fn", "gold_reward", "gold_score", "task_gold"]
-
-
-def task_gold(cfg):
-    """The gold reward function of a TestbedConfig's task."""
-    return gold_fn(cfg.task, cfg.overopt_threshold)

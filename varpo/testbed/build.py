@@ -15,7 +15,6 @@ concurrent processes build once, and nobody ever sees half a testbed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -26,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config.core import redacted_dict, save_resolved
+from ..config.core import config_hash, redacted_dict, save_resolved
 from ..config.testbed import TestbedConfig
 from ..outputs import read_jsonl, write_json
 
@@ -47,8 +46,7 @@ def cache_key(cfg: TestbedConfig) -> str:
     """The folder name: a hash of every field except where the cache lives."""
     fields = {k: v for k, v in redacted_dict(cfg.model_copy(update={"cache_dir": None})).items()
               if not (k in _LATE_FIELDS and v == _LATE_FIELDS[k])}
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return f"testbed-{digest}-v{FORMAT_VERSION}"
+    return f"testbed-{config_hash(fields)}-v{FORMAT_VERSION}"
 
 
 def base_lm_config(cfg: TestbedConfig) -> TestbedConfig:
@@ -226,8 +224,9 @@ def _build_task_into(out: Path, cfg: TestbedConfig, base: Testbed, key: str) -> 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import lm, task_gold
+    from . import lm
     from .pairs import sample_pairs
+    from .tasks import task_gold
 
     t_start = time.perf_counter()
     shutil.copytree(base.model_path, out / "model")

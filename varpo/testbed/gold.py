@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import re
 
-import torch
-
-from ..reward_source import Scores
+from ..moved import moved_names
 from .lexicon import FUNCTION_WORDS, INTENSIFIERS, NEGATIVE_SET, POSITIVE_SET
 
 GOLD_MIN, GOLD_MAX = 0.0, 1.0
@@ -80,26 +78,5 @@ def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
     return [gold_score(r) for r in responses]
 
 
-def gold_fn(task: str = "sentiment", threshold: int = 3):
-    """The gold reward function (prompts, responses) → list of floats of a testbed task
-    (`testbed.task`, `testbed.overopt_threshold`)."""
-    if task == "sentiment":
-        return gold_reward
-    if task == "overopt":
-        from functools import partial
-
-        from .overopt import overopt_gold_reward
-
-        return partial(overopt_gold_reward, threshold=threshold)
-    raise ValueError(f"testbed.task must be 'sentiment' or 'overopt', got {task!r}")
-
-
-class GoldScorer:
-    """The gold reward as a `varpo.reward_source.Scorer`: exact, so σ² = 0 and eval_reward = score."""
-
-    def __init__(self, task: str = "sentiment", threshold: int = 3):
-        self.reward = gold_fn(task, threshold)
-
-    def score(self, prompts: list[str], responses: list[str]) -> Scores:
-        s = torch.tensor(self.reward(prompts, responses), dtype=torch.float32)
-        return Scores(score=s, variance=torch.zeros_like(s), eval_reward=s.clone())
+# the task dispatch (gold_fn, GoldScorer) is varpo.testbed.tasks: overopt.py builds on this module
+__getattr__ = moved_names(__name__, {"gold_fn": "varpo.testbed.tasks", "GoldScorer": "varpo.testbed.tasks"})

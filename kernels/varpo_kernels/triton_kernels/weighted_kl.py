@@ -6,9 +6,23 @@ import torch
 import triton
 import triton.language as tl
 
-from ..weighted_kl import k3_small_threshold
+from ..weighted_kl import k3_small_threshold, kl_derivative
 
 _EST = {"k1": 1, "k2": 2, "k3": 3}
+
+
+@triton.jit
+def _kl_estimate(r, EST: tl.constexpr, SMALL: tl.constexpr):
+    """varpo_kernels.weighted_kl.kl_from_log_ratio in Triton: k1 = r, k2 = r²/2, k3 = e^{−r} − 1 + r
+    (its Taylor series k3_taylor where |r| < SMALL = k3_small_threshold, where the closed form cancels)."""
+    if EST == 1:
+        k = r
+    elif EST == 2:
+        k = 0.5 * r * r
+    else:
+        taylor = r * r * (0.5 + r * (-1.0 / 6.0 + r * (1.0 / 24.0 + r * (-1.0 / 120.0 + r * (1.0 / 720.0)))))
+        k = tl.where(tl.abs(r) < SMALL, taylor, tl.exp(-r) - 1.0 + r)
+    return k
 
 
 @triton.jit
@@ -26,15 +40,7 @@ def _kl_kernel(logp_ptr, ref_ptr, mask_ptr, w_ptr, kl_ptr, wkl_ptr, klsum_ptr, w
         m = tl.load(mask_ptr + b * s_mask + cols, mask=inb, other=0) != 0
         lp = tl.load(logp_ptr + b * s_lp + cols, mask=inb, other=0.0).to(cdt)
         rl = tl.load(ref_ptr + b * s_ref + cols, mask=inb, other=0.0).to(cdt)
-        r = lp - rl
-        if EST == 1:
-            k = r
-        elif EST == 2:
-            k = 0.5 * r * r
-        else:
-            # e^{−r} − 1 + r cancels for small r: its Taylor series there (see k3_small_threshold)
-            taylor = r * r * (0.5 + r * (-1.0 / 6.0 + r * (1.0 / 24.0 + r * (-1.0 / 120.0 + r * (1.0 / 720.0)))))
-            k = tl.where(tl.abs(r) < SMALL, taylor, tl.exp(-r) - 1.0 + r).to(cdt)
+        k = _kl_estimate(lp - rl, EST, SMALL).to(cdt)
         k = tl.where(m, k, 0.0).to(cdt)  # padding is exactly 0, even where the inputs are NaN
         wk = tl.where(m, w * k, 0.0).to(cdt)
         tl.store(kl_ptr + b * T + cols, k, mask=inb)
@@ -84,7 +90,7 @@ class TritonWeightedKL(torch.autograd.Function):
         w = weights.to(cdt)[:, None]
         m = mask != 0
         r = logp.to(cdt) - ref_logp.to(cdt)
-        dk = {"k1": torch.ones_like(r), "k2": r, "k3": -torch.expm1(-r)}[ctx.estimator]
+        dk = kl_derivative(r, ctx.estimator)
         g_k = g_kl + w * g_wkl + g_klsum[:, None] + w * g_wsum[:, None]  # d loss / d kl_bt
         g_r = torch.where(m, g_k * dk, torch.zeros((), dtype=cdt, device=r.device))
         g_w = (kl * (g_wkl + g_wsum[:, None])).sum(1)
@@ -127,13 +133,7 @@ def _fused_kernel(x_ptr, ids_ptr, other_ptr, mask_ptr, w_ptr, logp_ptr, lse_ptr,
         r = lp - other
     else:
         r = other - lp
-    if EST == 1:
-        k = r
-    elif EST == 2:
-        k = 0.5 * r * r
-    else:
-        taylor = r * r * (0.5 + r * (-1.0 / 6.0 + r * (1.0 / 24.0 + r * (-1.0 / 120.0 + r * (1.0 / 720.0)))))
-        k = tl.where(tl.abs(r) < SMALL, taylor, tl.exp(-r) - 1.0 + r).to(cdt)
+    k = _kl_estimate(r, EST, SMALL).to(cdt)
     keep = tl.load(mask_ptr + row) != 0
     w = tl.load(w_ptr + row // T).to(cdt)
     tl.store(kl_ptr + row, tl.where(keep, k, 0.0).to(cdt))
@@ -181,7 +181,7 @@ class TritonWeightedKLFromLogits(torch.autograd.Function):
         g_klsum, g_wsum = (zb if g is None else g.to(cdt) for g in (g_klsum, g_wsum))
         w = weights.to(cdt)[:, None]
         r = ctx.sign * (logp - other.to(cdt))
-        dk = {"k1": torch.ones_like(r), "k2": r, "k3": -torch.expm1(-r)}[ctx.estimator]
+        dk = kl_derivative(r, ctx.estimator)
         g_k = g_kl + w * g_wkl + g_klsum[:, None] + w * g_wsum[:, None]
         g_r = torch.where(mask != 0, g_k * dk, torch.zeros((), dtype=cdt, device=r.device))
         g_lp = ctx.sign * g_r + (0.0 if g_logp is None else g_logp.to(cdt))

@@ -14,13 +14,14 @@ from typing import Protocol
 
 import torch
 
+from ...seeds import derive_seed
 from ..experience import Experience
 
 
 def sampling_seed(seed: int, step: int, rank: int) -> int:
-    """The sampling seed of one rank's rollout at `step`: a resumed run draws what the
-    uninterrupted one would have drawn, whatever the backend."""
-    return seed * 1_000_003 + step * 1009 + rank
+    """The sampling seed of one rank's rollout at `step` (varpo.seeds' "sampling" stream): a
+    resumed run draws what the uninterrupted one would have drawn, whatever the backend."""
+    return derive_seed("sampling", seed, step, rank)
 
 
 class RolloutEngine(Protocol):

@@ -36,10 +36,10 @@ from collections.abc import Iterable
 import torch
 
 from ...dist import import_deepspeed
+from ...models.value_head import causal_lm
+from ...seeds import derive_seed
 from ..experience import Experience
-from ..models import causal_lm
-from ..rollout import response_mask_from_ids
-from . import sampling_seed
+from ..tokens import response_mask_from_ids
 from .vllm_worker import pack
 
 _BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
@@ -47,12 +47,13 @@ _BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
 
 def request_seeds(seed: int, step: int, rank: int, n: int) -> list[int]:
     """One seed per prompt of this rank's rollout, a function of (seed, step, rank) only."""
-    base = sampling_seed(seed, step, rank)
-    return [(base * 100_003 + i) % (2**63 - 1) for i in range(n)]
+    base = derive_seed("sampling", seed, step, rank)
+    # vLLM takes a seed in [0, 2**63 - 1)
+    return [derive_seed("sampling_request", base, i) % (2**63 - 1) for i in range(n)]
 
 
 def sampling_params(gen, eos_token_id: int, seeds: list[int]) -> list:
-    """vLLM SamplingParams equal to HF generate's settings in varpo.ppo.rollout.generate: sampled,
+    """vLLM SamplingParams equal to HF generate's settings in varpo.ppo.generation.hf.generate: sampled,
     at most max_new_tokens, EOS masked for the first min_new_tokens, temperature, top-k (0: off),
     top-p, stop at the tokenizer's EOS only (kept in the output, as HF keeps it), one log-prob per
     sampled token."""

@@ -1,0 +1,141 @@
+"""KL matching per method (the paper's protocol: β tuned per method so that mean KL agrees) and
+the pilot that sets the step count.
+
+`run_kl_match` trains the target method at its β and every other method over a grid of β, `seeds`
+policies each, as population members (resumable), and reads each policy's `kl`: KL(π ‖ π_ref) per
+sequence of the final policy on its evaluation samples (varpo.evaluation.policy_eval). Per other
+method, log(mean KL) is fitted linearly in log β over the grid and solved for the target's mean KL.
+`plateau` reads the runs' metrics.jsonl: per (method, β), the mean over seeds of the logged KL,
+proxy and gold per step, and the step from which KL stays within `tol` of its final level."""
+from __future__ import annotations
+
+import json
+import math
+import statistics as st
+from pathlib import Path
+
+from ..outputs import console, read_jsonl, write_json
+from .kl_sweep import method_name, with_defaults
+
+CURVE_KEYS = ("kl_mean", "score_mean", "gold_mean")
+
+
+def curves(population_dir: Path) -> dict[str, dict[str, list[float]]]:
+    """{member method name: {key: mean over its seeds per step}} from OUT/runs/<name>/seed_*/metrics.jsonl."""
+    out = {}
+    for mdir in sorted((Path(population_dir) / "runs").glob("*")):
+        runs = [read_jsonl(p) for p in sorted(mdir.glob("seed_*/metrics.jsonl"))]
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        n = min(len(r) for r in runs)
+        out[mdir.name] = {k: [st.fmean(float(r[i].get(k) or 0.0) for r in runs) for i in range(n)] for k in CURVE_KEYS}
+        out[mdir.name]["seeds"] = len(runs)
+    return out
+
+
+def plateau_step(values: list[float], window: int = 10, tol: float = 0.1) -> int | None:
+    """The first step from which every `window`-step mean stays within `tol` (relative) of the last
+    window's mean; None when the run is shorter than two windows."""
+    if len(values) < 2 * window:
+        return None
+    final = st.fmean(values[-window:])
+    means = [st.fmean(values[i : i + window]) for i in range(0, len(values) - window + 1)]
+    start = len(means) - 1
+    while start > 0 and abs(means[start - 1] - final) <= tol * max(abs(final), 1e-12):
+        start -= 1
+    return start
+
+
+def plot_curves(cv: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for i, (name, c) in enumerate(cv.items()):
+        for ax, k in zip(axes, CURVE_KEYS):
+            ax.plot(c[k], color=f"C{i % 10}", lw=1, label=f"{name} ({c['seeds']})", ls="-" if "vanilla" in name else "--")
+    for ax, label in zip(axes, ("KL per sequence (training batch)", "proxy reward", "gold reward")):
+        ax.set(xlabel="PPO step", ylabel=label, title=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fit_beta(points: list[dict], target_kl: float) -> dict:
+    """log KL = a + b log β by least squares over the points (β, kl_mean); the β where it meets
+    target_kl, and whether that lies inside the grid (interpolated) or beyond it."""
+    import numpy as np
+
+    pts = [p for p in points if p["kl_mean"] and p["kl_mean"] > 0]
+    if len(pts) < 2:
+        return {"beta": pts[0]["beta"] if pts else None, "fit": None, "interpolated": False}
+    x, y = np.log([p["beta"] for p in pts]), np.log([p["kl_mean"] for p in pts])
+    b, a = np.polyfit(x, y, 1)
+    if b >= 0:  # KL does not fall with β here: no β can be read off
+        return {"beta": None, "fit": {"a": float(a), "b": float(b)}, "interpolated": False}
+    log_beta = (math.log(target_kl) - a) / b
+    return {"beta": float(math.exp(log_beta)), "fit": {"a": float(a), "b": float(b)},
+            "interpolated": bool(x.min() <= log_beta <= x.max())}
+
+
+def run_kl_match(config_path, overrides: list[str], out: Path, target: str, target_beta: float, betas: list[float],
+                 seeds: int, steps: int | None = None, workers: int | None = None,
+                 methods: list[str] | None = None) -> dict:
+    from ..config import ConfigError, load_config
+    from .population import ensure_reward_model, run_population
+
+    overrides = with_defaults(overrides, steps)
+    cfg = load_config(config_path, overrides)
+    names = list(methods or cfg.evaluation.methods)
+    if target not in names:
+        raise ConfigError(f"--target {target!r}: not among the methods {names}")
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = [*overrides, *ensure_reward_model(cfg, out)]
+    others = [m for m in names if m != target]
+    grid = {method_name(target, target_beta): [*cfg.evaluation.methods[target], f"ppo.kl.beta={target_beta}"]}
+    grid.update({method_name(m, b): [*cfg.evaluation.methods[m], f"ppo.kl.beta={b}"] for m in others for b in betas})
+    rows = run_population(config_path, [*overrides, f"evaluation.methods={json.dumps(grid)}"], seeds,
+                          out / "population", workers=workers, reference=False)
+
+    def point(method: str, beta: float) -> dict:
+        kl = [r["kl"] for r in rows if r["method"] == method_name(method, beta)]
+        return {"method": method, "beta": beta, "n": len(kl), "kl_mean": st.fmean(kl),
+                "kl_se": st.stdev(kl) / math.sqrt(len(kl)) if len(kl) > 1 else None, "kl_median": st.median(kl),
+                "gold_mean": st.fmean(r["reward"] for r in rows if r["method"] == method_name(method, beta))}
+
+    tgt = point(target, target_beta)
+    points = [point(m, b) for m in others for b in betas]
+    matched = {m: fit_beta([p for p in points if p["method"] == m], tgt["kl_mean"]) for m in others}
+    cv = curves(out / "population")
+    plot_curves(cv, out / "curves.png")
+    beta = {target: target_beta, **{m: v["beta"] for m, v in matched.items()}}
+    res = {"definition": "kl: KL(pi || pi_ref) per sequence of the final policy, mean over its evaluation samples",
+           "steps": cfg.ppo.steps, "seeds": seeds, "target": tgt, "points": points, "fit": matched, "beta": beta,
+           "evaluation_methods": {m: [*cfg.evaluation.methods[m], f"ppo.kl.beta={b:.6g}"] for m, b in beta.items()
+                                  if b is not None},
+           "plateau_step": {name: plateau_step(c["kl_mean"]) for name, c in cv.items()}}
+    write_json(out / "kl_match.json", res)
+    console.print(f"kl-match: wrote {out / 'kl_match.json'} and {out / 'curves.png'}")
+    return res
+
+
+def read_kl_match(path: Path, methods: dict[str, list[str]]) -> list[str]:
+    """The override giving every method its matched β from a kl_match.json: evaluation.methods with
+    ppo.kl.beta appended per method (a method the file does not cover is an error)."""
+    from ..config import ConfigError
+
+    try:
+        res = json.loads(Path(path).read_text())
+        beta = res["beta"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--kl-match {path}: not a kl_match.json with a 'beta' table ({exc})") from None
+    missing = [m for m in methods if beta.get(m) is None]
+    if missing:
+        raise ConfigError(f"--kl-match {path}: no β for method(s) {missing} (has {sorted(k for k, v in beta.items() if v)})")
+    return [f"evaluation.methods={json.dumps({m: [*o, f'ppo.kl.beta={beta[m]:.6g}'] for m, o in methods.items()})}"]
