@@ -45,7 +45,7 @@ import threading
 import time
 from pathlib import Path
 
-from host import ForeignCpu, machine  # benchmarks/, the script's own folder
+from host import ForeignCpu, git_commit, machine  # benchmarks/, the script's own folder
 
 MIB = 2**20
 GIB = 2**30
@@ -516,6 +516,7 @@ def write_results(out: Path, rows: list[dict], args) -> None:
         "max_abs_rel_error": max((abs(r["rel_error"]) for r in rows), default=None),
         "max_abs_rel_error_rss": max((abs(r["rel_error_rss"]) for r in rows), default=None),
         "machine": machine(),
+        "commit": git_commit(),
         "command": f"python benchmarks/memory_vs_estimate.py --out {args.out} --preset {args.preset}",
         "measured": "measured_peak_mib: the allocator's peak (glibc mallinfo2: bytes handed out, sampled every 5 ms) "
                     "of each rank above its baseline before any model was built: what a device allocator must hold, "

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from host import machine  # benchmarks/, the script's own folder
+from host import git_commit, machine  # benchmarks/, the script's own folder
 from memory_vs_estimate import MIB, WIDTHS, Meter, bigmem, ensure_model, long_texts
 
 ZERO3 = ["deepspeed.zero_stage=3", "deepspeed.reward.zero_stage=3", "deepspeed.precision=fp32",
@@ -185,6 +185,7 @@ def driver(args) -> None:
                        f"{params / 1e6:.0f} M parameters, fp32: {model_mib:.0f} MiB of parameters",
               "budget_mib": budget, "budget": "RLIMIT_DATA of each rank: its VmData when the case starts + budget_mib",
               "tokens_per_text": 2 * args.tokens, "cases": results, "machine": machine(),
+              "commit": git_commit(),
               "command": f"python benchmarks/reward_over_budget.py --out {args.out} --width {args.width} "
                          f"--layers {args.layers} --tokens {args.tokens}"}
     (out / "over_budget.json").write_text(json.dumps(result, indent=1))
