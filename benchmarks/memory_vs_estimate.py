@@ -336,7 +336,7 @@ def rank_main(args) -> None:
     # process (a GPU plan leaves them to the host), not to the plan
     import transformers.models.llama.modeling_llama  # noqa: F401
 
-    import varpo.ppo.trainer as trainer_mod
+    import varpo.ppo.roles as roles_mod
     import varpo.reward.scorer  # noqa: F401
     from varpo.scoring import build_scorer
 
@@ -355,28 +355,28 @@ def rank_main(args) -> None:
         extra = {"scores": s.score.tolist(), "variances": s.variance.tolist(),
                  "tokens_scored": int(min(2 * 512 + 2, cfg.reward.max_length))}
     else:
-        from varpo.ppo import resolve_sources
+        from varpo.ppo import PPOTrainer, resolve_sources
 
-        for role in ("actor", "reference", "critic"):
-            fn = getattr(trainer_mod, f"build_{role}")
+        for role in ("actor", "reference", "critic"):  # build_roles looks them up here when it runs
+            fn = getattr(roles_mod, f"build_{role}")
 
             def measured(*a, _fn=fn, _role=role, **kw):
                 with meter.build(_role):
                     return _fn(*a, **kw)
 
-            setattr(trainer_mod, f"build_{role}", measured)
+            setattr(roles_mod, f"build_{role}", measured)
         policy_path, prompts, gold_fn, _ = resolve_sources(cfg)
-        trainer = trainer_mod.PPOTrainer(cfg, args.run_dir / "ppo", prompts=prompts, policy_path=policy_path,
+        trainer = PPOTrainer.from_config(cfg, args.run_dir / "ppo", prompts=prompts, policy_path=policy_path,
                                          scorer=scorer, gold_fn=gold_fn)
-        for name, phase in (("generate", "rollout"), ("score", "score"), ("forwards", "forward_passes"),
-                            ("update", "update")):
-            fn = getattr(trainer, phase)
+        for name, owner, phase in (("generate", trainer.experience, "rollout"), ("score", trainer.experience, "score"),
+                                   ("forwards", trainer.experience, "forward_passes"), ("update", trainer, "update")):
+            fn = getattr(owner, phase)
 
             def measured_phase(*a, _fn=fn, _name=name, **kw):
                 with meter.phase(_name):
                     return _fn(*a, **kw)
 
-            setattr(trainer, phase, measured_phase)
+            setattr(owner, phase, measured_phase)
         for _ in range(cfg.ppo.steps):
             m = trainer.train_step()
             trainer.step += 1
