@@ -175,7 +175,17 @@ class EnsembleRewardModel(RewardEnsemble):
         path = Path(path)
         conf = read_folder_config(path, MODEL_TYPE, "EnsembleRewardModel")
         if backbone_weights:
-            backbone = AutoModel.from_pretrained(str(path / conf["backbone"]), dtype=dtype, **(load_kw or {}))
+            from transformers.integrations import is_deepspeed_zero3_enabled
+
+            from ..models.zero3_load import checkpoint_files, zero3_from_pretrained
+
+            folder = path / conf["backbone"]
+            if is_deepspeed_zero3_enabled() and checkpoint_files(folder):
+                # partitioned from the start, filled one tensor at a time (transformers' own ZeRO-3
+                # path maps the whole checkpoint on rank 0: a reward larger than a rank would not load)
+                backbone = zero3_from_pretrained(AutoModel, folder, dtype=dtype, **(load_kw or {}))
+            else:
+                backbone = AutoModel.from_pretrained(str(folder), dtype=dtype, **(load_kw or {}))
         else:
             from ..memory import on_meta
 
