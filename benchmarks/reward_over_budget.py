@@ -77,7 +77,10 @@ def case_main(args) -> None:
                 s = scorer.score(prompts, responses)
         out.update(ok=True, scores=s.score.tolist(), variances=s.variance.tolist())
     except (RuntimeError, MemoryError, OSError) as exc:  # the budget's refusal, as the process sees it
-        out.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        import traceback
+
+        out.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                   where=[f"{f.filename}:{f.lineno} {f.name}" for f in traceback.extract_tb(exc.__traceback__)][-8:])
     out.update(meter.summary())
     out["vm_data_end_mib"] = vm_data() / MIB
     out["vm_hwm_mib"] = next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,9 @@ def test_two_ranks_load_a_sharded_checkpoint_tensor_by_tensor(tiny_models, tmp_p
     want = {n: p.detach().clone() for n, p in AutoModel.from_pretrained(tmp_path / "rm" / "backbone").named_parameters()}
     port = free_port()
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "VARPO_NO_PROGRESS": "1"}
+    # this environment's launcher: its ranks import this checkout's varpo (a `deepspeed` found on PATH may not)
     try:
-        proc = subprocess.run(["deepspeed", "--num_nodes", "1", "--num_accelerators", "2", "--master_port", str(port),
+        proc = subprocess.run([str(Path(sys.executable).with_name("deepspeed")), "--num_nodes", "1", "--num_accelerators", "2", "--master_port", str(port),
                                str(ROOT / "tests/models/zero3_load_worker.py"), str(tmp_path / "rm"), str(tmp_path)],
                               env=env, capture_output=True, text=True, timeout=600, check=False)
     finally:
