@@ -1,11 +1,12 @@
-"""The Triton kernels compiled on a GPU: each one against its PyTorch twin on the same inputs
-(correctness), and its effective bandwidth against a plain device copy of the same bytes.
+"""The Triton kernels compiled on a GPU: each one against its PyTorch twin on the same inputs and
+against the twin in float64 on the same values (exactness), and its effective bandwidth against a
+plain device copy of the same bytes.
 
     python benchmarks/gpu_kernels.py --out DIR            # on a CUDA machine (benchmarks/gpu_check.sh)
     python benchmarks/gpu_kernels.py --out DIR --dry-run  # CPU: Triton's interpreter, small shapes, no timing
 
-Writes DIR/gpu_kernels.json: per kernel the shapes, the largest error against the twin and whether
-it is within tolerance, and on CUDA the median time, the bytes the kernel must move (inputs read
+Writes DIR/gpu_kernels.json: per kernel the shapes, the largest error against the twin and against
+float64 and whether both are within tolerance, and on CUDA the median time, the bytes the kernel must move (inputs read
 once, outputs written once), that as GB/s, and the ratio to `copy_` of the same number of bytes
 (1.0 would be a kernel as fast as memory allows). Exit status 1 if any kernel disagrees with its twin.
 """
@@ -50,8 +51,10 @@ def copy_seconds(nbytes: int, device, reps: int) -> float:
     return median_seconds(lambda: b.copy_(a), device, reps)
 
 
-def cases(device, dry: bool):
-    """(name, twin fn, triton fn, bytes moved, tolerance) per kernel, on deterministic inputs."""
+def cases(device, dry: bool, reference=None, batch: int = 64):
+    """(name, fn(backend), bytes moved, tolerance) per kernel, on deterministic inputs; with
+    `reference` (torch.float64) every floating input is that dtype instead (the same values: the
+    bf16 case's logits are its bf16 values), for the float64 answer each kernel is checked against."""
     import torch
     from varpo_kernels import (
         ensemble_head_stats,
@@ -62,7 +65,7 @@ def cases(device, dry: bool):
     )
 
     g = torch.Generator(device="cpu").manual_seed(0)
-    B, T, V = (2, 5, 300) if dry else (64, 512, 50257)
+    B, T, V = (2, 5, 300) if dry else (batch, 512, 50257)
     K, H = (10, 33) if dry else (10, 4096)
     N = B * T
     logits = (torch.randn(B, T, V, generator=g) * 2).to(device)
@@ -75,6 +78,9 @@ def cases(device, dry: bool):
     hid = torch.randn(N, H, generator=g).to(device)
     W = (torch.randn(K, H, generator=g) / H**0.5).to(device)
     bias = torch.randn(K, generator=g).to(device)
+    if reference is not None:
+        logits_bf16 = logits_bf16.to(reference)
+        logits, other, w, rew, hid, W, bias = (x.to(reference) for x in (logits, other, w, rew, hid, W, bias))
 
     def fwd_bwd(backend, x):
         x = x.detach().clone().requires_grad_()
@@ -100,6 +106,9 @@ def cases(device, dry: bool):
         ("ensemble_stats", lambda b: ensemble_stats(rew, backend=b), 4 * N * (K + 4), 1e-5),
         ("ensemble_head_stats", lambda b: ensemble_head_stats(hid, W, bias, backend=b), 4 * (N * H + K * H + N * (K + 4)), 1e-4),
     ]
+
+
+FLOAT64_TOL = 1e-4  # float32 arithmetic on logits of magnitude ~10 against the float64 answer
 
 
 def max_error(a, b) -> float:
@@ -138,10 +147,16 @@ def main(argv=None) -> int:
         ap.error("no CUDA device: run with --dry-run on a CPU machine")
     device = torch.device("cpu" if a.dry_run else "cuda")
     rows = []
-    for name, fn, nbytes, tol in cases(device, a.dry_run):
+    # exactness against float64 on a batch of 8 (the timed batch of 64 in float64 would not fit beside it)
+    small = [c[1] for c in cases(device, a.dry_run, batch=8)]
+    exact = [c[1] for c in cases(device, a.dry_run, reference=torch.float64, batch=8)]
+    for (name, fn, nbytes, tol), fn_small, fn64 in zip(cases(device, a.dry_run), small, exact):
         twin, tri = fn("torch"), fn("triton")
         err = max_error(tri, twin)
-        row = {"kernel": name, "max_abs_error_vs_torch_twin": err, "tolerance": tol, "ok": err <= tol}
+        # the float64 answer on the same input values (the PyTorch path in float64)
+        err64 = max_error(fn_small("triton"), fn64("torch"))
+        row = {"kernel": name, "max_abs_error_vs_torch_twin": err, "max_abs_error_vs_float64": err64,
+               "tolerance": tol, "tolerance_vs_float64": FLOAT64_TOL, "ok": err <= tol and err64 <= FLOAT64_TOL}
         if not a.dry_run:
             t = median_seconds(lambda f=fn: f("triton"), device, a.reps)
             t_twin = median_seconds(lambda f=fn: f("torch"), device, max(3, a.reps // 4))

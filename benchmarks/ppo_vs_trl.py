@@ -5,6 +5,8 @@
         --variants trl,varpo_vanilla,varpo_variance_aware --out DIR
                                         # compute-bound CPU size (50k vocabulary, 64-token responses)
     python benchmarks/ppo_vs_trl.py --size gpt2-small --out DIR  # GPT-2 small, meant for a GPU
+    python benchmarks/ppo_vs_trl.py --size small --variants trl,varpo_vanilla,varpo_vllm --out DIR
+                                        # with vLLM rollouts (needs .venv-vllm: bash scripts/setup_vllm_env.sh)
 
 Both trainers get the same inputs (benchmarks/bench_models.py): one randomly initialised policy
 checkpoint (also the reference, and the backbone of the value model and of the reward model), one
@@ -27,11 +29,26 @@ and a fixed order would charge that to one variant (--order fixed keeps the old 
   varpo_shared_trunk     as varpo_vanilla with model.critic=shared_trunk (the value head on the actor's
                          trunk: no critic model, one forward per minibatch for logits and values); opt-in,
                          not in the default --variants (select it with --variants ...,varpo_shared_trunk)
+  varpo_vllm             as varpo_vanilla with generation.backend=vllm (a colocated vLLM engine samples the
+                         rollouts, weights synced in memory after each update), run by the vLLM environment's
+                         interpreter (--vllm-venv, default .venv-vllm in the repository, or $VARPO_VLLM_VENV);
+                         opt-in. Its start-up is reported apart (`startup_s`: importing vLLM and building the
+                         engine, `startup_parts_s`; a user pays it once per run, not per step), with
+                         `breakeven_steps`: the steps after which the faster steps have paid for the extra seconds
+                         before the first step (`setup_s` against varpo_vanilla's) in the same round
 
 Throughput of one run = episodes (tokens) of its steps after warm-up / their wall time, where a
 step's wall time runs from the end of the previous step to the end of this one (both trainers'
 per-step logging and bookkeeping included). `ratio_vs_trl` = median over rounds of
-varpo_vanilla / trl from the same round. Results: DIR/results.json, DIR/results.md, DIR/throughput.png.
+varpo_vanilla / trl from the same round (and per variant, `<variant>.ratio_vs_trl`).
+
+Model FLOPs utilisation per phase (`<variant>.mfu`): the matrix-product FLOPs each phase did
+(varpo.models.flops, from the model's shape and the real token counts: varpo's metrics rows carry
+them, TRL's are counted from the same workload) / the phase's seconds / this machine's matrix-product
+peak, measured before every round by benchmarks/roofline.py at the runs' dtype and thread count
+(`roofline`); generation's unavoidable bytes (weights once per decode step, the KV cache) / its
+seconds / the measured copy bandwidth (`generate_bandwidth_fraction`).
+Results: DIR/results.json, DIR/results.md, DIR/throughput.png.
 """
 from __future__ import annotations
 
@@ -47,6 +64,7 @@ import time
 from pathlib import Path
 
 from host import SHARED_CORES, ForeignCpu, machine  # benchmarks/, the script's own folder
+from roofline import utilisation
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,7 +77,10 @@ VARIANTS = {
     "varpo_1head": {"side": "varpo", "heads": 1, "weighting": "none"},
     # opt-in: the default run keeps its time budget
     "varpo_shared_trunk": {"side": "varpo", "heads": 10, "weighting": "none", "critic": "shared_trunk", "opt_in": True},
+    # opt-in: needs the vLLM environment
+    "varpo_vllm": {"side": "varpo", "heads": 10, "weighting": "none", "backend": "vllm", "opt_in": True},
 }
+MFU_PHASES = ("generate", "reference", "value", "update")
 DEFAULT_VARIANTS = [v for v, spec in VARIANTS.items() if not spec.get("opt_in")]
 
 
@@ -106,7 +127,11 @@ def run_throughput(run: dict, warmup: int) -> dict:
     # measures the other jobs too, the process's CPU time mostly its own work (runs older than
     # this field have none)
     cpu = sum(s["cpu_s"] for s in steps) if all("cpu_s" in s for s in steps) else None
+    flops = {ph: sum(s.get(f"flops/{ph}", 0.0) for s in steps) for ph in MFU_PHASES}
+    work = {"phase_flops": flops, "phase_seconds": {ph: sum(s.get(f"time/{ph}", 0.0) for s in steps) for ph in MFU_PHASES},
+            "generate_bytes": sum(s.get("bytes/generate", 0.0) for s in steps)} if any(flops.values()) else {}
     return {
+        **work,
         "detail_s": {k[5:]: sum(s.get(k, 0.0) for s in steps) / len(steps) for k in extra},
         "detail_cpu_s": {k[4:]: sum(s.get(k, 0.0) for s in steps) / len(steps)
                          for k in sorted({k for s in steps for k in s if k.startswith("cpu/")})},
@@ -125,12 +150,20 @@ def paired_ratios(num: dict[int, float], den: dict[int, float]) -> list[float]:
     return [num[r] / den[r] for r in sorted(set(num) & set(den)) if den[r] and num[r] is not None]
 
 
-def variant_summary(runs: list[dict], warmup: int) -> dict:
+def variant_summary(runs: list[dict], warmup: int, roofline: dict | None = None) -> dict:
     """Aggregate the successful runs of one variant: min/median/max of throughput, the median of
-    each phase's per-step seconds, peak RSS, and the per-run figures."""
+    each phase's per-step seconds, peak RSS, and the per-run figures; with `roofline` (round -> the
+    probe measured before it) each phase's utilisation of the measured peaks (median over runs)."""
     ok = [r for r in runs if r.get("ok")]
     per_run = [{"round": r["round"], "position": r.get("position"), **run_throughput(r["result"], warmup),
-                "peak_rss_mb": r["result"].get("peak_rss_mb")} for r in ok]
+                "peak_rss_mb": r["result"].get("peak_rss_mb"), "startup_s": r["result"].get("startup_s"),
+                "setup_s": r["result"].get("setup_s"), **({"startup_parts_s": r["result"]["startup_parts_s"]}
+                                                          if r["result"].get("startup_parts_s") else {})} for r in ok]
+    for p in per_run:
+        probe = (roofline or {}).get(p["round"])
+        if probe and p.get("phase_flops"):
+            p.update(utilisation(p["phase_flops"], p["phase_seconds"], probe["matmul"]["flops_per_s"],
+                                 p["generate_bytes"], probe["memory"]["bytes_per_s"]))
     eps = summarize([p["episodes_per_s"] for p in per_run])
     out = {
         "episodes_per_s": eps["median"],
@@ -159,6 +192,18 @@ def variant_summary(runs: list[dict], warmup: int) -> dict:
             p["episodes_per_cpu_s_excluding_gc_collect"] = p["episodes_per_cpu_s"] * p["cpu_step_s"] / (p["cpu_step_s"] - gc_cpu)
     cpu_runs = [p["episodes_per_cpu_s"] for p in per_run if p["episodes_per_cpu_s"]]
     out["episodes_per_cpu_s"] = summarize(cpu_runs)["median"] if cpu_runs else None
+    with_mfu = [p for p in per_run if "mfu" in p]
+    if with_mfu:
+        out["mfu"] = {ph: summarize([p["mfu"].get(ph) for p in with_mfu])["median"] for ph in MFU_PHASES}
+        out["flops_per_s"] = {ph: summarize([p["flops_per_s"].get(ph) for p in with_mfu])["median"] for ph in MFU_PHASES}
+        out["generate_bandwidth_fraction"] = summarize([p.get("generate_bandwidth_fraction") for p in with_mfu])["median"]
+        out["generate_bytes_per_s"] = summarize([p.get("generate_bytes_per_s") for p in with_mfu])["median"]
+    # the rollout engine's start-up, not in the throughput (None where no run reported one)
+    starts = [p["startup_s"] for p in per_run if p.get("startup_s") is not None]
+    out["startup_s"] = summarize(starts)["median"]
+    out["startup_s_stats"] = summarize(starts)
+    # process start to the first step (imports, models, engines): what a run pays before training
+    out["setup_s"] = summarize([p.get("setup_s") for p in per_run])["median"]
     if ok:
         res = ok[0]["result"]
         out["settings"] = res.get("settings")
@@ -168,14 +213,20 @@ def variant_summary(runs: list[dict], warmup: int) -> dict:
     return out
 
 
-def build_results(runs: list[dict], warmup: int, machine: dict, meta: dict, command: str) -> dict:
-    """The results document: one summary per variant, paired ratios against TRL per round."""
+def build_results(runs: list[dict], warmup: int, machine: dict, meta: dict, command: str,
+                  roofline: dict | None = None) -> dict:
+    """The results document: one summary per variant, paired ratios against TRL per round; with
+    `roofline` (round -> benchmarks/roofline.py's probe before it), utilisation per phase."""
     res = {"command": command, "machine": machine, "size": meta["size"], "preset": meta["preset"],
            "n_params": meta.get("n_params"), "warmup_steps": warmup}
+    if roofline:
+        res["roofline"] = {"per_round": {str(k): v for k, v in sorted(roofline.items())},
+                           "matmul_flops_per_s": summarize([v["matmul"]["flops_per_s"] for v in roofline.values()]),
+                           "memory_bytes_per_s": summarize([v["memory"]["bytes_per_s"] for v in roofline.values()])}
     # every default variant (the contract's keys, None where it did not run); an opt-in one only if it ran
     shown = [v for v in VARIANTS if v in DEFAULT_VARIANTS or any(r["variant"] == v for r in runs)]
     for v in shown:
-        res[v] = variant_summary([r for r in runs if r["variant"] == v], warmup)
+        res[v] = variant_summary([r for r in runs if r["variant"] == v], warmup, roofline)
     per_round = {v: {p["round"]: p["episodes_per_s"] for p in res[v]["runs"]} for v in shown}
     ratios = {}
     for v in shown:
@@ -183,11 +234,16 @@ def build_results(runs: list[dict], warmup: int, machine: dict, meta: dict, comm
             continue
         rr = paired_ratios(per_round[v], per_round["trl"])
         ratios[f"{v}_vs_trl"] = {"per_round": rr, **summarize(rr)}
+        res[v]["ratio_vs_trl"] = ratios[f"{v}_vs_trl"]["median"]
     va = paired_ratios(per_round["varpo_variance_aware"], per_round["varpo_vanilla"])
     ratios["variance_aware_vs_vanilla"] = {"per_round": va, **summarize(va)}
     if "varpo_shared_trunk" in shown:
         st = paired_ratios(per_round["varpo_shared_trunk"], per_round["varpo_vanilla"])
         ratios["shared_trunk_vs_vanilla"] = {"per_round": st, **summarize(st)}
+    if "varpo_vllm" in shown:
+        vv = paired_ratios(per_round["varpo_vllm"], per_round["varpo_vanilla"])
+        ratios["vllm_vs_vanilla"] = {"per_round": vv, **summarize(vv)}
+        res["varpo_vllm"]["breakeven_steps"] = breakeven_steps(res["varpo_vllm"]["runs"], res["varpo_vanilla"]["runs"])
     ex = {p["round"]: p.get("episodes_per_s_excluding_gc_collect") for p in res["trl"]["runs"]}
     ex = {r: x for r, x in ex.items() if x is not None}
     if ex:
@@ -212,6 +268,28 @@ def build_results(runs: list[dict], warmup: int, machine: dict, meta: dict, comm
     res["ratios"] = ratios
     res["position_effect"] = position_effect(res, shown)
     return add_headline(res)
+
+
+def breakeven_steps(vllm_runs: list[dict], hf_runs: list[dict]) -> dict:
+    """After how many steps vLLM's start-up has paid for itself: per round, the extra seconds before
+    its first step / (HF step seconds − vLLM step seconds) against varpo_vanilla (HF rollouts, no
+    engine to start) in the same round. The extra seconds are setup_s (process start to the first
+    step) minus varpo_vanilla's where both runs recorded it, else the engine's startup_s (vLLM's
+    import and engine). None for a round where vLLM's steps were not faster (never)."""
+    hf = {p["round"]: p for p in hf_runs}
+    per_round, cost = [], []
+    for p in vllm_runs:
+        h = hf.get(p["round"])
+        if h is None or p.get("startup_s") is None:
+            continue
+        extra = p["setup_s"] - h["setup_s"] if p.get("setup_s") is not None and h.get("setup_s") is not None \
+            else p["startup_s"]
+        saved = h["step_s"] - p["step_s"]
+        cost.append(extra)
+        per_round.append(extra / saved if saved > 0 else None)
+    finite = [x for x in per_round if x is not None]
+    return {"per_round": per_round, **summarize(finite), "never": len(per_round) - len(finite),
+            "extra_setup_s_per_round": cost}
 
 
 def position_effect(res: dict, variants: list[str]) -> dict:
@@ -258,6 +336,17 @@ def validate_results(res: dict) -> None:
     for k in ("cpu_model", "cores", "torch", "trl"):
         if "machine" in res and k not in res["machine"]:
             missing.append(f"machine.{k}")
+    # issue 26's contract, per variant that ran: its paired ratio against TRL, its utilisation per
+    # phase wherever the peaks were probed, and vLLM's start-up kept apart from its throughput
+    for v in _shown(res):
+        if not isinstance(res[v], dict) or res[v].get("episodes_per_s") is None:
+            continue
+        if v != "trl" and "ratio_vs_trl" not in res[v]:
+            missing.append(f"{v}.ratio_vs_trl")
+        if res.get("roofline") and res["roofline"]["matmul_flops_per_s"]["median"]:
+            missing += [f"{v}.mfu.{ph}" for ph in MFU_PHASES if ph not in (res[v].get("mfu") or {})]
+        if VARIANTS[v].get("backend") == "vllm":
+            missing += [f"{v}.{k}" for k in ("startup_s", "breakeven_steps") if k not in res[v]]
     if missing:
         raise ValueError(f"results.json is missing {missing}")
 
@@ -326,6 +415,39 @@ def results_markdown(res: dict) -> str:
         for k, x in res[v].get("detail_s", {}).items():
             lines.append(f"\n{v}: of which {k} {_fmt(x)} s per step")
     lines += ["", "Phase definitions: see `notes` in results.json.", ""]
+    roof = res.get("roofline")
+    if roof and roof["matmul_flops_per_s"]["median"]:
+        probe = next(iter(roof["per_round"].values()))
+        lines += [f"Model FLOPs utilisation per phase (median over runs), against this machine's measured "
+                  f"matrix-product peak {_fmt(roof['matmul_flops_per_s']['median'] / 1e9)} GFLOP/s "
+                  f"({probe['matmul']['dtype']}, {probe['matmul']['threads']} thread(s), {probe['matmul']['device']}; "
+                  f"median of the probes before each round) and copy bandwidth "
+                  f"{_fmt(roof['memory_bytes_per_s']['median'] / 1e9)} GB/s:", "",
+                  "| variant | " + " | ".join(f"{ph} MFU (GFLOP/s)" for ph in MFU_PHASES) + " | generate bytes/s of bandwidth |",
+                  "|---|" + "---|" * (len(MFU_PHASES) + 1)]
+        for v in _shown(res):
+            mfu, rate = res[v].get("mfu"), res[v].get("flops_per_s")
+            if not mfu:
+                continue
+            cells = [f"{_fmt(mfu[ph], '.1%') if mfu[ph] is not None else '—'} ({_fmt(rate[ph] / 1e9 if rate[ph] else None)})"
+                     for ph in MFU_PHASES]
+            bw = res[v].get("generate_bandwidth_fraction")
+            lines.append(f"| {v} | " + " | ".join(cells) + f" | {_fmt(bw, '.1%') if bw is not None else '—'} |")
+        lines.append("")
+    if "varpo_vllm" in res and res["varpo_vllm"].get("startup_s") is not None:
+        st, be = res["varpo_vllm"]["startup_s_stats"], res["varpo_vllm"].get("breakeven_steps", {})
+        parts = [p["startup_parts_s"] for p in res["varpo_vllm"]["runs"] if p.get("startup_parts_s")]
+        split = (f"; of which importing vLLM {_fmt(summarize([x.get('import_s') for x in parts])['median'])} s, building "
+                 f"the engine {_fmt(summarize([x.get('engine_s') for x in parts])['median'])} s" if parts else "")
+        extra = be.get("extra_setup_s_per_round") or []
+        lines += [f"varpo_vllm: start-up **{_fmt(st['median'])} s** (min {_fmt(st['min'])}, max {_fmt(st['max'])}{split}; "
+                  f"not in the steady-state throughput); process start to first step {_fmt(res['varpo_vllm'].get('setup_s'))} s "
+                  f"against varpo_vanilla's {_fmt(res['varpo_vanilla'].get('setup_s'))} s (extra per round: "
+                  f"{', '.join(format(x, '.0f') for x in extra) or '—'} s); "
+                  f"paid for by its faster steps after **{_fmt(be.get('median'))}** "
+                  f"steps (median over rounds against varpo_vanilla; per round "
+                  f"{', '.join('never' if x is None else format(x, '.1f') for x in be.get('per_round', [])) or '—'}); "
+                  f"vLLM / HF rollouts, paired: {_fmt(res['ratios'].get('vllm_vs_vanilla', {}).get('median'))}", ""]
     for v in _shown(res):
         for f in res[v]["failed_runs"]:
             lines.append(f"- {v} round {f['round']}: not run or failed: {str(f['error'])[-300:]}")
@@ -412,6 +534,53 @@ def ensure_trl_env(venv: Path, log=print) -> Path:
     return py
 
 
+def vllm_python(venv: Path) -> Path:
+    """The vLLM environment's interpreter, checked to import vLLM and this varpo."""
+    py = venv / "bin" / "python"
+    if not py.exists():
+        raise SystemExit(f"--variants varpo_vllm: no vLLM environment at {venv} (build it with "
+                         "`bash scripts/setup_vllm_env.sh`, or point --vllm-venv / VARPO_VLLM_VENV at one)")
+    probe = subprocess.run([str(py), "-c", "import vllm, varpo; print(vllm.__version__, varpo.__file__)"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        raise SystemExit(f"--variants varpo_vllm: {py} does not import vllm and varpo:\n{probe.stderr[-1500:]}")
+    here = str(HERE.parent / "varpo")
+    if here not in probe.stdout:
+        raise SystemExit(f"--variants varpo_vllm: {py} imports another varpo ({probe.stdout.strip()}), not {here}")
+    return py
+
+
+def run_probe(env: dict, device: str, threads: int, dtype: str = "float32") -> dict | None:
+    """benchmarks/roofline.py in a child with the runs' environment (thread count, device)."""
+    cmd = [sys.executable, str(HERE / "roofline.py"), "--dtype", dtype, "--device", device, "--threads", str(threads)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode:
+        print(f"         roofline probe failed: {proc.stderr[-500:]}", flush=True)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def trl_step_flops(meta: dict) -> dict:
+    """The useful matrix-product FLOPs of one TRL step on this workload, counted as varpo's own steps
+    are (varpo.ppo.phase_flops): every response exactly response_len tokens after a prompt_len-token
+    prompt; old log-probs read off generation (no actor forward at rollout); a value model of the
+    policy's shape."""
+    import torch
+    from transformers import AutoConfig
+
+    from varpo.models.flops import ModelShape
+    from varpo.ppo.experience import Experience
+    from varpo.ppo.phase_flops import RoleShapes, phase_flops
+
+    p = meta["preset"]
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(meta["policy_path"]))
+    B, P, T = p["batch_size"], p["prompt_len"], p["response_len"]
+    ones = torch.ones
+    exp = Experience(ones(B, P, dtype=torch.long), ones(B, P, dtype=torch.long), ones(B, T, dtype=torch.long),
+                     ones(B, T, dtype=torch.long), torch.zeros(B, dtype=torch.bool))
+    return phase_flops(RoleShapes(shape, shape, shape), exp, ppo_epochs=p["ppo_epochs"], actor_forward_at_rollout=False)
+
+
 # ---------------------------------------------------------------------------------------- varpo side
 def build_ensemble(policy_path: str, heads: int, out: Path, seed: int) -> Path:
     """A K-head reward ensemble on the policy's backbone weights (untrained heads: throughput
@@ -445,7 +614,7 @@ def varpo_overrides(meta: dict, variant: str, reward_path: str, steps: int, seed
         "ppo.entropy_coef": 0.0, "ppo.whiten_advantages": True, "ppo.whiten_rewards": False,
         "ppo.kl.estimator": "k1", "ppo.kl.beta": kl_coef, "ppo.kl.controller": "fixed",
         "ppo.variance.weighting": spec["weighting"], "ppo.checkpoint_every": 0,
-        "generation.backend": "hf", "generation.max_new_tokens": p["response_len"],
+        "generation.backend": spec.get("backend", "hf"), "generation.max_new_tokens": p["response_len"],
         "generation.min_new_tokens": p["response_len"], "generation.temperature": 1.0,
         "generation.top_k": 0, "generation.top_p": 1.0, "generation.max_prompt_len": p["prompt_len"] + 8,
         "deepspeed.zero_stage": 0, "model.critic": critic,
@@ -496,10 +665,15 @@ def varpo_run(argv: list[str]) -> int:
         def __init__(self):
             self.marks: list[float] = []
             self.cpu_marks: list[float] = []  # process CPU seconds (all threads): barely moved by other jobs
-            self.setup_s = None
+            self.setup_s = self.startup_s = None
+            self.parts: dict = {}
 
         def on_train_begin(self, trainer):
             self.setup_s = time.perf_counter() - t_start
+            # the rollout engine's own start-up (vLLM: its engine; HF generate runs the actor: none)
+            engine = trainer.rollout_engine
+            self.startup_s = getattr(engine, "startup_s", 0.0)
+            self.parts = {k: getattr(engine, k) for k in ("import_s", "engine_s") if hasattr(engine, k)}
             self.marks.append(time.perf_counter())
             self.cpu_marks.append(time.process_time())
 
@@ -524,12 +698,15 @@ def varpo_run(argv: list[str]) -> int:
                       "episodes": p["batch_size"],
                       "tokens": p["batch_size"] * p["response_len"],
                       "trainer_episodes_per_s": r["episodes_per_s"], "trainer_step_s": r["time/step"],
-                      **{f"time/{k}": r[f"time/{k}"] for k in PHASES if f"time/{k}" in r}})
+                      **{f"time/{k}": r[f"time/{k}"] for k in PHASES if f"time/{k}" in r},
+                      # the work of each phase (varpo.ppo.phase_flops), for its utilisation
+                      **{k: v for k, v in r.items() if k.startswith(("flops/", "bytes/"))}})
     import deepspeed
     import transformers
 
     result = {
-        "side": "varpo", "variant": a.variant, "steps": steps, "setup_s": timer.setup_s,
+        "side": "varpo", "variant": a.variant, "steps": steps, "setup_s": timer.setup_s, "startup_s": timer.startup_s,
+        "startup_parts_s": timer.parts,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -539,7 +716,8 @@ def varpo_run(argv: list[str]) -> int:
                      "ppo_epochs": p["ppo_epochs"], "response_len": p["response_len"], "prompt_len": p["prompt_len"],
                      "kl_estimator": "k1", "kl_coef": a.kl_coef, "lr": a.lr, "reward_heads": VARIANTS[a.variant]["heads"],
                      "variance_weighting": VARIANTS[a.variant]["weighting"],
-                     "critic": VARIANTS[a.variant].get("critic", "separate")},
+                     "critic": VARIANTS[a.variant].get("critic", "separate"),
+                     "generation_backend": VARIANTS[a.variant].get("backend", "hf")},
     }
     Path(a.out).write_text(json.dumps(result, indent=1))
     return 0
@@ -555,6 +733,14 @@ def child_env(device: str, threads: int) -> dict:
         env["DS_ACCELERATOR"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env
+
+
+def foreign_env(env: dict) -> dict:
+    """The environment for a child of another interpreter (the TRL or the vLLM environment): without
+    this process's TORCH_EXTENSIONS_DIR, which its venv set for its own torch. Inherited, a vLLM child
+    rebuilt DeepSpeed's CPU communication op into this venv's cache for its own torch paths (minutes of
+    compiling in its start-up), and the next varpo run rebuilt it back; each venv sets its own."""
+    return {k: v for k, v in env.items() if k != "TORCH_EXTENSIONS_DIR"}
 
 
 def run_one(cmd: list[str], out_json: Path, env: dict, timeout: float) -> dict:
@@ -609,6 +795,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 on CPU, all on GPU)")
     ap.add_argument("--work", type=Path, default=None, help="where shared inputs are built (default OUT/runs/work)")
     ap.add_argument("--trl-venv", type=Path, default=HERE / ".venv-trl")
+    ap.add_argument("--vllm-venv", type=Path, default=Path(os.environ.get("VARPO_VLLM_VENV", HERE.parent / ".venv-vllm")),
+                    help="the vLLM environment varpo_vllm runs in (bash scripts/setup_vllm_env.sh builds it; "
+                         "default .venv-vllm in the repository or $VARPO_VLLM_VENV)")
+    ap.add_argument("--no-roofline", action="store_true", help="skip the peak probes (no MFU figures)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it is killed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep-run-dirs", action="store_true", help="keep each run's trainer output folder")
@@ -643,7 +833,9 @@ def main(argv=None) -> int:
     from bench_models import build_inputs
 
     trl_py = ensure_trl_env(a.trl_venv.resolve()) if "trl" in variants else None
+    vllm_py = vllm_python(a.vllm_venv.resolve()) if "varpo_vllm" in variants else None
     meta = build_inputs(work, size, seed=a.seed)
+    trl_flops = trl_step_flops(meta)
     reward_paths = {}
     for v in variants:
         if VARIANTS[v]["side"] == "varpo":
@@ -651,10 +843,16 @@ def main(argv=None) -> int:
             reward_paths[v] = str(build_ensemble(meta["policy_path"], k, work / f"reward_k{k}", a.seed))
 
     env = child_env(device, threads)
-    runs = []
+    runs, roofline = [], {}
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)
     for r in range(rounds):
+        if not a.no_roofline:  # this machine's peaks now, at the runs' thread count and dtype
+            probe = run_probe(env, device, threads)
+            if probe is not None:
+                roofline[r] = probe
+                print(f"[{time.perf_counter() - t_all:6.0f}s] peaks: {probe['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s "
+                      f"matmul, {probe['memory']['bytes_per_s'] / 1e9:.1f} GB/s copy", flush=True)
         for pos, v in enumerate(round_order(variants, r, a.order)):
             out_json = runs_dir / f"r{r}_{v}.json"
             out_json.unlink(missing_ok=True)
@@ -663,12 +861,16 @@ def main(argv=None) -> int:
             if v == "trl":
                 cmd = [str(trl_py), str(HERE / "trl_side.py"), *common]
             else:
-                cmd = [sys.executable, str(Path(__file__).resolve()), "_varpo_run", "--variant", v,
+                py = vllm_py if VARIANTS[v].get("backend") == "vllm" else sys.executable
+                cmd = [str(py), str(Path(__file__).resolve()), "_varpo_run", "--variant", v,
                        "--reward-path", reward_paths[v], *common]
             print(f"[{time.perf_counter() - t_all:6.0f}s] round {r + 1}/{rounds}: {v}", flush=True)
             load1 = os.getloadavg()[0]
-            rec = run_one(cmd, out_json, env, a.timeout)
+            rec = run_one(cmd, out_json, env if cmd[0] == sys.executable else foreign_env(env), a.timeout)
             rec.update(round=r, variant=v, position=pos, loadavg1_at_start=round(load1, 2))
+            if rec["ok"] and v == "trl":  # TRL's steps did the same useful work as varpo's: counted alike
+                for step in rec["result"]["steps"]:
+                    step.update(trl_flops)
             if rec["ok"]:
                 thr = run_throughput(rec["result"], warmup)
                 print(f"         {thr['episodes_per_s']:.2f} episodes/s, {thr['step_s']:.2f} s/step, "
@@ -679,13 +881,15 @@ def main(argv=None) -> int:
             if not a.keep_run_dirs:  # the trainers' own outputs (exported policy, tensorboard): large, unused
                 shutil.rmtree(out_json.with_suffix(""), ignore_errors=True)
 
-        write_results(runs, r + 1, rounds, variants, warmup, meta, command, device, threads, load_before, size, t_all, out)
+        write_results(runs, r + 1, rounds, variants, warmup, meta, command, device, threads, load_before, size, t_all, out,
+                      roofline)
     res = json.loads((out / "results.json").read_text())
     print((out / "results.md").read_text())
     return 0 if all(res[v]["episodes_per_s"] is not None for v in variants) else 1
 
 
-def write_results(runs, done, rounds, variants, warmup, meta, command, device, threads, load_before, size, t_all, out):
+def write_results(runs, done, rounds, variants, warmup, meta, command, device, threads, load_before, size, t_all, out,
+                  roofline=None):
     """results.json/.md/.png from the runs so far: rewritten after every round, so that a run cut
     short (a shared machine, a deadline) still leaves the paired rounds it completed."""
     trl_version = next((r["result"]["versions"]["trl"] for r in runs if r["ok"] and r["variant"] == "trl"), None)
@@ -701,7 +905,7 @@ def write_results(runs, done, rounds, variants, warmup, meta, command, device, t
     for v in DEFAULT_VARIANTS:
         if v not in variants:
             runs.append({"variant": v, "round": -1, "ok": False, "error": "not selected (--variants)"})
-    res = build_results(runs, warmup, machine, meta, command)
+    res = build_results(runs, warmup, machine, meta, command, roofline)
     res["notes"] = NOTES + [f"the {size} preset ran on {device}"] + (
         [] if device == "cuda" else ["gpt2-small (--size gpt2-small) is meant for a GPU and was not run here"])
     res["rounds_completed"], res["rounds_planned"] = done, rounds

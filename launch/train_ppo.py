@@ -34,7 +34,9 @@ if __name__ == "__main__":
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     from varpo.ppo import train_ppo
+    from varpo.threads import announce
 
+    announce(cfg.runtime.threads)  # this rank's torch threads, before torch loads (varpo.threads)
     try:
         train_ppo(cfg, args.out, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     except ConfigError as exc:  # a bad path, data or output folder: one line, before any engine started

@@ -48,8 +48,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-# metrics.jsonl keys that measure the machine (wall and CPU time, throughput), not the run
-TIMING_KEYS = ("time/", "episodes_per_s", "tokens_per_s")
+# metrics.jsonl keys that measure the machine (wall and CPU time, throughput), not the run, and the
+# work those timings are divided into (matrix-product FLOPs and bytes per phase: varpo.ppo.phase_flops)
+TIMING_KEYS = ("time/", "episodes_per_s", "tokens_per_s", "flops/", "bytes/")
 
 
 def without_timings(row: dict) -> dict:

@@ -315,3 +315,163 @@ def test_position_effect_recovers_a_slow_last_position():
     assert pe["0"]["median"] == pytest.approx(1.0) and pe["2"]["median"] == pytest.approx(0.8)
     assert res["variance_aware_vs_vanilla"] == pytest.approx(1.0)
     assert "position 2: 0.8" in bench.results_markdown(res)
+
+
+def _probe(flops_per_s=50e9, bytes_per_s=10e9):
+    return {"matmul": {"flops_per_s": flops_per_s, "dtype": "float32", "threads": 1, "device": "cpu"},
+            "memory": {"bytes_per_s": bytes_per_s}}
+
+
+def test_mfu_per_phase_startup_and_breakeven(tmp_path):
+    """Utilisation per phase = the measured steps' FLOPs / their seconds / the peak probed before
+    that round; varpo_vllm's start-up stays out of its throughput and is paid back after
+    startup / (vanilla step − vLLM step) steps, per round."""
+    rng = random.Random(12)
+    vs = ["trl", "varpo_vanilla", "varpo_vllm"]
+    runs, roofline = [], {}
+    for r in range(3):
+        roofline[r] = _probe(flops_per_s=rng.uniform(40e9, 60e9), bytes_per_s=rng.uniform(5e9, 15e9))
+        for v in vs:
+            run = _run(rng, 4)
+            for s in run["steps"]:
+                s.update({f"flops/{ph}": rng.uniform(1e9, 5e9) for ph in bench.MFU_PHASES})
+                s["bytes/generate"] = rng.uniform(1e9, 2e9)
+            if v == "varpo_vllm":
+                run["startup_s"] = rng.uniform(20, 60)
+                for s in run["steps"]:  # faster steps in rounds 0 and 1, slower in round 2
+                    s["wall_s"] *= 0.5 if r < 2 else 3.0
+            runs.append({"round": r, "variant": v, "position": vs.index(v), "ok": True, "result": run})
+    res = bench.build_results(runs, warmup=1, machine=_machine(), meta=META, command="c", roofline=roofline)
+    bench.validate_results(res)
+
+    def raw(v, r):
+        return next(x for x in runs if x["variant"] == v and x["round"] == r)["result"]
+
+    for v in vs:
+        for ph in bench.MFU_PHASES:  # independent recomputation from the raw rows
+            per_run = []
+            for r in range(3):
+                steps = raw(v, r)["steps"][1:]
+                rate = sum(s[f"flops/{ph}"] for s in steps) / sum(s[f"time/{ph}"] for s in steps)
+                per_run.append(rate / roofline[r]["matmul"]["flops_per_s"])
+            assert res[v]["mfu"][ph] == pytest.approx(statistics.median(per_run), rel=1e-12), (v, ph)
+        bw = []
+        for r in range(3):
+            steps = raw(v, r)["steps"][1:]
+            bw.append(sum(s["bytes/generate"] for s in steps) / sum(s["time/generate"] for s in steps)
+                      / roofline[r]["memory"]["bytes_per_s"])
+        assert res[v]["generate_bandwidth_fraction"] == pytest.approx(statistics.median(bw), rel=1e-12)
+        if v != "trl":
+            assert res[v]["ratio_vs_trl"] == res["ratios"][f"{v}_vs_trl"]["median"]
+    starts = [raw("varpo_vllm", r)["startup_s"] for r in range(3)]
+    assert res["varpo_vllm"]["startup_s"] == pytest.approx(statistics.median(starts))
+    assert res["varpo_vanilla"].get("startup_s") is None
+    be = res["varpo_vllm"]["breakeven_steps"]
+    step = {(v, r): sum(s["wall_s"] for s in raw(v, r)["steps"][1:]) / 3 for v in vs for r in range(3)}
+    want = [starts[r] / (step[("varpo_vanilla", r)] - step[("varpo_vllm", r)]) for r in range(2)]
+    assert be["per_round"][:2] == pytest.approx(want, rel=1e-12) and be["per_round"][2] is None
+    assert be["never"] == 1 and be["median"] == pytest.approx(statistics.median(want), rel=1e-12)
+    assert res["roofline"]["matmul_flops_per_s"]["n"] == 3
+    md = bench.results_markdown(res)
+    assert "Model FLOPs utilisation" in md and "varpo_vllm: start-up" in md and "never" in md
+    bench.plot(res, tmp_path / "t.png")
+
+
+def test_validate_results_names_missing_contract_keys_per_variant():
+    """Issue 26's contract per variant that ran: ratio_vs_trl, mfu for the four phases where peaks
+    were probed, and for varpo_vllm startup_s and breakeven_steps."""
+    rng = random.Random(21)
+    runs, roofline = [], {0: _probe()}
+    for v in ("trl", "varpo_vanilla", "varpo_vllm"):
+        run = _run(rng, 3)
+        for s in run["steps"]:
+            s.update({f"flops/{ph}": 1e9 for ph in bench.MFU_PHASES})
+        run["startup_s"] = 30.0 if v == "varpo_vllm" else None
+        if v == "varpo_vllm":
+            run["startup_parts_s"] = {"import_s": 26.0, "engine_s": 4.0}
+        runs.append({"round": 0, "variant": v, "position": 0, "ok": True, "result": run})
+    res = bench.build_results(runs, 1, _machine(), META, "c", roofline=roofline)
+    bench.validate_results(res)
+    assert res["varpo_vllm"]["startup_s"] == 30.0 and set(res["varpo_vllm"]["mfu"]) == set(bench.MFU_PHASES)
+    assert "importing vLLM 26 s, building the engine 4 s" in bench.results_markdown(res)
+    del res["varpo_vllm"]["startup_s"]
+    del res["varpo_vllm"]["ratio_vs_trl"]
+    del res["varpo_vanilla"]["mfu"]["update"]
+    del res["trl"]["mfu"]
+    with pytest.raises(ValueError) as e:
+        bench.validate_results(res)
+    msg = str(e.value)
+    for key in ("varpo_vllm.startup_s", "varpo_vllm.ratio_vs_trl", "varpo_vanilla.mfu.update", "trl.mfu.generate"):
+        assert key in msg, key
+    assert "varpo_vllm.breakeven_steps" not in msg and "varpo_vanilla.mfu.value" not in msg
+
+
+def test_breakeven_counts_the_extra_setup_against_vanilla_in_the_same_round():
+    """The seconds vLLM costs before its first step: its setup minus varpo_vanilla's (imports and
+    engine included), or its startup_s where a run has no setup time; paid back per faster step."""
+    vllm = [{"round": 0, "step_s": 5.0, "startup_s": 20.0, "setup_s": 60.0},
+            {"round": 1, "step_s": 9.0, "startup_s": 20.0, "setup_s": 50.0},
+            {"round": 2, "step_s": 4.0, "startup_s": 30.0},
+            {"round": 3, "step_s": 4.0, "startup_s": 30.0, "setup_s": 40.0}]  # no vanilla run in round 3
+    hf = [{"round": 0, "step_s": 8.0, "setup_s": 15.0}, {"round": 1, "step_s": 8.0, "setup_s": 14.0},
+          {"round": 2, "step_s": 7.0, "setup_s": 10.0}]
+    be = bench.breakeven_steps(vllm, hf)
+    assert be["extra_setup_s_per_round"] == [45.0, 36.0, 30.0]
+    assert be["per_round"][0] == pytest.approx(45.0 / 3.0) and be["per_round"][1] is None
+    assert be["per_round"][2] == pytest.approx(30.0 / 3.0)
+    assert be["never"] == 1 and be["n"] == 2 and be["median"] == pytest.approx((15.0 + 10.0) / 2)
+
+
+def test_vllm_variant_runs_vllm_rollouts_and_is_opt_in():
+    assert "varpo_vllm" not in bench.DEFAULT_VARIANTS
+    ov = bench.varpo_overrides({"preset": dict(META["preset"]), "policy_path": "/p", "prompts_path": "/q"},
+                               "varpo_vllm", "/r", steps=2, seed=0, lr=1e-5, kl_coef=0.1)
+    assert ov["generation.backend"] == "vllm"
+    assert bench.varpo_overrides({"preset": dict(META["preset"]), "policy_path": "/p", "prompts_path": "/q"},
+                                 "varpo_vanilla", "/r", 2, 0, 1e-5, 0.1)["generation.backend"] == "hf"
+
+
+def test_a_missing_vllm_environment_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="setup_vllm_env.sh"):
+        bench.vllm_python(tmp_path / "nowhere")
+
+
+def test_trl_step_flops_count_the_workload(tmp_path):
+    """TRL's FLOPs per step from the preset: a hand count on the tiny preset's Llama."""
+    meta = bench_models.build_inputs(tmp_path, "tiny", seed=0)
+    p = bench_models.SIZES["tiny"]
+    f = bench.trl_step_flops(meta)
+    H, L, inner, V = p.hidden, p.layers, p.intermediate, meta["vocab_size"]
+    body = 2 * L * (4 * H * H + 3 * H * inner)  # per token: Q, K, V, O and the gated MLP
+    B, P, T = p.batch_size, p.prompt_len, p.response_len
+    seq = P + T
+    attn = 4 * L * H * seq * seq  # per sequence, all heads
+    fwd = B * (seq * body + attn) + B * T * 2 * H * V  # LM head at the response positions
+    critic = B * (seq * body + attn + 2 * H * seq)  # value head at every position
+    assert f["flops/reference"] == fwd and f["flops/value"] == critic
+    assert f["flops/update"] == p.ppo_epochs * 3 * (fwd + critic)
+    assert f["flops/generate"] > 0
+
+
+def test_roofline_probe_and_utilisation():
+    import roofline
+
+    got = roofline.matmul_peak("float32", "cpu", sizes=(64, 96), budget_s=0.05)
+    assert got["flops_per_s"] > 0 and set(got["per_size"]) == {64, 96}
+    assert roofline.memory_bandwidth("cpu", nbytes=2**20, repeats=2)["bytes_per_s"] > 0
+    u = roofline.utilisation({"update": 8e9, "value": 0.0, "generate": 1e9},
+                             {"update": 2.0, "value": 1.0, "generate": 0.5}, 8e9, generate_bytes=2e9, bandwidth=16e9)
+    assert u["flops_per_s"] == {"update": 4e9, "value": None, "generate": 2e9}
+    assert u["mfu"] == {"update": 0.5, "value": None, "generate": 0.25}
+    assert u["generate_bytes_per_s"] == 4e9 and u["generate_bandwidth_fraction"] == 0.25
+
+
+def test_children_of_other_venvs_do_not_inherit_this_venvs_extension_cache():
+    """A vLLM (or TRL) child given this venv's TORCH_EXTENSIONS_DIR rebuilt DeepSpeed's CPU op there
+    for its own torch: such children get the environment without it, everything else kept."""
+    env = bench.child_env("cpu", 1)
+    env["TORCH_EXTENSIONS_DIR"] = "/somewhere/.venv/torch_extensions"
+    other = bench.foreign_env(env)
+    assert "TORCH_EXTENSIONS_DIR" not in other and "TORCH_EXTENSIONS_DIR" in env
+    assert {k: v for k, v in env.items() if k != "TORCH_EXTENSIONS_DIR"} == other
+    assert other["OMP_NUM_THREADS"] == "1" and other["DS_ACCELERATOR"] == "cpu"

@@ -66,17 +66,41 @@ def test_cpu_engines_of_ranks_on_one_host_get_disjoint_cores(monkeypatch):
     for r in range(n):
         env = {}
         monkeypatch.setattr(os, "environ", env)
-        _cpu_environment(2, r, n)
-        assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+        _cpu_environment(r, n)
+        assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and "VLLM_CPU_KVCACHE_SPACE" not in env
         binds.append({int(c) for c in env["VLLM_CPU_OMP_THREADS_BIND"].split(",")})
     assert all(b for b in binds) and set().union(*binds) <= set(cores)
     if n > 1:
         assert all(not (a & b) for i, a in enumerate(binds) for b in binds[i + 1:]), binds
     env = {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
     monkeypatch.setattr(os, "environ", env)
-    _cpu_environment(1, 1, 2)
+    _cpu_environment(1, 2)
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
     env = {}
     monkeypatch.setattr(os, "environ", env)
-    _cpu_environment(1, 0, 1)  # one rank on the host: vLLM's own binding
+    _cpu_environment(0, 1)  # one rank on the host: vLLM's own binding
     assert "VLLM_CPU_OMP_THREADS_BIND" not in env
+
+
+def test_cpu_kv_cache_is_sized_to_the_rollout(tiny_policy):
+    """generation.vllm.cpu_kvcache_gb None: 4 × sequences × max_model_len × K/V bytes per token + 32 MiB
+    (hand count for the tiny GPT-2: 2 layers, 2 heads of 16, float32)."""
+    from varpo.ppo.generation.vllm import kv_cache_bytes
+
+    per_token = 2 * 2 * 2 * 16 * 4  # K and V, 2 layers, 2 heads × 16 dims, 4 bytes
+    assert kv_cache_bytes(tiny_policy, "float32", 8, 40) == 4 * 8 * 40 * per_token + 32 * 2**20
+    assert kv_cache_bytes(tiny_policy, "bfloat16", 8, 40) == 4 * 8 * 40 * per_token // 2 + 32 * 2**20
+    assert kv_cache_bytes(tiny_policy, "float32", 0, 40) == kv_cache_bytes(tiny_policy, "float32", 1, 40)
+
+
+def test_inline_engine_only_for_one_rank_without_tensor_parallelism():
+    from varpo.ppo.generation.vllm import inline_engine
+
+    assert inline_engine("auto", cuda=False, world=1, tensor_parallel_size=1)
+    assert not inline_engine("auto", cuda=False, world=2, tensor_parallel_size=1)
+    assert not inline_engine("auto", cuda=True, world=1, tensor_parallel_size=1)  # GPU: the child layout, as tested
+    assert not inline_engine("child", cuda=False, world=1, tensor_parallel_size=1)
+    assert inline_engine("inline", cuda=True, world=1, tensor_parallel_size=1)
+    for world, tp in ((2, 1), (1, 2)):
+        with pytest.raises(ValueError, match="engine_process=inline needs one trainer rank"):
+            inline_engine("inline", cuda=False, world=world, tensor_parallel_size=tp)

@@ -49,7 +49,9 @@ def test_values_are_the_head_on_the_trunk_hidden_states(tiny_policy, padded_batc
         logits, values = response_logits(model, exp, 0.7, with_values=True)
         trunk_only = response_values(model, exp)
         plain = response_logits(lm, exp, 0.7)
-    assert values.dtype == torch.float32 and values.shape == exp.response_ids.shape
+    # a float64 model keeps float64 values (the packing exactness tests need them); half precision
+    # gives float32 values (below)
+    assert values.dtype == torch.float64 and values.shape == exp.response_ids.shape
     assert torch.equal(logits, plain)  # the head changes nothing of the policy's forward
     want = _reference_values(trunk, model.value_head.weight, model.value_head.bias, rows)
     for b, w in enumerate(want):
@@ -57,6 +59,10 @@ def test_values_are_the_head_on_the_trunk_hidden_states(tiny_policy, padded_batc
         torch.testing.assert_close(values[b, :n].double(), w, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(trunk_only[b, :n].double(), w, rtol=1e-6, atol=1e-6)
     assert w.abs().max() > 0.1  # a non-trivial comparison
+    with torch.no_grad():
+        half = response_logits(model.to(torch.bfloat16), exp, 0.7, with_values=True)[1]
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half[0, : len(want[0])].double(), want[0], rtol=0.1, atol=0.1)
 
 
 @pytest.mark.parametrize("from_generate", [True, False], ids=["gen_logprobs_trunk_forward", "actor_forward"])

@@ -66,7 +66,7 @@ def make_probe(out: Path, probe_prompts: list[str], initial):
             ids, mask, _ = tokenize_prompts(t.tokenizer, probe_prompts, gen.max_prompt_len, t.device)
             ro = t.rollout_engine.generate(ids, mask, PROBE_STEP + metrics["step"])
             with torch.no_grad():  # the trainer's own forward (the DeepSpeed engine fetches ZeRO-3 shards)
-                now = t._logprobs(t.actor, ro)
+                now = t.actor.logprobs(ro).logp
             with gathered_params(t.actor.module):  # every rank joins: ZeRO-3 all-gathers
                 current = {n: p.detach().clone() for n, p in t.actor.module.named_parameters()}
             prev = plain_logp(self.prev, ro, gen.temperature)

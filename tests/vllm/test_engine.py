@@ -76,6 +76,14 @@ def test_rollout_layout_and_sampling_limits(setup):
     assert ro.has_eos.any() and not ro.has_eos.all(), "the tiny model should both stop and run to the limit"
 
 
+def test_start_up_is_the_import_and_the_engine_inline_on_one_cpu_rank(setup):
+    """What the benchmark reports as startup_s: importing vLLM (near 0 when the process had already
+    imported it) plus building the engine, which runs in this process on one CPU rank."""
+    engine = setup[3]
+    assert engine.inline and engine.engine_s > 0 and engine.import_s >= 0
+    assert engine.startup_s == pytest.approx(engine.import_s + engine.engine_s, rel=1e-12)
+
+
 def test_seeds_are_a_function_of_step(setup):
     _, _, _, engine, ids, mask = setup
     a, b, c = engine.generate(ids, mask, step=3), engine.generate(ids, mask, step=3), engine.generate(ids, mask, step=4)

@@ -24,7 +24,11 @@ def register(app: typer.Typer) -> None:
 def run(cfg, out: Path, **folder_opts) -> dict:
     from ..outputs import print_table
     from ..ppo import train_ppo
+    from ..preflight import check_ppo
+    from ..threads import announce
 
+    check_ppo(cfg, check_reward_source=True)  # light: a bad path is refused before announce loads torch
+    announce(cfg.runtime.threads)  # before torch loads: the OpenMP wait policy is read then
     summary = train_ppo(cfg, out, **folder_opts)
     final = summary.get("final", {})
     keys = ["score_mean", "variance_mean", "kl_mean", "weighted_kl_mean", "kl_coef", "entropy", "gold_mean",

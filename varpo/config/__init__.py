@@ -23,12 +23,14 @@ from .ppo import (
     KLConfig,
     ModelConfig,
     ModelLoraConfig,
+    PackingConfig,
     PPOConfig,
     QuantizationConfig,
     VarianceWeightConfig,
     VLLMConfig,
 )
 from .reward import RewardConfig, RewardTrainingConfig
+from .runtime import RuntimeConfig
 from .testbed import TestbedConfig
 
 
@@ -46,6 +48,7 @@ class VarpoConfig(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     kernels: KernelsConfig = KernelsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
     def _quantized_roles_not_zero3(self):
@@ -81,6 +84,6 @@ __all__ = [
     "load_config",
     "redacted_dict", "save_resolved", "DataConfig", "DeepSpeedConfig", "RoleEngineConfig",
     "EvaluationConfig", "JudgeConfig", "KernelsConfig", "GenerationConfig", "KLConfig", "ModelConfig",
-    "PPOConfig", "VarianceWeightConfig", "VLLMConfig", "WandbConfig", "ModelLoraConfig", "QuantizationConfig",
-    "RewardConfig", "RewardTrainingConfig", "TestbedConfig",
+    "PackingConfig", "PPOConfig", "VarianceWeightConfig", "VLLMConfig", "WandbConfig", "ModelLoraConfig", "QuantizationConfig",
+    "RewardConfig", "RewardTrainingConfig", "RuntimeConfig", "TestbedConfig",
 ]

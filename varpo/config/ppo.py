@@ -63,6 +63,24 @@ class WandbConfig(Section):
     mode: Literal["online", "offline"] = Field("online", description="offline: write under OUT/wandb, sync later")
 
 
+class PackingConfig(Section):
+    """Padding-free forwards (varpo.ppo.packing): the reference, critic and actor forwards, and the
+    update's backward, run over the samples' real tokens packed into rows, position ids restarting
+    per sample, instead of the padded [B, prompt + response] layout; the rollout-time forwards'
+    micro-batches are balanced by token count. Exact: the same log-probs, values, losses and
+    gradients as the padded layout, up to float rounding (tests/ppo/test_packing.py, float64)."""
+
+    enabled: bool = Field(
+        False, description="pack each micro-batch's samples without padding (a micro-batch with no padding at all "
+        "keeps the padded layout, which is then the same thing); worth it when responses end at EOS with varied "
+        "lengths: the work saved is about the padding fraction")
+    row_tokens: int | None = Field(
+        None, ge=1, description="most tokens per packed row (one forward each); a longer sample gets a row of its "
+        "own. None: the micro-batch's longest sample with sdpa/eager attention (their masked attention is dense "
+        "over a row, so a row never costs more than that sample's padded row), one row per micro-batch with "
+        "flash_attention_2 (its varlen kernel attends per sample)")
+
+
 class PPOConfig(Section):
     steps: int = Field(20, ge=1, description="PPO iterations (rollout + update)")
     batch_size: int = Field(16, ge=1, description="prompts per iteration, global across ranks")
@@ -98,6 +116,7 @@ class PPOConfig(Section):
     missing_eos_penalty: float | None = Field(None, description="subtracted from s when a response has no EOS")
     kl: KLConfig = KLConfig()
     variance: VarianceWeightConfig = VarianceWeightConfig()
+    packing: PackingConfig = PackingConfig()
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: only at the "
                                   "end); the run's last checkpoint is always written, so raising ppo.steps continues it")
     eval_every: int = Field(
@@ -150,7 +169,16 @@ class VLLMConfig(Section):
         256.0, gt=0.0, description="weight sync: most MB of parameters gathered (ZeRO-3) and sent to the "
         "engine at once; whole transformer blocks only (a block larger than this goes alone)",
     )
-    cpu_kvcache_gb: int = Field(1, ge=1, description="CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    cpu_kvcache_gb: float | None = Field(
+        None, gt=0.0, description="CPU: KV-cache size in GiB; None: sized to the rollout (this rank's prompts × "
+        "max_model_len × the model's key/value bytes per token, four times over, plus 32 MiB), which starts "
+        "faster and holds less memory than a fixed GiB. The VLLM_CPU_KVCACHE_SPACE variable, when set, wins")
+    engine_process: Literal["auto", "inline", "child"] = Field(
+        "auto", description="where the engine runs. child: vLLM's engine core (scheduler, worker, model, KV "
+        "cache) in processes of its own, each decode step a round trip through shared memory, each process "
+        "importing vLLM again at start-up; inline: in the trainer's own process (no process start, no per-step "
+        "IPC; its threads are the trainer's torch threads; one trainer rank and one engine device only); auto: "
+        "inline for a one-rank CPU run without tensor parallelism, child otherwise")
     enforce_eager: bool | None = Field(
         None, description="no CUDA graphs / torch.compile; None: True on CPU (compile time dominates tiny "
         "runs), False on GPU",

@@ -20,6 +20,11 @@ def zero_value_head(model: nn.Module) -> nn.Linear:
     return head
 
 
+def _values(v: torch.Tensor) -> torch.Tensor:
+    """Values in float32 (from half precision too); a float64 model keeps float64 (exactness tests)."""
+    return v if v.dtype == torch.float64 else v.float()
+
+
 class ValueModel(nn.Module):
     """Critic: a transformer backbone and a linear head giving one value per position (zero init)."""
 
@@ -29,8 +34,11 @@ class ValueModel(nn.Module):
         self.value_head = zero_value_head(backbone)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
-        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-        return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        # no KV cache: nothing reuses it, and a cache would stop HF from reading packed samples'
+        # boundaries off restarting position ids (varpo.ppo.packing)
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state
+        return _values(self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1))
 
 
 class PolicyWithValueHead(nn.Module):
@@ -46,16 +54,19 @@ class PolicyWithValueHead(nn.Module):
         self.policy = policy
         self.value_head = zero_value_head(policy)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, value_positions=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, value_positions=None,
+                use_cache=None):
         kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                   logits_to_keep=logits_to_keep)
+        if use_cache is not None:
+            kw["use_cache"] = use_cache
         if value_positions is None:
             return self.policy(**kw)
         # the last entry of hidden_states is the trunk's output after its final norm, i.e. the
         # last_hidden_state a separate critic's AutoModel gives (the input of the LM head)
         out = self.policy(**kw, output_hidden_states=True)
         h = out.hidden_states[-1][:, value_positions]
-        values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        values = _values(self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1))
         return LogitsAndValues(out.logits, values)
 
 

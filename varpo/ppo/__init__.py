@@ -75,6 +75,10 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=(), overwrite:
     from .trainer import PPOTrainer, check_batch_sizes
 
     check_environment(cfg)  # refuse what this machine cannot run before any model is built
+    if cfg.runtime.keep_freed_memory:
+        from ..allocator import keep_freed_memory
+
+        keep_freed_memory()  # a step's large temporaries reuse freed heap instead of fresh pages
     # the data, read and checked before the process group and the engines exist
     policy_path, prompts, gold_fn, testbed = resolve_sources(cfg)
     evaluator = None

@@ -14,10 +14,12 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from ..config import PackingConfig
 from ..models.loading import param_counts
-from .actor import Actor
+from . import packing
+from .actor import Actor, packed_rows
 from .experience import Experience
-from .forward import response_values
+from .forward import packed_values, response_values
 
 
 class Critic(ABC):
@@ -51,15 +53,15 @@ class Critic(ABC):
 class SeparateCritic(Critic):
     """model.critic=separate: its own model (varpo.models.value_head.ValueModel), engine and optimizer."""
 
-    def __init__(self, engine):
-        self.engine = engine
+    def __init__(self, engine, packing: PackingConfig | None = None):
+        self.engine, self.packing = engine, packing
 
     @property
     def engines(self) -> dict:
         return {"critic": self.engine}
 
     def values(self, exp: Experience, from_actor: torch.Tensor | None = None) -> torch.Tensor:
-        return response_values(self.engine, exp)
+        return values_of(self.engine, exp, self.packing)
 
     def actor_loss(self, policy_loss: torch.Tensor, value_loss: torch.Tensor) -> torch.Tensor:
         return policy_loss
@@ -86,7 +88,7 @@ class ValueHeadCritic(Critic):
         return {}
 
     def values(self, exp: Experience, from_actor: torch.Tensor | None = None) -> torch.Tensor:
-        return from_actor if from_actor is not None else response_values(self.actor.engine, exp)
+        return from_actor if from_actor is not None else values_of(self.actor.engine, exp, self.actor.packing)
 
     def actor_loss(self, policy_loss: torch.Tensor, value_loss: torch.Tensor) -> torch.Tensor:
         return policy_loss + value_loss
@@ -96,3 +98,11 @@ class ValueHeadCritic(Critic):
 
     def param_counts(self) -> tuple[int, int]:
         return param_counts(self.actor.module.value_head)
+
+
+def values_of(engine, exp: Experience, cfg: PackingConfig | None) -> torch.Tensor:
+    """V(s_t) [B, T] from `engine`'s forward over exp: padded, or over padding-free rows (ppo.packing)."""
+    rows = packed_rows(exp, getattr(engine, "module", engine), cfg)
+    if rows is None:
+        return response_values(engine, exp)
+    return packing.unpack(rows, [packed_values(engine, row) for row in rows], tuple(exp.response_ids.shape))

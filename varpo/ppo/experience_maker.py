@@ -16,7 +16,7 @@ import torch
 from .. import dist
 from ..outputs import PhaseTimer
 from ..seeds import derive_seed
-from . import core
+from . import core, packing
 from .experience import Experience
 from .forward import forward_in_chunks
 from .tokens import decode_responses, tokenize_prompts
@@ -159,7 +159,11 @@ class ExperienceMaker:
                 exp.advantages = whiten(exp.advantages, exp.mask)
 
     def _chunks(self, fn, exp: Experience, *per_sample):
-        return forward_in_chunks(fn, exp, self.chunk, *per_sample)
+        chunks = None
+        if self.cfg.ppo.packing.enabled:  # padding-free forwards: micro-batches balanced by token count
+            prompt_len, response_len = packing.sample_lengths(exp)
+            chunks = packing.balanced_chunks((prompt_len + response_len).tolist(), self.chunk)
+        return forward_in_chunks(fn, exp, self.chunk, *per_sample, chunks=chunks)
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:

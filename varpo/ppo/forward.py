@@ -4,7 +4,9 @@ the response tokens, values of the states before them), at rollout time and in t
 
 Layout (varpo.ppo.experience): prompts left-padded to P tokens, responses right-padded to T, so
 response token t sits at absolute position P + t. Its log-prob and its value are read at position
-P + t − 1 (the state before emitting it)."""
+P + t − 1 (the state before emitting it). Or padding-free (ppo.packing, varpo.ppo.packing): the
+real tokens of several samples in one row, position ids restarting per sample, outputs read at the
+row's `keep` positions (`packed_logits`, `packed_values`)."""
 from __future__ import annotations
 
 import torch
@@ -12,6 +14,7 @@ import torch
 from ..masks import position_ids_from_mask
 from ..models.value_head import shares_trunk
 from .experience import Experience
+from .packing import PackedRow
 
 
 def response_logits(model, rollout: Experience, temperature: float, with_values: bool = False):
@@ -44,10 +47,56 @@ def response_logits(model, rollout: Experience, temperature: float, with_values:
 
 def _takes_logits_to_keep(model) -> bool:
     """HF causal LMs (transformers ≥ 4.50) accept `logits_to_keep`; a custom module may not."""
+    return "logits_to_keep" in _parameters(model)
+
+
+def _takes(model, name: str) -> bool:
+    """Whether the module's forward takes `name`, by name or through **kwargs."""
+    import inspect
+
+    params = _parameters(model)
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _parameters(model):
     import inspect
 
     module = getattr(model, "module", model)  # a DeepSpeed engine forwards kwargs to its module
-    return "logits_to_keep" in inspect.signature(module.forward).parameters
+    return inspect.signature(module.forward).parameters
+
+
+def _packed_inputs(model, row: PackedRow) -> dict:
+    """A packed row's forward arguments: no attention mask (its absence is what makes HF read the
+    restarting position ids as sample boundaries) and no KV cache (a cache also turns that off)."""
+    kw = dict(input_ids=row.input_ids, attention_mask=None, position_ids=row.position_ids)
+    if _takes(model, "use_cache"):
+        kw["use_cache"] = False
+    return kw
+
+
+def packed_logits(model, row: PackedRow, temperature: float, with_values: bool = False):
+    """response_logits for a packed row: logits [1, m, V] at the row's kept positions, divided by
+    the temperature (with_values: and the trunk's values [1, m] at the same positions)."""
+    kw = _packed_inputs(model, row)
+    values = None
+    if _takes_logits_to_keep(model):
+        extra = {"value_positions": row.keep} if with_values else {}
+        out = model(**kw, logits_to_keep=row.keep, **extra)
+        logits, values = out.logits, (out.values if with_values else None)
+    else:
+        if with_values:
+            raise ValueError("packed_logits(with_values=True) needs an actor with a value head (model.critic=shared_trunk)")
+        logits = model(**kw).logits[:, row.keep]
+    logits = logits / temperature if temperature != 1.0 else logits
+    return (logits, values) if with_values else logits
+
+
+def packed_values(critic, row: PackedRow) -> torch.Tensor:
+    """response_values for a packed row: [1, m] at its kept positions."""
+    kw = _packed_inputs(critic, row)
+    if shares_trunk(critic):
+        return critic(**kw, logits_to_keep=1, value_positions=row.keep).values
+    return critic(kw.pop("input_ids"), **kw)[:, row.keep]
 
 
 def response_values(critic, rollout: Experience) -> torch.Tensor:
@@ -65,21 +114,28 @@ def response_values(critic, rollout: Experience) -> torch.Tensor:
 
 
 @torch.no_grad()
-def forward_in_chunks(fn, exp: Experience, size: int, *per_sample: torch.Tensor | None):
-    """fn(chunk, *its rows of per_sample) over consecutive chunks of at most `size` samples (no
-    grad), the outputs concatenated along the batch: tensors, or (named) tuples of them, nested;
-    None stays None. A per_sample argument that is None is passed as None."""
+def forward_in_chunks(fn, exp: Experience, size: int, *per_sample: torch.Tensor | None,
+                      chunks: list[list[int]] | None = None):
+    """fn(chunk, *its rows of per_sample) over chunks of at most `size` samples (no grad), the
+    outputs in the samples' order along the batch: tensors, or (named) tuples of them, nested;
+    None stays None. A per_sample argument that is None is passed as None. `chunks`: the samples
+    of each chunk (e.g. varpo.ppo.packing.balanced_chunks); default consecutive runs of `size`."""
+    if chunks is None:
+        chunks = [list(range(s, min(s + size, exp.batch_size))) for s in range(0, exp.batch_size, size)]
     parts = []
-    for s in range(0, exp.batch_size, size):
-        idx = torch.arange(s, min(s + size, exp.batch_size))
+    for c in chunks:
+        idx = torch.as_tensor(c, dtype=torch.long)
         parts.append(fn(exp.select(idx), *(None if x is None else x[idx.to(x.device)] for x in per_sample)))
-    return _cat(parts)
+    order = [i for c in chunks for i in c]
+    inverse = None if order == list(range(len(order))) else torch.argsort(torch.as_tensor(order))
+    return _cat(parts, inverse)
 
 
-def _cat(parts: list):
+def _cat(parts: list, inverse: torch.Tensor | None = None):
     if parts[0] is None:
         return None
     if torch.is_tensor(parts[0]):
-        return torch.cat(parts, 0)
-    fields = [_cat(list(f)) for f in zip(*parts)]
+        out = torch.cat(parts, 0)
+        return out if inverse is None else out[inverse.to(out.device)]
+    fields = [_cat(list(f), inverse) for f in zip(*parts)]
     return tuple(fields) if type(parts[0]) is tuple else type(parts[0])(*fields)

@@ -170,7 +170,7 @@ class Roles:
 
 
 CRITICS = {  # model.critic -> how its role is built from the actor's
-    "separate": lambda cfg, path, world, actor: SeparateCritic(build_critic(cfg, path, world)),
+    "separate": lambda cfg, path, world, actor: SeparateCritic(build_critic(cfg, path, world), cfg.ppo.packing),
     "shared_trunk": lambda cfg, path, world, actor: ValueHeadCritic(actor),
 }
 
@@ -191,9 +191,11 @@ def build_roles(cfg: VarpoConfig, out_dir: str | Path, *, policy_path: str, crit
     tokenizer = load_tokenizer(cfg.model.tokenizer_path or policy_path)
     t, kernels = cfg.generation.temperature, cfg.kernels
     actor_engine = build_actor(cfg, policy_path, world)
-    actor = Actor(actor_engine, t, kernels, with_values=shares_trunk(actor_engine))
+    packing = cfg.ppo.packing
+    actor = Actor(actor_engine, t, kernels, with_values=shares_trunk(actor_engine), packing=packing)
     # with LoRA and model.lora.reference_from_base: the actor's base with adapters disabled
-    reference = CausalLMRole(build_reference(cfg, policy_path, world, actor=actor_engine), t, kernels)
+    reference = CausalLMRole(build_reference(cfg, policy_path, world, actor=actor_engine), t, kernels,
+                             packing=packing)
     critic = CRITICS[cfg.model.critic](cfg, critic_path or cfg.model.critic_path or policy_path, world, actor)
     # HF generate with the actor itself, or a colocated vLLM engine that starts from policy_path
     rollout = build_rollout_engine(cfg, actor_engine, tokenizer, policy_path, info.rank, world)

@@ -34,6 +34,7 @@ from ..seeds import derive_seed
 from . import core
 from .experience import Experience
 from .experience_maker import ExperienceMaker
+from .phase_flops import actor_forward_at_rollout, phase_flops, role_shapes
 from .roles import Roles, build_roles, role_param_counts
 
 __all__ = ["NonFiniteError", "PPOTrainer", "check_batch_sizes"]
@@ -67,6 +68,7 @@ class PPOTrainer:
         self.tokenizer, self.scorer, self.rollout_engine = roles.tokenizer, roles.reward, roles.rollout
         self.local_mini = cfg.ppo.mini_batch_size // self.world
         self.params = role_param_counts(self.actor, self.critic)
+        self.shapes = role_shapes(roles)  # for each step's flops/<phase> (None: not HF models we can count)
         self.kl_ctl = core.make_kl_controller(cfg.ppo.kl)
         self.sigma_mean = core.ExponentialMovingAverage(cfg.ppo.variance.running_momentum)
         self.state, self.control = TrainerState(), TrainerControl()
@@ -201,6 +203,9 @@ class PPOTrainer:
             "episodes_per_s": self.cfg.ppo.batch_size / elapsed, "tokens_per_s": n_tokens / elapsed,
             **{f"time/{k}": v for k, v in self.timer.timings.items()}, "time/step": elapsed, **self.counters,
         }
+        if self.shapes is not None:  # this rank's matrix-product FLOPs per phase, beside its time/<phase>
+            m.update(phase_flops(self.shapes, exp, ppo_epochs=self.cfg.ppo.ppo_epochs,
+                                 actor_forward_at_rollout=actor_forward_at_rollout(self.cfg)))
         if exp.gold is not None:
             m["gold_mean"] = dist.global_mean(exp.gold)
         return m

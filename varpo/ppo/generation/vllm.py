@@ -23,14 +23,23 @@ itself; the difference is logged and can be corrected for (generation.vllm.impor
 
 GPU: `gpu_memory_utilization` bounds vLLM's share of the device; with sleep mode the engine frees
 its KV cache (and offloads or drops its weights, `sleep_level`) after each rollout, so the update
-has the memory, and wakes for the next sync. CPU: vLLM has no sleep mode; the KV cache is
-`cpu_kvcache_gb` GiB, and with several ranks on one host each engine is bound to its own share
-of the cores."""
+has the memory, and wakes for the next sync. CPU: vLLM has no sleep mode; the KV cache is sized to
+the rollout (`cpu_kvcache_gb` None) or `cpu_kvcache_gb` GiB, and with several ranks on one host
+each engine is bound to its own share of the cores.
+
+Inline (`engine_process`, the default for a one-rank CPU run): the engine core runs in the
+trainer's process (vLLM's uni-process executor, VLLM_ENABLE_V1_MULTIPROCESSING=0), on the trainer's
+torch threads and inside its one-process torch.distributed world. That removes what made the
+child layout slow on a small CPU machine: two process starts that each import vLLM and torch
+again (most of a 30–130 s start-up), and per decode step a round trip trainer -> engine core ->
+worker and back, each hop waiting for its process to be scheduled (on busy cores a time slice
+apiece). The weight sync then hands the worker its buckets without leaving the process."""
 from __future__ import annotations
 
 import os
 import re
 import socket
+import time
 from collections.abc import Iterable
 
 import torch
@@ -98,9 +107,32 @@ def weight_buckets(named: Iterable[tuple[str, torch.nn.Parameter]], budget_bytes
     return buckets
 
 
-def _cpu_environment(kvcache_gb: int, local_rank: int, local_world: int) -> None:
+def kv_cache_bytes(policy_path: str, dtype: str, sequences: int, max_model_len: int) -> int:
+    """A CPU KV cache sized to one rank's rollout: `sequences` × max_model_len tokens of the model's
+    keys and values (varpo.models.flops.ModelShape), four times over (vLLM's block layout and
+    alignment take more than the bare count) plus 32 MiB."""
+    from transformers import AutoConfig
+
+    from ...models.flops import ModelShape
+
+    size = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(policy_path), param_bytes=size)
+    return 4 * max(1, sequences) * max_model_len * shape.kv_bytes_per_token() + 32 * 2**20
+
+
+def inline_engine(engine_process: str, cuda: bool, world: int, tensor_parallel_size: int) -> bool:
+    """Whether the engine runs in the trainer's process (generation.vllm.engine_process)."""
+    if engine_process == "inline":
+        if world > 1 or tensor_parallel_size > 1:
+            raise ValueError(f"generation.vllm.engine_process=inline needs one trainer rank and tensor_parallel_size=1 "
+                             f"(got {world} ranks, tensor_parallel_size={tensor_parallel_size}): vLLM's world would be "
+                             "the trainer's; use child (or auto)")
+        return True
+    return engine_process == "auto" and not cuda and world == 1 and tensor_parallel_size == 1
+
+
+def _cpu_environment(local_rank: int, local_world: int) -> None:
     """vLLM CPU settings, read by the engine process it spawns (the user's own values win)."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kvcache_gb))
     # vLLM reserves a core for its frontend by default; on a small host that halves the compute
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     if local_world > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
@@ -136,6 +168,9 @@ class VLLMRolloutEngine:
     name = "vllm"
 
     def __init__(self, cfg, tokenizer, policy_path: str, rank: int, world: int):
+        # the start-up a user pays for choosing vLLM: importing it (the largest part on a CPU: a whole
+        # process's worth of modules) and building the engine
+        t_import = time.perf_counter()
         try:
             import vllm  # noqa: F401
         except ImportError as exc:
@@ -145,6 +180,8 @@ class VLLMRolloutEngine:
                 "run varpo from .venv-vllm; on a GPU machine `pip install -e '.[vllm]'`."
             ) from None
         from vllm import LLM
+
+        self.import_s = time.perf_counter() - t_import
 
         v, gen = cfg.generation.vllm, cfg.generation
         if v.tensor_parallel_size > 1 and world > 1:
@@ -157,32 +194,58 @@ class VLLMRolloutEngine:
         self.eos_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.cuda = torch.cuda.is_available()
         if not self.cuda:
-            _cpu_environment(v.cpu_kvcache_gb, *host_ranks(rank, world))
+            _cpu_environment(*host_ranks(rank, world))
         # the engine process must not inherit the trainer's threads and process-group state mid-flight
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        self.inline = inline_engine(v.engine_process, self.cuda, world, v.tensor_parallel_size)
         enforce_eager = (not self.cuda) if v.enforce_eager is None else v.enforce_eager
         self.sleep = self.cuda and v.sleep_mode
+        max_model_len = v.max_model_len or gen.max_prompt_len + gen.max_new_tokens
+        sequences = max(1, cfg.ppo.batch_size // world)  # this rank's prompts per rollout
         kwargs = dict(
             model=policy_path, skip_tokenizer_init=True, dtype=cfg.model.dtype, seed=cfg.seed,
-            enforce_eager=enforce_eager, max_model_len=v.max_model_len or gen.max_prompt_len + gen.max_new_tokens,
+            enforce_eager=enforce_eager, max_model_len=max_model_len,
             tensor_parallel_size=v.tensor_parallel_size, logprobs_mode="processed_logprobs",
             worker_extension_cls="varpo.ppo.generation.vllm_worker.WeightSyncExtension",
+            # the scheduler's batch (and its sampler's warm-up) as large as a rollout, not 256
+            max_num_seqs=sequences,
         )
         if self.cuda:
             kwargs.update(gpu_memory_utilization=v.gpu_memory_utilization, enable_sleep_mode=self.sleep)
         else:
-            # an explicit KV-cache size; otherwise the CPU worker reserves gpu_memory_utilization of the
-            # host's memory and refuses to start when less than that is free
-            kwargs.update(kv_cache_memory_bytes=v.cpu_kvcache_gb * 2**30)
-        saved = {k: os.environ.get(k) for k in _VLLM_OVERWRITES}
+            # an explicit KV-cache size (otherwise the CPU worker reserves gpu_memory_utilization of the
+            # host's memory and refuses to start when less than that is free), by default what a rollout needs
+            kwargs.update(kv_cache_memory_bytes=int(v.cpu_kvcache_gb * 2**30) if v.cpu_kvcache_gb is not None
+                          else kv_cache_bytes(policy_path, cfg.model.dtype, sequences, max_model_len))
+        if self.inline:
+            kwargs.update(distributed_executor_backend="uni")
+            if not torch.distributed.is_initialized():
+                # vLLM's worker joins the process's torch.distributed world (it would create one of
+                # its own otherwise): let that be varpo's world of one, as the trainer's roles expect
+                from ...dist import init_distributed
+
+                init_distributed()
+        saved = {k: os.environ.get(k) for k in (*_VLLM_OVERWRITES, "VLLM_ENABLE_V1_MULTIPROCESSING")}
+        if self.inline:  # read when the engine is built; restored after
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+        t0 = time.perf_counter()
         try:
             self.llm = LLM(**kwargs)
+            self.engine_s = time.perf_counter() - t0  # building the engine (model, KV cache, warm-up)
+            self.startup_s = self.import_s + self.engine_s  # paid once per run
         finally:
             for k, val in saved.items():
                 if val is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = val
+            if self.inline:
+                # vLLM's CPU worker replaces torch.set_num_threads with a no-op once it has bound its
+                # threads; inline, that would be the trainer's torch: put the real one and the count back
+                torch.set_num_threads = set_threads
+                if torch.get_num_threads() != threads:
+                    torch.set_num_threads(threads)
         self._asleep = False
 
     # ------------------------------------------------------------------ sleep mode (GPU)
