@@ -107,3 +107,17 @@ if __name__ == "__main__":  # a helper, imported by the benchmark scripts: --hel
 
     argparse.ArgumentParser(prog="benchmarks/host.py", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+
+
+def git_commit() -> str:
+    """The checkout's commit the results were measured at, with "+dirty" when tracked files differ from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")

@@ -34,10 +34,16 @@ def _zero_block(cfg: DeepSpeedConfig, role: str, trainable: bool) -> dict:
     if stage == 3:
         zero.update(
             stage3_param_persistence_threshold=cfg.param_persistence_threshold,
-            stage3_max_live_parameters=int(1e9),
+            stage3_max_live_parameters=int(role_cfg.max_live_parameters or 1e9),
             stage3_prefetch_bucket_size=int(5e7),
         )
-        if role_cfg.offload_param:
+        if role_cfg.allgather_sequential:
+            zero["stage3_allgather_sequential"] = True
+        if role_cfg.offload_param and role_cfg.offload_param_nvme_path:
+            zero["offload_param"] = {"device": "nvme", "nvme_path": role_cfg.offload_param_nvme_path,
+                                     "buffer_count": role_cfg.nvme_buffer_count,
+                                     "buffer_size": role_cfg.nvme_buffer_size, "pin_memory": torch.cuda.is_available()}
+        elif role_cfg.offload_param:
             zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if trainable and role_cfg.offload_optimizer and stage > 0:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
@@ -80,7 +86,8 @@ def model_init_context(conf: dict):
 
 def build_model(fn: Callable[[], torch.nn.Module], conf: dict) -> torch.nn.Module:
     """Call `fn()` (which builds an HF model) so that ZeRO-3 shards it while loading."""
-    with model_init_context(conf) as keep:
+    # zero.Init may build or load a C++ op too (async_io for parameters offloaded to NVMe)
+    with jit_lock.watch(), model_init_context(conf) as keep:
         model = fn()
     model._varpo_hf_ds_config = keep  # keep HF's weak reference alive for the model's lifetime
     return model

@@ -29,6 +29,7 @@ Sources of each figure (reported per role in the output's `method` fields):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -63,6 +64,9 @@ class ModelShape:
     linear_params: int = 0  # weights of the linear layers a 4-bit load quantizes (all but the output head)
     lora_params: int = 0  # LoRA adapter parameters when model.lora applies to this role's model
     value_head_params: int = 0  # a value head on this causal LM's trunk (model.critic=shared_trunk)
+    # (name, own parameter counts) of every module a forward calls, in order (ZeRO-3 fetches and
+    # releases parameters module by module: `zero3_forward_working_set` replays that)
+    modules: list[tuple[str, list[int]]] = field(default_factory=list)
 
 
 def count_params(model) -> tuple[int, int]:
@@ -74,12 +78,30 @@ def count_params(model) -> tuple[int, int]:
     return total, largest
 
 
-def on_meta(build: Callable[[], object]):
-    """Run `build()` with the meta device as the default: modules get shapes, no storage."""
-    import torch
+def module_params(model) -> list[tuple[str, list[int]]]:
+    """(name, own parameter counts) of each module in `model.named_modules()` order (the order HF
+    models call them in, up to parameterless helpers and norms), skipping containers that are never
+    called (ModuleList/Dict)."""
+    from torch import nn
 
-    with torch.device("meta"):
-        return build()
+    return [(name, [p.numel() for p in m.parameters(recurse=False)]) for name, m in model.named_modules()
+            if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
+
+
+def on_meta(build: Callable[[], object]):
+    """Run `build()` with the meta device as the default: modules get shapes, no storage. HF's global
+    ZeRO-3 switch (set while a ZeRO-3 engine's model is alive in this process) is off meanwhile:
+    under it, from_config builds through zero.Init, which allocates real partitioned weights."""
+    import torch
+    import transformers.integrations.deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        with torch.device("meta"):
+            return build()
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
 def load_hf_config(path: str | Path, field_name: str):
@@ -152,9 +174,20 @@ def shape_of(conf, kind: str, num_heads_extra: int = 0, source: str = "", lora=N
     total, largest = count_params(model)
     shape = _shape(conf, total, largest, kind, num_heads_extra, source)
     shape.linear_params = linear_params(model)
+    shape.modules = _with_heads(module_params(model), kind, shape.hidden_size, num_heads_extra)
     if lora is not None:
         shape.lora_params = lora_params(model, lora)
     return shape
+
+
+def _with_heads(mods: list[tuple[str, list[int]]], kind: str, h: int, k: int) -> list[tuple[str, list[int]]]:
+    """A backbone's module trace inside its varpo wrapper: the wrapper module first, then the
+    critic's value head (h + 1) or the ensemble's K heads (one [K, h] linear with bias) last."""
+    if kind == "value":
+        return [("", []), *[(f"backbone.{n}".rstrip("."), p) for n, p in mods], ("value_head", [h, 1])]
+    if kind == "ensemble":
+        return [("", []), *[(f"backbone.{n}".rstrip("."), p) for n, p in mods], ("heads", [k * h, k])]
+    return mods
 
 
 def _shape(conf, total: int, largest: int, kind: str, num_heads_extra: int, source: str) -> ModelShape:
@@ -199,6 +232,7 @@ def testbed_shape(tb_cfg, kind: str, num_heads_extra: int = 0, lora=None) -> Mod
     total, largest = count_params(model)
     shape = _shape(lm.config, total, largest, kind, num_heads_extra, src)
     shape.linear_params = linear_params(model)
+    shape.modules = _with_heads(module_params(model), kind, shape.hidden_size, num_heads_extra)
     if lora is not None:
         shape.lora_params = lora_params(model, lora)
     return shape
@@ -240,20 +274,22 @@ def role_shapes(cfg, reward_model_config: str | Path | None = None) -> dict[str,
         critic = shape_of(load_hf_config(cpath, "model.critic_path") if cpath else pconf, "value",
                           source=str(cpath or policy), lora=c_lora)
     reward: ModelShape | None
-    if reward_model_config is not None:
+    if cfg.reward.type not in ("ensemble", "sequence_classifier"):  # a judge, the gold, or a reward server:
+        reward = None                                                # nothing in the process group
+    elif reward_model_config is not None:
         reward = shape_of(load_hf_config(reward_model_config, "--reward-model-config"), "ensemble", K,
                           source=str(reward_model_config))
     elif cfg.reward.type == "sequence_classifier":  # one HF reward model: its trunk and one scalar head
         reward = shape_of(load_hf_config(cfg.reward.path, "reward.path"), "ensemble", 1, source=str(cfg.reward.path))
-    elif cfg.reward.type != "ensemble":
-        reward = None
     elif cfg.reward.path:
         rp = reward_config_path(cfg.reward.path)
         reward = shape_of(load_hf_config(rp, "reward.path"), "ensemble", K, source=str(rp))
         if rp.parent.name == "members":  # a deep ensemble holds K backbones (one member's activations at a time)
             members, head = len(list(rp.parent.glob("*/config.json"))), reward.hidden_size + 1
             reward = replace(reward, total_params=members * (reward.total_params - K * head + head),
-                             linear_params=members * reward.linear_params)
+                             linear_params=members * reward.linear_params,
+                             modules=[("", []), *(m for _ in range(members) for m in reward.modules[1:-1]),
+                                      ("heads", [members * (head - 1), members])])
     elif policy is None:
         reward = testbed_shape(cfg.testbed, "ensemble", K)
     else:
@@ -266,7 +302,8 @@ def role_shapes(cfg, reward_model_config: str | Path | None = None) -> dict[str,
         # beside LoRA adapters); the reference keeps the plain causal LM's shape
         h = actor.hidden_size
         shared = replace(actor, total_params=actor.total_params + h + 1, value_head_params=h + 1,
-                         source=f"{actor.source} + value head (model.critic=shared_trunk)")
+                         source=f"{actor.source} + value head (model.critic=shared_trunk)",
+                         modules=[*actor.modules, ("value_head", [h, 1])])
         return {"actor": shared, "critic": None, "reference": actor, "reward": reward}
     return {"actor": actor, "critic": critic, "reference": actor, "reward": reward}
 
@@ -360,20 +397,183 @@ def trainable_model_states(P: int, largest: int, stage: int, cluster: Cluster, o
     return {"gpu": int(gpu), "cpu_node": int(cpu_node), "cpu": int(cpu_node / G), "method": method, "note": note}
 
 
+# ----------------------------------------------------------------------------- ZeRO-3 working sets
+GLOO_THREADS = 2  # torch's ProcessGroupGloo worker threads (Options.threads): collectives running at once
+@dataclass(frozen=True)
+class Zero3Knobs:
+    """The DeepSpeed settings that decide how many parameters a ZeRO-3 rank holds gathered."""
+
+    max_live: int = int(1e9)  # stage3_max_live_parameters
+    prefetch_bucket: int = int(5e7)  # stage3_prefetch_bucket_size
+    max_reuse_distance: int = int(1e9)  # stage3_max_reuse_distance (DeepSpeed's default; varpo does not set it)
+    sequential: bool = False  # stage3_allgather_sequential
+    persistence_threshold: int = 0  # stage3_param_persistence_threshold
+
+    @classmethod
+    def of(cls, zero: dict) -> Zero3Knobs:
+        return cls(max_live=int(zero.get("stage3_max_live_parameters", 1e9)),
+                   prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", 5e7)),
+                   max_reuse_distance=int(zero.get("stage3_max_reuse_distance", 1e9)),
+                   sequential=bool(zero.get("stage3_allgather_sequential", False)),
+                   persistence_threshold=int(zero.get("stage3_param_persistence_threshold", 0)))
+
+
+def zero3_forward_working_set(modules: list[tuple[str, list[int]]], knobs: Zero3Knobs,
+                              staging: bool = False, keep: set[int] | None = None,
+                              live_out: list[int] | None = None) -> list[int]:
+    """Elements a ZeRO-3 rank (world > 1) holds for gathered parameters while each module of a
+    forward runs, once DeepSpeed knows the forward's order (every forward after the first): a replay
+    of DeepSpeed 0.19's PartitionedParameterCoordinator (fetch_sub_module / release_sub_module).
+
+    Before a module runs its own parameters are gathered if not yet there (and waited on at once);
+    then, at every module (containers included), up to min(prefetch bucket, max_live − live) more
+    elements of upcoming parameters are prefetched in one gather, the last parameter taken whole;
+    after the module its parameters are released (a forward uses each once), except in `keep` (a
+    training forward keeps what the backward reuses soon, `zero3_training_kept`). A gather of
+    several parameters goes through one flat buffer; the first wait on any of them copies all of
+    them out, and the buffer is freed only when the last of them has been fetched: until then both
+    copies count. Gathered alone (`sequential`, or a single parameter) a parameter is its buffer.
+    `staging` (gloo, the CPU backend): a running collective copies its output through a buffer of
+    its own size; gloo's worker threads (2) run them in order, so those are the two oldest
+    prefetches not yet waited on (a fetch is waited on at once: its staging never meets the
+    compute; NCCL writes in place). Parameters under the persistence threshold are always whole and are not
+    counted. Returns, per module, the elements held at that module's peak (after its own fetch and
+    the prefetch it triggers); `live_out`, if given, receives DeepSpeed's own count at that point
+    (parameters gathered or in flight, its n_available_params)."""
+    from collections import deque
+
+    pid_size: dict = {}
+    order: list[list] = []
+    for i, (_name, own) in enumerate(modules):
+        ids = []
+        for j, item in enumerate(own):  # a count, or (key, count) for a parameter several modules use
+            key, n = item if isinstance(item, tuple) else ((i, j), item)
+            if n >= knobs.persistence_threshold:
+                pid_size[key] = n
+                ids.append(key)
+        order.append(ids)
+    queue = deque(pid for ids in order for pid in ids)
+    live = 0  # elements gathered or in flight (DeepSpeed's n_available_params)
+    held = 0  # elements allocated: gathered parameters, flat buffers not yet freed
+    gather_of: dict[int, int] = {}  # parameter in flight -> its gather
+    gathers: dict[int, dict] = {}
+    running: deque[int] = deque()  # prefetches in flight, oldest first (gloo stages the oldest)
+    avail: set[int] = set()
+
+    def staged() -> int:
+        return sum(gathers[g]["size"] for g in list(running)[:GLOO_THREADS]) if staging else 0
+
+    def gather(pids: list[int], prefetch: bool) -> None:
+        nonlocal live, held
+        if not pids:
+            return
+        size = sum(pid_size[p] for p in pids)
+        live += size
+        held += size
+        g = len(gathers)
+        gathers[g] = {"size": size, "pending": set(pids), "done": False, "flat": not knobs.sequential and len(pids) > 1}
+        for p in pids:
+            gather_of[p] = g
+        if prefetch:
+            running.append(g)
+
+    def wait(p: int) -> None:
+        nonlocal held
+        g = gather_of.pop(p, None)
+        if g is None:
+            return
+        rec = gathers[g]
+        if not rec["done"]:  # the first wait completes the gather
+            rec["done"] = True
+            if g in running:
+                running.remove(g)
+            if rec["flat"]:
+                held += rec["size"]  # every parameter of a flat buffer is copied out now
+            for q in rec["pending"]:
+                avail.add(q)
+        rec["pending"].discard(p)
+        if rec["flat"] and not rec["pending"]:
+            held -= rec["size"]  # the flat buffer, once each of its parameters has been fetched
+
+    out = []
+    keep = keep or set()
+    names = [n for n, _ in modules]
+    open_modules: list[int] = []  # a module is released after its forward, i.e. after its submodules
+
+    def release(i: int) -> None:
+        nonlocal held, live
+        if i in keep:
+            return
+        for p in order[i]:  # its own copy goes (a flat buffer only when emptied)
+            if p in avail:
+                avail.discard(p)
+                held -= pid_size[p]
+                live -= pid_size[p]
+
+    def inside(child: str, parent: str) -> bool:
+        return parent == "" or child.startswith(parent + ".")
+
+    for i, ids in enumerate(order):
+        while open_modules and not inside(names[i], names[open_modules[-1]]):
+            release(open_modules.pop())
+        need = [p for p in ids if p not in avail and p not in gather_of]
+        gather(need, prefetch=False)
+        peak = held + staged() + (sum(pid_size[p] for p in need) if staging else 0)
+        for p in ids:
+            wait(p)
+            peak = max(peak, held + staged())
+        while queue and queue[0] in ids:
+            queue.popleft()
+        if knobs.prefetch_bucket > 0:
+            limit, chosen, n = min(knobs.max_live - live, knobs.prefetch_bucket), [], 0
+            while queue and n < limit:
+                p = queue.popleft()
+                if p not in avail and p not in gather_of and p not in chosen:
+                    chosen.append(p)
+                    n += pid_size[p]
+            gather(chosen, prefetch=True)
+        out.append(max(peak, held + staged()))
+        if live_out is not None:
+            live_out.append(live)
+        open_modules.append(i)
+    return out
+
+
+def zero3_training_kept(modules: list[tuple[str, list[int]]], knobs: Zero3Knobs) -> set[int]:
+    """Modules whose parameters a training forward keeps gathered for the backward: DeepSpeed releases
+    a module's parameters only if they are not used again within stage3_max_reuse_distance elements
+    of the trace, and the backward reuses module i after the modules behind it run forward and
+    backward (≈ twice their parameters)."""
+    after, keep = 0, set()
+    for i in range(len(modules) - 1, -1, -1):
+        if 2 * after < knobs.max_reuse_distance:
+            keep.add(i)
+        after += sum(n for n in modules[i][1] if n >= knobs.persistence_threshold)
+    return keep
+
+
+def persistent_params(modules: list[tuple[str, list[int]]], threshold: int) -> int:
+    """Elements of the parameters ZeRO-3 keeps whole on every rank (fewer elements than the threshold)."""
+    return sum(n for _name, own in modules for n in own if n < threshold)
+
+
 def frozen_params(P: int, largest: int, stage: int, world: int, offload_param: bool, bytes_per_param: int,
-                  prefetch_bucket: int = 0) -> dict:
-    """Parameters of a frozen model, per rank. ZeRO-3: a 1/world shard (on CPU if offloaded)
-    plus the gathered working set of the layer being computed and the prefetch bucket."""
+                  prefetch_bucket: int = 0, persistent: int = 0) -> dict:
+    """Resident parameters of a frozen model, per rank: whole (stages 0-2), or under ZeRO-3 a 1/world
+    shard (on CPU with parameter offload) plus the parameters under the persistence threshold,
+    which stay whole on every rank. What ZeRO-3 gathers while the model runs is its forward's
+    working set (`zero3_frozen_forward`), counted with the phase; `largest` and `prefetch_bucket`
+    are kept for callers that plan a gathered layer into the states (the 4-bit base)."""
     b = bytes_per_param
     if stage != 3:
         return {"gpu": b * P, "cpu": 0, "method": f"whole model, {b} B/param (stage {stage})"}
-    shard = int(b * P / world)
-    live = b * min(P, largest + prefetch_bucket)
+    shard = int(b * (P - persistent) / world)
+    whole = int(b * persistent)
     if offload_param:
-        return {"gpu": live, "cpu": shard,
-                "method": f"ZeRO-3 shard {b}·P/{world} on CPU + gathered layer/prefetch {b}·(largest+bucket) on GPU"}
-    return {"gpu": shard + live, "cpu": 0,
-            "method": f"ZeRO-3 shard {b}·P/{world} + gathered layer/prefetch {b}·(largest+bucket)"}
+        return {"gpu": whole, "cpu": shard,
+                "method": f"ZeRO-3 shard {b}·P/{world} on CPU (+ gathered working set on GPU while it runs)"}
+    return {"gpu": shard + whole, "cpu": 0,
+            "method": f"ZeRO-3 shard {b}·P/{world} (+ gathered working set while it runs)"}
 
 
 def quantized_bytes_per_param(double_quant: bool) -> float:
@@ -398,30 +598,77 @@ def frozen_base_params(shape: ModelShape, stage: int, world: int, offload_param:
     return frozen_params(shape.total_params, shape.largest_layer_params, stage, world, offload_param, b, bucket)
 
 
-def training_activations(s: ModelShape, batch: int, seq: int, act_bytes: int, checkpointing: bool) -> int:
+def training_activations(s: ModelShape, batch: int, seq: int, act_bytes: int, checkpointing: bool,
+                         eager: bool = False) -> int:
     """Activation memory of a forward+backward (estimate). Per layer, Korthikanti et al. 2022
     ("Reducing Activation Recomputation in Large Transformer Models", eq. 1), written for 2-byte
     activations and a 4h MLP: S·B·h·(34 + 5·a·S/h) bytes; scaled by act_bytes/2 and by the MLP
-    width (the MLP's 19 of the 34 scale with intermediate/4h). With gradient checkpointing only each
-    layer's input (act_bytes·S·B·h) is kept, plus one layer recomputed in full. Causal LMs add the
-    logits in the activation dtype and an fp32 log-softmax with its gradient: (act_bytes+8)·B·S·V."""
+    width (the MLP's 19 of the 34 scale with intermediate/4h); the 5·a·S/h of stored attention
+    scores only with eager attention (SDPA keeps O(S) per head). With gradient checkpointing only
+    each layer's input (act_bytes·S·B·h) is kept, plus one layer recomputed in full. Causal LMs add
+    the logits in the activation dtype and an fp32 log-softmax with its gradient: (act_bytes+8)·B·S·V."""
     h, a, L = s.hidden_size, s.num_heads, s.num_layers
-    per_layer_coeff = 15 + 19 * s.intermediate_size / (4 * h) + 5 * a * seq / h
+    per_layer_coeff = 15 + 19 * s.intermediate_size / (4 * h) + (5 * a * seq / h if eager else 0)
     per_layer = seq * batch * h * per_layer_coeff * act_bytes / 2
     body = (L * act_bytes * seq * batch * h + per_layer) if checkpointing else L * per_layer
     head = (act_bytes + 8) * batch * seq * s.vocab_size if s.lm_head else 0
     return int(body + head)
 
 
-def inference_activations(s: ModelShape, batch: int, seq: int, act_bytes: int) -> int:
-    """Peak transient memory of a no-grad forward (estimate): one layer's hidden state, attention
-    q/k/v/out and MLP intermediates, act_bytes·B·S·(4h + 2·intermediate), plus eager attention
-    scores act_bytes·B·a·S² (SDPA/flash attention avoid them), plus for causal LMs the logits
-    in the activation dtype and in fp32 (log-probs are taken in fp32): (act_bytes+4)·B·S·V."""
-    h = s.hidden_size
-    layer = act_bytes * batch * seq * (4 * h + 2 * s.intermediate_size) + act_bytes * batch * s.num_heads * seq * seq
-    head = (act_bytes + 4) * batch * seq * s.vocab_size if s.lm_head else 0
-    return int(layer + head)
+def inference_activations(s: ModelShape, batch: int, seq: int, act_bytes: int, eager: bool = False) -> int:
+    """Peak transient memory of a no-grad forward (estimate, checked against measurement by
+    benchmarks/memory_vs_estimate.py): inside a decoder layer the MLP holds act(gate), up and their
+    product beside the residual stream, act_bytes·B·S·(3·intermediate + 4h), or the attention its
+    q, k, v (KV heads repeated), output and residual, act_bytes·B·S·7h, whichever is larger; eager
+    attention adds its scores act_bytes·B·a·S² (SDPA avoids them); causal LMs add the logits in the
+    activation dtype and in fp32 (log-probs are taken in fp32): (act_bytes+4)·B·S·V."""
+    return max(module_activations(s, batch, seq, act_bytes, eager).values())
+
+
+def module_activations(s: ModelShape, batch: int, seq: int, act_bytes: int, eager: bool = False) -> dict[str, int]:
+    """Transient activation bytes of a no-grad forward while each kind of module runs: `mlp` and
+    `attn` inside a decoder layer, `layer` (its norms), `outside` (embeddings, final norm, heads)
+    and `lm_head` (the logits, causal LMs)."""
+    h, bst = s.hidden_size, act_bytes * batch * seq
+    scores = act_bytes * batch * s.num_heads * seq * seq if eager else 0
+    out = {"mlp": bst * (3 * s.intermediate_size + 4 * h), "attn": bst * 7 * h + scores, "layer": bst * 3 * h,
+           "outside": bst * 2 * h}
+    if s.lm_head:
+        out["lm_head"] = (act_bytes + 4) * batch * seq * s.vocab_size + bst * 2 * h
+    return out
+
+
+_LAYER = re.compile(r"(^|\.)(layers|h|layer|blocks)\.\d+(\.|$)")
+
+
+def module_kind(name: str) -> str:
+    """Where a module sits, for `module_activations` (HF naming: layers.N / h.N, mlp, self_attn/attn)."""
+    if name.endswith("lm_head"):
+        return "lm_head"
+    if not _LAYER.search(name):
+        return "outside"
+    tail = name.split(".")
+    if any(t in ("mlp", "feed_forward", "ffn") for t in tail):
+        return "mlp"
+    if any("attn" in t or "attention" in t for t in tail):
+        return "attn"
+    return "layer"
+
+
+def zero3_frozen_forward(s: ModelShape, knobs: Zero3Knobs, world: int, act_bytes: int, batch: int, seq: int,
+                         eager: bool, staging: bool) -> dict:
+    """A frozen ZeRO-3 role's forward: the peak over its modules of gathered parameters
+    (`zero3_forward_working_set`; none at world size 1, where DeepSpeed's shard is the parameter
+    itself) plus the activations of the module running then."""
+    acts = module_activations(s, batch, seq, act_bytes, eager)
+    held = zero3_forward_working_set(s.modules, knobs, staging) if world > 1 else [0] * len(s.modules)
+    if not s.modules:  # a shape without its module list (hand-made): one largest layer gathered
+        held = [s.largest_layer_params] if world > 1 else [0]
+        kinds = ["mlp"]
+    else:
+        kinds = [module_kind(n) for n, _ in s.modules]
+    peaks = [act_bytes * g + acts.get(k, acts["outside"]) for g, k in zip(held, kinds)]
+    return {"peak": int(max(peaks)), "gathered": int(act_bytes * max(held)), "activations": int(max(acts.values()))}
 
 
 def kv_cache(s: ModelShape, batch: int, seq: int, act_bytes: int) -> int:
@@ -453,8 +700,25 @@ def _precision_bytes(conf: dict) -> int:
     return 2 if ("bf16" in conf or "fp16" in conf) else 4
 
 
+def zero3_trainable_states(P: int, world: int, b: int, reduce_bucket: int) -> dict:
+    """A trainable ZeRO-3 role's resident bytes per rank, from what DeepSpeed 0.19's stage-3
+    optimizer allocates (no offload): the b-byte parameter shard, its fp32 master copy (a copy even
+    when b = 4), Adam's fp32 m and v, the gradient partitions in the parameters' dtype (DeepSpeed's
+    default accumulation dtype), all 1/world; and the gradient bucket it allocates whole
+    (reduce_bucket_size elements of b bytes, filled by the backward before each reduce-scatter)."""
+    shard = (b + 4 + 8 + b) * P / world
+    return {"gpu": int(shard + b * reduce_bucket), "cpu": 0, "shard": int(shard), "reduce_bucket": int(b * reduce_bucket),
+            "method": f"ZeRO-3: ({b} param + 4 fp32 master + 8 Adam + {b} grad) B × P/{world} "
+                      f"+ gradient bucket {b} B × {reduce_bucket:,}"}
+
+
 def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
-    """Per-rank memory of one role, using the exact DeepSpeed config the engines will build."""
+    """Per-rank memory of one role, using the exact DeepSpeed config the engines will build.
+
+    model_states_*: what the role keeps resident (parameters or their shard, optimizer states,
+    DeepSpeed's buffers); activations_gpu: its largest working set above that, over the phases it
+    works in (details["working_set"] per phase: activations, gathered ZeRO-3 parameters, transient
+    buffers)."""
     from .engines import ds_config
 
     N = cluster.world
@@ -468,7 +732,12 @@ def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
     off_opt, off_par = "offload_optimizer" in zero, "offload_param" in zero
     b = _precision_bytes(conf)
     P, largest = shape.total_params, shape.largest_layer_params
+    eager = cfg.model.attn_implementation == "eager"
+    knobs = Zero3Knobs.of(zero) if stage == 3 else None
+    # gloo (CPU ranks) stages a collective's output in a buffer of its own; NCCL does not
+    staging = cfg.deepspeed.dist_backend == "gloo"
     details: dict = {"seq_len": seq, "act_bytes": b}
+    working: dict[str, int] = {}
     lc, q = cfg.model.lora, cfg.model.quantization
     adapters = trainable and shape.lora_params > 0
     if trainable and adapters:
@@ -482,40 +751,69 @@ def plan_role(cfg, role: str, shape: ModelShape, cluster: Cluster) -> RolePlan:
         method = f"LoRA adapters ({P_t:,} params): {ms['method']}; frozen base: {base['method']}"
         details.update(cpu_bytes_per_node=ms["cpu_node"], note=ms["note"], trainable_params=P_t,
                        frozen_base_bytes=base["gpu"] + base["cpu"])
+    elif trainable and stage == 3 and not (off_opt or off_par):
+        ms = zero3_trainable_states(P, N, b, int(zero.get("reduce_bucket_size", 5e8)))
+        ms_gpu, ms_cpu, method = ms["gpu"], ms["cpu"], ms["method"]
+        details.update(param_shard_and_optimizer=ms["shard"], gradient_bucket=ms["reduce_bucket"])
     elif trainable:
         ms = trainable_model_states(P, largest, stage, cluster, off_opt, off_par, fp32=b == 4)
         ms_gpu, ms_cpu, method = ms["gpu"], ms["cpu"], ms["method"]
         details.update(cpu_bytes_per_node=ms["cpu_node"], note=ms["note"])
     if trainable:
-        if b == 4 and stage >= 2 and not adapters:
-            details["precision_note"] = ("fp32 training: DeepSpeed's estimator assumes mixed precision "
-                                         "(18-20 B/param); pure fp32 with Adam needs 16 B/param")
-        train_act = training_activations(shape, local_mini, seq, b, cfg.model.gradient_checkpointing)
+        train_act = training_activations(shape, local_mini, seq, b, cfg.model.gradient_checkpointing, eager)
+        update = train_act + 2 * b * largest  # + a layer's full gradient and its copy into the bucket
+        if stage == 3 and N > 1 and shape.modules and not adapters:
+            kept = zero3_training_kept(shape.modules, knobs)
+            held = zero3_forward_working_set(shape.modules, knobs, staging, keep=kept)
+            kept_b = b * sum(n for i in kept for n in shape.modules[i][1] if n >= knobs.persistence_threshold)
+            # the forward's start (prefetch buffers, little activation) or its end (the parameters
+            # kept for the backward, every saved activation)
+            update = max(b * max(held) + module_activations(shape, local_mini, seq, b, eager)["outside"],
+                         kept_b + update)
+            details.update(train_gathered_kept=kept_b, train_gathered_peak=b * max(held))
+        if stage == 3 and b == 2 and not adapters:
+            update += 4 * P // N  # the optimizer step's fp32 copy of the gradient partition
+        working["update"] = int(update)
         details.update(train_batch=local_mini, train_activations=train_act)
-        act = train_act
+        if role == "critic":
+            fwd = zero3_frozen_forward(shape, knobs, N, b, local_mini, seq, eager, staging) if stage == 3 \
+                else {"peak": inference_activations(shape, local_mini, seq, b, eager)}
+            working["forwards"] = fwd["peak"]
         if role == "actor":
-            # rollout: the actor generates for all local prompts with a KV cache; under ZeRO-3 the
-            # default hybrid path gathers the whole model for the rollout phase
+            # rollout: the actor generates for all local prompts with a KV cache; under ZeRO-3,
+            # generation.zero3_gather=full gathers the whole model once (GatheredParameters: each
+            # parameter into its own buffer; gloo stages one collective at a time, the largest
+            # parameter at most)
             kv = kv_cache(shape, local_batch, seq, b)
-            gen_act = inference_activations(shape, local_batch, 1, b) + kv  # decode: one new token per step
-            gathered = b * P if stage == 3 else 0
+            gen_act = inference_activations(shape, local_batch, 1, b, eager) + kv  # decode: one new token per step
+            gathered = b * P if stage == 3 and N > 1 else 0
+            gen = gathered + max(gen_act, b * largest if gathered and staging else 0)
             details.update(gen_batch=local_batch, kv_cache=kv, generation_gathered_params=gathered,
-                           generation_peak_extra=gathered + gen_act,
-                           generation_per_layer_gather_extra=b * largest + gen_act)
-            act = max(train_act, gathered + gen_act)
+                           generation_peak_extra=gen, generation_per_layer_gather_extra=b * largest + gen_act)
+            working["generate"] = int(gen)
     elif role == "reference" and lc.enabled and lc.reference_from_base:
         ms_gpu, ms_cpu, method = 0, 0, "served by the actor's base with adapters disabled: no parameters of its own"
     elif role == "reference" and q.load_in_4bit:
         fp = frozen_base_params(shape, stage, N, off_par, b, q, conf)
         ms_gpu, ms_cpu, method = fp["gpu"], fp["cpu"], fp["method"]
     else:
-        bucket = zero.get("stage3_prefetch_bucket_size", 0) if stage == 3 else 0
-        fp = frozen_params(P, largest, stage, N, off_par, b, bucket)
+        fp = frozen_params(P, largest, stage, N, off_par, b, 0,
+                           persistent=persistent_params(shape.modules, knobs.persistence_threshold) if knobs else 0)
         ms_gpu, ms_cpu, method = fp["gpu"], fp["cpu"], fp["method"]
     if not trainable:
-        batch = local_mini if role == "reference" else local_batch
-        act = inference_activations(shape, batch, seq, b)
-        details.update(forward_batch=batch)
+        if role == "reference":
+            batch, tokens = local_mini, seq
+        else:  # the scorer's batches of prompt + separator + response + EOS, cut at reward.max_length
+            batch, tokens = min(local_batch, cfg.reward.batch_size), min(seq + 2, cfg.reward.max_length)
+        if stage == 3:
+            fwd = zero3_frozen_forward(shape, knobs, N, b, batch, tokens, eager, staging)
+            details.update(forward_gathered_peak=fwd["gathered"], forward_activations=fwd["activations"])
+            working["forwards" if role == "reference" else "score"] = fwd["peak"]
+        else:
+            working["forwards" if role == "reference" else "score"] = inference_activations(shape, batch, tokens, b, eager)
+        details.update(forward_batch=batch, forward_tokens=tokens)
+    details["working_set"] = {k: int(v) for k, v in working.items()}
+    act = max(working.values(), default=0)
     return RolePlan(role=role, trainable=trainable, zero_stage=stage, offload_optimizer=off_opt,
                     offload_param=off_par, total_params=P, largest_layer_params=largest,
                     model_states_gpu=int(ms_gpu), model_states_cpu=int(ms_cpu), activations_gpu=int(act),

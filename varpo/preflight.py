@@ -27,6 +27,9 @@ def check_reward(cfg, *, trains_its_own: bool = False) -> None:
     if r.type == "sequence_classifier":
         check_model(r.path, "reward.path", "sequence_classifier")
         check_tokenizer(r.path, "reward.path")
+    elif r.type == "remote" and r.remote.backend == "vllm":
+        # the heads and tokenizer are read here; the backbone's weights stay on the server
+        check_tokenizer(r.path, "reward.path")
     elif r.type == "ensemble":
         if r.path:
             check_ensemble_folder(r.path, "reward.path")

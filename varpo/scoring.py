@@ -54,6 +54,12 @@ def _sequence_classifier(cfg) -> Scorer:
                                     separator=cfg.reward_training.separator, load_kw=attn_kwargs(cfg.model))
 
 
+def _remote(cfg) -> Scorer:
+    from .reward.remote import RemoteRewardScorer
+
+    return RemoteRewardScorer.from_config(cfg)
+
+
 # reward.type -> the function that builds its source from the whole config (imports deferred: each
 # source loads only when used). A new type is its function and one line here.
 SCORERS = {
@@ -62,6 +68,7 @@ SCORERS = {
     "gold": _gold,
     "oracle": _oracle,
     "sequence_classifier": _sequence_classifier,
+    "remote": _remote,
 }
 
 
@@ -91,6 +98,12 @@ def describe_reward(cfg, scorer) -> dict:
                           + (" and their disagreement" if len(cfg.judge.judges) > 1 else "")}
     if r.type == "gold" and name == "GoldScorer":
         return {"type": "gold", "task": cfg.testbed.task, "sigma2": "0: the testbed's true reward"}
+    if r.type == "remote" and name == "RemoteRewardScorer":
+        rr = r.remote
+        return {"type": "remote", "backend": rr.backend, "server": rr.base_url, "model": rr.model,
+                "heads": r.path if rr.backend == "vllm" and rr.output == "hidden" else None,
+                "sigma2": "from the server (direct)" if rr.backend == "direct"
+                          else f"variance over the ensemble's members (ddof {r.ddof})"}
     if r.type == "oracle" and name == "OracleScorer":
         return {"type": "oracle", "task": cfg.testbed.task, "sigma2": "known: the oracle's noise variance"}
     return {"type": "custom", "scorer": f"{type(scorer).__module__}.{type(scorer).__qualname__}",

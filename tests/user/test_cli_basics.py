@@ -47,7 +47,7 @@ def test_config_show_doc_describes_every_field_and_loads_back():
     assert lines[at["beta"]].strip() == "beta: 0.3" and _comment_above(lines, at["beta"]) == "initial KL coefficient (β)"
     rtype = next(i for i, ln in enumerate(lines) if ln.startswith("  type: ") and "ensemble" in ln)
     assert _comment_above(lines, rtype) == (" ".join(RewardConfig.model_fields["type"].description.split())
-                                            + "; one of ensemble, judge, gold, oracle, sequence_classifier")
+                                            + "; one of ensemble, judge, gold, oracle, sequence_classifier, remote")
     # the same configuration, read back
     back = VarpoConfig.model_validate(yaml.safe_load(res.stdout))
     assert redacted_dict(back) == redacted_dict(load_config(EMBEDDED, ["ppo.kl.beta=0.3"]))

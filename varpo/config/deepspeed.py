@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .core import Section
 
@@ -14,6 +14,28 @@ class RoleEngineConfig(Section):
     )
     offload_optimizer: bool = Field(False, description="ZeRO-Offload of optimizer states to CPU (trainable roles)")
     offload_param: bool = Field(False, description="offload parameters to CPU (ZeRO-3 only)")
+    offload_param_nvme_path: str | None = Field(
+        None, description="ZeRO-3 with offload_param: keep the parameter shard in files under this folder on an "
+        "NVMe drive (ZeRO-Infinity; DeepSpeed's async_io op, which needs libaio) instead of host memory")
+    nvme_buffer_count: int = Field(5, ge=1, description="offload_param to NVMe: parameter buffers in memory")
+    nvme_buffer_size: int = Field(
+        int(1e8), ge=1, description="offload_param to NVMe: elements per buffer (at least the largest parameter's)")
+    max_live_parameters: int | None = Field(
+        None, ge=1, description="ZeRO-3: most parameters (elements) a rank holds gathered at once, prefetched ones "
+        "included (DeepSpeed's stage3_max_live_parameters; None: its default 1e9). Once a forward's order is known "
+        "DeepSpeed prefetches up to this many, so a frozen model smaller than it is gathered whole on every rank: "
+        "set it (e.g. 2-3 × the largest layer's weight) when the point of sharding is that no rank holds the model")
+    allgather_sequential: bool = Field(
+        False, description="ZeRO-3: gather each parameter on its own (DeepSpeed's stage3_allgather_sequential) "
+        "instead of through one flat buffer per bucket, whose contents are then copied into every parameter: no "
+        "second copy of a bucket in memory, one collective per parameter")
+
+
+    @model_validator(mode="after")
+    def _nvme_is_a_param_offload(self):
+        if self.offload_param_nvme_path and not self.offload_param:
+            raise ValueError("offload_param_nvme_path is where offloaded parameters go: set offload_param=true too")
+        return self
 
 
 class DeepSpeedConfig(Section):

@@ -7,6 +7,7 @@ from pydantic import Field, model_validator
 
 from .core import Section
 from .lora import LoraConfig
+from .remote_reward import RemoteRewardConfig
 
 
 class OracleConfig(Section):
@@ -19,16 +20,18 @@ class OracleConfig(Section):
 
 
 class RewardConfig(Section):
-    type: Literal["ensemble", "judge", "gold", "oracle", "sequence_classifier"] = Field(
+    type: Literal["ensemble", "judge", "gold", "oracle", "sequence_classifier", "remote"] = Field(
         "ensemble", description="where (score, σ²) come from: a trained ensemble, interval judges, the testbed's "
-        "gold (σ² = 0), the oracle (gold + noise with a known σ², reward.oracle), or a Hugging Face "
+        "gold (σ² = 0), the oracle (gold + noise with a known σ², reward.oracle), a Hugging Face "
         "sequence-classification reward model (reward.path: AutoModelForSequenceClassification with one label, as "
         "TRL's RewardTrainer writes it; one score, σ² = 0; for σ², train heads on it with varpo train-rm --set "
-        "reward_training.backbone_path=...)")
+        "reward_training.backbone_path=...), or a reward server apart from the trainer (reward.remote)")
     oracle: OracleConfig = OracleConfig()
+    remote: RemoteRewardConfig = RemoteRewardConfig()
     path: str | None = Field(None, description="type ensemble: a trained ensemble folder (varpo train-rm's "
                              "OUT/reward_model; None: the embedded task's default ensemble, refused with a policy "
-                             "of your own); type sequence_classifier: the reward model's folder or cached name")
+                             "of your own); type sequence_classifier: the reward model's folder or cached name; "
+                             "type remote: see reward.remote")
     aggregation: Literal["mean", "median", "min", "mean_minus_var", "mean_minus_std"] = Field(
         "mean", description="score s from the K head rewards: mean (the paper), median, min (worst case), "
         "mean − λ·var, or mean − k·std (lower confidence bound)",
@@ -44,6 +47,8 @@ class RewardConfig(Section):
         if self.type == "sequence_classifier" and not self.path:
             raise ValueError("reward.type=sequence_classifier needs reward.path: the reward model's folder "
                              "(AutoModelForSequenceClassification, num_labels 1)")
+        if self.type == "remote":
+            self.remote.check(self.path)
         return self
 
 

@@ -1,9 +1,9 @@
 """One judge endpoint: OpenAI-compatible chat completions with our own retry loop.
 
 The `openai` client's built-in retries are switched off (max_retries=0) because they cannot be
-counted and their backoff is not configurable; tenacity drives the retries instead, honouring the
-server's Retry-After / retry-after-ms header on 429 (and 5xx), and exponential backoff with jitter
-otherwise. Retried: 408, 409, 429, 5xx, timeouts (the client's and a total per-request deadline),
+counted and their backoff is not configurable; varpo's shared retry policy (varpo/http_retry.py,
+tenacity) drives them instead, honouring the server's Retry-After / retry-after-ms header on 429
+(and 5xx), and exponential backoff with jitter otherwise. Retried: 408, 409, 429, 5xx, timeouts (the client's and a total per-request deadline),
 dropped connections, and a 200 whose body is not JSON. Other errors (401, 400, 404, ...) fail at
 once. The API key is read from the environment here and nowhere else, and scrubbed from every
 error message this module raises.
@@ -14,14 +14,14 @@ import asyncio
 import json
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass, field
 
 import openai
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState
 
 from ..config.judge import JudgeConfig, JudgeEndpointConfig
+from ..http_retry import retryable_status, retrying
 
 log = logging.getLogger("varpo.judge")
 
@@ -91,28 +91,7 @@ def _status(exc: BaseException) -> int | None:
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, (openai.APIConnectionError, asyncio.TimeoutError, _RetryableBody)):
         return True  # APITimeoutError is an APIConnectionError
-    s = _status(exc)
-    return s is not None and (s in (408, 409, 429) or s >= 500)
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    resp = getattr(exc, "response", None)
-    if resp is None:
-        return None
-    for header, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        v = resp.headers.get(header)
-        if v is None:
-            continue
-        try:
-            return max(0.0, float(v) * scale)
-        except ValueError:
-            import email.utils
-
-            try:
-                return max(0.0, email.utils.parsedate_to_datetime(v).timestamp() - time.time())
-            except (TypeError, ValueError):
-                return None
-    return None
+    return retryable_status(_status(exc))
 
 
 class JudgeEndpoint:
@@ -126,14 +105,6 @@ class JudgeEndpoint:
 
     async def aclose(self) -> None:
         await self.client.close()
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        ra = _retry_after(exc) if exc is not None else None
-        if ra is not None:
-            return min(ra, self.cfg.max_retry_after)
-        n = state.attempt_number  # 1 after the first failure
-        return min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (n - 1)) * random.uniform(0.75, 1.0)
 
     def _count_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1
@@ -164,10 +135,7 @@ class JudgeEndpoint:
     async def complete(self, messages: list[dict], what: str) -> str:
         """The assistant's text for `messages`; raises JudgeError (naming `what`) after the retries."""
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.cfg.max_retries + 1), retry=retry_if_exception(_retryable),
-                wait=self._wait, before_sleep=self._count_retry, reraise=True,
-            ):
+            async for attempt in retrying(self.cfg, _retryable, self._count_retry):
                 with attempt:
                     return await self._attempt(messages)
         except Exception as exc:  # noqa: BLE001 - rephrased with the secret scrubbed

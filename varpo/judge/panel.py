@@ -11,7 +11,6 @@ way, every answer received so far is already in the cache.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..config.judge import JudgeConfig
+from ..http_retry import run_coroutine
 from .cache import JudgeCache, cache_key
 from .client import JudgeEndpoint, JudgeError, JudgeStats, resolve_api_key
 from .parsing import InvalidAnswer, parse_interval
@@ -42,19 +42,6 @@ class Verdicts:
     @property
     def valid(self) -> np.ndarray:
         return np.array([e is None for e in self.errors], dtype=bool)
-
-
-def run_coroutine(coro):
-    """asyncio.run, or in a worker thread when the caller already runs an event loop (notebooks)."""
-    try:
-        asyncio.get_running_loop()
-        running = True
-    except RuntimeError:
-        running = False
-    if not running:  # outside the except block, so errors raised by the run carry no stray context
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        return ex.submit(asyncio.run, coro).result()
 
 
 class JudgePanel:

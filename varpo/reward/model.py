@@ -126,10 +126,18 @@ class EnsembleRewardModel(RewardEnsemble):
         h = self.pooled(input_ids, attention_mask).to(self.heads.weight.dtype)
         if stats_ddof is not None and self._is_plain():
             return self.heads(h, ddof=stats_ddof)
+        return self._output(self._raw_from_pooled(h), stats_ddof)
+
+    def rewards_from_pooled(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, hidden] pooled states (from this backbone, or from a server running it: varpo.reward.remote)
+        → per-head rewards [B, K] float32: heads, prior heads, member standardisation."""
+        return self._output(self._raw_from_pooled(h.to(self.heads.weight.dtype)), None)
+
+    def _raw_from_pooled(self, h: torch.Tensor) -> torch.Tensor:
         r = self.heads(h)
         if self.prior_scale:
             r = r + self.prior_scale * self.prior(h)
-        return self._output(r, stats_ddof)
+        return r
 
     def _is_plain(self) -> bool:
         return not self.prior_scale and bool((self.member_shift == 0).all() and (self.member_scale == 1).all())
@@ -157,13 +165,32 @@ class EnsembleRewardModel(RewardEnsemble):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
-                        load_kw: dict | None = None) -> EnsembleRewardModel:
+                        load_kw: dict | None = None, backbone_weights: bool = True) -> EnsembleRewardModel:
+        """The saved ensemble. `backbone_weights=False`: the backbone is built from its config on the
+        meta device (no weights read or allocated), for callers that get its hidden states elsewhere
+        (a server running it, varpo.reward.remote) and use `rewards_from_pooled` only."""
         from safetensors.torch import load_file
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
 
         path = Path(path)
         conf = read_folder_config(path, MODEL_TYPE, "EnsembleRewardModel")
-        backbone = AutoModel.from_pretrained(str(path / conf["backbone"]), dtype=dtype, **(load_kw or {}))
+        if backbone_weights:
+            from transformers.integrations import is_deepspeed_zero3_enabled
+
+            from ..models.zero3_load import checkpoint_files, zero3_from_pretrained
+
+            folder = path / conf["backbone"]
+            if is_deepspeed_zero3_enabled() and checkpoint_files(folder):
+                # partitioned from the start, filled one tensor at a time (transformers' own ZeRO-3
+                # path maps the whole checkpoint on rank 0: a reward larger than a rank would not load)
+                backbone = zero3_from_pretrained(AutoModel, folder, dtype=dtype, **(load_kw or {}))
+            else:
+                backbone = AutoModel.from_pretrained(str(folder), dtype=dtype, **(load_kw or {}))
+        else:
+            from ..memory import on_meta
+
+            bconf = AutoConfig.from_pretrained(str(path / conf["backbone"]))
+            backbone = on_meta(lambda: AutoModel.from_config(bconf))
         model = cls(backbone, conf["num_heads"], head_seeds=conf["head_seeds"], pooling=conf["pooling"],
                     ddof=conf["ddof"], separator=conf.get("separator", " "), prior_scale=conf.get("prior_scale", 0.0))
         state = load_file(str(path / HEADS_NAME))
