@@ -99,10 +99,12 @@ def parse_threads(value, where: str) -> int | str:
 
 
 def choose(setting="auto", env: Mapping[str, str] | None = None, *, local_ranks: int = 1,
-           measure: Callable[[], float | None] = free_cores, cores: int | None = None) -> ThreadChoice:
+           measure: Callable[[], float | None] | None = None, cores: int | None = None) -> ThreadChoice:
     """The thread count for this process (see the module docstring for the order); pure given
-    `env`, `measure` (free cores now) and `cores` (usable cores)."""
+    `env`, `measure` (free cores now; default: this module's `free_cores`, looked up at the call)
+    and `cores` (usable cores)."""
     env = os.environ if env is None else env
+    measure = free_cores if measure is None else measure
     usable = len(usable_cores()) if cores is None else cores
     policy = env.get("OMP_WAIT_POLICY") or None
     if env.get("OMP_NUM_THREADS", "").strip():
