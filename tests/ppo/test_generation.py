@@ -36,6 +36,25 @@ def test_weight_buckets_keep_blocks_whole_and_bounded():
     assert len(weight_buckets(named, 10**9)) == 1
 
 
+def test_weight_buckets_never_split_a_module_outside_the_blocks():
+    """GPT-2's final LayerNorm (weight and bias, outside the blocks) in one bucket: vLLM's reload
+    would fill the half it did not receive with uninitialised memory."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=11, n_embd=8, n_layer=3, n_head=2, n_positions=8))
+    named = list(model.named_parameters())
+    assert "transformer.ln_f.bias" in dict(named)
+    for budget in (1, 4 * 8 * 8 + 1, 10**3, 10**9):  # tiny: every block and module alone
+        buckets = weight_buckets(named, budget)
+        assert [n for b in buckets for n, _ in b] == [n for n, _ in named], "every parameter once, in order"
+        owner = {}
+        for i, b in enumerate(buckets):
+            for n, _ in b:
+                module = n.rpartition(".")[0]
+                assert owner.setdefault(module, i) == i, f"{module} split across buckets {owner[module]} and {i}"
+    assert [n for n, _ in weight_buckets(named, 1)[-1]] == ["transformer.ln_f.weight", "transformer.ln_f.bias"]
+
+
 def test_request_seeds_depend_on_seed_step_rank_only():
     a = request_seeds(0, 5, 1, 4)
     assert a == request_seeds(0, 5, 1, 4) and len(set(a)) == 4

@@ -167,7 +167,7 @@ class VLLMConfig(Section):
     )
     sync_bucket_mb: float = Field(
         256.0, gt=0.0, description="weight sync: most MB of parameters gathered (ZeRO-3) and sent to the "
-        "engine at once; whole transformer blocks only (a block larger than this goes alone)",
+        "engine at once; whole transformer blocks and whole modules only (one larger than this goes alone)",
     )
     cpu_kvcache_gb: float | None = Field(
         None, gt=0.0, description="CPU: KV-cache size in GiB; None: sized to the rollout (this rank's prompts × "

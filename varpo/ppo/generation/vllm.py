@@ -13,8 +13,10 @@ by the worker's `reload_weights(weights_iterator=...)` (varpo.ppo.generation.vll
 model's `load_weights` directly, re-runs the post-load processing: the CPU backend pre-packs GEMM
 weights into its kernel layout (there is no `weight_loader` left to call), and reload restores the
 checkpoint layout, loads, and packs again. It processes a vLLM layer once all of its weights have
-arrived and leaves layers that received nothing untouched; vLLM fuses HF's q/k/v and gate/up
-projections into one layer, so a bucket never splits a transformer block.
+arrived and leaves layers that received nothing untouched, but a layer given only part of its
+weights in one call is processed with the rest uninitialised; vLLM fuses HF's q/k/v and gate/up
+projections into one layer, so a bucket never splits a transformer block, nor a module outside
+the blocks (a final LayerNorm's weight and bias).
 
 Sampling is mapped one to one from generation.* (`sampling_params`); the engine returns its
 processed log-probs (after temperature, top-k/top-p and min-tokens masking: the distribution it
@@ -80,13 +82,19 @@ def sampling_params(gen, eos_token_id: int, seeds: list[int]) -> list:
 
 def weight_buckets(named: Iterable[tuple[str, torch.nn.Parameter]], budget_bytes: float) -> list[list[tuple[str, torch.nn.Parameter]]]:
     """Consecutive parameters in buckets of at most `budget_bytes`, never splitting a transformer
-    block (`...layers.<i>.` / `h.<i>.` / `blocks.<i>.`); a block or a parameter larger than the
-    budget is a bucket of its own. Sizes are full (unsharded) sizes: `ds_numel` under ZeRO-3."""
+    block (`...layers.<i>.` / `h.<i>.` / `blocks.<i>.`) nor, outside the blocks, a module (GPT-2's
+    final `ln_f.weight` and `ln_f.bias`); a block or module larger than the budget is a bucket of
+    its own. Sizes are full (unsharded) sizes: `ds_numel` under ZeRO-3.
+
+    Why whole modules: vLLM's layerwise reload processes a layer that received only part of its
+    weights in one reload call anyway, from a freshly allocated (uninitialised) tensor for the
+    missing part, and copies all of it over the live weights; the next bucket then does the same
+    for the other part. A split layer ends up with garbage, not with the old values."""
     groups: list[list[tuple[str, torch.nn.Parameter]]] = []
     last_key = None
     for name, p in named:
         m = _BLOCK.match(name)
-        key = m.group(1) if m else name
+        key = m.group(1) if m else (name.rpartition(".")[0] or name)
         if key != last_key:
             groups.append([])
             last_key = key
