@@ -57,8 +57,30 @@ def run(out: Path, seeds: int, config, overrides: list[str]) -> dict:
     rm = json.loads((out / "reward" / "rm_report.json").read_text()) if (out / "reward" / "rm_report.json").exists() else {}
     report["reward_model"] = {k: rm[k] for k in ("num_heads", "ensemble_accuracy", "head_accuracy") if k in rm}
     report["seconds"] = time.perf_counter() - t_start
+    from ..evaluation.stats import compute_stats, group_rewards, group_seeds, shares_seeds
+    from ..evaluation.verdict import population_table, verdict
+
+    stats = compute_stats(group_rewards(rows), seeds=group_seeds(rows), shared_seeds=shares_seeds(rows),
+                          primary_test=cfg.evaluation.primary_test, runaway_margin=cfg.evaluation.runaway_margin,
+                          power_sims=200)
+    report["verdict"] = verdict(stats)
+    report["primary_test"] = stats["primary_test"]
     write_json(out / "report.json", report)
-    print_table("quickstart: gold reward per policy (mean over eval prompts), across policies",
-                [{"method": m, **report[m]} for m in ["reference", *cfg.evaluation.methods]])
-    console.print(f"report: {out / 'report.json'}  ({report['seconds']:.0f} s); statistics: varpo stats {out}")
+    write_json(out / "stats.json", stats)
+    beta = {m: r["beta"] for r in rows if r.get("beta") is not None for m in [r["method"]]}
+    print_table(f"quickstart ({cfg.testbed.task} task, reward {_reward_label(cfg)}, {cfg.ppo.steps} PPO steps, "
+                f"β {', '.join(f'{m} {b:g}' for m, b in beta.items())}): gold reward per policy (mean over evaluation "
+                f"prompts); KL(π‖π_ref) per sequence; run-away: gold more than {cfg.evaluation.runaway_margin:g} below "
+                f"the reference's mean {stats['reference_mean']:.3f}", population_table(stats, rows))
+    for line in report["verdict"]:
+        console.print(line)
+    console.print(f"report: {out / 'report.json'}, stats: {out / 'stats.json'} ({report['seconds']:.0f} s); "
+                  f"every test: varpo stats {out}")
     return report
+
+
+def _reward_label(cfg) -> str:
+    if cfg.reward.type != "ensemble":
+        return cfg.reward.type
+    rt = cfg.reward_training
+    return f"{rt.ensemble_kind} ensemble of {rt.num_heads}" if not cfg.reward.path else f"ensemble {cfg.reward.path}"
