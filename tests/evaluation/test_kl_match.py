@@ -29,7 +29,7 @@ def test_plateau_step():
     # the first 10-step window whose mean is within 10% of 5: windows starting at 41 (mean 4.55..)
     want = next(i for i in range(111) if abs(np.mean(rise[i:i + 10]) - 5) <= 0.5)
     assert step == want
-    assert plateau_step([1.0] * 15, window=10) is None
+    assert plateau_step([1.0] * 15, window=10) is None and plateau_step([1.0] * 39) is None
     noisy = list(np.random.default_rng(0).normal(3, 0.05, 100))
     assert plateau_step(noisy) == 0
 

@@ -34,7 +34,7 @@ def curves(population_dir: Path) -> dict[str, dict[str, list[float]]]:
     return out
 
 
-def plateau_step(values: list[float], window: int = 10, tol: float = 0.1) -> int | None:
+def plateau_step(values: list[float], window: int = 20, tol: float = 0.15) -> int | None:
     """The first step from which every `window`-step mean stays within `tol` (relative) of the last
     window's mean; None when the run is shorter than two windows."""
     if len(values) < 2 * window:
