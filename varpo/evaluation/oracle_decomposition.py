@@ -66,11 +66,14 @@ def against_prediction(rows: list[dict], prediction: dict, compared: str = "vari
     import numpy as np
     from scipy.stats import spearmanr
 
+    def kl_of(r: dict) -> float | None:  # rows made before `kl` existed: the last 5 training steps' KL
+        return next((r[k] for k in ("kl", "kl_last5_mean", "kl_mean") if r.get(k) is not None), None)
+
     pts = [p for p in prediction["points"] if p["kl_matched_share"] >= 0.9]
-    van = [r for r in rows if r["method"] == "vanilla" and r.get("kl") is not None]
+    van = [r for r in rows if r["method"] == "vanilla" and kl_of(r) is not None]
     if not pts or not van:
         return None
-    kl = st.fmean(r["kl"] for r in van)
+    kl = st.fmean(kl_of(r) for r in van)
     p = min(pts, key=lambda q: abs(math.log(q["vanilla"]["kl"]) - math.log(max(kl, 1e-9))))
     out: dict = {"ppo_kl_vanilla": kl, "prediction_beta": p["beta"], "prediction_kl": p["vanilla"]["kl"],
                  "prediction_var_ratio": p["var_ratio"], "prediction_var_ratio_ci": p.get("var_ratio_ci")}
@@ -82,7 +85,7 @@ def against_prediction(rows: list[dict], prediction: dict, compared: str = "vari
         gold = np.array([r["reward"] for r in rs])
         opt = np.asarray(p[key]["returns"])[[r["noise_seed"] for r in rs]]
         rho = spearmanr(gold, opt)
-        out[key] = {"n": len(rs), "ppo_kl": st.fmean(r["kl"] for r in rs if r.get("kl") is not None),
+        out[key] = {"n": len(rs), "ppo_kl": st.fmean(kl_of(r) for r in rs),
                     "ppo_gold_var": float(gold.var(ddof=1)), "optimum_return_var": float(opt.var(ddof=1)),
                     "spearman_gold_vs_optimum": float(rho.statistic), "spearman_pvalue": float(rho.pvalue),
                     "ppo_sigma2_mean": st.fmean(r["sigma2_mean"] for r in rs if r.get("sigma2_mean") is not None)
