@@ -21,6 +21,12 @@ def test_fit_beta_recovers_a_power_law():
     assert out["beta"] == pytest.approx(0.2, rel=1e-9) and not out["interpolated"]
     assert fit_beta([{"beta": 0.1, "kl_mean": 1.0}, {"beta": 0.2, "kl_mean": 2.0}], 1.5)["beta"] is None  # KL rising in β
     assert fit_beta([{"beta": 0.1, "kl_mean": 1.0}], 1.0) == {"beta": 0.1, "fit": None, "interpolated": False}
+    # a KL that levels off at large β (the σ²-weighted penalty's floor): the bracketing pair decides
+    bent = [{"beta": 0.1, "kl_mean": 1.64}, {"beta": 0.3, "kl_mean": 0.70}, {"beta": 1.0, "kl_mean": 0.46}]
+    got = fit_beta(bent, 0.83)
+    t = (math.log(0.83) - math.log(1.64)) / (math.log(0.70) - math.log(1.64))
+    assert got["interpolated"] and got["fit"]["bracket"] == pytest.approx([0.1, 0.3])
+    assert got["beta"] == pytest.approx(math.exp(math.log(0.1) + t * (math.log(0.3) - math.log(0.1))))
 
 
 def test_plateau_step():
