@@ -97,4 +97,4 @@ def test_kl_match_then_population_trains_each_method_at_its_beta(testbed, tmp_pa
     assert rows["vanilla"]["beta"] == 0.5 and rows["variance_aware"]["beta"] == 0.123
     assert json.loads((tmp_path / "p" / "kl_match.json").read_text())["beta"]["variance_aware"] == 0.123
     ctx = [json.loads(x) for x in (tmp_path / "p" / "runs_context.jsonl").read_text().splitlines()]
-    assert len(ctx) == 1 and ctx[0]["jobs"] == 3 and len(ctx[0]["loadavg"]) == 3 and "population" in ctx[0]["command"]
+    assert len(ctx) == 1 and ctx[0]["jobs"] == 3 and len(ctx[0]["loadavg"]) == 3 and ctx[0]["commit"]
