@@ -1,6 +1,6 @@
 """Collect a population folder (as `varpo population` / `varpo kl-sweep` write it) into a committed
 results folder: policies.jsonl (one row per policy, local paths dropped), the population's
-config.yaml (its declared primary test), kl_match.json and vary.txt, then `varpo stats` on it,
+config.yaml (its declared primary test), kl_match.json, vary.txt and runs_context.jsonl, then `varpo stats` on it,
 and gold_vs_kl.png (each policy's gold reward against its KL, per method) plus a calibration
 summary (σ² vs squared error of the proxy on each method's evaluation samples).
 
@@ -32,6 +32,8 @@ def collect(src: Path, dst: Path) -> list[dict]:
     for name in ("config.yaml", "kl_match.json", "vary.txt"):
         if (src / name).exists() and not (dst / name).exists():  # a declaration committed earlier stays as it was
             shutil.copy(src / name, dst / name)
+    if (src / "runs_context.jsonl").exists():  # how the rows were made (command, commit, load): always the latest
+        shutil.copy(src / "runs_context.jsonl", dst / "runs_context.jsonl")
     return rows
 
 
