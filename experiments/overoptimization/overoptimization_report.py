@@ -27,6 +27,14 @@ def collect(src: Path, dst: Path) -> list[dict]:
             kl = [v for v in kl if isinstance(v, (int, float))][-5:]
             row["kl_last5_mean"] = st.fmean(kl) if kl else None
         rows.append(row)
+    # a population collected while it runs (interim) has seeds that only some methods finished: keep the
+    # seeds every method has, so that the methods stay paired by seed; a finished population loses nothing
+    methods = {r["method"] for r in rows}
+    complete = set.intersection(*({r["seed"] for r in rows if r["method"] == m} for m in methods)) if rows else set()
+    dropped = [f"{r['method']}/seed_{r['seed']}" for r in rows if r["seed"] not in complete]
+    if dropped:
+        print(f"left out (seeds not yet finished by every method): {', '.join(dropped)}")
+    rows = [r for r in rows if r["seed"] in complete]
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "policies.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for name in ("config.yaml", "kl_match.json", "vary.txt"):
