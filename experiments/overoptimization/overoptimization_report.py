@@ -1,5 +1,6 @@
 """Collect a population folder (as `varpo population` / `varpo kl-sweep` write it) into a committed
-results folder: policies.jsonl (one row per policy, local paths dropped), then `varpo stats` on it,
+results folder: policies.jsonl (one row per policy, local paths dropped), the population's
+config.yaml (its declared primary test), kl_match.json, vary.txt and runs_context.jsonl, then `varpo stats` on it,
 and gold_vs_kl.png (each policy's gold reward against its KL, per method) plus a calibration
 summary (σ² vs squared error of the proxy on each method's evaluation samples).
 
@@ -8,6 +9,7 @@ summary (σ² vs squared error of the proxy on each method's evaluation samples)
 from __future__ import annotations
 
 import json
+import shutil
 import statistics as st
 import subprocess
 import sys
@@ -25,8 +27,21 @@ def collect(src: Path, dst: Path) -> list[dict]:
             kl = [v for v in kl if isinstance(v, (int, float))][-5:]
             row["kl_last5_mean"] = st.fmean(kl) if kl else None
         rows.append(row)
+    # a population collected while it runs (interim) has seeds that only some methods finished: keep the
+    # seeds every method has, so that the methods stay paired by seed; a finished population loses nothing
+    methods = {r["method"] for r in rows}
+    complete = set.intersection(*({r["seed"] for r in rows if r["method"] == m} for m in methods)) if rows else set()
+    dropped = [f"{r['method']}/seed_{r['seed']}" for r in rows if r["seed"] not in complete]
+    if dropped:
+        print(f"left out (seeds not yet finished by every method): {', '.join(dropped)}")
+    rows = [r for r in rows if r["seed"] in complete]
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "policies.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("config.yaml", "kl_match.json", "vary.txt"):
+        if (src / name).exists() and not (dst / name).exists():  # a declaration committed earlier stays as it was
+            shutil.copy(src / name, dst / name)
+    if (src / "runs_context.jsonl").exists():  # how the rows were made (command, commit, load): always the latest
+        shutil.copy(src / "runs_context.jsonl", dst / "runs_context.jsonl")
     return rows
 
 
@@ -61,8 +76,10 @@ def plot_gold_vs_kl(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, m in enumerate(dict.fromkeys(r["method"] for r in rows)):
         pts = [r for r in rows if r["method"] == m]
-        ax.scatter([r.get("kl_last5_mean") or r.get("kl_mean") or 0.0 for r in pts], [r["reward"] for r in pts], s=18, alpha=0.7, color=f"C{i}", label=m)
-    ax.set(xlabel="KL(π ‖ π_ref) per sequence, mean of the last 5 training steps (nats)", ylabel="gold reward of the policy", title=title)
+        kl = [r["kl"] if r.get("kl") is not None else (r.get("kl_last5_mean") or r.get("kl_mean") or 0.0) for r in pts]
+        ax.scatter(kl, [r["reward"] for r in pts], s=18, alpha=0.7, color=f"C{i}", label=m)
+    ax.set(xlabel="KL(π ‖ π_ref) per sequence (nats): evaluation samples (kl), else the last 5 training steps",
+           ylabel="gold reward of the policy", title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

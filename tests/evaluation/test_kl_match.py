@@ -21,6 +21,12 @@ def test_fit_beta_recovers_a_power_law():
     assert out["beta"] == pytest.approx(0.2, rel=1e-9) and not out["interpolated"]
     assert fit_beta([{"beta": 0.1, "kl_mean": 1.0}, {"beta": 0.2, "kl_mean": 2.0}], 1.5)["beta"] is None  # KL rising in β
     assert fit_beta([{"beta": 0.1, "kl_mean": 1.0}], 1.0) == {"beta": 0.1, "fit": None, "interpolated": False}
+    # a KL that levels off at large β (the σ²-weighted penalty's floor): the bracketing pair decides
+    bent = [{"beta": 0.1, "kl_mean": 1.64}, {"beta": 0.3, "kl_mean": 0.70}, {"beta": 1.0, "kl_mean": 0.46}]
+    got = fit_beta(bent, 0.83)
+    t = (math.log(0.83) - math.log(1.64)) / (math.log(0.70) - math.log(1.64))
+    assert got["interpolated"] and got["fit"]["bracket"] == pytest.approx([0.1, 0.3])
+    assert got["beta"] == pytest.approx(math.exp(math.log(0.1) + t * (math.log(0.3) - math.log(0.1))))
 
 
 def test_plateau_step():
@@ -29,7 +35,7 @@ def test_plateau_step():
     # the first 10-step window whose mean is within 10% of 5: windows starting at 41 (mean 4.55..)
     want = next(i for i in range(111) if abs(np.mean(rise[i:i + 10]) - 5) <= 0.5)
     assert step == want
-    assert plateau_step([1.0] * 15, window=10) is None
+    assert plateau_step([1.0] * 15, window=10) is None and plateau_step([1.0] * 39) is None
     noisy = list(np.random.default_rng(0).normal(3, 0.05, 100))
     assert plateau_step(noisy) == 0
 
@@ -90,3 +96,5 @@ def test_kl_match_then_population_trains_each_method_at_its_beta(testbed, tmp_pa
     rows = {m: json.loads((tmp_path / "p" / "policies" / m / "seed_0.json").read_text()) for m in ("vanilla", "variance_aware")}
     assert rows["vanilla"]["beta"] == 0.5 and rows["variance_aware"]["beta"] == 0.123
     assert json.loads((tmp_path / "p" / "kl_match.json").read_text())["beta"]["variance_aware"] == 0.123
+    ctx = [json.loads(x) for x in (tmp_path / "p" / "runs_context.jsonl").read_text().splitlines()]
+    assert len(ctx) == 1 and ctx[0]["jobs"] == 3 and len(ctx[0]["loadavg"]) == 3 and ctx[0]["commit"]

@@ -52,7 +52,7 @@ def test_sweep_defaults_yield_to_the_users_overrides():
     cfg = load_config(OVEROPT, with_defaults(["reward_training.ensemble_kind=heads", "ppo.steps=5"], 60,
                                                DEFAULT_OVERRIDES))
     assert cfg.reward_training.ensemble_kind == "heads" and cfg.ppo.steps == 5
-    assert load_config(OVEROPT, with_defaults([], None)).ppo.steps == 40  # the config's own
+    assert load_config(OVEROPT, with_defaults([], None)).ppo.steps == 100  # the config's own
     # --seed S: its own ensemble (run seed, member seeds) unless the user says otherwise
     cfg = load_config(OVEROPT, with_defaults([*seed_overrides(3), "seed=7"], None, DEFAULT_OVERRIDES))
     assert cfg.seed == 7 and cfg.reward_training.head_seed == 300

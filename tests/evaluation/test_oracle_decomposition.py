@@ -92,3 +92,36 @@ def test_arm_kl_matches_scipy_and_floors_unseen_arms():
     assert oracle_arms.arm_kl(p, q) == pytest.approx(entropy([p.get(c, 0) for c in arms], [q.get(c, 0) for c in arms]))
     # an arm the reference never showed: mass 1e-4, finite KL
     assert oracle_arms.arm_kl({5: 1.0}, q) == pytest.approx(math.log(1 / 1e-4))
+
+
+def test_against_prediction_pairs_members_with_their_noise_draws():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(12)
+    draws = 20
+    points = []
+    for beta, kl in ((0.1, 3.0), (0.2, 1.2), (0.5, 0.2)):
+        points.append({"beta": beta, "kl_matched_share": 1.0 if beta < 0.5 else 0.5, "var_ratio": 1.3,
+                       "var_ratio_ci": [1.0, 1.7],
+                       "vanilla": {"kl": kl, "returns": rng.normal(0.7, 0.1, draws).tolist()},
+                       "variance_aware": {"kl": kl, "returns": rng.normal(0.7, 0.08, draws).tolist()}})
+    pred = {"draws": draws, "points": points}
+    seeds = [3, 0, 7, 11, 19, 5]  # members' noise draws, not in order
+    rows = []
+    for m in ("vanilla", "variance_aware"):
+        for k, z in enumerate(seeds):
+            rows.append({"method": m, "seed": k, "noise_seed": z, "reward": float(rng.normal(0.68, 0.02)),
+                         "kl": 1.0 + 0.1 * k, "sigma2_mean": 0.02})
+    rows.append({"method": "reference", "seed": 0, "noise_seed": None, "reward": 0.53, "kl": 0.0})
+    got = dec.against_prediction(rows, pred)
+    assert got["prediction_beta"] == 0.2  # nearest matched point in log KL to PPO's mean KL 1.25
+    for m in ("vanilla", "variance_aware"):
+        gold = [r["reward"] for r in rows if r["method"] == m]
+        opt = [points[1][m]["returns"][z] for z in seeds]
+        want = spearmanr(gold, opt)
+        assert got[m]["spearman_gold_vs_optimum"] == pytest.approx(want.statistic)
+        assert got[m]["spearman_pvalue"] == pytest.approx(want.pvalue)
+        assert got[m]["optimum_return_var"] == pytest.approx(np.var(opt, ddof=1))
+        assert got[m]["ppo_gold_var"] == pytest.approx(np.var(gold, ddof=1))
+    assert got["ppo_var_ratio"] == pytest.approx(got["vanilla"]["ppo_gold_var"] / got["variance_aware"]["ppo_gold_var"])
+    assert dec.against_prediction([r for r in rows if r["method"] == "reference"], pred) is None

@@ -34,7 +34,7 @@ def curves(population_dir: Path) -> dict[str, dict[str, list[float]]]:
     return out
 
 
-def plateau_step(values: list[float], window: int = 10, tol: float = 0.1) -> int | None:
+def plateau_step(values: list[float], window: int = 20, tol: float = 0.15) -> int | None:
     """The first step from which every `window`-step mean stays within `tol` (relative) of the last
     window's mean; None when the run is shorter than two windows."""
     if len(values) < 2 * window:
@@ -68,20 +68,26 @@ def plot_curves(cv: dict, path: Path) -> Path:
 
 
 def fit_beta(points: list[dict], target_kl: float) -> dict:
-    """log KL = a + b log β by least squares over the points (β, kl_mean); the β where it meets
-    target_kl, and whether that lies inside the grid (interpolated) or beyond it."""
+    """The β at which mean KL meets target_kl: log KL interpolated linearly in log β between the two
+    grid points that bracket the target (KL falls as β rises, but not as one power law: the
+    σ²-weighted penalty's KL levels off at large β), else extrapolated from the least-squares line
+    through all points (`interpolated` False)."""
     import numpy as np
 
-    pts = [p for p in points if p["kl_mean"] and p["kl_mean"] > 0]
+    pts = sorted((p for p in points if p["kl_mean"] and p["kl_mean"] > 0), key=lambda p: p["beta"])
     if len(pts) < 2:
         return {"beta": pts[0]["beta"] if pts else None, "fit": None, "interpolated": False}
     x, y = np.log([p["beta"] for p in pts]), np.log([p["kl_mean"] for p in pts])
     b, a = np.polyfit(x, y, 1)
     if b >= 0:  # KL does not fall with β here: no β can be read off
         return {"beta": None, "fit": {"a": float(a), "b": float(b)}, "interpolated": False}
-    log_beta = (math.log(target_kl) - a) / b
-    return {"beta": float(math.exp(log_beta)), "fit": {"a": float(a), "b": float(b)},
-            "interpolated": bool(x.min() <= log_beta <= x.max())}
+    t = math.log(target_kl)
+    for (x0, y0), (x1, y1) in zip(zip(x, y), zip(x[1:], y[1:])):
+        if min(y0, y1) <= t <= max(y0, y1) and y0 != y1:
+            return {"beta": float(math.exp(x0 + (t - y0) * (x1 - x0) / (y1 - y0))),
+                    "fit": {"a": float(a), "b": float(b), "bracket": [float(math.exp(x0)), float(math.exp(x1))]},
+                    "interpolated": True}
+    return {"beta": float(math.exp((t - a) / b)), "fit": {"a": float(a), "b": float(b)}, "interpolated": False}
 
 
 def run_kl_match(config_path, overrides: list[str], out: Path, target: str, target_beta: float, betas: list[float],

@@ -185,6 +185,12 @@ def run_kl_sweep(config_path, overrides: list[str], out: Path, betas: list[float
               "steps": cfg.ppo.steps, "seconds": time.perf_counter() - t0, "context": run_context(),
               "points": points, "overoptimization": {m: overoptimization(points, m) for m in [*names, "best_of_n"]
                                                      if any(p["method"] == m for p in points)}}
+    from .kl_match import curves, plateau_step, plot_curves
+
+    cv = curves(out / "population")  # the pilot view: KL, proxy and gold per training step
+    if cv:
+        plot_curves(cv, out / "curves.png")
+        result["plateau_step"] = {name: plateau_step(c["kl_mean"]) for name, c in cv.items()}
     write_json(out / "kl_sweep.json", result)
     plot_sweep(points, out / "kl_sweep.png", title=f"task={cfg.testbed.task}, reward={cfg.reward.type}, "
                f"{seeds} seed(s) per point")

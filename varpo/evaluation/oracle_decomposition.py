@@ -56,7 +56,47 @@ def bandit_ratio_at(points: list[dict], kl: float) -> float | None:
     return None
 
 
-def decompose(folders: dict[str, Path], bandit: dict | None) -> dict:
+def against_prediction(rows: list[dict], prediction: dict, compared: str = "variance_aware") -> dict | None:
+    """PPO's oracle population against `varpo theory predict` on the same noise draws: member k of a
+    `--vary reward` population faced noise seed k, the prediction's draw k. Per method, at the
+    prediction's point whose vanilla KL is nearest PPO's mean `kl` (among points matched in ≥ 90% of
+    draws): the variance of PPO's gold over the members, the optimum's return variance over the same
+    draws, and Spearman's ρ between member k's gold and the optimum's draw-k return (does PPO follow
+    the draw the way the optimum does?). None when the rows carry no noise seeds within the draws."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    def kl_of(r: dict) -> float | None:  # rows made before `kl` existed: the last 5 training steps' KL
+        return next((r[k] for k in ("kl", "kl_last5_mean", "kl_mean") if r.get(k) is not None), None)
+
+    pts = [p for p in prediction["points"] if p["kl_matched_share"] >= 0.9]
+    van = [r for r in rows if r["method"] == "vanilla" and kl_of(r) is not None]
+    if not pts or not van:
+        return None
+    kl = st.fmean(kl_of(r) for r in van)
+    p = min(pts, key=lambda q: abs(math.log(q["vanilla"]["kl"]) - math.log(max(kl, 1e-9))))
+    out: dict = {"ppo_kl_vanilla": kl, "prediction_beta": p["beta"], "prediction_kl": p["vanilla"]["kl"],
+                 "prediction_var_ratio": p["var_ratio"], "prediction_var_ratio_ci": p.get("var_ratio_ci")}
+    for m, key in (("vanilla", "vanilla"), (compared, "variance_aware")):
+        rs = [r for r in rows if r["method"] == m and r.get("noise_seed") is not None
+              and 0 <= r["noise_seed"] < prediction["draws"]]
+        if len(rs) < 3:
+            return None
+        gold = np.array([r["reward"] for r in rs])
+        opt = np.asarray(p[key]["returns"])[[r["noise_seed"] for r in rs]]
+        rho = spearmanr(gold, opt)
+        out[key] = {"n": len(rs), "ppo_kl": st.fmean(kl_of(r) for r in rs),
+                    "ppo_gold_var": float(gold.var(ddof=1)), "optimum_return_var": float(opt.var(ddof=1)),
+                    "spearman_gold_vs_optimum": float(rho.statistic), "spearman_pvalue": float(rho.pvalue),
+                    "ppo_sigma2_mean": st.fmean(r["sigma2_mean"] for r in rs if r.get("sigma2_mean") is not None)
+                    if any(r.get("sigma2_mean") is not None for r in rs) else None}
+    out["ppo_var_ratio"] = out["vanilla"]["ppo_gold_var"] / out["variance_aware"]["ppo_gold_var"]
+    out["optimum_var_ratio_same_draws"] = (out["vanilla"]["optimum_return_var"]
+                                           / out["variance_aware"]["optimum_return_var"])
+    return out
+
+
+def decompose(folders: dict[str, Path], bandit: dict | None, prediction: dict | None = None) -> dict:
     out = {}
     for name, folder in folders.items():
         rows = [json.loads(x) for x in (folder / "policies.jsonl").read_text().splitlines() if x.strip()]
@@ -78,6 +118,8 @@ def decompose(folders: dict[str, Path], bandit: dict | None) -> dict:
         entry["excess_ratio"] = ex[0] / ex[1] if None not in ex and ex[1] > 0 else None
         kl = entry["vanilla"]["kl_mean"]
         entry["bandit_var_ratio_at_kl"] = bandit_ratio_at(bandit["points"], kl) if bandit and kl else None
+        if prediction is not None:
+            entry["prediction"] = against_prediction(rows, prediction, va)
         out[name] = entry
     return out
 
@@ -130,6 +172,19 @@ def markdown(res: dict, command: str) -> str:
     for name, e in res.items():
         lines.append(f"| {name} | {f(e['f_stat'])} | {f(e['f_crit'])} | {f(e['f_pvalue'])} | {f(e['excess_ratio'])} | "
                      f"{f(e['welch_pvalue'])} | {f(e['bandit_var_ratio_at_kl'])} |")
+    pred = [(name, e["prediction"]) for name, e in res.items() if e.get("prediction")]
+    if pred:
+        lines += ["", "Against the prediction on the same noise draws (the optimum at the prediction's point nearest "
+                  "PPO's KL; ρ: Spearman of member k's gold against the optimum's draw-k return):", "",
+                  "| population | PPO KL | prediction β / KL | PPO var ratio | optimum var ratio (same draws) | "
+                  "ρ vanilla (p) | ρ variance-aware (p) | var PPO / optimum, vanilla |", "|---|---|---|---|---|---|---|---|"]
+        for name, d in pred:
+            v, w = d["vanilla"], d["variance_aware"]
+            lines.append(f"| {name} | {f(d['ppo_kl_vanilla'])} | {f(d['prediction_beta'])} / {f(d['prediction_kl'])} | "
+                         f"{f(d['ppo_var_ratio'])} | {f(d['optimum_var_ratio_same_draws'])} | "
+                         f"{f(v['spearman_gold_vs_optimum'], '.2f')} ({f(v['spearman_pvalue'], '.2g')}) | "
+                         f"{f(w['spearman_gold_vs_optimum'], '.2f')} ({f(w['spearman_pvalue'], '.2g')}) | "
+                         f"{f(v['ppo_gold_var'] / v['optimum_return_var'])} |")
     weights = [(name, m, w) for name, e in res.items() for m, w in (e.get("weights") or {}).items()]
     if weights:
         lines += ["", "Per-sample KL weights w = σ²/mean σ² of the logged training samples:", "",
@@ -144,6 +199,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", help="NAME=FOLDER, a committed oracle population")
     ap.add_argument("--bandit", type=Path, default=None, help="experiments/overoptimization/oracle_bandit.py's JSON")
+    ap.add_argument("--prediction", type=Path, default=None,
+                    help="`varpo theory predict`'s prediction.json: each population against the optimum on the same draws")
     ap.add_argument("--runs", action="append", default=[],
                     help="NAME=POPULATION_DIR: the population's own output, for the KL weights of its training samples")
     ap.add_argument("--out", type=Path, required=True)
@@ -155,7 +212,7 @@ def main(argv=None) -> int:
             ap.error(f"{item!r}: expected NAME=FOLDER with FOLDER/policies.jsonl and FOLDER/stats.json")
         folders[name] = Path(path)
     bandit = json.loads(a.bandit.read_text()) if a.bandit else None
-    res = decompose(folders, bandit)
+    res = decompose(folders, bandit, json.loads(a.prediction.read_text()) if a.prediction else None)
     for item in a.runs:
         name, sep, path = item.partition("=")
         if not sep or name not in res or not (Path(path) / "runs").is_dir():

@@ -255,7 +255,9 @@ def run_population(config_path, overrides: list[str], seeds: int, out: Path, wor
     cores = os.cpu_count() or 1
     n_workers = max(1, min(workers or cfg.evaluation.workers or cores, len(todo) or 1))
     threads = worker_threads(cores, n_workers, os.environ)
-    t0 = time.perf_counter()
+    from .provenance import run_context
+
+    t0, start = time.perf_counter(), run_context()
     with progress() as bar:
         task = bar.add_task("population", total=len(jobs), completed=len(done), info="")
         if n_workers == 1:
@@ -270,7 +272,14 @@ def run_population(config_path, overrides: list[str], seeds: int, out: Path, wor
                     done.append(fut.result())
                     m, s = futures[fut]
                     bar.update(task, advance=1, info=f"{m} seed {s}")
-    console.print(f"population: {len(todo)} jobs in {time.perf_counter() - t0:.0f} s with {n_workers} workers")
+    seconds = time.perf_counter() - t0
+    console.print(f"population: {len(todo)} jobs in {seconds:.0f} s with {n_workers} workers")
+    from .provenance import run_context
+
+    # one line per invocation: what ran, on which commit, how loaded the machine was at its end
+    with open(out / "runs_context.jsonl", "a") as fh:
+        fh.write(json.dumps({**start, "jobs": len(todo), "workers": n_workers, "seconds": seconds,
+                             "loadavg_end": run_context()["loadavg"]}) + "\n")
     return done
 
 

@@ -63,13 +63,16 @@ def plot_prediction(res: dict, path: Path) -> Path:
     pts = sorted(res["points"], key=lambda p: p["vanilla"]["kl"])
     kl = [p["vanilla"]["kl"] for p in pts]
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-    axes[0].plot(kl, [p["var_ratio"] for p in pts], "o-", color="C2")
-    if all(p.get("var_ratio_ci") for p in pts):
-        axes[0].fill_between(kl, [p["var_ratio_ci"][0] for p in pts], [p["var_ratio_ci"][1] for p in pts],
-                             color="C2", alpha=0.2, label="BCa 95% over draws")
-        axes[0].legend(fontsize=8)
+    # a ratio is a comparison at equal KL only where the β search matched it (most draws)
+    ok = [p for p in pts if p["kl_matched_share"] >= 0.9 and p["var_ratio"] is not None]
+    axes[0].plot([p["vanilla"]["kl"] for p in ok], [p["var_ratio"] for p in ok], "o-", color="C2",
+                 label="KL matched in ≥ 90% of draws")
+    if ok and all(p.get("var_ratio_ci") for p in ok):
+        axes[0].fill_between([p["vanilla"]["kl"] for p in ok], [p["var_ratio_ci"][0] for p in ok],
+                             [p["var_ratio_ci"][1] for p in ok], color="C2", alpha=0.2, label="BCa 95% over draws")
+    axes[0].legend(fontsize=8)
     axes[0].axhline(1, color="grey", lw=0.8)
-    axes[0].set(ylabel="Var(vanilla) / Var(variance-aware)", title="variance ratio at matched KL", yscale="log")
+    axes[0].set(ylabel="Var(vanilla) / Var(variance-aware)", title="variance ratio at matched KL")
     for i, m in enumerate(("vanilla", "variance_aware")):
         axes[1].plot(kl, [p[m]["risk"] for p in pts], "o-", color=f"C{i}", label=m)
         axes[2].plot(kl, [p[m]["return_mean"] for p in pts], "o-", color=f"C{i}", label=m)
@@ -92,12 +95,18 @@ def plot_prediction(res: dict, path: Path) -> Path:
     return path
 
 
+def context_load() -> list[float]:
+    import os
+
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def run_prediction(cfg, out: Path, betas: list[float], prompts: int, samples: int, draws: int, seed: int = 0) -> dict:
     from ..evaluation.provenance import run_context
     from ..evaluation.stats import variance_ratio_ci
     from .reweighting import predict
 
-    t0 = time.perf_counter()
+    t0, context = time.perf_counter(), run_context()  # the commit and load when it started
     ref = reference_samples(cfg, prompts, samples, seed)
     t_sample = time.perf_counter() - t0
     r_hat = noisy_rewards(ref["gold"], ref["sigma2"], ref["cells"], draws)
@@ -113,7 +122,8 @@ def run_prediction(cfg, out: Path, betas: list[float], prompts: int, samples: in
                                                     "risk_variance_aware": best["variance_aware"]["risk"]},
                 "oracle": cfg.reward.oracle.model_dump(), "noise_seeds": [0, draws - 1],
                 "reference_sigma2_p90_over_p10": float(np.quantile(ref["sigma2"], 0.9) / np.quantile(ref["sigma2"], 0.1)),
-                "seconds_sampling": t_sample, "seconds": time.perf_counter() - t0, "context": run_context(),
+                "seconds_sampling": t_sample, "seconds": time.perf_counter() - t0, "context": context,
+                "loadavg_end": context_load(),
                 "conventions": {
                     "kl": "KL of the reweighted sample distribution against the uniform one, per prompt, mean over "
                           "prompts and draws: the sequence KL of the optimum as the samples represent it (≤ log M)",
