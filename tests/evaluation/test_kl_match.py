@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from varpo.config import ConfigError
-from varpo.evaluation.kl_match import curves, fit_beta, plateau_step, read_kl_match
+from varpo.evaluation.kl_match import fit_beta, read_kl_match
+from varpo.evaluation.training_curves import curves, plateau_step
 
 
 def test_fit_beta_recovers_a_power_law():

@@ -5,8 +5,7 @@ the pilot that sets the step count.
 policies each, as population members (resumable), and reads each policy's `kl`: KL(π ‖ π_ref) per
 sequence of the final policy on its evaluation samples (varpo.evaluation.policy_eval). Per other
 method, log(mean KL) is fitted linearly in log β over the grid and solved for the target's mean KL.
-`plateau` reads the runs' metrics.jsonl: per (method, β), the mean over seeds of the logged KL,
-proxy and gold per step, and the step from which KL stays within `tol` of its final level."""
+The pilot's training curves and their plateau come from varpo.evaluation.training_curves."""
 from __future__ import annotations
 
 import json
@@ -14,57 +13,9 @@ import math
 import statistics as st
 from pathlib import Path
 
-from ..outputs import console, read_jsonl, write_json
+from ..outputs import console, write_json
 from .kl_sweep import method_name, with_defaults
-
-CURVE_KEYS = ("kl_mean", "score_mean", "gold_mean")
-
-
-def curves(population_dir: Path) -> dict[str, dict[str, list[float]]]:
-    """{member method name: {key: mean over its seeds per step}} from OUT/runs/<name>/seed_*/metrics.jsonl."""
-    out = {}
-    for mdir in sorted((Path(population_dir) / "runs").glob("*")):
-        runs = [read_jsonl(p) for p in sorted(mdir.glob("seed_*/metrics.jsonl"))]
-        runs = [r for r in runs if r]
-        if not runs:
-            continue
-        n = min(len(r) for r in runs)
-        out[mdir.name] = {k: [st.fmean(float(r[i].get(k) or 0.0) for r in runs) for i in range(n)] for k in CURVE_KEYS}
-        out[mdir.name]["seeds"] = len(runs)
-    return out
-
-
-def plateau_step(values: list[float], window: int = 20, tol: float = 0.15) -> int | None:
-    """The first step from which every `window`-step mean stays within `tol` (relative) of the last
-    window's mean; None when the run is shorter than two windows."""
-    if len(values) < 2 * window:
-        return None
-    final = st.fmean(values[-window:])
-    means = [st.fmean(values[i : i + window]) for i in range(0, len(values) - window + 1)]
-    start = len(means) - 1
-    while start > 0 and abs(means[start - 1] - final) <= tol * max(abs(final), 1e-12):
-        start -= 1
-    return start
-
-
-def plot_curves(cv: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    for i, (name, c) in enumerate(cv.items()):
-        for ax, k in zip(axes, CURVE_KEYS):
-            ax.plot(c[k], color=f"C{i % 10}", lw=1, label=f"{name} ({c['seeds']})", ls="-" if "vanilla" in name else "--")
-    for ax, label in zip(axes, ("KL per sequence (training batch)", "proxy reward", "gold reward")):
-        ax.set(xlabel="PPO step", ylabel=label, title=label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+from .training_curves import curves, plateau_step, plot_curves
 
 
 def fit_beta(points: list[dict], target_kl: float) -> dict:

@@ -185,7 +185,7 @@ def run_kl_sweep(config_path, overrides: list[str], out: Path, betas: list[float
               "steps": cfg.ppo.steps, "seconds": time.perf_counter() - t0, "context": run_context(),
               "points": points, "overoptimization": {m: overoptimization(points, m) for m in [*names, "best_of_n"]
                                                      if any(p["method"] == m for p in points)}}
-    from .kl_match import curves, plateau_step, plot_curves
+    from .training_curves import curves, plateau_step, plot_curves
 
     cv = curves(out / "population")  # the pilot view: KL, proxy and gold per training step
     if cv:

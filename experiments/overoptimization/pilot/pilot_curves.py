@@ -3,7 +3,7 @@ repository root after the two pilot sweeps of experiments/overoptimization/READM
 import json
 from pathlib import Path
 
-from varpo.evaluation.kl_match import curves, plateau_step, plot_curves
+from varpo.evaluation.training_curves import curves, plateau_step, plot_curves
 
 
 def window_means(values: list[float], width: int = 20) -> list[float]:
