@@ -17,7 +17,9 @@ TINY = ["ppo.steps=2", "ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.ppo_epo
         "reward_training.epochs=1", "reward_training.max_train_pairs=64", "reward_training.batch_size=32"]
 ROW_KEYS = {"scale", "spread", "weight_mean", "var_vanilla", "var_variance_aware", "n_a", "n_b", "ratio", "f_stat",
             "f_crit", "f_pvalue", "mean_vanilla", "mean_variance_aware", "kl_vanilla", "kl_variance_aware", "folder"}
-OUTPUTS = ("heterogeneity.json", "heterogeneity.md")
+# rewritten by every invocation by design: the report, and runs_context.jsonl (one line per invocation
+# of each population: command, commit, load)
+OUTPUTS = ("heterogeneity.json", "heterogeneity.md", "runs_context.jsonl")
 
 
 def _invoke(*args):

@@ -130,11 +130,24 @@ def test_a_slow_server_times_out_and_is_named(ensemble, in_process, tmp_path):
     from varpo.reward.server import RewardServer
     from varpo.scoring import build_scorer
 
-    with RewardServer(in_process, model="tiny-rm", latency=1.0) as srv:
+    class Counting:  # the scorer behind the server, counting the requests it finished
+        def __init__(self):
+            self.done = 0
+
+        def score(self, prompts, responses):
+            out = in_process.score(prompts, responses)
+            self.done += 1
+            return out
+
+    behind = Counting()
+    with RewardServer(behind, model="tiny-rm", latency=1.0) as srv:
         scorer = build_scorer(cfg_for(ensemble, srv.base_url, tmp_path, "reward.remote.timeout=0.2",
                                       "reward.remote.max_retries=1", "reward.remote.wait_for_server_s=0"))
         with pytest.raises(RemoteRewardError, match=r"after 1 retries.*Timeout"):
             scorer.score(PROMPTS[:1], RESPONSES[:1])
+    # stopping the server waited for both timed-out requests (first try and the retry): none is left
+    # running to score in this process later
+    assert behind.done == 2
 
 
 def test_protocol_violations_are_clear_errors(ensemble, tmp_path):

@@ -26,7 +26,11 @@ from .remote import PROTOCOL
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+    # stopping waits for requests in flight (server_close joins their threads): a handler still
+    # scoring after its client timed out must not outlive the server and score in its host process
+    # afterwards (the test suite's scorer saw such a late call)
+    daemon_threads = False
+    block_on_close = True
 
     def handle_error(self, request, client_address):
         import sys
