@@ -1,5 +1,5 @@
 """vLLM tests run where vLLM is installed: the vLLM environment (.venv-vllm, built by
-scripts/setup_vllm_env.sh; `.venv-vllm/bin/python -m pytest -q -m vllm`, which .ci/run runs with
+scripts/setup_vllm_env.sh; `bash scripts/test_vllm.sh` (one pytest process per file), which .ci/run runs with
 VARPO_REQUIRE_VLLM=1). In an environment without vLLM they skip, naming that command; with
 VARPO_REQUIRE_VLLM=1 a missing vLLM is a failure, so CI cannot pass them by skipping."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _needs_vllm():
     if os.environ.get("VARPO_REQUIRE_VLLM") == "1":
         pytest.fail("VARPO_REQUIRE_VLLM=1 but vllm is not importable in this environment")
     pytest.skip("vLLM is not installed in this environment; build it with scripts/setup_vllm_env.sh and run "
-                "`.venv-vllm/bin/python -m pytest -q -m vllm` (.ci/run does)")
+                "`bash scripts/test_vllm.sh` (.ci/run does)")
 
 
 @pytest.fixture(scope="session")

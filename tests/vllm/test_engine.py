@@ -132,8 +132,16 @@ def test_sync_from_a_deepspeed_zero3_engine(setup, tiny_llama):
         with torch.no_grad():
             for p in actor.module.parameters():
                 p.mul_(1.3)
-    engine.sync_weights(actor)
-    ro = engine.generate(ids, mask, step=11)
-    with gathered_params(actor.module):
-        want = _trainer_logp(cfg, actor.module.eval(), ro)
-    assert _max_diff(ro.rollout_logp, want, ro.response_mask.float()) < TOL
+    try:
+        engine.sync_weights(actor)
+        ro = engine.generate(ids, mask, step=11)
+        with gathered_params(actor.module):
+            want = _trainer_logp(cfg, actor.module.eval(), ro)
+        assert _max_diff(ro.rollout_logp, want, ro.response_mask.float()) < TOL
+    finally:
+        # the engine's HfDeepSpeedConfig would outlive this test (DeepSpeed's reference cycles keep the
+        # model alive) and make every later from_pretrained in this process partition its weights:
+        # the next files' tiny models would load (and save) empty
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
