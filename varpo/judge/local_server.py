@@ -26,11 +26,11 @@ import hashlib
 import json
 import re
 import socket
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from http.server import BaseHTTPRequestHandler
+
+from ..local_http_server import LocalHTTPServer
 
 _FAULT = re.compile(r"\[\[fault:([a-z_0-9]+):(\d+|always)\]\]")
 
@@ -44,17 +44,7 @@ def reference_interval(text: str, lo: float = 0.0, hi: float = 10.0) -> tuple[fl
     return low, round(low + width, 2)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        import sys
-
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)  # clients hanging up are normal here
-
-
-class JudgeServer:
+class JudgeServer(LocalHTTPServer):
     """Start with `with JudgeServer() as srv:`; `srv.base_url` ends in /v1. Counts requests."""
 
     def __init__(self, *, port: int = 0, bounds: tuple[float, float] = (0.0, 10.0), latency: float = 0.0,
@@ -62,55 +52,10 @@ class JudgeServer:
         self.bounds, self.latency, self.delay_s, self.retry_after = bounds, latency, delay_s, retry_after
         self.require_key = require_key
         self.salt = salt  # a different salt: a judge with other opinions
-        self.lock = threading.Lock()
-        self.requests = 0  # every HTTP POST received
+        super().__init__("127.0.0.1", port)  # requests: every HTTP POST received; max_inflight
         self.seen: Counter[str] = Counter()  # requests per first user message
         self.times: dict[str, list[float]] = {}  # arrival times per first user message
         self.auth_headers: list[str] = []
-        self.inflight = 0
-        self.max_inflight = 0  # most requests handled at once (checks the client's concurrency bound)
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # headers and body go out in two writes: without TCP_NODELAY, Nagle + the client's
-            # delayed ACK add ~40 ms to every keep-alive request
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def do_POST(self):
-                with server.lock:
-                    server.requests += 1
-                    server.inflight += 1
-                    server.max_inflight = max(server.max_inflight, server.inflight)
-                try:
-                    server._handle(self)
-                finally:
-                    with server.lock:
-                        server.inflight -= 1
-
-        self.httpd = _Server(("127.0.0.1", port), Handler)
-        self.port = self.httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> Self:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # -- protocol ------------------------------------------------------------------------------
     def _send(self, h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None = None) -> None:

@@ -19,79 +19,26 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
 
+from ..local_http_server import LocalHTTPServer
 from .remote import PROTOCOL
 
 
-class _Server(ThreadingHTTPServer):
-    # stopping waits for requests in flight (server_close joins their threads): a handler still
-    # scoring after its client timed out must not outlive the server and score in its host process
-    # afterwards (the test suite's scorer saw such a late call)
-    daemon_threads = False
-    block_on_close = True
-
-    def handle_error(self, request, client_address):
-        import sys
-
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)  # clients hanging up are normal here
-
-
-class RewardServer:
+class RewardServer(LocalHTTPServer):
     """`with RewardServer(scorer, model=NAME) as srv:`; `srv.base_url` ends in /v1. `scorer` is any
     varpo.reward_source.Scorer. Counts requests and the most it handled at once."""
 
     def __init__(self, scorer, *, model: str, host: str = "127.0.0.1", port: int = 0, fail_first: int = 0,
                  latency: float = 0.0):
         self.scorer, self.model, self.fail_first, self.latency = scorer, model, fail_first, latency
-        self.lock, self.score_lock = threading.Lock(), threading.Lock()
-        self.requests = self.scored = self.inflight = self.max_inflight = 0
-        server = self
+        super().__init__(host, port)
+        self.score_lock = threading.Lock()
+        self.scored = 0
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body in two writes: no Nagle + delayed-ACK stall
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.path.rstrip("/") in ("/v1/health", "/health"):
-                    return server._send(self, 200, {"status": "ok", "model": server.model, "protocol": PROTOCOL})
-                return server._error(self, 404, f"no route GET {self.path}")
-
-            def do_POST(self):
-                with server.lock:
-                    server.requests += 1
-                    server.inflight += 1
-                    server.max_inflight = max(server.max_inflight, server.inflight)
-                try:
-                    server._handle(self)
-                finally:
-                    with server.lock:
-                        server.inflight -= 1
-
-        self.httpd = _Server((host, port), Handler)
-        self.port = self.httpd.server_address[1]
-        self.base_url = f"http://{host}:{self.port}/v1"
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Self:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def _get(self, h) -> None:
+        if h.path.rstrip("/") in ("/v1/health", "/health"):
+            return self._send(h, 200, {"status": "ok", "model": self.model, "protocol": PROTOCOL})
+        return self._error(h, 404, f"no route GET {h.path}")
 
     def _send(self, h, status: int, obj: dict, headers: dict | None = None) -> None:
         body = json.dumps(obj).encode()
