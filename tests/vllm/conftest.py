@@ -14,6 +14,19 @@ HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 WORDS = "the a cat dog sat ran on under mat log good bad very quite happy sad day night is was".split()
 
 
+def save_word_tokenizer(path) -> dict[str, int]:
+    """A word-level tokenizer over WORDS (ids 0-3: pad, bos, eos, unk) saved in `path`; its vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *WORDS])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                            unk_token="<unk>").save_pretrained(path)
+    return vocab
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _needs_vllm():
     if HAVE_VLLM:
@@ -27,16 +40,10 @@ def _needs_vllm():
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> str:
     """A 2-layer Llama saved in HF format with head_dim 32 (vLLM's CPU attention needs ≥ 32)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path_factory.mktemp("tiny_llama")
-    vocab = {w: i for i, w in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *WORDS])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-                                  unk_token="<unk>")
-    tok.save_pretrained(path)
+    vocab = save_word_tokenizer(path)
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,

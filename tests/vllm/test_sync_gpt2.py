@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .conftest import WORDS
+from .conftest import save_word_tokenizer
 
 pytestmark = pytest.mark.vllm
 
@@ -20,15 +20,10 @@ N_LAYER = 4
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory) -> str:
     """A 4-layer GPT-2, tied head, head_dim 32 (vLLM's CPU attention needs ≥ 32), word-level vocabulary."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     path = tmp_path_factory.mktemp("tiny_gpt2")
-    vocab = {w: i for i, w in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *WORDS])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-                            unk_token="<unk>").save_pretrained(path)
+    vocab = save_word_tokenizer(path)
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=len(vocab), n_embd=64, n_layer=N_LAYER, n_head=2, n_positions=64,
                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
