@@ -936,7 +936,8 @@ NOTES = [
     "TRL's per-step gc.collect() time is measured separately (detail_s.update_gc_collect, inside update); "
     "ratios.varpo_vanilla_vs_trl_excluding_gc_collect is the counterfactual ratio against TRL with that time "
     "removed, to show how much of the gap that one habit explains.",
-    "Old log-probs: both read them off generate's logits, with no extra actor forward. varpo turns each "
+    "Old log-probs: both read them off generate's logits, with no extra actor forward (varpo_vllm: vLLM's raw "
+    "log-probs of the sampled tokens, also no actor forward; results before that change ran one). varpo turns each "
     "decoding step's logits into the sampled token's log-prob as soon as it is known (B x V held at a time); "
     "TRL stacks every step's scores (B x T x V floats held through the rollout: about 20 GB at a 152k vocabulary, "
     "B=64, T=512) and log-softmaxes them afterwards.",

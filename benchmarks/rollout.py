@@ -114,7 +114,8 @@ def main(argv=None) -> dict:
     ro = engine.generate(ids, mask, 10**6)
     with torch.no_grad():
         want = token_logprobs(response_logits(actor, ro, cfg.generation.temperature), ro.response_ids, cfg.kernels)
-    diff = float(((ro.rollout_logp.float() - want.float()).abs() * ro.response_mask).max())
+    engine_lp = ro.logp if ro.logp is not None else ro.rollout_logp  # raw (old log-probs) or processed
+    diff = float(((engine_lp.float() - want.float()).abs() * ro.response_mask).max())
     engine.close()
 
     res = {}

@@ -8,7 +8,8 @@ after every step (after the update and the weight sync):
 - its log-probs of those samples against the trainer's forward with the actor's gathered, updated
   weights (`now`) and with the weights from before the update (`prev`; the initial policy at
   step 0): a synced engine matches `now`, a stale one would match `prev`;
-- the step's own rollout: |vLLM log-prob − trainer's old log-prob| on this rank.
+- the step's own rollout: the old log-probs PPO trained with (the engine's own, at temperature 1)
+  against the trainer's forward with the weights that sampled it (`prev`), on this rank.
 
 Writes OUT/probe/rank<r>.json."""
 from __future__ import annotations
@@ -48,9 +49,6 @@ def make_probe(out: Path, probe_prompts: list[str], initial):
 
     class Probe(TrainerCallback):
         def on_train_begin(self, trainer) -> None:
-            if trainer.cfg.generation.min_new_tokens:
-                # vLLM's processed log-probs mask EOS there, the trainer's do not: not comparable
-                raise ValueError("the probe compares log-probs: run it with generation.min_new_tokens=0")
             self.t, self.rows, self.exp = trainer, [], None
             self.prev = initial  # the weights before the first update: the policy the engine started from
 
@@ -60,8 +58,11 @@ def make_probe(out: Path, probe_prompts: list[str], initial):
         def on_step_end(self, metrics: dict) -> None:
             t, gen = self.t, self.t.cfg.generation
             exp = self.exp
-            row = {"step": metrics["step"], "metrics_diff_max": metrics["rollout_logprob_diff_max"],
-                   "train_diff_max": masked_max(exp.logp, exp.rollout_logp, exp.response_mask),
+            row = {"step": metrics["step"], "mismatch_logged": "rollout_logprob_diff_max" in metrics,
+                   "old_logp_from_engine": exp.rollout_logp is None,
+                   # the policy before this step's update sampled the rollout: its forward is the truth
+                   "train_diff_max": masked_max(exp.logp, plain_logp(self.prev, exp, gen.temperature),
+                                                exp.response_mask),
                    "train_tokens": int(exp.response_mask.sum())}
             ids, mask, _ = tokenize_prompts(t.tokenizer, probe_prompts, gen.max_prompt_len, t.device)
             ro = t.rollout_engine.generate(ids, mask, PROBE_STEP + metrics["step"])
@@ -73,8 +74,8 @@ def make_probe(out: Path, probe_prompts: list[str], initial):
             with torch.no_grad():
                 for n, p in self.prev.named_parameters():
                     p.copy_(current[n])
-            row.update(now_diff_max=masked_max(ro.rollout_logp, now, ro.response_mask),
-                       prev_diff_max=masked_max(ro.rollout_logp, prev, ro.response_mask),
+            row.update(now_diff_max=masked_max(ro.logp, now, ro.response_mask),
+                       prev_diff_max=masked_max(ro.logp, prev, ro.response_mask),
                        probe_response_ids=ro.response_ids.tolist(),
                        probe_lengths=ro.response_mask.sum(-1).tolist())
             self.rows.append(row)

@@ -39,16 +39,15 @@ def setup(tiny_llama, prompts):
     engine.close()
 
 
-def _trainer_logp(cfg, actor, ro, eos_id=2):
-    """The trainer's forward (varpo.ppo.forward.response_logits, as varpo.ppo.actor.CausalLMRole.logprobs)
-    turned into the distribution vLLM samples from: temperature, and EOS masked for the first
-    min_new_tokens positions (vLLM's processed log-probs include that masking; the trainer's
-    old log-probs do not)."""
+def _trainer_logp(cfg, actor, ro):
+    """The trainer's forward (varpo.ppo.forward.response_logits, as varpo.ppo.actor.CausalLMRole.logprobs):
+    log-softmax at the sampling temperature, nothing masked. vLLM's raw log-probs, which the engine
+    hands over as the old log-probs at temperature 1, are this same definition (also at the first
+    min_new_tokens positions, where the sampler masked EOS)."""
     from varpo.ppo.forward import response_logits
 
     with torch.no_grad():
-        logits = response_logits(actor, ro, cfg.generation.temperature).float().clone()
-        logits[:, : cfg.generation.min_new_tokens, eos_id] = float("-inf")
+        logits = response_logits(actor, ro, cfg.generation.temperature).float()
         return logits.log_softmax(-1).gather(-1, ro.response_ids[..., None]).squeeze(-1)
 
 
@@ -72,7 +71,8 @@ def test_rollout_layout_and_sampling_limits(setup):
         else:
             assert n == cfg.generation.max_new_tokens and tok.eos_token_id not in row
         assert all(x == tok.pad_token_id for x in row[n:])
-        assert (ro.rollout_logp[b, :n] < 0).all() and (ro.rollout_logp[b, n:] == 0).all()
+        assert (ro.logp[b, :n] < 0).all() and (ro.logp[b, n:] == 0).all()
+    assert ro.rollout_logp is None, "the engine's log-probs are the old log-probs: nothing to compare them with"
     assert ro.has_eos.any() and not ro.has_eos.all(), "the tiny model should both stop and run to the limit"
 
 
@@ -92,25 +92,27 @@ def test_seeds_are_a_function_of_step(setup):
 
 
 def test_sync_replaces_stale_weights(setup):
-    """After a sync, the engine's log-probs are the updated actor's; a stale engine fails this."""
+    """After a sync, the engine's log-probs are the updated actor's; a stale engine fails this. They
+    match the trainer's forward at every position, the first min_new_tokens (EOS masked by the
+    sampler) included: they are the old log-probs PPO trains with."""
     cfg, _, actor, engine, ids, mask = setup
     before = engine.generate(ids, mask, step=7)
     m = before.response_mask.float()
-    assert _max_diff(before.rollout_logp, _trainer_logp(cfg, actor, before), m) < TOL
+    assert _max_diff(before.logp, _trainer_logp(cfg, actor, before), m) < TOL
 
     with torch.no_grad():  # an "update": every parameter moves
         g = torch.Generator().manual_seed(0)
         for p in actor.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05 * p.abs().mean().clamp(min=1e-3) * 10)
     updated = _trainer_logp(cfg, actor, before)
-    stale_gap = _max_diff(before.rollout_logp, updated, m)
+    stale_gap = _max_diff(before.logp, updated, m)
     assert stale_gap > 50 * TOL, "the perturbation must be visible in the log-probs"
 
     engine.sync_weights(actor)
     after = engine.generate(ids, mask, step=7)  # same seeds, new weights
     assert not torch.equal(after.response_ids, before.response_ids)
     am = after.response_mask.float()
-    assert _max_diff(after.rollout_logp, _trainer_logp(cfg, actor, after), am) < TOL
+    assert _max_diff(after.logp, _trainer_logp(cfg, actor, after), am) < TOL
 
 
 def test_sync_from_a_deepspeed_zero3_engine(setup, tiny_llama):
@@ -137,7 +139,7 @@ def test_sync_from_a_deepspeed_zero3_engine(setup, tiny_llama):
         ro = engine.generate(ids, mask, step=11)
         with gathered_params(actor.module):
             want = _trainer_logp(cfg, actor.module.eval(), ro)
-        assert _max_diff(ro.rollout_logp, want, ro.response_mask.float()) < TOL
+        assert _max_diff(ro.logp, want, ro.response_mask.float()) < TOL
     finally:
         # the engine's HfDeepSpeedConfig would outlive this test (DeepSpeed's reference cycles keep the
         # model alive) and make every later from_pretrained in this process partition its weights:
@@ -145,3 +147,4 @@ def test_sync_from_a_deepspeed_zero3_engine(setup, tiny_llama):
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         unset_hf_deepspeed_config()
+

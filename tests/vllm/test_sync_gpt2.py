@@ -78,7 +78,7 @@ def test_sync_into_a_tied_head_model_follows_the_actor(setup, blocks, n_buckets)
         with torch.no_grad():
             logp = response_logits(actor, ro, cfg.generation.temperature).float().log_softmax(-1)
             logp = logp.gather(-1, ro.response_ids[..., None]).squeeze(-1)
-        return float(((ro.rollout_logp - logp).abs() * ro.response_mask.float()).max())
+        return float(((ro.logp - logp).abs() * ro.response_mask.float()).max())  # the engine's old log-probs
 
     engine.sync_weights(actor)  # engine and actor agree before the "update", whichever layout ran before
     before = engine.generate(ids, mask, step=5)

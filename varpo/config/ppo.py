@@ -205,9 +205,18 @@ class GenerationConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_prompt_len: int = Field(32, ge=1, description="prompts are left-truncated to this many tokens (counted)")
     logprobs_from_generate: bool = Field(
-        True, description="hf backend: the rollout's old log-probs are read off generate's own logits (one B × V "
-                          "step at a time) instead of a second actor forward over the sequences; they differ from "
-                          "a full forward's only by rounding. false: recompute them with a forward (as verl, OpenRLHF)",
+        True, description="the rollout's old log-probs come from the rollout engine instead of a second actor "
+                          "forward over the sequences. hf: read off generate's own logits (one B × V step at a "
+                          "time); vllm: the engine's raw log-probs of the sampled tokens (at temperature 1 and "
+                          "importance_correction=none only; otherwise the forward runs). They differ from a full "
+                          "forward's by rounding (and, for vLLM, its kernels). false: recompute them with a "
+                          "forward (as verl, OpenRLHF do by default)",
+    )
+    sampler: Literal["inverse_cdf", "multinomial"] = Field(
+        "inverse_cdf", description="hf backend: how the next token is drawn. inverse_cdf: one uniform number per "
+        "sequence against the cumulative distribution (float64); multinomial: HF's own torch.multinomial, which "
+        "on a CPU draws an exponential variate per vocabulary entry (15x slower at a 50k vocabulary) and "
+        "reproduces the draws of runs made before varpo had this option. Same distribution either way",
     )
     zero3_gather: Literal["full", "grouped", "per_layer"] = Field(
         "full", description="how a ZeRO-3 actor's sharded parameters are gathered while it generates a rollout. "

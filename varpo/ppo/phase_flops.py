@@ -8,7 +8,7 @@ Counted per rank (this rank's samples: its timings are its own), over real token
 phase computes anyway is not useful work, so a padded layout shows up as a lower utilisation.
   generate   prefill over each prompt, then one single-token forward per further response token
   reference  the reference forward (LM head at the response positions), plus the actor's forward
-             when the old log-probs are not read off generate (vLLM, generation.logprobs_from_generate=false)
+             when the rollout engine does not give the old log-probs (varpo.ppo.generation.old_logprobs_from_rollout)
   value      the critic's forward (value head at every position); with a value head on the actor's
              trunk: a trunk forward of its own, or nothing when the actor's forward gave the values
   update     ppo_epochs × (actor forward + backward, and the separate critic's), 3× a forward each
@@ -59,13 +59,15 @@ def role_shapes(roles) -> RoleShapes | None:
 
 
 def actor_forward_at_rollout(cfg) -> bool:
-    """Whether the old log-probs come from an actor forward (not read off HF generate's logits)."""
-    return cfg.generation.backend != "hf" or not cfg.generation.logprobs_from_generate
+    """Whether the old log-probs come from an actor forward (not from the rollout engine)."""
+    from .generation import old_logprobs_from_rollout
+
+    return not old_logprobs_from_rollout(cfg)[0]
 
 
 def phase_flops(shapes: RoleShapes, exp, *, ppo_epochs: int, actor_forward_at_rollout: bool) -> dict[str, float]:
     """`flops/<phase>` and `bytes/generate` of one step on this rank (see the module docstring).
-    `actor_forward_at_rollout`: the old log-probs came from an actor forward, not from generate."""
+    `actor_forward_at_rollout`: the old log-probs came from an actor forward, not from the rollout engine."""
     prompt_len, response_len = (x.tolist() for x in sample_lengths(exp))
     seq = [p + r for p, r in zip(prompt_len, response_len)]
     responses = sum(response_len)

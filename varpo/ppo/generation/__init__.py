@@ -6,8 +6,9 @@
 
 `hf` samples with the trained actor itself (HF generate, ZeRO-3 parameters gathered as
 generation.zero3_gather says): there is nothing to sync. `vllm` samples with a colocated vLLM
-engine per rank whose weights are replaced in memory after each update, and also returns vLLM's
-own log-probs of the sampled tokens (`Experience.rollout_logp`)."""
+engine per rank whose weights are replaced in memory after each update. Both hand the rollout's
+old log-probs to the trainer when they can (`old_logprobs_from_rollout`), which saves an actor
+forward over every sequence."""
 from __future__ import annotations
 
 from typing import Protocol
@@ -34,6 +35,28 @@ class RolloutEngine(Protocol):
     def close(self) -> None: ...
 
 
+def old_logprobs_from_rollout(cfg) -> tuple[bool, str]:
+    """Whether the rollout engine gives the old log-probs (log π_θold of each sampled token at the
+    sampling temperature, before min-tokens/top-k/top-p: the trainer's own definition, see
+    varpo.ppo.forward.response_logits), and why (not). False: the trainer runs an actor forward.
+
+    hf: read off generate's logits (varpo.ppo.generation.logprobs). vllm: the engine's raw log-probs,
+    which vLLM computes before its temperature, so only at temperature 1; and not with
+    importance_correction=tis, whose weights compare the trainer's own log-probs with the engine's."""
+    gen = cfg.generation
+    if not gen.logprobs_from_generate:
+        return False, "generation.logprobs_from_generate=false"
+    if gen.backend != "vllm":
+        return True, "read off HF generate's logits"
+    if gen.vllm.importance_correction != "none":
+        return False, (f"generation.vllm.importance_correction={gen.vllm.importance_correction} weighs by the "
+                       "trainer's own log-probs against the engine's")
+    if gen.temperature != 1.0:
+        return False, (f"generation.temperature={gen.temperature}: vLLM's raw log-probs are at temperature 1 "
+                       "and its processed ones include min-tokens/top-k/top-p masking")
+    return True, "vLLM's raw log-probs of the sampled tokens"
+
+
 def build_rollout_engine(cfg, actor, tokenizer, policy_path: str, rank: int, world: int) -> RolloutEngine:
     if cfg.generation.backend == "hf":
         from .hf import HFRolloutEngine
@@ -46,4 +69,4 @@ def build_rollout_engine(cfg, actor, tokenizer, policy_path: str, rank: int, wor
     raise ValueError(f"generation.backend: expected hf or vllm, got {cfg.generation.backend!r}")
 
 
-__all__ = ["RolloutEngine", "build_rollout_engine", "sampling_seed"]
+__all__ = ["RolloutEngine", "build_rollout_engine", "old_logprobs_from_rollout", "sampling_seed"]

@@ -1,7 +1,8 @@
 """HF generate with the trained actor itself: no second copy of the weights, so nothing to sync.
 Under ZeRO-3 the actor's parameters are gathered for the rollout (zero3_gather.py); with
 generation.logprobs_from_generate the old log-probs are read off generate's own logits
-(logprobs.py)."""
+(logprobs.py). Tokens are drawn by inverse transform (sampling.py) unless generation.sampler says
+multinomial."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -13,7 +14,9 @@ from ...models.value_head import causal_lm
 from ...seeds import derive_seed
 from ..experience import Experience
 from ..tokens import response_mask_from_ids
+from .lm_head import decode_head
 from .logprobs import GenerationLogprobs
+from .sampling import InverseCDFSampler
 from .zero3_gather import generation_gather
 
 
@@ -47,20 +50,24 @@ def generate(actor, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig,
     instead of needing a second actor forward."""
     from transformers import GenerationConfig as HFGen
 
-    hf = HFGen(
-        do_sample=True, max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.min_new_tokens,
-        temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    tokens = dict(max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.min_new_tokens,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                  bos_token_id=tokenizer.bos_token_id)
+    if gen.sampler == "inverse_cdf":  # greedy over scores our last processor has made one-hot (sampling.py)
+        hf, processors = HFGen(do_sample=False, **tokens), [InverseCDFSampler(gen.temperature, gen.top_k, gen.top_p)]
+    else:
+        hf, processors = HFGen(do_sample=True, temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p,
+                               **tokens), None
     # the causal LM generates (an actor with a shared-trunk value head: its policy, without the head)
     actor_module = causal_lm(getattr(actor, "module", actor))
     was_training = actor_module.training
     actor_module.eval()
     rec = GenerationLogprobs(actor_module, gen.temperature, record_logprobs) if record_logprobs else nullcontext()
-    with generation_gather(actor, gen.zero3_gather, gen.zero3_gather_budget_mb, module=actor_module) as synced_gpus, rec:
+    with generation_gather(actor, gen.zero3_gather, gen.zero3_gather_budget_mb, module=actor_module) as synced_gpus, \
+            rec, decode_head(actor_module):
         out = actor_module.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=hf, synced_gpus=synced_gpus
+            input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=hf, synced_gpus=synced_gpus,
+            logits_processor=processors,
         )
     actor_module.train(was_training)
     response = out[:, prompt_ids.shape[1]:]

@@ -18,10 +18,16 @@ weights in one call is processed with the rest uninitialised; vLLM fuses HF's q/
 projections into one layer, so a bucket never splits a transformer block, nor a module outside
 the blocks (a final LayerNorm's weight and bias).
 
-Sampling is mapped one to one from generation.* (`sampling_params`); the engine returns its
-processed log-probs (after temperature, top-k/top-p and min-tokens masking: the distribution it
-actually sampled from) as `Experience.rollout_logp`. The trainer still recomputes the old log-probs
-itself; the difference is logged and can be corrected for (generation.vllm.importance_correction).
+Sampling is mapped one to one from generation.* (`sampling_params`). Log-probs of the sampled
+tokens, two ways (varpo.ppo.generation.old_logprobs_from_rollout decides):
+- the old log-probs (the default at temperature 1): vLLM's raw log-probs, log-softmax of the
+  model's logits before min-tokens/top-k/top-p, which is the trainer's definition; they become
+  `Experience.logp` and the trainer runs no actor forward for them (at the benchmark's size that
+  forward is 7% of a step);
+- otherwise the processed ones (after temperature, top-k/top-p and min-tokens masking: the
+  distribution the engine sampled from) as `Experience.rollout_logp`: the trainer recomputes the
+  old log-probs itself, logs the difference and can correct for it
+  (generation.vllm.importance_correction).
 
 GPU: `gpu_memory_utilization` bounds vLLM's share of the device; with sleep mode the engine frees
 its KV cache (and offloads or drops its weights, `sleep_level`) after each rollout, so the update
@@ -199,6 +205,9 @@ class VLLMRolloutEngine:
                 "several GPUs); per-rank engines spanning trainer ranks are not implemented"
             )
         self.cfg, self.gen, self.v, self.rank = cfg, gen, v, rank
+        from . import old_logprobs_from_rollout
+
+        self.gives_old_logprobs, self.old_logprobs_why = old_logprobs_from_rollout(cfg)
         self.eos_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.cuda = torch.cuda.is_available()
         if not self.cuda:
@@ -213,7 +222,8 @@ class VLLMRolloutEngine:
         kwargs = dict(
             model=policy_path, skip_tokenizer_init=True, dtype=cfg.model.dtype, seed=cfg.seed,
             enforce_eager=enforce_eager, max_model_len=max_model_len,
-            tensor_parallel_size=v.tensor_parallel_size, logprobs_mode="processed_logprobs",
+            tensor_parallel_size=v.tensor_parallel_size,
+            logprobs_mode="raw_logprobs" if self.gives_old_logprobs else "processed_logprobs",
             worker_extension_cls="varpo.ppo.generation.vllm_worker.WeightSyncExtension",
             # the scheduler's batch (and its sampler's warm-up) as large as a rollout, not 256
             max_num_seqs=sequences,
@@ -278,7 +288,10 @@ class VLLMRolloutEngine:
         params = sampling_params(self.gen, self.eos_token_id, request_seeds(self.cfg.seed, step, self.rank, len(prompts)))
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         self._sleep()
-        return rollout_from_outputs(outs, prompt_ids, prompt_mask, self.eos_token_id, self.pad_token_id)
+        ro = rollout_from_outputs(outs, prompt_ids, prompt_mask, self.eos_token_id, self.pad_token_id)
+        if self.gives_old_logprobs:  # the trainer's definition: the old log-probs themselves, nothing to compare
+            ro.logp, ro.rollout_logp = ro.rollout_logp, None
+        return ro
 
     # ------------------------------------------------------------------ weight sync
     @torch.no_grad()
