@@ -111,7 +111,8 @@ def test_sequence_kl_matches_a_float64_token_loop(testbed):
             for model, sign in ((pol, 1.0), (ref, -1.0)):
                 logp = torch.log_softmax(model(input_ids=full).logits[0].double() / 0.8, -1)
                 want += sign * sum(float(logp[len(p_ids) + t - 1, r_ids[t]]) for t in range(len(r_ids)))
-            assert float(got[b]) == pytest.approx(want, abs=1e-5)
+            # float32 log-probs summed over the response: rounding grows with the KL's size (24.8 here)
+            assert float(got[b]) == pytest.approx(want, rel=2e-6, abs=1e-5)
         assert torch.all(sequence_kl(ref, ref, exp, 0.8) == 0)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from ..models.flops import ModelShape, forward_flops, generation_bytes, generation_flops, training_flops
 from ..models.value_head import causal_lm
+from .generation.old_logprobs import old_logprobs_from_rollout
 from .packing import sample_lengths
 
 _BYTES = {torch.float32: 4, torch.float64: 8, torch.bfloat16: 2, torch.float16: 2}
@@ -60,8 +61,6 @@ def role_shapes(roles) -> RoleShapes | None:
 
 def actor_forward_at_rollout(cfg) -> bool:
     """Whether the old log-probs come from an actor forward (not from the rollout engine)."""
-    from .generation import old_logprobs_from_rollout
-
     return not old_logprobs_from_rollout(cfg)[0]
 
 

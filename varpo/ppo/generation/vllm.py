@@ -57,6 +57,7 @@ from ...models.value_head import causal_lm
 from ...seeds import derive_seed
 from ..experience import Experience
 from ..tokens import response_mask_from_ids
+from .old_logprobs import old_logprobs_from_rollout
 from .vllm_worker import pack
 
 _BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
@@ -205,8 +206,6 @@ class VLLMRolloutEngine:
                 "several GPUs); per-rank engines spanning trainer ranks are not implemented"
             )
         self.cfg, self.gen, self.v, self.rank = cfg, gen, v, rank
-        from . import old_logprobs_from_rollout
-
         self.gives_old_logprobs, self.old_logprobs_why = old_logprobs_from_rollout(cfg)
         self.eos_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.cuda = torch.cuda.is_available()
