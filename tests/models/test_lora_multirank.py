@@ -25,7 +25,9 @@ def _launch(n: int, out: Path, overrides: list[str]) -> None:
     port = free_port()
     script = str(ROOT / "launch/train_ppo.py")
     cmd = [sys.executable, script] if n == 1 else [
-        "deepspeed", "--num_nodes", "1", "--num_accelerators", str(n), "--master_port", str(port), script]
+        # this interpreter's DeepSpeed launcher, not whichever `deepspeed` is first on PATH
+        sys.executable, "-m", "deepspeed.launcher.runner", "--num_nodes", "1", "--num_accelerators", str(n),
+        "--master_port", str(port), script]
     try:
         proc = subprocess.run([*cmd, "--out", str(out), *[x for o in overrides for x in ("--set", o)]], env=env,
                               capture_output=True, text=True, timeout=900, check=False)

@@ -10,13 +10,13 @@ way, every answer received so far is already in the cache.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..aio import gather_or_cancel
 from ..config import ConfigError
 from ..config.judge import JudgeConfig
 from ..http_retry import run_coroutine
@@ -87,14 +87,8 @@ class JudgePanel:
             if on_sample is not None:
                 on_sample(i)
 
-        tasks = [asyncio.ensure_future(one_sample(i)) for i in range(B)]
         try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            await gather_or_cancel(one_sample(i) for i in range(B))
         finally:
             for ep in endpoints:
                 await ep.aclose()

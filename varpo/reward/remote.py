@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ..aio import gather_or_cancel
 from ..http_retry import retryable_status, retrying, run_coroutine
 from ..reward_source import Scores
 
@@ -328,14 +329,7 @@ class RemoteRewardScorer:
                     if self.cache is not None:
                         self.cache.put(keys[i], res, self.cfg.model)
 
-            tasks = [asyncio.ensure_future(one(b)) for b in batches]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+            await gather_or_cancel(one(b) for b in batches)
         return results  # type: ignore[return-value]
 
     async def _post(self, client, sem: asyncio.Semaphore, body: dict):
