@@ -51,10 +51,11 @@ def test_reward_model_folder_backs_an_ensemble_and_trains_ppo_on_conversations(u
 
     # variance-aware PPO on the ensemble, prompts from the same conversations, evaluated as it trains
     out = tmp_path / "ppo"
-    varpo("train-ppo", "--out", str(out), *sets(
+    proc = varpo("train-ppo", "--out", str(out), *sets(
         f"model.policy_path={user_models['policy']}", f"reward.path={ensemble}", "ppo.variance.weighting=batch_mean",
         f"data.pairs_path={user_data['conv_pairs']}", f"data.eval_pairs_path={user_data['conv_eval_pairs']}",
         "ppo.eval_every=1", "ppo.eval_prompts=4", *PPO))
+    assert "old log-probs: read off HF generate's logits" in proc.stderr  # said once, before training
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["reward"] == {
         "type": "ensemble", "path": ensemble, "default": False, "num_heads": 4,

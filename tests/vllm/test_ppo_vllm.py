@@ -24,6 +24,9 @@ def test_train_ppo_cli_with_vllm(tmp_path, testbed):
            "--set", "generation.vllm.importance_correction=tis", "--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    # importance correction needs the trainer's own old log-probs, and the run says so
+    assert "old log-probs: generation.vllm.importance_correction=tis" in r.stderr
+    assert "an actor forward at every rollout" in r.stderr
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 1, 2]
     for row in rows:

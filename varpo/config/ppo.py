@@ -215,7 +215,8 @@ class GenerationConfig(Section):
     sampler: Literal["inverse_cdf", "multinomial"] = Field(
         "inverse_cdf", description="hf backend: how the next token is drawn. inverse_cdf: one uniform number per "
         "sequence against the cumulative distribution (float64); multinomial: HF's own torch.multinomial, which "
-        "on a CPU draws an exponential variate per vocabulary entry (15x slower at a 50k vocabulary) and "
+        "on a CPU draws an exponential variate per vocabulary entry (a 64-token rollout 1.33x slower at a 50k "
+        "vocabulary on one core: benchmarks/results/decode_sampling) and "
         "reproduces the draws of runs made before varpo had this option. Same distribution either way",
     )
     zero3_gather: Literal["full", "grouped", "per_layer"] = Field(

@@ -71,6 +71,7 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=(), overwrite:
     from ..config.environment import check_environment
     from ..outputs import console
     from ..scoring import build_scorer, describe_reward
+    from .generation.old_logprobs import old_logprobs_from_rollout
     from .roles import build_roles
     from .trainer import PPOTrainer, check_batch_sizes
 
@@ -107,6 +108,9 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=(), overwrite:
     if info.is_main:
         console.print(f"reward: {reward['type']}" + (f" {reward['path']}" if reward.get("path") else "")
                       + f"; σ²: {reward.get('sigma2', 'as the scorer gives it')}", highlight=False)
+        from_rollout, why = old_logprobs_from_rollout(cfg)
+        console.print(f"old log-probs: {why}" + ("" if from_rollout else ": an actor forward at every rollout"),
+                      highlight=False)
     roles = build_roles(cfg, out, policy_path=policy_path, scorer=scorer, callbacks=callbacks)
     roles.run_info["reward"] = reward
     if evaluator is not None:  # first, on every rank: its eval/* metrics join the row before the loggers write it

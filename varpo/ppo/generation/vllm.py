@@ -206,7 +206,7 @@ class VLLMRolloutEngine:
                 "several GPUs); per-rank engines spanning trainer ranks are not implemented"
             )
         self.cfg, self.gen, self.v, self.rank = cfg, gen, v, rank
-        self.gives_old_logprobs, self.old_logprobs_why = old_logprobs_from_rollout(cfg)
+        self.gives_old_logprobs = old_logprobs_from_rollout(cfg)[0]
         self.eos_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.cuda = torch.cuda.is_available()
         if not self.cuda:
