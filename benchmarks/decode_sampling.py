@@ -5,7 +5,7 @@ rounds in rotated order:
 
   multinomial + linear head    HF generate as TRL runs it (torch.multinomial; the LM head h · Wᵀ)
   inverse_cdf + linear head    varpo's sampler alone (varpo/ppo/generation/sampling.py)
-  multinomial + W·hᵀ head      varpo's decoding head alone (varpo/ppo/generation/lm_head.py)
+  multinomial + W·hᵀ head      varpo's decoding head alone (varpo/ppo/lm_head.py)
   inverse_cdf + W·hᵀ head      varpo's default
 
     python benchmarks/decode_sampling.py --out DIR            # 4 rounds
@@ -61,19 +61,19 @@ def main(argv=None) -> int:
     base = [f"generation.max_new_tokens={T}", f"generation.min_new_tokens={T}",
             f"generation.max_prompt_len={p['prompt_len'] + 8}"]
     ids, mask, _ = tokenize_prompts(tok, prompts, p["prompt_len"] + 8, "cpu")
-    real_head = hf.decode_head
+    real_head = hf.transposed_head
 
     def rollout(way: str) -> float:
         sampler, transposed = WAYS[way]
         cfg = load_config(None, [*base, f"generation.sampler={sampler}"])
-        hf.decode_head = real_head if transposed else (lambda m: contextlib.nullcontext())
+        hf.transposed_head = real_head if transposed else (lambda m: contextlib.nullcontext())
         try:
             torch.manual_seed(0)
             t0 = time.perf_counter()
             ro = hf.generate(model, tok, ids, mask, cfg.generation, record_logprobs=cfg.kernels)
             s = time.perf_counter() - t0
         finally:
-            hf.decode_head = real_head
+            hf.transposed_head = real_head
         assert ro.response_ids.shape[1] == T
         return s
 

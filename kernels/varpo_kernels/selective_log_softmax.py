@@ -80,11 +80,22 @@ def _torch_forward(x: torch.Tensor, ids: torch.Tensor, chunk: int, with_entropy:
         logp[s:e] = logp_c
         lse[s:e] = x[s:e].gather(1, ids[s:e, None]).squeeze(1).to(cdt) - logp_c
         if with_entropy:
-            p = lsm.exp()
-            ent[s:e] = -lsm.mul_(p).masked_fill_(p == 0, 0.0).sum(-1)  # 0·(−inf) := 0
-            del p
+            ent[s:e] = _entropy(lsm)
         del lsm
     return logp, lse, ent
+
+
+def _entropy(lsm: torch.Tensor) -> torch.Tensor:
+    """−Σ p log p per row of a log-softmax: a dot product of exp(lsm) and lsm (two passes over the
+    chunk; the masked form below takes five). A −inf entry (a masked logit) makes its row's dot
+    0·(−inf) = NaN: only those rows are recomputed with 0·(−inf) := 0."""
+    p = lsm.exp()
+    ent = -torch.linalg.vecdot(p, lsm)
+    bad = ~torch.isfinite(ent)
+    if bool(bad.any()):
+        lb, pb = lsm[bad], p[bad]
+        ent[bad] = -(pb * lb).masked_fill_(pb == 0, 0.0).sum(-1)  # a NaN logit stays NaN
+    return ent
 
 
 def _torch_backward(x, ids, lse, ent, g_logp, g_ent, chunk: int, out: torch.Tensor) -> None:
@@ -96,6 +107,12 @@ def _torch_backward(x, ids, lse, ent, g_logp, g_ent, chunk: int, out: torch.Tens
     for s in range(0, N, chunk):
         e = min(s + chunk, N)
         xc = x[s:e].to(cdt)
+        if g_ent is None and out.dtype == cdt:
+            # −p·g written straight into out (the logits' own rows when out is x: each element is
+            # read once, before it is overwritten): no chunk temporary, no copy
+            o = torch.sub(xc, lse[s:e, None], out=out[s:e]).exp_().mul_(-g_logp[s:e, None])
+            o[rows[: e - s], ids[s:e]] += g_logp[s:e]
+            continue
         p = (xc - lse[s:e, None]).exp_()
         if g_ent is not None:
             mu = (lse[s:e] - ent[s:e])[:, None]

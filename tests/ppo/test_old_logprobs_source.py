@@ -25,3 +25,23 @@ def test_who_gives_the_old_logprobs(overrides, gives, why):
     got, reason = old_logprobs_from_rollout(cfg)
     assert got is gives and why in reason
     assert actor_forward_at_rollout(cfg) is (not gives)
+
+
+@pytest.mark.parametrize("overrides, inverse", [
+    ([], True),
+    (["generation.sampler=multinomial"], False),
+    (["generation.temperature=0.7"], False),
+    (["generation.top_k=5"], False),
+    (["generation.top_p=0.9"], False),
+    (["generation.vllm.importance_correction=tis"], False),
+    (["generation.logprobs_from_generate=false"], False),
+], ids=["default", "multinomial", "temperature", "top-k", "top-p", "tis", "forward"])
+def test_when_vllm_draws_by_inverse_transform(overrides, inverse):
+    """vLLM rollouts draw by inverse transform only where the draw is from softmax(logits) and the
+    engine's raw log-probs are the old log-probs (varpo.ppo.generation.vllm_sampler)."""
+    from varpo.config import load_config
+    from varpo.ppo.generation import old_logprobs_from_rollout
+    from varpo.ppo.generation.vllm_sampler import uses_inverse_cdf
+
+    cfg = load_config(None, ["generation.backend=vllm", *overrides])
+    assert uses_inverse_cdf(cfg.generation, old_logprobs_from_rollout(cfg)[0]) is inverse

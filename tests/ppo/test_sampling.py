@@ -61,10 +61,23 @@ def _draw_with_uniform(logits: torch.Tensor, u: float) -> int:
     """The sampler's draw when torch.rand returns `u` (its only source of randomness)."""
     real = torch.rand
     try:
-        torch.rand = lambda size, **kw: torch.full(size, u, dtype=kw.get("dtype"))
+        torch.rand = lambda size, **kw: torch.full((size,) if isinstance(size, int) else size, u, dtype=kw.get("dtype"))
         return int(sample_inverse_cdf(logits))
     finally:
         torch.rand = real
+
+
+def test_given_uniforms_are_the_generators_draws():
+    """`uniforms` (what vLLM's processor hands over, one per request from its own generator) draws
+    exactly what the same numbers drawn inside from a generator do; and a uniform picks its token."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(7, 29, generator=g)
+    inside = sample_inverse_cdf(logits, generator=torch.Generator().manual_seed(11))
+    u = torch.rand(7, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+    assert torch.equal(sample_inverse_cdf(logits, uniforms=u), inside)
+    cdf = np.cumsum(_softmax64(logits), -1)
+    want = [int(np.searchsorted(cdf[i], float(u[i]) * cdf[i, -1], side="right")) for i in range(7)]
+    assert inside.view(-1).tolist() == want
 
 
 @pytest.fixture(scope="module")

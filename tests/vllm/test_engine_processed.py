@@ -29,6 +29,7 @@ def test_processed_logprobs_when_the_trainer_recomputes(tiny_llama, prompts):
     actor = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
     ids, mask, _ = tokenize_prompts(tok, prompts, cfg.generation.max_prompt_len, "cpu")
     engine = build_rollout_engine(cfg, actor, tok, tiny_llama, rank=0, world=1)
+    assert not engine.inverse_cdf, "at temperature 0.7 vLLM's own sampler draws (varpo.ppo.generation.vllm_sampler)"
     try:
         ro = engine.generate(ids, mask, step=2)
     finally:

@@ -14,6 +14,7 @@ import torch
 from ..masks import position_ids_from_mask
 from ..models.value_head import shares_trunk
 from .experience import Experience
+from .lm_head import transposed_head
 from .packing import PackedRow
 
 
@@ -34,8 +35,9 @@ def response_logits(model, rollout: Experience, temperature: float, with_values:
         # [B, T, V] the kernels read, with no B·T·V copy forward or backward
         keep = torch.arange(L - T - 1, L - 1, device=seq.device)
         extra = {"value_positions": keep} if with_values else {}
-        out = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att),
-                    logits_to_keep=keep, **extra)
+        with transposed_head(model):  # the CPU head as W · hᵀ (varpo.ppo.lm_head)
+            out = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att),
+                        logits_to_keep=keep, **extra)
         logits, values = out.logits, (out.values if with_values else None)
     else:
         if with_values:
@@ -81,7 +83,8 @@ def packed_logits(model, row: PackedRow, temperature: float, with_values: bool =
     values = None
     if _takes_logits_to_keep(model):
         extra = {"value_positions": row.keep} if with_values else {}
-        out = model(**kw, logits_to_keep=row.keep, **extra)
+        with transposed_head(model):
+            out = model(**kw, logits_to_keep=row.keep, **extra)
         logits, values = out.logits, (out.values if with_values else None)
     else:
         if with_values:

@@ -17,13 +17,17 @@ from __future__ import annotations
 import torch
 
 
-def sample_inverse_cdf(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B, V] logits (−inf: impossible) -> [B, 1] token ids drawn from softmax(logits). The
-    cumulative sum runs in float64: in float32 a token of probability below half a unit in the last
-    place of the running sum (6e-8 near 1) would be dropped, 1.5e-3 of mass at worst over 50k tokens."""
+def sample_inverse_cdf(logits: torch.Tensor, generator: torch.Generator | None = None,
+                       uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, V] logits (−inf: impossible) -> [B, 1] token ids drawn from softmax(logits), with one
+    uniform in [0, 1) per row (`uniforms` [B], float64, or drawn from `generator`). The cumulative
+    sum runs in float64: in float32 a token of probability below half a unit in the last place of
+    the running sum (6e-8 near 1) would be dropped, 1.5e-3 of mass at worst over 50k tokens."""
     p = (logits - logits.amax(-1, keepdim=True)).double().exp()
     cdf = p.cumsum(-1)
-    u = torch.rand((logits.shape[0], 1), dtype=torch.float64, device=logits.device, generator=generator) * cdf[:, -1:]
+    if uniforms is None:
+        uniforms = torch.rand(logits.shape[0], dtype=torch.float64, device=logits.device, generator=generator)
+    u = uniforms.to(cdf.device, torch.float64).reshape(-1, 1) * cdf[:, -1:]
     # the first token whose cumulative mass exceeds u: a zero-probability token never does
     return torch.searchsorted(cdf, u, right=True).clamp_(max=logits.shape[-1] - 1)
 

@@ -18,7 +18,9 @@ weights in one call is processed with the rest uninitialised; vLLM fuses HF's q/
 projections into one layer, so a bucket never splits a transformer block, nor a module outside
 the blocks (a final LayerNorm's weight and bias).
 
-Sampling is mapped one to one from generation.* (`sampling_params`). Log-probs of the sampled
+Sampling is mapped one to one from generation.* (`sampling_params`); where the draw is from
+softmax(logits) itself and the engine's raw log-probs are the old log-probs, by inverse transform
+(generation.sampler: inverse_cdf, varpo.ppo.generation.vllm_sampler), as HF generate draws. Log-probs of the sampled
 tokens, two ways (varpo.ppo.generation.old_logprobs_from_rollout decides):
 - the old log-probs (the default at temperature 1): vLLM's raw log-probs, log-softmax of the
   model's logits before min-tokens/top-k/top-p, which is the trainer's definition; they become
@@ -58,6 +60,8 @@ from ...seeds import derive_seed
 from ..experience import Experience
 from ..tokens import response_mask_from_ids
 from .old_logprobs import old_logprobs_from_rollout
+from .vllm_sampler import FQCN as SAMPLER_FQCN
+from .vllm_sampler import uses_inverse_cdf
 from .vllm_worker import pack
 
 _BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
@@ -70,21 +74,22 @@ def request_seeds(seed: int, step: int, rank: int, n: int) -> list[int]:
     return [derive_seed("sampling_request", base, i) % (2**63 - 1) for i in range(n)]
 
 
-def sampling_params(gen, eos_token_id: int, seeds: list[int]) -> list:
+def sampling_params(gen, eos_token_id: int, seeds: list[int], inverse_cdf: bool = False) -> list:
     """vLLM SamplingParams equal to HF generate's settings in varpo.ppo.generation.hf.generate: sampled,
     at most max_new_tokens, EOS masked for the first min_new_tokens, temperature, top-k (0: off),
     top-p, stop at the tokenizer's EOS only (kept in the output, as HF keeps it), one log-prob per
-    sampled token."""
+    sampled token. inverse_cdf: drawn by varpo's logits processor (varpo.ppo.generation.vllm_sampler),
+    the request greedy over its one-hot output, the seed handed to the processor."""
     from vllm import SamplingParams
 
-    return [
-        SamplingParams(
-            n=1, max_tokens=gen.max_new_tokens, min_tokens=gen.min_new_tokens, temperature=gen.temperature,
-            top_k=gen.top_k if gen.top_k > 0 else 0, top_p=gen.top_p, seed=s, stop_token_ids=[eos_token_id],
-            ignore_eos=False, logprobs=0, detokenize=False, skip_special_tokens=False,
-        )
-        for s in seeds
-    ]
+    from .vllm_sampler import KEY
+
+    common = dict(n=1, max_tokens=gen.max_new_tokens, min_tokens=gen.min_new_tokens, stop_token_ids=[eos_token_id],
+                  ignore_eos=False, logprobs=0, detokenize=False, skip_special_tokens=False)
+    if inverse_cdf:
+        return [SamplingParams(**common, temperature=0.0, extra_args={KEY: {"seed": s}}) for s in seeds]
+    return [SamplingParams(**common, temperature=gen.temperature, top_k=gen.top_k if gen.top_k > 0 else 0,
+                           top_p=gen.top_p, seed=s) for s in seeds]
 
 
 def weight_buckets(named: Iterable[tuple[str, torch.nn.Parameter]], budget_bytes: float) -> list[list[tuple[str, torch.nn.Parameter]]]:
@@ -207,6 +212,7 @@ class VLLMRolloutEngine:
             )
         self.cfg, self.gen, self.v, self.rank = cfg, gen, v, rank
         self.gives_old_logprobs = old_logprobs_from_rollout(cfg)[0]
+        self.inverse_cdf = uses_inverse_cdf(gen, self.gives_old_logprobs)
         self.eos_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.cuda = torch.cuda.is_available()
         if not self.cuda:
@@ -227,6 +233,8 @@ class VLLMRolloutEngine:
             # the scheduler's batch (and its sampler's warm-up) as large as a rollout, not 256
             max_num_seqs=sequences,
         )
+        if self.inverse_cdf:  # the draw by inverse transform (vllm_sampler), after vLLM's own processors
+            kwargs.update(logits_processors=[SAMPLER_FQCN])
         if self.cuda:
             kwargs.update(gpu_memory_utilization=v.gpu_memory_utilization, enable_sleep_mode=self.sleep)
         else:
@@ -284,7 +292,8 @@ class VLLMRolloutEngine:
             self.llm.wake_up()
             self._asleep = False
         prompts = [TokensPrompt(prompt_token_ids=ids[m.bool()].tolist()) for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
-        params = sampling_params(self.gen, self.eos_token_id, request_seeds(self.cfg.seed, step, self.rank, len(prompts)))
+        params = sampling_params(self.gen, self.eos_token_id, request_seeds(self.cfg.seed, step, self.rank, len(prompts)),
+                                 inverse_cdf=self.inverse_cdf)
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         self._sleep()
         ro = rollout_from_outputs(outs, prompt_ids, prompt_mask, self.eos_token_id, self.pad_token_id)

@@ -1,0 +1,105 @@
+"""varpo.ppo.lm_head.transposed_head: inside it the output embedding computes (W · hᵀ)ᵀ, whose
+output and gradients (h, W, b) must equal an independent float64 h · Wᵀ (+ b) on random inputs of
+odd sizes; the logits are contiguous (the kernels' in-place backward writes into them); outside it
+the head is the plain nn.Linear again; a head that is not a plain nn.Linear is left alone."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from varpo.ppo.lm_head import output_head, transposed_head
+
+
+class _LM(torch.nn.Module):
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.head = head
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+def _head(V, d, bias, g):
+    head = torch.nn.Linear(d, V, bias=bias)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(V, d, generator=g))
+        if bias:
+            head.bias.copy_(torch.randn(V, generator=g))
+    return head
+
+
+@pytest.mark.parametrize("shape, V, d, bias", [((3, 1), 37, 11, False), ((5, 7), 1001, 24, True), ((2,), 13, 5, True)])
+def test_transposed_head_equals_float64_reference(shape, V, d, bias):
+    g = torch.Generator().manual_seed(V + d)
+    head = _head(V, d, bias, g)
+    x = torch.randn(*shape, d, generator=g)
+    want = x.double() @ head.weight.double().t() + (head.bias.double() if bias else 0)
+    lm = _LM(head)
+    with transposed_head(lm):
+        assert "forward" in vars(head), "the head's forward is replaced inside"
+        got = head(x)
+    assert got.shape == (*shape, V) and got.is_contiguous()
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * d)
+    assert "forward" not in vars(head), "and restored after"
+    assert torch.equal(head(x), torch.nn.functional.linear(x, head.weight, head.bias))
+
+
+@pytest.mark.parametrize("shape, V, d, bias", [((2, 3), 41, 7, False), ((4, 5), 259, 16, True)])
+def test_gradients_equal_float64_reference(shape, V, d, bias):
+    g = torch.Generator().manual_seed(3 * V + d)
+    head = _head(V, d, bias, g)
+    x = torch.randn(*shape, d, generator=g, requires_grad=True)
+    upstream = torch.randn(*shape, V, generator=g)
+    with transposed_head(_LM(head)):
+        head(x).backward(upstream)
+    w64 = head.weight.detach().double().requires_grad_()
+    b64 = head.bias.detach().double().requires_grad_() if bias else None
+    x64 = x.detach().double().requires_grad_()
+    y64 = x64 @ w64.t() + (b64 if bias else 0)
+    y64.backward(upstream.double())
+    for got, want in [(x.grad, x64.grad), (head.weight.grad, w64.grad)] + ([(head.bias.grad, b64.grad)] if bias else []):
+        assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * max(d, 8) * 4)
+
+
+def test_head_found_through_engine_and_value_head():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from varpo.models.value_head import PolicyWithValueHead
+
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=8, n_layer=1, n_head=2, n_positions=16)).eval()
+    assert output_head(lm) is lm.lm_head
+
+    class Engine(torch.nn.Module):  # a DeepSpeed engine keeps the model as .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert output_head(Engine(PolicyWithValueHead(lm))) is lm.lm_head
+    ids = torch.randint(0, 50, (2, 5))
+    plain = lm(input_ids=ids).logits
+    with transposed_head(Engine(lm)):
+        got = lm(input_ids=ids).logits
+        with transposed_head(lm):  # nested: the inner one leaves the outer's forward in place
+            pass
+        assert "forward" in vars(lm.lm_head)
+    assert "forward" not in vars(lm.lm_head)
+    assert torch.allclose(got, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_other_heads_are_left_alone():
+    class Scaled(torch.nn.Linear):
+        pass
+
+    head = Scaled(4, 9)
+    with transposed_head(_LM(head)):
+        assert "forward" not in vars(head)
+    plain = torch.nn.Linear(2, 2)
+    with transposed_head(plain):  # no get_output_embeddings: nothing to do
+        assert "forward" not in vars(plain)
+
+
+def test_restored_when_the_forward_fails():
+    head = torch.nn.Linear(3, 5)
+    with pytest.raises(RuntimeError, match="boom"), transposed_head(_LM(head)):
+        raise RuntimeError("boom")
+    assert "forward" not in vars(head)
