@@ -99,11 +99,11 @@ def test_inverse_transform_draws_follow_the_models_distribution(setup):
     EOS would be expected ~1/24 of the time), by a chi-square test; and a request's tokens depend on
     its seed only, not on which other requests share its batch or in what order."""
     from scipy import stats
+    from vllm.inputs import TokensPrompt
 
     from varpo.ppo.experience import Experience
     from varpo.ppo.forward import response_logits
     from varpo.ppo.generation.vllm import request_seeds, sampling_params
-    from vllm.inputs import TokensPrompt
 
     cfg, tok, actor, engine, ids, mask = setup
     assert engine.inverse_cdf

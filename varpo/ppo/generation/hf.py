@@ -13,8 +13,8 @@ from ...config import GenerationConfig, KernelsConfig
 from ...models.value_head import causal_lm
 from ...seeds import derive_seed
 from ..experience import Experience
-from ..tokens import response_mask_from_ids
 from ..lm_head import transposed_head
+from ..tokens import response_mask_from_ids
 from .logprobs import GenerationLogprobs
 from .sampling import InverseCDFSampler
 from .zero3_gather import generation_gather
