@@ -74,10 +74,11 @@ class InverseCDFLogitsProcessor(LogitsProcessor):
         rows = sorted(self.generators)
         u = torch.tensor([torch.rand((), dtype=torch.float64, generator=self.generators[r]).item() for r in rows],
                          dtype=torch.float64)
+        if len(rows) == logits.shape[0]:  # the usual case: every request of the batch is ours
+            drawn = sample_inverse_cdf(logits, uniforms=u).to(logits.device)
+            return logits.fill_(float("-inf")).scatter_(1, drawn, 0.0)
         idx = torch.tensor(rows, device=logits.device)
         drawn = sample_inverse_cdf(logits[idx], uniforms=u).to(logits.device)
-        if len(rows) == logits.shape[0]:  # the usual case: every request of the batch is ours
-            return logits.fill_(float("-inf")).scatter_(1, drawn, 0.0)
         one_hot = torch.full((len(rows), logits.shape[1]), float("-inf"), dtype=logits.dtype, device=logits.device)
         logits[idx] = one_hot.scatter_(1, drawn, 0.0)
         return logits
