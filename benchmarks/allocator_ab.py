@@ -32,7 +32,8 @@ def run_command(meta: dict, reward_path: str, steps: int, keep: bool, out: Path)
     over = ppo_vs_trl.varpo_overrides(meta, "varpo_vanilla", reward_path, steps, 0, 1e-5, 0.1)
     over["runtime.keep_freed_memory"] = keep
     sets = [x for kv in ppo_vs_trl.override_strings(over) for x in ("--set", kv)]
-    return [sys.executable, "-m", "varpo.cli", "train-ppo", *sets, "--out", str(out)]
+    # the run folder is this benchmark's scratch (OUT/runs/): a rerun of the benchmark replaces it
+    return [sys.executable, "-m", "varpo.cli", "train-ppo", *sets, "--out", str(out), "--overwrite"]
 
 
 def summarize_run(rows: list[dict], warmup: int = 1) -> dict:

@@ -65,7 +65,8 @@ def run_command(meta: dict, reward_path: str, steps: int, setting: str, out: Pat
     over = ppo_vs_trl.varpo_overrides(meta, "varpo_vanilla", reward_path, steps, 0, 1e-5, 0.1)
     over["runtime.threads"] = "auto" if setting == "auto" else len(os.sched_getaffinity(0))
     sets = [x for kv in ppo_vs_trl.override_strings(over) for x in ("--set", kv)]
-    return [sys.executable, "-m", "varpo.cli", "train-ppo", *sets, "--out", str(out)]
+    # the run folder is this benchmark's scratch (OUT/runs/): a rerun of the benchmark replaces it
+    return [sys.executable, "-m", "varpo.cli", "train-ppo", *sets, "--out", str(out), "--overwrite"]
 
 
 def child_env() -> dict:
