@@ -44,4 +44,6 @@ def test_when_vllm_draws_by_inverse_transform(overrides, inverse):
     from varpo.ppo.generation.vllm_sampler import uses_inverse_cdf
 
     cfg = load_config(None, ["generation.backend=vllm", *overrides])
-    assert uses_inverse_cdf(cfg.generation, old_logprobs_from_rollout(cfg)[0]) is inverse
+    raw = old_logprobs_from_rollout(cfg)[0]
+    assert uses_inverse_cdf(cfg.generation, raw) is inverse
+    assert uses_inverse_cdf(cfg.generation, raw, cuda=True) is False  # a GPU engine keeps vLLM's sampler

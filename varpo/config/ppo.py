@@ -217,8 +217,8 @@ class GenerationConfig(Section):
         "sequence against the cumulative distribution (float64); multinomial: the backend's own sampler. hf: "
         "torch.multinomial, which on a CPU draws an exponential variate per vocabulary entry (a 64-token rollout "
         "1.33x slower at a 50k vocabulary on one core: benchmarks/results/decode_sampling) and reproduces the "
-        "draws of runs made before varpo had this option. vllm: inverse_cdf applies where the draw is from "
-        "softmax(logits) and the engine's raw log-probs are the old log-probs (temperature 1, top_k 0, top_p 1, "
+        "draws of runs made before varpo had this option. vllm on a CPU: inverse_cdf applies where the draw is "
+        "from softmax(logits) and the engine's raw log-probs are the old log-probs (temperature 1, top_k 0, top_p 1, "
         "importance_correction none; varpo.ppo.generation.vllm_sampler), elsewhere vLLM's own Gumbel-max "
         "sampler draws. Same distribution either way",
     )

@@ -212,9 +212,9 @@ class VLLMRolloutEngine:
             )
         self.cfg, self.gen, self.v, self.rank = cfg, gen, v, rank
         self.gives_old_logprobs = old_logprobs_from_rollout(cfg)[0]
-        self.inverse_cdf = uses_inverse_cdf(gen, self.gives_old_logprobs)
         self.eos_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.cuda = torch.cuda.is_available()
+        self.inverse_cdf = uses_inverse_cdf(gen, self.gives_old_logprobs, self.cuda)
         if not self.cuda:
             _cpu_environment(*host_ranks(rank, world))
         # the engine process must not inherit the trainer's threads and process-group state mid-flight

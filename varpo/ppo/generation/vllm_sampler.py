@@ -9,8 +9,8 @@ processor, the last of vLLM's (after its built-in min-tokens EOS mask and logit 
 of its rows and leaves 0 at the drawn token and −inf elsewhere, so the greedy argmax takes it. The
 log-probs the engine returns are its raw ones, computed before any processor: the trainer's
 definition, unaffected. Used only where that is all the trainer reads and the draw is from
-softmax(logits) itself (`uses_inverse_cdf`): temperature 1, no top-k/top-p, the raw log-probs taken
-as the old log-probs. Otherwise (another temperature, top-k, top-p, processed log-probs for the
+softmax(logits) itself (`uses_inverse_cdf`): a CPU engine, temperature 1, no top-k/top-p, the raw
+log-probs taken as the old log-probs. Otherwise (another temperature, top-k, top-p, processed log-probs for the
 trainer to compare) vLLM samples as it always has.
 
 Each request's uniforms come from its own torch generator seeded with the request's seed
@@ -31,12 +31,13 @@ KEY = "varpo_inverse_cdf"  # SamplingParams.extra_args[KEY] = {"seed": int}
 FQCN = f"{__name__}:InverseCDFLogitsProcessor"
 
 
-def uses_inverse_cdf(gen, raw_old_logprobs: bool) -> bool:
-    """Whether vLLM rollouts draw by inverse transform (module docstring): generation.sampler is
-    inverse_cdf, the draw is from softmax(logits) (temperature 1, top-k 0, top-p 1) and the engine
-    returns its raw log-probs (the processed ones would be the one-hot this processor leaves)."""
-    return gen.sampler == "inverse_cdf" and raw_old_logprobs and gen.temperature == 1.0 and gen.top_k == 0 \
-        and gen.top_p >= 1.0
+def uses_inverse_cdf(gen, raw_old_logprobs: bool, cuda: bool = False) -> bool:
+    """Whether vLLM rollouts draw by inverse transform (module docstring): on a CPU (a GPU's sampler
+    does not pay per vocabulary entry what a CPU core does), generation.sampler is inverse_cdf, the
+    draw is from softmax(logits) (temperature 1, top-k 0, top-p 1) and the engine returns its raw
+    log-probs (the processed ones would be the one-hot this processor leaves)."""
+    return not cuda and gen.sampler == "inverse_cdf" and raw_old_logprobs and gen.temperature == 1.0 \
+        and gen.top_k == 0 and gen.top_p >= 1.0
 
 
 class InverseCDFLogitsProcessor(LogitsProcessor):
