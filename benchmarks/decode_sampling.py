@@ -5,8 +5,9 @@ rounds in rotated order:
 
   multinomial + linear head    HF generate as TRL runs it (torch.multinomial; the LM head h · Wᵀ)
   inverse_cdf + linear head    varpo's sampler alone (varpo/ppo/generation/sampling.py)
-  multinomial + W·hᵀ head      varpo's decoding head alone (varpo/ppo/lm_head.py)
-  inverse_cdf + W·hᵀ head      varpo's default
+  multinomial + varpo head     varpo's decoding head alone (varpo/ppo/lm_head.py: oneDNN's linear on a
+                               weight packed once per rollout; W·hᵀ where this torch has no oneDNN)
+  inverse_cdf + varpo head     varpo's default
 
     python benchmarks/decode_sampling.py --out DIR            # 4 rounds
 Writes DIR/decode_sampling.json and DIR/decode_sampling.md: median seconds per rollout and per
@@ -23,11 +24,11 @@ from pathlib import Path
 
 from host import ForeignCpu, describe, machine
 
-WAYS = {  # name: (generation.sampler, decoding head W·hᵀ)
+WAYS = {  # name: (generation.sampler, varpo's decoding head)
     "multinomial+linear": ("multinomial", False),
     "inverse_cdf+linear": ("inverse_cdf", False),
-    "multinomial+transposed": ("multinomial", True),
-    "inverse_cdf+transposed": ("inverse_cdf", True),
+    "multinomial+varpo_head": ("multinomial", True),
+    "inverse_cdf+varpo_head": ("inverse_cdf", True),
 }
 
 
@@ -61,19 +62,19 @@ def main(argv=None) -> int:
     base = [f"generation.max_new_tokens={T}", f"generation.min_new_tokens={T}",
             f"generation.max_prompt_len={p['prompt_len'] + 8}"]
     ids, mask, _ = tokenize_prompts(tok, prompts, p["prompt_len"] + 8, "cpu")
-    real_head = hf.transposed_head
+    real_head = hf.decode_head
 
     def rollout(way: str) -> float:
         sampler, transposed = WAYS[way]
         cfg = load_config(None, [*base, f"generation.sampler={sampler}"])
-        hf.transposed_head = real_head if transposed else (lambda m: contextlib.nullcontext())
+        hf.decode_head = real_head if transposed else (lambda m: contextlib.nullcontext())
         try:
             torch.manual_seed(0)
             t0 = time.perf_counter()
             ro = hf.generate(model, tok, ids, mask, cfg.generation, record_logprobs=cfg.kernels)
             s = time.perf_counter() - t0
         finally:
-            hf.transposed_head = real_head
+            hf.decode_head = real_head
         assert ro.response_ids.shape[1] == T
         return s
 

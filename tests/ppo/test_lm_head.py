@@ -1,13 +1,15 @@
-"""varpo.ppo.lm_head.transposed_head: inside it the output embedding computes (W · hᵀ)ᵀ, whose
-output and gradients (h, W, b) must equal an independent float64 h · Wᵀ (+ b) on random inputs of
-odd sizes; the logits are contiguous (the kernels' in-place backward writes into them); outside it
-the head is the plain nn.Linear again; a head that is not a plain nn.Linear is left alone."""
+"""varpo.ppo.lm_head: inside transposed_head the output embedding computes (W · hᵀ)ᵀ, whose output
+and gradients (h, W, b) must equal an independent float64 h · Wᵀ (+ b) on random inputs of odd
+sizes; the logits are contiguous (the kernels' in-place backward writes into them); inside
+decode_head (a rollout) it is oneDNN's linear on a weight packed on entry, equal to the same float64
+product, falling back to W · hᵀ under autograd and for a ZeRO-3 shard; outside both the head is the
+plain nn.Linear again; a head that is not a plain nn.Linear is left alone."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from varpo.ppo.lm_head import output_head, transposed_head
+from varpo.ppo.lm_head import decode_head, onednn_pack, output_head, transposed_head
 
 
 class _LM(torch.nn.Module):
@@ -103,3 +105,38 @@ def test_restored_when_the_forward_fails():
     with pytest.raises(RuntimeError, match="boom"), transposed_head(_LM(head)):
         raise RuntimeError("boom")
     assert "forward" not in vars(head)
+
+
+@pytest.mark.parametrize("shape, V, d, bias", [((3, 1), 37, 11, False), ((5, 7), 1001, 24, True), ((8,), 50, 16, False)])
+def test_decode_head_equals_float64_reference(shape, V, d, bias):
+    g = torch.Generator().manual_seed(5 * V + d)
+    head = _head(V, d, bias, g)
+    x = torch.randn(*shape, d, generator=g)
+    want = x.double() @ head.weight.double().t() + (head.bias.double() if bias else 0)
+    packed = onednn_pack(head.weight)
+    with torch.no_grad(), decode_head(_LM(head)):
+        assert "forward" in vars(head)
+        got = head(x)
+        # the weight is read once, on entry: a rollout's weights do not change inside it
+        if packed is not None:
+            head.weight.add_(1.0)
+            assert torch.allclose(head(x).double(), want, rtol=1e-5, atol=1e-5 * d)
+            head.weight.sub_(1.0)
+    assert "forward" not in vars(head)
+    assert got.shape == (*shape, V) and got.is_contiguous()
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * d)
+
+
+def test_decode_head_under_autograd_and_for_shards_keeps_the_differentiable_product():
+    g = torch.Generator().manual_seed(9)
+    head = _head(23, 6, True, g)
+    x = torch.randn(4, 6, generator=g, requires_grad=True)
+    with decode_head(_LM(head)):
+        head(x).sum().backward()  # grad enabled: W · hᵀ, differentiable
+    assert torch.allclose(x.grad, head.weight.detach().sum(0).expand(4, 6), rtol=1e-5, atol=1e-5)
+    head.weight.ds_id = 0  # a ZeRO-3 parameter: its data may be a shard gathered per forward
+    try:
+        assert onednn_pack(head.weight) is None
+    finally:
+        del head.weight.ds_id
+    assert onednn_pack(head.weight.double()) is None  # float32 only

@@ -13,7 +13,7 @@ from ...config import GenerationConfig, KernelsConfig
 from ...models.value_head import causal_lm
 from ...seeds import derive_seed
 from ..experience import Experience
-from ..lm_head import transposed_head
+from ..lm_head import decode_head
 from ..tokens import response_mask_from_ids
 from .logprobs import GenerationLogprobs
 from .sampling import InverseCDFSampler
@@ -64,7 +64,7 @@ def generate(actor, tokenizer, prompt_ids, prompt_mask, gen: GenerationConfig,
     actor_module.eval()
     rec = GenerationLogprobs(actor_module, gen.temperature, record_logprobs) if record_logprobs else nullcontext()
     with generation_gather(actor, gen.zero3_gather, gen.zero3_gather_budget_mb, module=actor_module) as synced_gpus, \
-            rec, transposed_head(actor_module):
+            rec, decode_head(actor_module):
         out = actor_module.generate(
             input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=hf, synced_gpus=synced_gpus,
             logits_processor=processors,
