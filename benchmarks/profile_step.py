@@ -136,12 +136,26 @@ def main(argv=None) -> int:
     res = {"command": "python benchmarks/profile_step.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "size": a.size, "variant": a.variant, "steps": steps,
            "median_s": {k: statistics.median(r[k] for r in kept) for k in keys},
-           "threads": torch.get_num_threads(), "loadavg_end": [round(x, 2) for x in os.getloadavg()], "ops": ops}
+           "threads": torch.get_num_threads(), "loadavg_end": [round(x, 2) for x in os.getloadavg()], "ops": ops,
+           "commit": _commit()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "profile.md").write_text(_markdown(res))
     print(_markdown(res))
     return 0
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) or "unknown"
 
 
 def _update_parts(trainer, exp, update, parts, profiled):
@@ -154,7 +168,8 @@ def _update_parts(trainer, exp, update, parts, profiled):
 def _markdown(res: dict) -> str:
     m = res["median_s"]
     lines = [f"# Where a varpo step's time goes: {res['variant']}, `{res['size']}`", "",
-             f"Command: `{res['command']}`; one torch thread; load average at the end {res['loadavg_end']}.", "",
+             f"Command: `{res['command']}`; commit {res['commit']}; one torch thread; load average at the end "
+             f"{res['loadavg_end']}.", "",
              "| phase | s per step (median) |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in m.items() if not k.startswith("update/")]
     lines += ["", "The update, by part (wall clock around each call, summed over its minibatches):", "",
