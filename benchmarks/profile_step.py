@@ -14,6 +14,7 @@ import argparse
 import collections
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -79,6 +80,9 @@ def main(argv=None) -> int:
     if a.steps < 2:
         ap.error("--steps must be at least 2 (the first is warm-up)")
 
+    from varpo.allocator import huge_pages
+
+    huge = huge_pages()  # as train_ppo does (runtime.huge_pages), before building the inputs allocates
     import torch
 
     torch.set_num_threads(1)
@@ -119,8 +123,11 @@ def main(argv=None) -> int:
         return result
 
     def step(self):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         result = train_step(self)
         row = {k: v for k, v in self.timer.timings.items()}
+        # pages the kernel mapped in during the step: large temporaries that arrive as untouched memory
+        row["minor_page_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         # the rollout's forwards run under no_grad through the same logprobs method: keep the update's parts only
         row.update({f"update/{p}": parts.get(p, 0.0) for p in PARTS})
         steps.append(row)
@@ -129,7 +136,7 @@ def main(argv=None) -> int:
     ExperienceMaker.make = lambda self, s: profiled("rollout", make, self, s)
     PPOTrainer.update = lambda self, exp: _update_parts(self, exp, update, parts, profiled)
     PPOTrainer.train_step = step
-    train_ppo(cfg, out / "runs" / f"train_{a.variant}")
+    train_ppo(cfg, out / "runs" / f"train_{a.variant}", overwrite=True)  # a rerun into the same --out measures again
 
     kept = steps[1:]
     keys = list(kept[0])
@@ -137,7 +144,7 @@ def main(argv=None) -> int:
            "size": a.size, "variant": a.variant, "steps": steps,
            "median_s": {k: statistics.median(r[k] for r in kept) for k in keys},
            "threads": torch.get_num_threads(), "loadavg_end": [round(x, 2) for x in os.getloadavg()], "ops": ops,
-           "commit": _commit()}
+           "commit": _commit(), "huge_pages": huge[0]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "profile.md").write_text(_markdown(res))
@@ -168,7 +175,8 @@ def _update_parts(trainer, exp, update, parts, profiled):
 def _markdown(res: dict) -> str:
     m = res["median_s"]
     lines = [f"# Where a varpo step's time goes: {res['variant']}, `{res['size']}`", "",
-             f"Command: `{res['command']}`; commit {res['commit']}; one torch thread; load average at the end "
+             f"Command: `{res['command']}`; commit {res['commit']}; one torch thread; huge pages {res.get('huge_pages')}; "
+             f"load average at the end "
              f"{res['loadavg_end']}.", "",
              "| phase | s per step (median) |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in m.items() if not k.startswith("update/")]

@@ -19,3 +19,9 @@ class RuntimeConfig(Section):
         "must fault in and zero on every allocation (glibc's mmap and trim thresholds raised to 1 GiB; "
         "varpo.allocator): a step's big temporaries (logits, their gradients) stop paying page faults; the process "
         "keeps its peak heap between steps. No effect outside glibc")
+    huge_pages: bool = Field(
+        True, description="CPU: tensors of 2 MiB and more on transparent huge pages (torch's THP_MEM_ALLOC_ENABLE, "
+        "set before the run's first allocation; an exported THP_MEM_ALLOC_ENABLE wins; varpo.allocator): the LM "
+        "head's weight, logits and gradients cost the core 512 times fewer TLB entries. Linux with transparent huge "
+        "pages in madvise or always mode; elsewhere, or where the process allocated before the run started, it says "
+        "so and changes nothing")
