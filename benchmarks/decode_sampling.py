@@ -1,7 +1,6 @@
 """HF generate on the ppo_vs_trl `small` workload (its policy: GPT-2 shape, 50k vocabulary; 8 prompts
 of 64 tokens, exactly 64 new tokens, old log-probs recorded as PPO does), four ways, one process,
-one torch thread, freed memory kept in the heap and large tensors on huge pages as `varpo train-ppo` does
-(varpo/allocator.py),
+one torch thread, freed memory kept in the heap as `varpo train-ppo` keeps it (varpo/allocator.py),
 rounds in rotated order:
 
   multinomial + linear head    HF generate as TRL runs it (torch.multinomial; the LM head h · Wᵀ)
@@ -42,10 +41,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from varpo.allocator import huge_pages, keep_freed_memory
+    from varpo.allocator import keep_freed_memory
 
     kept = keep_freed_memory()  # as train_ppo does (runtime.keep_freed_memory, on by default)
-    huge = huge_pages()[0]  # and runtime.huge_pages
     from bench_models import build_inputs
     from transformers import AutoModelForCausalLM
 
@@ -97,14 +95,14 @@ def main(argv=None) -> int:
                "speedup_vs_hf_paired": statistics.median(h / x for h, x in zip(secs[hf_way], v))}
            for w, v in secs.items()}
     result = {"command": "python benchmarks/decode_sampling.py " + " ".join(argv or __import__("sys").argv[1:]),
-              "machine": machine(), "foreign_cores": foreign, "load": describe(foreign), "keep_freed_memory": kept, "huge_pages": huge,
+              "machine": machine(), "foreign_cores": foreign, "load": describe(foreign), "keep_freed_memory": kept,
               "workload": {"size": a.size, "prompts": len(prompts), "prompt_len": p["prompt_len"], "new_tokens": T,
                            "vocab": model.config.vocab_size, "hidden": model.config.hidden_size},
               "rounds": a.rounds, "ways": res}
     out.mkdir(parents=True, exist_ok=True)
     (out / "decode_sampling.json").write_text(json.dumps(result, indent=2))
     lines = ["# HF generate: sampler and decoding LM head", "", f"Command: `{result['command']}`", "",
-             f"Machine: {result['machine']['cpu_model']}, 1 torch thread, freed memory kept in the heap: {kept}, huge pages: {huge}, "
+             f"Machine: {result['machine']['cpu_model']}, 1 torch thread, freed memory kept in the heap: {kept}, "
              f"torch {result['machine']['torch']}, "
              f"transformers {result['machine']['transformers']}, commit {result['machine']['commit']}; "
              f"{result['load']}; load average at the end {result['machine']['loadavg']}.", "",

@@ -80,9 +80,6 @@ def main(argv=None) -> int:
     if a.steps < 2:
         ap.error("--steps must be at least 2 (the first is warm-up)")
 
-    from varpo.allocator import huge_pages
-
-    huge = huge_pages()  # as train_ppo does (runtime.huge_pages), before building the inputs allocates
     import torch
 
     torch.set_num_threads(1)
@@ -144,7 +141,7 @@ def main(argv=None) -> int:
            "size": a.size, "variant": a.variant, "steps": steps,
            "median_s": {k: statistics.median(r[k] for r in kept) for k in keys},
            "threads": torch.get_num_threads(), "loadavg_end": [round(x, 2) for x in os.getloadavg()], "ops": ops,
-           "commit": _commit(), "huge_pages": huge[0]}
+           "commit": _commit()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "profile.md").write_text(_markdown(res))
@@ -175,7 +172,7 @@ def _update_parts(trainer, exp, update, parts, profiled):
 def _markdown(res: dict) -> str:
     m = res["median_s"]
     lines = [f"# Where a varpo step's time goes: {res['variant']}, `{res['size']}`", "",
-             f"Command: `{res['command']}`; commit {res['commit']}; one torch thread; huge pages {res.get('huge_pages')}; "
+             f"Command: `{res['command']}`; commit {res['commit']}; one torch thread; "
              f"load average at the end "
              f"{res['loadavg_end']}.", "",
              "| phase | s per step (median) |", "|---|---|"]
