@@ -86,8 +86,8 @@ def model_init_context(conf: dict):
 
 def build_model(fn: Callable[[], torch.nn.Module], conf: dict) -> torch.nn.Module:
     """Call `fn()` (which builds an HF model) so that ZeRO-3 shards it while loading; its
-    activations then computed by fused kernels (varpo.models.activations)."""
-    from .models.activations import fuse_activations
+    activations then computed by fused kernels (varpo.activations)."""
+    from .activations import fuse_activations
 
     # zero.Init may build or load a C++ op too (async_io for parameters offloaded to NVMe)
     with jit_lock.watch(), model_init_context(conf) as keep:

@@ -103,7 +103,7 @@ def load_scorer(path: str | Path, cfg=None, ds_cfg=None, *, device=None, load_kw
         opts["max_length"] = model_max_length(model.backbone_config, opts["max_length"])
         model = inference_engine(model, conf)
     else:
-        from ..models.activations import fuse_activations
+        from ..activations import fuse_activations
 
         model = fuse_activations(load_reward_model(path, load_kw=load_kw))  # as build_model does
         opts["max_length"] = model_max_length(model.backbone_config, opts["max_length"])

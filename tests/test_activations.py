@@ -1,4 +1,4 @@
-"""varpo.models.activations: GPT-2's elementwise gelu_new swapped for torch's fused tanh GELU, the
+"""varpo.activations: GPT-2's elementwise gelu_new swapped for torch's fused tanh GELU, the
 same function, on every model a run builds."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from varpo.models.activations import fuse_activations
+from varpo.activations import fuse_activations
 
 
 def _gpt2(seed=0, **over):
