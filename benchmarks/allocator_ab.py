@@ -1,10 +1,8 @@
-"""One of varpo's allocator settings (varpo/allocator.py: runtime.keep_freed_memory, or with --field
-runtime.huge_pages) on against off: `varpo train-ppo` on the shared inputs of ppo_vs_trl.py
-(varpo_vanilla's settings), one fresh process per run, the two settings alternated (on, off, off, on,
-...), one torch thread each; the other setting at its default.
+"""runtime.keep_freed_memory on against off (varpo/allocator.py): `varpo train-ppo` on the shared
+inputs of ppo_vs_trl.py (varpo_vanilla's settings), one fresh process per run, the two settings
+alternated (on, off, off, on, ...), one torch thread each.
 
     python benchmarks/allocator_ab.py --out DIR                    # small preset, 4 runs x 4 steps
-    python benchmarks/allocator_ab.py --field runtime.huge_pages --runs 6 --out DIR
     python benchmarks/allocator_ab.py --size tiny --runs 2 --steps 2 --out DIR
 
 Reported per run, over the steps after the first: median wall seconds of the update phase and of the
@@ -28,15 +26,11 @@ from host import ForeignCpu, describe, machine
 SETTINGS = (True, False)
 
 
-FIELDS = ("runtime.keep_freed_memory", "runtime.huge_pages")
-
-
-def run_command(meta: dict, reward_path: str, steps: int, on: bool, out: Path,
-                field: str = "runtime.keep_freed_memory") -> list[str]:
+def run_command(meta: dict, reward_path: str, steps: int, keep: bool, out: Path) -> list[str]:
     import ppo_vs_trl
 
     over = ppo_vs_trl.varpo_overrides(meta, "varpo_vanilla", reward_path, steps, 0, 1e-5, 0.1)
-    over[field] = on
+    over["runtime.keep_freed_memory"] = keep
     sets = [x for kv in ppo_vs_trl.override_strings(over) for x in ("--set", kv)]
     # the run folder is this benchmark's scratch (OUT/runs/): a rerun of the benchmark replaces it
     return [sys.executable, "-m", "varpo.cli", "train-ppo", *sets, "--out", str(out), "--overwrite"]
@@ -51,7 +45,6 @@ def summarize_run(rows: list[dict], warmup: int = 1) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--field", default=FIELDS[0], choices=FIELDS, help="the setting turned on and off")
     ap.add_argument("--size", default="small", choices=["tiny", "small"])
     ap.add_argument("--runs", type=int, default=4, help="runs in all, settings alternated (on, off, off, on, ...)")
     ap.add_argument("--steps", type=int, default=4, help="PPO steps per run (the first is warm-up)")
@@ -73,15 +66,13 @@ def main(argv=None) -> int:
     for i in range(a.runs):
         keep = SETTINGS[(i + 1) // 2 % 2]  # on, off, off, on, on, off, ...: each setting early and late
         run_dir = out / "runs" / f"run{i}_{'on' if keep else 'off'}"
-        cmd = run_command(meta, reward, a.steps, keep, run_dir, a.field)
-        # an exported THP_MEM_ALLOC_ENABLE would win over runtime.huge_pages: the field alone decides here
-        env.pop("THP_MEM_ALLOC_ENABLE", None)
+        cmd = run_command(meta, reward, a.steps, keep, run_dir)
         watch, t0 = ForeignCpu(), time.perf_counter()
         with open(run_dir.with_suffix(".log"), "w") as log:
             log.write("$ " + shlex.join(cmd) + "\n")
             log.flush()
             rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=a.timeout).returncode
-        rec = {"run": i, "field": a.field, "on": keep, "rc": rc, "process_s": time.perf_counter() - t0,
+        rec = {"run": i, "keep_freed_memory": keep, "rc": rc, "process_s": time.perf_counter() - t0,
                "foreign_cores": watch.cores()}
         if rc == 0:
             rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -89,9 +80,9 @@ def main(argv=None) -> int:
         runs.append(rec)
         print(json.dumps(rec), flush=True)
     res = {"command": "python benchmarks/allocator_ab.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-           "machine": machine("cpu", threads=1), "field": a.field, "size": a.size, "steps": a.steps, "runs": runs, "per_setting": {}}
+           "machine": machine("cpu", threads=1), "size": a.size, "steps": a.steps, "runs": runs, "per_setting": {}}
     for keep in SETTINGS:
-        ok = [r for r in runs if r["on"] is keep and r["rc"] == 0]
+        ok = [r for r in runs if r["keep_freed_memory"] is keep and r["rc"] == 0]
         if ok:
             res["per_setting"]["on" if keep else "off"] = {k: statistics.median(r[k] for r in ok)
                                                            for k in ("update_s", "step_s", "step_cpu_s")}
@@ -101,12 +92,12 @@ def main(argv=None) -> int:
     foreign = [r["foreign_cores"] for r in runs if r["foreign_cores"] is not None]
     res["load"] = describe(max(foreign) if foreign else None)
     (out / "allocator_ab.json").write_text(json.dumps(res, indent=1) + "\n")
-    lines = [f"# {a.field}: on against off", "", f"Command: `{res['command']}`", "",
+    lines = ["# runtime.keep_freed_memory: on against off", "", f"Command: `{res['command']}`", "",
              f"`{a.size}` preset, {a.steps} steps per run (first dropped), 1 torch thread; {res['load']}.", "",
-             f"| run | {a.field} | update s (median) | step s | step CPU s | foreign cores |",
+             "| run | keep_freed_memory | update s (median) | step s | step CPU s | foreign cores |",
              "|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['run']} | {r['on']} | {r.get('update_s', '—')} | {r.get('step_s', '—')} | "
+        lines.append(f"| {r['run']} | {r['keep_freed_memory']} | {r.get('update_s', '—')} | {r.get('step_s', '—')} | "
                      f"{r.get('step_cpu_s', '—')} | {r['foreign_cores']} |")
     if "off_vs_on" in res:
         lines += ["", "off / on (median over runs): " + ", ".join(f"{k} {v:.3f}" for k, v in res["off_vs_on"].items())]

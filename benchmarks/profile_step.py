@@ -38,21 +38,15 @@ def _timed_update_parts(parts: dict[str, float]):
     def add(name, t0):
         parts[name] += time.perf_counter() - t0
 
-    def actor_step(self, loss):
-        t0 = time.perf_counter()
-        self.engine.backward(loss)
-        add("actor_backward", t0)
-        t0 = time.perf_counter()
-        self.engine.step()
-        add("actor_optimizer", t0)
-
-    def critic_step(self, loss):
-        t0 = time.perf_counter()
-        self.engine.backward(loss)
-        add("critic_backward", t0)
-        t0 = time.perf_counter()
-        self.engine.step()
-        add("critic_optimizer", t0)
+    def timed_step(role):
+        def step(self, loss):
+            t0 = time.perf_counter()
+            self.engine.backward(loss)
+            add(f"{role}_backward", t0)
+            t0 = time.perf_counter()
+            self.engine.step()
+            add(f"{role}_optimizer", t0)
+        return step
 
     def timed(name, fn):
         def call(*a, **kw):
@@ -62,8 +56,8 @@ def _timed_update_parts(parts: dict[str, float]):
             return out
         return call
 
-    actor_mod.Actor.step = actor_step
-    critic_mod.SeparateCritic.step = critic_step
+    actor_mod.Actor.step = timed_step("actor")
+    critic_mod.SeparateCritic.step = timed_step("critic")
     actor_logprobs = actor_mod.CausalLMRole.logprobs
     critic_values = critic_mod.SeparateCritic.values
     return actor_logprobs, critic_values, timed

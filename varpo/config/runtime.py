@@ -19,11 +19,3 @@ class RuntimeConfig(Section):
         "must fault in and zero on every allocation (glibc's mmap and trim thresholds raised to 1 GiB; "
         "varpo.allocator): a step's big temporaries (logits, their gradients) stop paying page faults; the process "
         "keeps its peak heap between steps. No effect outside glibc")
-    huge_pages: bool = Field(
-        False, description="CPU, opt-in: tensors of 2 MiB and more on transparent huge pages (torch's "
-        "THP_MEM_ALLOC_ENABLE, set before the run's first allocation; an exported THP_MEM_ALLOC_ENABLE wins; "
-        "varpo.allocator): a fresh 51 MB tensor is written in 4 ms instead of 18, and kept heap blocks are reused "
-        "exactly; a PPO step at ppo_vs_trl's small size did not measurably change (off/on 0.97 and 1.01 in two "
-        "alternated A/Bs), since keep_freed_memory already spares it page faults. Linux with transparent huge pages "
-        "in madvise or always mode; elsewhere, or where the process allocated before the run started, it says so "
-        "and changes nothing")

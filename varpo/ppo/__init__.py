@@ -80,8 +80,6 @@ def train_ppo(cfg, out_dir: str | Path, *, scorer=None, callbacks=(), overwrite:
         from ..allocator import keep_freed_memory
 
         keep_freed_memory()  # a step's large temporaries reuse freed heap instead of fresh pages
-    if cfg.runtime.huge_pages:
-        _huge_pages(console)
     # the data, read and checked before the process group and the engines exist
     policy_path, prompts, gold_fn, testbed = resolve_sources(cfg)
     evaluator = None
@@ -136,16 +134,3 @@ def __getattr__(name: str):
 
 __all__ = ["ExperienceMaker", "PPOTrainer", "Roles", "TrainerCallback", "TrainerControl", "build_roles",
            "resolve_eval_prompts", "resolve_sources", "train_ppo"]
-
-
-_HUGE_PAGES_SAID: set[str] = set()
-
-
-def _huge_pages(console) -> None:
-    """runtime.huge_pages: on where the process has not allocated yet; why not, once per process."""
-    from ..allocator import huge_pages
-
-    on, why = huge_pages()
-    if not on and why not in _HUGE_PAGES_SAID:
-        _HUGE_PAGES_SAID.add(why)
-        console.print(f"runtime.huge_pages: CPU tensors stay on 4 KiB pages: {why}")

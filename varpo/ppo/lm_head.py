@@ -44,12 +44,21 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
     return get() if get is not None else None
 
 
+def _plain_cpu_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The output embedding where its forward may be replaced: a plain nn.Linear on a CPU tensor whose
+    forward is not replaced already (inside another of these blocks, a nested one changes nothing)."""
+    head = output_head(model)
+    if type(head) is not torch.nn.Linear or head.weight.device.type != "cpu" or "forward" in vars(head):
+        return None
+    return head
+
+
 @contextmanager
 def transposed_head(model: torch.nn.Module):
     """Inside: the model's output embedding (`get_output_embeddings()`) runs as (W · hᵀ)ᵀ."""
-    head = output_head(model)
-    if type(head) is not torch.nn.Linear or head.weight.device.type != "cpu" or "forward" in vars(head):
-        yield  # not a plain CPU head, or already inside (a nested call restores nothing)
+    head = _plain_cpu_head(model)
+    if head is None:
+        yield
         return
     head.forward = _transposed_forward(head)
     try:
@@ -87,8 +96,8 @@ def onednn_pack(weight: torch.Tensor) -> torch.Tensor | None:
 def decode_head(model: torch.nn.Module):
     """Inside (a rollout): the output embedding runs as oneDNN's linear on a copy of the weight packed
     once on entry, or as (W · hᵀ)ᵀ where that copy cannot be made (module docstring)."""
-    head = output_head(model)
-    if type(head) is not torch.nn.Linear or head.weight.device.type != "cpu" or "forward" in vars(head):
+    head = _plain_cpu_head(model)
+    if head is None:
         yield
         return
     packed = onednn_pack(head.weight)
