@@ -15,8 +15,8 @@ class KernelsConfig(Section):
     chunk_size: int | None = Field(
         None, ge=1,
         description="rows (tokens) per chunk of the PyTorch path: its extra memory is about 3 × chunk_size × "
-                    "vocab × 4 bytes instead of the naive tokens × vocab × 4; null = 8Mi elements / vocab rows "
-                    "(≈ 32 MiB per float32 temporary). Triton ignores it",
+                    "vocab × 4 bytes instead of the naive tokens × vocab × 4; null = 0.5 Mi elements / vocab rows "
+                    "(≈ 2 MiB per float32 temporary, a core's L2 cache). Triton ignores it",
     )
     inplace_backward: bool = Field(
         True, description="the PPO update's backward writes d/dlogits into the logits buffer instead of a new "

@@ -14,7 +14,7 @@ import torch
 from ..masks import position_ids_from_mask
 from ..models.value_head import shares_trunk
 from .experience import Experience
-from .lm_head import transposed_head
+from .lm_head import cpu_head
 from .packing import PackedRow
 
 
@@ -35,7 +35,7 @@ def response_logits(model, rollout: Experience, temperature: float, with_values:
         # [B, T, V] the kernels read, with no B·T·V copy forward or backward
         keep = torch.arange(L - T - 1, L - 1, device=seq.device)
         extra = {"value_positions": keep} if with_values else {}
-        with transposed_head(model):  # the CPU head as W · hᵀ (varpo.ppo.lm_head)
+        with cpu_head(model):  # the CPU head as oneDNN's linear (varpo.ppo.lm_head)
             out = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att),
                         logits_to_keep=keep, **extra)
         logits, values = out.logits, (out.values if with_values else None)
@@ -83,7 +83,7 @@ def packed_logits(model, row: PackedRow, temperature: float, with_values: bool =
     values = None
     if _takes_logits_to_keep(model):
         extra = {"value_positions": row.keep} if with_values else {}
-        with transposed_head(model):
+        with cpu_head(model):
             out = model(**kw, logits_to_keep=row.keep, **extra)
         logits, values = out.logits, (out.values if with_values else None)
     else:

@@ -1,22 +1,25 @@
-"""The LM head on a CPU computed as (W · hᵀ)ᵀ instead of h · Wᵀ, in every forward PPO runs through
-a causal LM: decoding, the reference and rollout forwards, the update's forward and backward.
+"""The LM head on a CPU, in every forward PPO runs through a causal LM: decoding, the reference and
+rollout forwards, the update's forward and backward.
 
 The head multiplies hidden states h [N, d] by its weight W [V, d]. As h · Wᵀ (nn.Linear) the CPU
-GEMM repacks the transposed 50k × d weight on every call; as W · hᵀ it streams W as stored and packs
-only the small hᵀ, then one copy makes the [N, V] logits contiguous (the kernels read rows, and the
-update's in-place backward writes into them). Measured on one core of this machine: a 64-step
-rollout 1.55 -> 1.46 s (benchmarks/results/decode_sampling, 8 × 256 × 50k, quiet); the update's
-head over 256 rows, forward and backward, 273 -> 252 ms (forward alone 122 -> 99 ms). The result is
-the same product (every float the same sum, in another order); its gradient is autograd's.
-
-Decoding (`decode_head`, no gradient, the weight fixed for the whole rollout) goes one step further
-where this torch has oneDNN: the weight is reordered once per rollout into oneDNN's blocked layout
-(12 ms at 50k × 256) and every step's head is oneDNN's linear on it: 4.8 ms against 7.4 ms as W · hᵀ
-for 8 rows on one core of this machine (micro-benchmark, quiet), the same product to float rounding.
-Not under ZeRO-3 (a sharded weight is gathered per forward, after the rollout has begun).
+GEMM repacks the transposed 50k × d weight inside every call and runs below its peak. Where this
+torch has oneDNN, the weight is reordered into oneDNN's blocked layout and the product is oneDNN's
+linear on it, whose [N, V] output is contiguous as the kernels need (they read rows, and the
+update's in-place backward writes into them):
+- decoding (`decode_head`, no gradient, the weight fixed for the whole rollout) reorders once per
+  rollout: 4.8 ms against 7.4 ms as W · hᵀ for 8 rows on one core of this machine;
+- every other forward (`cpu_head`: the update's, whose weight changes at every optimizer step, the
+  reference's, the rollout's) reorders once per call (11 ms at 50k × 256) and differentiates by two
+  plain products (dh = g · W, dW = gᵀ · h): 256 rows 96 → 74 ms, 512 rows 184 → 138 ms against
+  (W · hᵀ)ᵀ and its copy (micro-benchmark at 50k × 256, one core of this machine, quiet).
+Without oneDNN (or for a non-float32 weight) `cpu_head` computes (W · hᵀ)ᵀ: W streamed as stored, the
+small hᵀ packed, one copy to make the logits contiguous (a 64-step rollout 1.55 → 1.46 s, the
+update's head 273 → 252 ms against h · Wᵀ). Each is the same product to float rounding; the
+gradients are float64-checked (tests/ppo/test_lm_head.py).
+Not under ZeRO-3 (a sharded weight is gathered per forward): (W · hᵀ)ᵀ there.
 
 Only for a plain `nn.Linear` head on a CPU tensor (a LoRA-wrapped or quantized head keeps its own
-forward) and only inside `with transposed_head(model):` / `with decode_head(model):`."""
+forward) and only inside `with cpu_head(model):` / `with decode_head(model):`."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -53,38 +56,75 @@ def _plain_cpu_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     return head
 
 
+class _PackedLinear(torch.autograd.Function):
+    """h · Wᵀ (+ b) as oneDNN's linear on W reordered for this call; the gradients as plain products
+    (the reordered copy is a temporary, freed when the forward returns)."""
+
+    @staticmethod
+    def forward(ctx, rows, weight, bias):
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows.shape[0])
+        ctx.save_for_backward(rows, weight)
+        return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        rows, weight = ctx.saved_tensors
+        need_rows, need_weight, need_bias = ctx.needs_input_grad
+        return (g @ weight if need_rows else None, g.t() @ rows if need_weight else None,
+                g.sum(0) if need_bias else None)
+
+
+def _packed_forward(head: torch.nn.Linear, packed: torch.Tensor | None = None):
+    """oneDNN's linear: on `packed` (reordered once, by decode_head) where no gradient is needed,
+    else on the weight reordered per call, differentiable; (W · hᵀ)ᵀ for an input oneDNN's linear
+    does not take here (no rows, another dtype than the weight's)."""
+    transposed = _transposed_forward(head)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != head.weight.dtype or x.numel() == 0:
+            return transposed(x)
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        if packed is not None and not (torch.is_grad_enabled() and (x.requires_grad or head.weight.requires_grad)):
+            out = torch.ops.mkldnn._linear_pointwise(rows, packed, head.bias, "none", [], "")
+        else:
+            out = _PackedLinear.apply(rows, head.weight, head.bias)
+        return out.reshape(*x.shape[:-1], head.weight.shape[0])
+
+    return forward
+
+
+def _can_pack(weight: torch.Tensor) -> bool:
+    """oneDNN's linear applies: this torch has it, a float32 CPU weight that is not a ZeRO-3 shard."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and weight.dtype == torch.float32 and weight.device.type == "cpu" and not hasattr(weight, "ds_id"))
+
+
 @contextmanager
-def transposed_head(model: torch.nn.Module):
-    """Inside: the model's output embedding (`get_output_embeddings()`) runs as (W · hᵀ)ᵀ."""
-    head = _plain_cpu_head(model)
-    if head is None:
-        yield
-        return
-    head.forward = _transposed_forward(head)
+def _replaced_forward(head: torch.nn.Linear, forward):
+    head.forward = forward
     try:
         yield
     finally:
         del head.forward  # back to the class's forward
 
 
-def _onednn_forward(head: torch.nn.Linear, packed: torch.Tensor):
-    transposed = _transposed_forward(head)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or head.weight.requires_grad):
-            return transposed(x)  # the packed copy has no gradient: a differentiated forward keeps W · hᵀ
-        rows = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(rows, packed, head.bias, "none", [], "")
-        return out.reshape(*x.shape[:-1], head.weight.shape[0])
-
-    return forward
+@contextmanager
+def cpu_head(model: torch.nn.Module):
+    """Inside: the model's output embedding (`get_output_embeddings()`) runs as oneDNN's linear on its
+    weight reordered per call, or as (W · hᵀ)ᵀ where oneDNN does not apply (module docstring)."""
+    head = _plain_cpu_head(model)
+    if head is None:
+        yield
+        return
+    with _replaced_forward(head, _packed_forward(head) if _can_pack(head.weight) else _transposed_forward(head)):
+        yield
 
 
 def onednn_pack(weight: torch.Tensor) -> torch.Tensor | None:
     """The weight reordered for oneDNN's linear (a copy), or None where this torch cannot: no oneDNN,
     not float32, a ZeRO-3 shard."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")) \
-            or weight.dtype != torch.float32 or weight.device.type != "cpu" or hasattr(weight, "ds_id"):
+    if not _can_pack(weight):
         return None
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8)
@@ -95,18 +135,16 @@ def onednn_pack(weight: torch.Tensor) -> torch.Tensor | None:
 @contextmanager
 def decode_head(model: torch.nn.Module):
     """Inside (a rollout): the output embedding runs as oneDNN's linear on a copy of the weight packed
-    once on entry, or as (W · hᵀ)ᵀ where that copy cannot be made (module docstring)."""
+    once on entry (a differentiated forward inside reorders per call, as cpu_head), or as cpu_head
+    where that copy cannot be made (module docstring)."""
     head = _plain_cpu_head(model)
     if head is None:
         yield
         return
     packed = onednn_pack(head.weight)
     if packed is None:
-        with transposed_head(model):
+        with cpu_head(model):
             yield
         return
-    head.forward = _onednn_forward(head, packed)
-    try:
+    with _replaced_forward(head, _packed_forward(head, packed)):
         yield
-    finally:
-        del head.forward
