@@ -90,3 +90,23 @@ def test_sync_into_a_tied_head_model_follows_the_actor(setup, blocks, n_buckets)
     assert gap(before) > 50 * TOL, "the perturbation must be visible in the log-probs"
     engine.sync_weights(actor)
     assert gap(engine.generate(ids, mask, step=5)) < TOL
+    if engine.inline:  # the parameters themselves were handed over: the engine must hold its own copy
+        synced = engine.generate(ids, mask, step=5)
+        with torch.no_grad():
+            for p in actor.parameters():
+                p.mul_(-1.0)
+        try:
+            again = engine.generate(ids, mask, step=5)
+        finally:
+            with torch.no_grad():
+                for p in actor.parameters():
+                    p.mul_(-1.0)
+        assert torch.equal(again.response_ids, synced.response_ids) and torch.equal(again.logp, synced.logp)
+    # the tied head runs from the packing the reload made for the embedding (the same tensor), not a second one
+    assert engine.llm.collective_rpc(_head_shares_the_embeddings_packing) == [True]
+
+
+def _head_shares_the_embeddings_packing(worker) -> bool:
+    model = worker.model_runner.get_model()
+    return model.lm_head.weight is model.transformer.wte.weight and model.lm_head.cpu_linear is model.transformer.wte.cpu_linear
+

@@ -43,7 +43,8 @@ torch threads and inside its one-process torch.distributed world. That removes w
 child layout slow on a small CPU machine: two process starts that each import vLLM and torch
 again (most of a 30–130 s start-up), and per decode step a round trip trainer -> engine core ->
 worker and back, each hop waiting for its process to be scheduled (on busy cores a time slice
-apiece). The weight sync then hands the worker its buckets without leaving the process."""
+apiece). The weight sync then hands the worker the parameters themselves, which it copies into its
+own weights (no host copies, no bytes)."""
 from __future__ import annotations
 
 import os
@@ -313,11 +314,14 @@ class VLLMRolloutEngine:
         self._wake(["weights"])
         for bucket in weight_buckets(named, self.v.sync_bucket_mb * 2**20):
             with _gathered([p for _, p in bucket], zero3):
-                # host copies: they leave this process (and the engine must not see later updates)
-                weights = [(name, p.detach().to("cpu", copy=True)) for name, p in bucket]
-            loaded = self.llm.collective_rpc("varpo_load_weights", args=(pack(weights),))
-            if any(n != len(weights) for n in loaded):
-                raise RuntimeError(f"vLLM workers loaded {loaded} tensors of a bucket of {len(weights)}")
+                if self.inline:  # the worker copies them into its own weights before the call returns
+                    loaded = self.llm.collective_rpc("varpo_load_tensors", args=([(n, p.detach()) for n, p in bucket],))
+                else:  # host copies: they leave this process (and the engine must not see later updates)
+                    weights = [(name, p.detach().to("cpu", copy=True)) for name, p in bucket]
+            if not self.inline:
+                loaded = self.llm.collective_rpc("varpo_load_weights", args=(pack(weights),))
+            if any(n != len(bucket) for n in loaded):
+                raise RuntimeError(f"vLLM workers loaded {loaded} tensors of a bucket of {len(bucket)}")
         self.llm.collective_rpc("varpo_finish_sync")
         if self.sleep and self._asleep:
             self.llm.wake_up()  # the rest: KV cache and scheduling
