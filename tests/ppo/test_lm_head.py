@@ -172,3 +172,13 @@ def test_no_rows_and_another_dtype_take_the_plain_product(path):
         x = torch.randn(2, 5, generator=g, dtype=torch.float64)
         with pytest.raises(RuntimeError):  # as nn.Linear itself: a float64 input of a float32 head is refused
             head(x)
+
+
+def test_flop_counter_sees_the_head(path):
+    """torch's FlopCounterMode counts the head's product on either path: 2 · rows · V · d."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    head = _head(53, 12, False, torch.Generator().manual_seed(2))
+    with cpu_head(_LM(head)), FlopCounterMode(display=False) as fc:
+        head(torch.randn(3, 5, 12))
+    assert fc.get_total_flops() == 2 * 15 * 53 * 12

@@ -46,9 +46,11 @@ def test_draws_follow_the_softmax(V, n_masked, scale):
 
 
 def test_a_tiny_probability_keeps_its_mass():
-    """A token of probability 2e-8 next to one of ~1: in a float32 running sum its interval would be
-    empty; in float64 it is drawn for exactly the uniforms that fall in it."""
-    logits = torch.tensor([[0.0, math.log(2e-8), -1.0]])
+    """A token of probability 2e-8 after one of mass 1: in a float32 running sum (1 + 2e-8 = 1) its
+    interval would be empty; in float64 it is drawn for exactly the uniforms that fall in it. The
+    other tokens' probabilities are exact in float32 (exp 0 = 1), so the interval's place does not
+    depend on how the sampler rounds them."""
+    logits = torch.tensor([[0.0, math.log(2e-8), 0.0]])
     p = _softmax64(logits)[0]
     lo, hi = p[0], p[0] + p[1]
     # uniforms the sampler scales by the total mass (1 up to rounding): inside token 1's interval
@@ -78,6 +80,31 @@ def test_given_uniforms_are_the_generators_draws():
     cdf = np.cumsum(_softmax64(logits), -1)
     want = [int(np.searchsorted(cdf[i], float(u[i]) * cdf[i, -1], side="right")) for i in range(7)]
     assert inside.view(-1).tolist() == want
+
+
+@pytest.mark.parametrize("V", [255, 256, 257, 777, 2 * 256 + 3])
+def test_every_draw_lies_in_its_tokens_interval_across_blocks(V):
+    """Many uniforms per row, vocabularies around and across the two-level search's block size, a
+    masked tail and masked tokens inside blocks: each drawn token is one whose float64 interval
+    [cdf_{k-1}, cdf_k) holds u·total (to 1e-9 of the total: the sampler's probabilities are float32)
+    and never one of probability 0."""
+    g = torch.Generator().manual_seed(V)
+    logits = torch.randn(5, V, generator=g) * 2
+    logits[:, V // 2:] = float("-inf")  # the second half impossible: whole blocks of zero mass
+    logits[:, torch.randperm(V // 2, generator=g)[: V // 8]] = float("-inf")
+    logits[4, 1:] = float("-inf")  # one row: a single possible token
+    logits[4, 0] = 0.0
+    us = torch.rand(64, 5, dtype=torch.float64, generator=g)
+    us[0] = 1.0 - 2.0 ** -53  # the largest uniform below 1
+    us[1] = 0.0
+    cdf = np.cumsum(_softmax64(logits), -1)
+    for u in us:
+        got = sample_inverse_cdf(logits, uniforms=u).view(-1).numpy()
+        for row in range(5):
+            k, x = int(got[row]), float(u[row]) * cdf[row, -1]
+            assert np.isfinite(float(logits[row, k])), (row, k, "a token of probability 0")
+            lo = cdf[row, k - 1] if k else 0.0
+            assert lo - 1e-9 <= x <= cdf[row, k] + 1e-9, (row, k, x, lo, cdf[row, k])
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,22 @@ def _plain_cpu_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     return head
 
 
+def _register_flops() -> None:
+    """torch.utils.flop_counter counts aten's products only: without this, a FlopCounterMode around a
+    forward would not see the head (2 · rows · V · d), the largest product of a small model."""
+    import math
+
+    from torch.utils.flop_counter import register_flop_formula
+
+    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def _linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * math.prod(x_shape) * out_shape[-1]
+
+
+if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    _register_flops()
+
+
 class _PackedLinear(torch.autograd.Function):
     """h · Wᵀ (+ b) as oneDNN's linear on W reordered for this call; the gradients as plain products
     (the reordered copy is a temporary, freed when the forward returns)."""

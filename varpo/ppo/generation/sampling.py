@@ -17,19 +17,47 @@ from __future__ import annotations
 import torch
 
 
+BLOCK = 256  # vocabulary entries per block of the two-level search
+
+
 def sample_inverse_cdf(logits: torch.Tensor, generator: torch.Generator | None = None,
                        uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """[B, V] logits (−inf: impossible) -> [B, 1] token ids drawn from softmax(logits), with one
-    uniform in [0, 1) per row (`uniforms` [B], float64, or drawn from `generator`). The cumulative
-    sum runs in float64: in float32 a token of probability below half a unit in the last place of
-    the running sum (6e-8 near 1) would be dropped, 1.5e-3 of mass at worst over 50k tokens."""
-    p = (logits - logits.amax(-1, keepdim=True)).double().exp()
-    cdf = p.cumsum(-1)
+    uniform in [0, 1) per row (`uniforms` [B], float64, or drawn from `generator`).
+
+    The probabilities are exp(x − max) in the logits' float32 (each rounded by at most 6e-8 of
+    itself, as the logits were); every sum over them runs in float64: in a float32 running sum a
+    token of probability below half a unit in the last place (6e-8 near 1) would be dropped,
+    1.5e-3 of mass at worst over 50k tokens. The search is two-level: the row's mass per block of
+    BLOCK entries, the block where the scaled uniform falls, then the running sum of that block
+    alone, instead of a running sum over the whole vocabulary (at 8 × 50k on one core: 1.38 -> 0.70
+    ms per decoding step, micro-benchmark, quiet)."""
+    B, V = logits.shape
+    p = (logits - logits.amax(-1, keepdim=True)).exp_()
+    n_blocks = -(-V // BLOCK)
+    if n_blocks * BLOCK != V:
+        p = torch.nn.functional.pad(p, (0, n_blocks * BLOCK - V))  # zeros: never drawn
+    blocks = p.view(B, n_blocks, BLOCK)
+    mass = blocks.sum(-1, dtype=torch.float64)
+    cum_blocks = mass.cumsum(-1)
     if uniforms is None:
-        uniforms = torch.rand(logits.shape[0], dtype=torch.float64, device=logits.device, generator=generator)
-    u = uniforms.to(cdf.device, torch.float64).reshape(-1, 1) * cdf[:, -1:]
-    # the first token whose cumulative mass exceeds u: a zero-probability token never does
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=logits.shape[-1] - 1)
+        uniforms = torch.rand(B, dtype=torch.float64, device=logits.device, generator=generator)
+    u = uniforms.to(logits.device, torch.float64).reshape(-1, 1) * cum_blocks[:, -1:]
+    # the first block, then the first token in it, whose cumulative mass exceeds u: a zero-probability
+    # token never does. Where rounding leaves u at or past a block's end, the block's last possible
+    # token (never an impossible one, nor the padding).
+    b = torch.minimum(torch.searchsorted(cum_blocks, u, right=True), _last_positive(mass))
+    rows = blocks[torch.arange(B, device=p.device), b.squeeze(1)]
+    before = torch.where(b > 0, cum_blocks.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(u))
+    inner = rows.cumsum(-1, dtype=torch.float64) + before
+    j = torch.minimum(torch.searchsorted(inner, u, right=True), _last_positive(rows))
+    return b * BLOCK + j
+
+
+def _last_positive(x: torch.Tensor) -> torch.Tensor:
+    """[B, n] -> [B, 1]: the index of each row's last entry above 0."""
+    idx = torch.arange(x.shape[-1], device=x.device)
+    return torch.where(x > 0, idx, -1).amax(-1, keepdim=True)
 
 
 class InverseCDFSampler:
