@@ -102,6 +102,8 @@ def test_sync_into_a_tied_head_model_follows_the_actor(setup, blocks, n_buckets)
                 for p in actor.parameters():
                     p.mul_(-1.0)
         assert torch.equal(again.response_ids, synced.response_ids) and torch.equal(again.logp, synced.logp)
+    # every block's gelu_new runs as torch's one-kernel tanh GELU (vLLM shares one module among the blocks)
+    assert engine.fused_activations >= 1 and engine.llm.collective_rpc(_blocks_run_the_fused_gelu) == [True]
     # the tied head runs from the packing the reload made for the embedding (the same tensor), not a second one
     assert engine.llm.collective_rpc(_head_shares_the_embeddings_packing) == [True]
 
@@ -109,4 +111,11 @@ def test_sync_into_a_tied_head_model_follows_the_actor(setup, blocks, n_buckets)
 def _head_shares_the_embeddings_packing(worker) -> bool:
     model = worker.model_runner.get_model()
     return model.lm_head.weight is model.transformer.wte.weight and model.lm_head.cpu_linear is model.transformer.wte.cpu_linear
+
+
+def _blocks_run_the_fused_gelu(worker) -> bool:
+    from varpo.ppo.generation.vllm_worker import _tanh_gelu
+
+    blocks = worker.model_runner.get_model().transformer.h
+    return len(blocks) == N_LAYER and all(b.mlp.act._forward_method is _tanh_gelu for b in blocks)
 

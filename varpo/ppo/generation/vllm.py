@@ -272,6 +272,7 @@ class VLLMRolloutEngine:
                 torch.set_num_threads = set_threads
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
+        self.fused_activations = sum(self.llm.collective_rpc("varpo_fuse_activations"))
         self._asleep = False
 
     # ------------------------------------------------------------------ sleep mode (GPU)
