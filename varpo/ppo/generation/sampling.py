@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-
 BLOCK = 256  # vocabulary entries per block of the two-level search
 
 
