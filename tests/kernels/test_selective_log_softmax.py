@@ -178,6 +178,28 @@ def test_chunk_boundaries_agree(chunk):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("with_entropy", [False, True])
+def test_default_chunks_against_float64(with_entropy):
+    """The default chunking (chunk_size=None): cache-sized chunks for the forward with entropy and
+    for the backward, large ones for the forward without entropy; at a vocabulary where those are a
+    few rows (V = 50001: 10 rows, 167 rows), 37 rows span several of each. Log-probs, entropy and
+    the gradient against float64."""
+    gen = torch.Generator().manual_seed(37)
+    x, ids = _inputs(gen, (37,), 50001, torch.float32)
+    xg = x.clone().requires_grad_()
+    out = selective_log_softmax(xg, ids, backend="torch", return_entropy=with_entropy)
+    lp, h = out if with_entropy else (out, None)
+    ref_lp, ref_h = ref_log_softmax_np(x, ids)
+    _close(lp, ref_lp)
+    if with_entropy:
+        _close(h, ref_h, rtol=1e-5, atol=1e-5)
+    g = torch.randn(37, generator=gen)
+    (lp * g).sum().backward()
+    x64 = x.double().requires_grad_()
+    (torch.log_softmax(x64, -1).gather(-1, ids[:, None]).squeeze(-1) * g.double()).sum().backward()
+    torch.testing.assert_close(xg.grad.double(), x64.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_bad_inputs_are_named():
     x = torch.randn(3, 10)
     with pytest.raises(ValueError, match=r"ids must lie in \[0, 10\).*\[0, 10\]"):
