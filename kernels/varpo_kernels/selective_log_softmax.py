@@ -30,10 +30,6 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # entropy 10 → 9 ms; the backward 17 ms either way. Two threads: 20.6 → 14.1 ms. Below ~0.25 Mi
 # elements per chunk Python's per-chunk calls begin to cost.
 CHUNK_ELEMENTS = 2**19
-# ... except the forward without entropy: one fused log_softmax per chunk, which reads each row once
-# from the cache anyway, so large chunks (≈ 8 Mi elements, 32 MiB per temporary) only save Python
-# calls: 1024 × 32000 at two threads 14 ms in 0.5 Mi chunks against 9 ms in 8 Mi ones.
-LOG_SOFTMAX_CHUNK_ELEMENTS = 8 * 2**20
 
 
 def _out_dtype(x: torch.Tensor) -> torch.dtype:
@@ -148,10 +144,10 @@ def _torch_backward(x, ids, lse, ent, g_logp, g_ent, chunk: int, out: torch.Tens
 
 class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, ids, chunk, backward_chunk, with_entropy, inplace):
+    def forward(ctx, x, ids, chunk, with_entropy, inplace):
         logp, lse, ent = _torch_forward(x, ids, chunk, with_entropy)
         ctx.save_for_backward(x, ids, lse, ent if with_entropy else None)
-        ctx.chunk, ctx.inplace = backward_chunk, inplace
+        ctx.chunk, ctx.inplace = chunk, inplace
         # an output the loss does not use (entropy logged only) gets None, not zeros: the
         # backward then skips its term instead of multiplying it by 0
         ctx.set_materialize_grads(False)
@@ -165,12 +161,12 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
         x, ids, lse, ent = ctx.saved_tensors
         g_ent = rest[0] if rest else None
         if g_logp is None and g_ent is None:
-            return None, None, None, None, None, None
+            return None, None, None, None, None
         out = x if ctx.inplace else torch.empty_like(x)
         _torch_backward(x, ids, lse, ent, _as(g_logp, lse), _as(g_ent, lse), ctx.chunk, out)
         if ctx.inplace:
             torch.autograd.graph.increment_version(x)
-        return out, None, None, None, None, None
+        return out, None, None, None, None
 
 
 def _as(g, ref):
@@ -195,18 +191,15 @@ def selective_log_softmax(
     when `return_entropy`. Differentiable w.r.t. the logits (both outputs). backend: "auto"
     (Triton on CUDA, chunked PyTorch otherwise), "triton" (CUDA, or CPU under TRITON_INTERPRET=1)
     or "torch". chunk_size: rows per chunk of the PyTorch path (its extra memory is about
-    3 × chunk_size × V × 4 bytes); None = CHUNK_ELEMENTS // V rows (≈ 2 MiB per temporary; the
-    forward without entropy LOG_SOFTMAX_CHUNK_ELEMENTS // V);
+    3 × chunk_size × V × 4 bytes); None = CHUNK_ELEMENTS // V rows (≈ 2 MiB per temporary);
     ignored by Triton. inplace_backward: the backward writes the
     gradient into the logits' own storage (saves an N × V buffer; the logits are overwritten).
     """
     _check_inputs(logits, ids)
     lead = ids.shape
     V = logits.shape[-1]
-    backward_chunk = chunk_size
     if chunk_size is None:
-        backward_chunk = max(1, CHUNK_ELEMENTS // V)
-        chunk_size = backward_chunk if return_entropy else max(1, LOG_SOFTMAX_CHUNK_ELEMENTS // V)
+        chunk_size = max(1, CHUNK_ELEMENTS // V)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be ≥ 1 (rows per chunk) or None, got {chunk_size}")
     if inplace_backward and not logits.is_contiguous():
@@ -219,8 +212,7 @@ def selective_log_softmax(
         fn = triton_module("selective_log_softmax").TritonSelectiveLogSoftmax.apply
         out = fn(x, flat_ids, return_entropy, inplace_backward)
     else:
-        out = _ChunkedSelectiveLogSoftmax.apply(x, flat_ids, int(chunk_size), int(backward_chunk), return_entropy,
-                                                inplace_backward)
+        out = _ChunkedSelectiveLogSoftmax.apply(x, flat_ids, int(chunk_size), return_entropy, inplace_backward)
     if return_entropy:
         return out[0].reshape(lead), out[1].reshape(lead)
     return out.reshape(lead)

@@ -180,10 +180,8 @@ def test_chunk_boundaries_agree(chunk):
 
 @pytest.mark.parametrize("with_entropy", [False, True])
 def test_default_chunks_against_float64(with_entropy):
-    """The default chunking (chunk_size=None): cache-sized chunks for the forward with entropy and
-    for the backward, large ones for the forward without entropy; at a vocabulary where those are a
-    few rows (V = 50001: 10 rows, 167 rows), 37 rows span several of each. Log-probs, entropy and
-    the gradient against float64."""
+    """The default chunking (chunk_size=None, cache-sized chunks): at V = 50001 a chunk is 10 rows,
+    so 37 rows span four, forward and backward. Log-probs, entropy and the gradient against float64."""
     gen = torch.Generator().manual_seed(37)
     x, ids = _inputs(gen, (37,), 50001, torch.float32)
     xg = x.clone().requires_grad_()
