@@ -1,6 +1,7 @@
-"""Loaded inside vLLM's worker process (`worker_extension_cls`): the receiving end of the weight
-sync. vLLM's RPC encodes a tensor nested in plain arguments as a bare [dtype, shape, data] list,
-so the trainer sends raw bytes with their dtype and shape, and they become tensors here."""
+"""Loaded inside vLLM's worker (`worker_extension_cls`): the receiving end of the weight sync, and
+the CPU engine's fused GELU. Across processes vLLM's RPC encodes a tensor nested in plain arguments
+as a bare [dtype, shape, data] list, so the trainer sends raw bytes with their dtype and shape, and
+they become tensors here; an inline engine (the trainer's own process) is handed the tensors."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -62,12 +63,13 @@ class WeightSyncExtension:
         from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
         layers = _cpu_gemm_layers(self)
-        fresh = [m for m in layers if before.get(id(m)) is not None and m.cpu_linear is not before[id(m)]]
+        # packed again by the reload in this sync: their packed copy is no longer the one seen before it
+        fresh = {id(m): m for m in layers if id(m) in before and m.cpu_linear is not before[id(m)]}
         n = 0
         for module in layers:
-            if any(module is m for m in fresh):
+            if id(module) in fresh:
                 continue
-            twin = next((m for m in fresh if m.weight is module.weight), None)
+            twin = next((m for m in fresh.values() if m.weight is module.weight), None)
             if twin is not None:
                 module.cpu_linear = twin.cpu_linear
             else:
@@ -75,13 +77,12 @@ class WeightSyncExtension:
                 n += 1
         return n
 
-
     def varpo_fuse_activations(self) -> int:
         """On a CPU, vLLM runs GPT-2's `gelu_new` (its NewGELU) as the six-operation formula of its
         native path; torch's `gelu(approximate="tanh")` is the same function in one kernel, as
         varpo.activations does for the trainer's models (one rollout at ppo_vs_trl's small size:
-        27 -> 9 ms). Returns how many modules now run it (vLLM may share one among the blocks); 0 on a GPU (vLLM's own kernel) or where
-        this vLLM's CustomOp has no per-module forward to replace."""
+        27 -> 9 ms). Returns how many modules now run it (vLLM may share one among the blocks); 0 on
+        a GPU (vLLM's own kernel) or where this vLLM's CustomOp has no per-module forward to replace."""
         from vllm.platforms import current_platform
 
         if not current_platform.is_cpu():
