@@ -101,7 +101,7 @@ def test_rollout_values_come_from_the_actor_trunk(make_cfg, prompts, tmp_path, w
 
 @pytest.mark.parametrize("from_generate", [True, False], ids=["gen_logprobs", "actor_forward"])
 def test_one_actor_forward_per_minibatch_gives_logits_and_values(make_cfg, prompts, tmp_path, word_scorer,
-                                                                  from_generate):
+                                                                  from_generate, monkeypatch):
     """Forwards of one step (batch 8, minibatch 4, 2 epochs): the update runs the actor once per
     minibatch (4) and every such forward feeds the value head; the rollout adds one actor forward
     per chunk (2): a trunk forward for the values when the old log-probs come from generate, else
@@ -109,13 +109,22 @@ def test_one_actor_forward_per_minibatch_gives_logits_and_values(make_cfg, promp
     cfg = make_cfg("model.critic=shared_trunk", "ppo.steps=1",
                    f"generation.logprobs_from_generate={str(from_generate).lower()}")
     tr = _trainer(cfg, tmp_path, prompts, word_scorer())
+    from varpo.models import last_block
+
     calls = {"actor": 0, "head": 0}
     module = tr.actor.module
+    trunk = last_block.trunk(module.policy)
+    assert trunk is not None  # GPT-2: the forwards run its last block at the kept positions
+    # the actor forwards: each one runs the trunk through last_block.hidden_at (generate runs the causal
+    # LM's own forward, not counted)
+    hidden_at = last_block.hidden_at
+    monkeypatch.setattr(last_block, "hidden_at", lambda base, *a: (
+        calls.__setitem__("actor", calls["actor"] + (base is trunk)), hidden_at(base, *a))[1])
     module.register_forward_pre_hook(lambda m, a: calls.__setitem__("actor", calls["actor"] + 1))
     module.value_head.register_forward_pre_hook(lambda m, a: calls.__setitem__("head", calls["head"] + 1))
     m = tr.train_step()
     assert m["value_loss"] > 0
-    assert calls["actor"] == calls["head"] == 2 + 4  # generate runs on the causal LM inside, not counted
+    assert calls["actor"] == calls["head"] == 2 + 4
 
 
 def test_shared_trunk_trains_and_exports(make_cfg, prompts, tmp_path, word_scorer):

@@ -12,7 +12,11 @@ Conventions (verl's, with two differences that make the count what varpo actuall
   inputs and of the weights);
 - differences from verl: the embedding lookup is not a matrix product (verl counts 2·V·H per token
   for it), and the LM head counts only at the positions whose logits are computed (varpo keeps only
-  those that predict response tokens; generate, only the last position of each forward).
+  those that predict response tokens; generate, only the last position of each forward);
+- where the trunk's last block runs at the kept positions only (`last_block_at_kept`,
+  varpo.models.last_block), a forward given `kept` counts that block's query, key and value
+  projections at every token and the rest of it (attention of the kept queries, output projection,
+  MLP) and a value head at the kept positions only.
 `torch.utils.flop_counter.FlopCounterMode` counts the same for a model run on the same layout
 (tests/models/test_flops.py checks it on tiny Llama, GPT-2, Qwen2 and Mistral models)."""
 from __future__ import annotations
@@ -35,6 +39,7 @@ class ModelShape:
     gated_mlp: bool  # gate, up and down projections (Llama, Qwen2, Mistral) or up and down (GPT-2)
     sliding_window: int | None = None  # tokens each position attends to at most (Mistral), None: all
     param_bytes: int = 4  # bytes per weight (float32 4, bfloat16 2)
+    last_block_at_kept: bool = False  # PPO's forwards run the last block at the kept positions only
 
     @classmethod
     def from_config(cls, config, param_bytes: int = 4) -> ModelShape:
@@ -68,6 +73,11 @@ class ModelShape:
         return q_o + k_v + (3 if self.gated_mlp else 2) * self.hidden * self.intermediate
 
     @property
+    def qkv_params(self) -> int:
+        """Weights of one block's query, key and value projections."""
+        return self.hidden * (self.heads + 2 * self.kv_heads) * self.head_dim
+
+    @property
     def body_flops_per_token(self) -> int:
         """The blocks' linear layers for one token (attention scores apart)."""
         return 2 * self.layers * self.layer_matmul_params
@@ -98,23 +108,30 @@ def _ints(xs: Iterable) -> list[int]:
 
 
 def forward_flops(shape: ModelShape, seq_lens: Iterable[int], lm_head_positions: int = 0,
-                  value_head: bool = False) -> int:
+                  value_head: bool = False, kept: Iterable[int] | None = None) -> int:
     """One forward over sequences of `seq_lens` tokens (each attends within itself): the blocks,
     the attention, the LM head at `lm_head_positions` positions in all, and with `value_head` a
-    hidden -> 1 head at every position (a critic's)."""
+    hidden -> 1 head at every position (a critic's). `kept`: per sequence, how many positions PPO
+    reads (its response tokens); where `shape.last_block_at_kept`, the last block and the value head
+    count at those only (module docstring)."""
     lens = _ints(seq_lens)
     tokens = sum(lens)
-    flops = tokens * shape.body_flops_per_token + lm_head_positions * shape.lm_head_flops
-    flops += sum(shape.attention_flops(n, shape.window(n)) for n in lens)
-    if value_head:
-        flops += 2 * shape.hidden * tokens
-    return flops
+    flops = lm_head_positions * shape.lm_head_flops
+    if kept is None or not shape.last_block_at_kept:
+        flops += tokens * shape.body_flops_per_token + sum(shape.attention_flops(n, shape.window(n)) for n in lens)
+        return flops + (2 * shape.hidden * tokens if value_head else 0)
+    kept = _ints(kept)
+    layer = shape.attention_flops(1, 1) // shape.layers  # one block's QKᵀ and PV per query and key
+    flops += tokens * 2 * ((shape.layers - 1) * shape.layer_matmul_params + shape.qkv_params)
+    flops += sum(kept) * 2 * (shape.layer_matmul_params - shape.qkv_params)
+    flops += sum((shape.layers - 1) * layer * n * shape.window(n) + layer * k * shape.window(n) for n, k in zip(lens, kept))
+    return flops + (2 * shape.hidden * sum(kept) if value_head else 0)
 
 
 def training_flops(shape: ModelShape, seq_lens: Iterable[int], lm_head_positions: int = 0,
-                   value_head: bool = False) -> int:
+                   value_head: bool = False, kept: Iterable[int] | None = None) -> int:
     """Forward and backward (3× the forward)."""
-    return 3 * forward_flops(shape, seq_lens, lm_head_positions, value_head)
+    return 3 * forward_flops(shape, seq_lens, lm_head_positions, value_head, kept)
 
 
 def generation_flops(shape: ModelShape, prompt_lens: Iterable[int], new_tokens: Iterable[int]) -> int:

@@ -20,8 +20,10 @@ def zero_value_head(model: nn.Module) -> nn.Linear:
     return head
 
 
-def _values(v: torch.Tensor) -> torch.Tensor:
-    """Values in float32 (from half precision too); a float64 model keeps float64 (exactness tests)."""
+def values_of(head: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """Values [B, n] of last hidden states h [B, n, d] (after the trunk's final norm): in float32
+    (from half precision too); a float64 model keeps float64 (exactness tests)."""
+    v = head(h.to(head.weight.dtype)).squeeze(-1)
     return v if v.dtype == torch.float64 else v.float()
 
 
@@ -38,7 +40,7 @@ class ValueModel(nn.Module):
         # boundaries off restarting position ids (varpo.ppo.packing)
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
-        return _values(self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1))
+        return values_of(self.value_head, h)
 
 
 class PolicyWithValueHead(nn.Module):
@@ -65,9 +67,7 @@ class PolicyWithValueHead(nn.Module):
         # the last entry of hidden_states is the trunk's output after its final norm, i.e. the
         # last_hidden_state a separate critic's AutoModel gives (the input of the LM head)
         out = self.policy(**kw, output_hidden_states=True)
-        h = out.hidden_states[-1][:, value_positions]
-        values = _values(self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1))
-        return LogitsAndValues(out.logits, values)
+        return LogitsAndValues(out.logits, values_of(self.value_head, out.hidden_states[-1][:, value_positions]))
 
 
 class LogitsAndValues(NamedTuple):

@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 
 from ..masks import position_ids_from_mask
-from ..models.value_head import shares_trunk
+from ..models import last_block
+from ..models.value_head import ValueModel, causal_lm, shares_trunk, values_of
 from .experience import Experience
-from .lm_head import cpu_head
+from .lm_head import cpu_head, output_head
 from .packing import PackedRow
 
 
@@ -34,17 +35,40 @@ def response_logits(model, rollout: Experience, temperature: float, with_values:
         # tensor, not the last T + 1 then a slice) makes the LM head's output the contiguous
         # [B, T, V] the kernels read, with no B·T·V copy forward or backward
         keep = torch.arange(L - T - 1, L - 1, device=seq.device)
-        extra = {"value_positions": keep} if with_values else {}
-        with cpu_head(model):  # the CPU head as oneDNN's linear (varpo.ppo.lm_head)
-            out = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att),
-                        logits_to_keep=keep, **extra)
-        logits, values = out.logits, (out.values if with_values else None)
+        kw = dict(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att))
+        logits, values = _at_kept(model, keep, kw, logits=True, values=with_values) or _full(model, keep, kw, with_values)
     else:
         if with_values:
             raise ValueError("response_logits(with_values=True) needs an actor with a value head (model.critic=shared_trunk)")
         logits = model(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att)).logits[:, -(T + 1) : -1]
     logits = logits / temperature if temperature != 1.0 else logits
     return (logits, values) if with_values else logits
+
+
+def _full(model, keep: torch.Tensor, kw: dict, with_values: bool):
+    """(logits, values or None) at `keep` from the model's own forward."""
+    extra = {"value_positions": keep} if with_values else {}
+    with cpu_head(model):  # the CPU head as oneDNN's linear (varpo.ppo.lm_head)
+        out = model(**kw, logits_to_keep=keep, **extra)
+    return out.logits, (out.values if with_values else None)
+
+
+def _at_kept(model, keep: torch.Tensor, kw: dict, logits: bool, values: bool):
+    """(logits [B, m, V] or None, values [B, m] or None) at positions `keep` [m], the trunk's last
+    block computing only those (varpo.models.last_block); None where that does not apply (another
+    architecture, ZeRO-3, dropout). `model`: an actor or reference (causal LM, with or without a
+    value head) or a critic (ValueModel), or its engine; `kw`: its input_ids, attention_mask and
+    position_ids (the mask None for a packed row)."""
+    module = getattr(model, "module", model)
+    base = last_block.trunk(module.backbone if isinstance(module, ValueModel) else causal_lm(module))
+    if base is None:
+        return None
+    h = last_block.hidden_at(base, keep, kw["input_ids"], kw["attention_mask"], kw["position_ids"])
+    out_logits = None
+    if logits:
+        with cpu_head(model):
+            out_logits = output_head(model)(h)
+    return out_logits, (values_of(module.value_head, h) if values else None)
 
 
 def _takes_logits_to_keep(model) -> bool:
@@ -82,10 +106,8 @@ def packed_logits(model, row: PackedRow, temperature: float, with_values: bool =
     kw = _packed_inputs(model, row)
     values = None
     if _takes_logits_to_keep(model):
-        extra = {"value_positions": row.keep} if with_values else {}
-        with cpu_head(model):
-            out = model(**kw, logits_to_keep=row.keep, **extra)
-        logits, values = out.logits, (out.values if with_values else None)
+        logits, values = (_at_kept(model, row.keep, kw, logits=True, values=with_values)
+                          or _full(model, row.keep, kw, with_values))
     else:
         if with_values:
             raise ValueError("packed_logits(with_values=True) needs an actor with a value head (model.critic=shared_trunk)")
@@ -97,6 +119,9 @@ def packed_logits(model, row: PackedRow, temperature: float, with_values: bool =
 def packed_values(critic, row: PackedRow) -> torch.Tensor:
     """response_values for a packed row: [1, m] at its kept positions."""
     kw = _packed_inputs(critic, row)
+    kept = _at_kept(critic, row.keep, kw, logits=False, values=True)
+    if kept is not None:
+        return kept[1]
     if shares_trunk(critic):
         return critic(**kw, logits_to_keep=1, value_positions=row.keep).values
     return critic(kw.pop("input_ids"), **kw)[:, row.keep]
@@ -108,8 +133,12 @@ def response_values(critic, rollout: Experience) -> torch.Tensor:
     the LM head only at the last position (the logits are not wanted here)."""
     seq, att = rollout.sequences, rollout.attention_mask
     P = rollout.prompt_ids.shape[1]
+    keep = torch.arange(P - 1, seq.shape[1] - 1, device=seq.device)
+    kept = _at_kept(critic, keep, dict(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att)),
+                    logits=False, values=True)
+    if kept is not None:
+        return kept[1]
     if shares_trunk(critic):
-        keep = torch.arange(P - 1, seq.shape[1] - 1, device=seq.device)
         return critic(input_ids=seq, attention_mask=att, position_ids=position_ids_from_mask(att),
                       logits_to_keep=1, value_positions=keep).values
     v = critic(seq, attention_mask=att, position_ids=position_ids_from_mask(att))

@@ -15,10 +15,11 @@ phase computes anyway is not useful work, so a padded layout shows up as a lower
 The reward source's forward (`score`) is not counted: it may be a remote judge, or any model."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from ..models import last_block
 from ..models.flops import ModelShape, forward_flops, generation_bytes, generation_flops, training_flops
 from ..models.value_head import causal_lm
 from .generation.old_logprobs import old_logprobs_from_rollout
@@ -43,7 +44,8 @@ def shape_of(module: torch.nn.Module) -> ModelShape:
     if config is None:
         raise ValueError(f"no HF config on {type(module).__name__}: cannot count its FLOPs")
     dtype = next((p.dtype for p in inner.parameters()), torch.float32)
-    return ModelShape.from_config(config, param_bytes=_BYTES.get(dtype, 4))
+    shape = ModelShape.from_config(config, param_bytes=_BYTES.get(dtype, 4))
+    return replace(shape, last_block_at_kept=last_block.trunk(inner) is not None)
 
 
 def role_shapes(roles) -> RoleShapes | None:
@@ -70,17 +72,19 @@ def phase_flops(shapes: RoleShapes, exp, *, ppo_epochs: int, actor_forward_at_ro
     prompt_len, response_len = (x.tolist() for x in sample_lengths(exp))
     seq = [p + r for p, r in zip(prompt_len, response_len)]
     responses = sum(response_len)
+    kept = response_len  # the positions every forward below reads (varpo.ppo.forward)
     shared = shapes.critic is None
-    reference = forward_flops(shapes.reference, seq, responses)
+    reference = forward_flops(shapes.reference, seq, responses, kept=kept)
     if actor_forward_at_rollout:  # a shared trunk's values come from this same forward
-        reference += forward_flops(shapes.actor, seq, responses, value_head=shared)
-    if shared:
-        value = 0 if actor_forward_at_rollout else forward_flops(shapes.actor, seq, len(seq), value_head=True)
+        reference += forward_flops(shapes.actor, seq, responses, value_head=shared, kept=kept)
+    if shared:  # the trunk's values alone: the LM head at each sequence's last position, or nowhere
+        heads = 0 if shapes.actor.last_block_at_kept else len(seq)
+        value = 0 if actor_forward_at_rollout else forward_flops(shapes.actor, seq, heads, value_head=True, kept=kept)
     else:
-        value = forward_flops(shapes.critic, seq, value_head=True)
-    update = training_flops(shapes.actor, seq, responses, value_head=shared)
+        value = forward_flops(shapes.critic, seq, value_head=True, kept=kept)
+    update = training_flops(shapes.actor, seq, responses, value_head=shared, kept=kept)
     if not shared:
-        update += training_flops(shapes.critic, seq, value_head=True)
+        update += training_flops(shapes.critic, seq, value_head=True, kept=kept)
     return {"flops/generate": float(generation_flops(shapes.actor, prompt_len, response_len)),
             "flops/reference": float(reference), "flops/value": float(value),
             "flops/update": float(ppo_epochs * update),
