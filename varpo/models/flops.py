@@ -14,9 +14,9 @@ Conventions (verl's, with two differences that make the count what varpo actuall
   for it), and the LM head counts only at the positions whose logits are computed (varpo keeps only
   those that predict response tokens; generate, only the last position of each forward);
 - where the trunk's last block runs at the kept positions only (`last_block_at_kept`,
-  varpo.models.last_block), a forward given `kept` counts that block's query, key and value
-  projections at every token and the rest of it (attention of the kept queries, output projection,
-  MLP) and a value head at the kept positions only.
+  varpo.models.last_block), a forward given `kept` counts that block's key and value projections
+  (GPT-2's fused projection: queries too) at every token and the rest of it (attention of the kept
+  queries, output projection, MLP) and a value head at the kept positions only.
 `torch.utils.flop_counter.FlopCounterMode` counts the same for a model run on the same layout
 (tests/models/test_flops.py checks it on tiny Llama, GPT-2, Qwen2 and Mistral models)."""
 from __future__ import annotations
@@ -39,7 +39,9 @@ class ModelShape:
     gated_mlp: bool  # gate, up and down projections (Llama, Qwen2, Mistral) or up and down (GPT-2)
     sliding_window: int | None = None  # tokens each position attends to at most (Mistral), None: all
     param_bytes: int = 4  # bytes per weight (float32 4, bfloat16 2)
-    last_block_at_kept: bool = False  # PPO's forwards run the last block at the kept positions only
+    # PPO's forwards run the last block at the kept positions only, but for the projections at every
+    # token: "kv" (keys and values) or "qkv" (GPT-2's one projection, queries too); None: whole model
+    last_block_at_kept: str | None = None
 
     @classmethod
     def from_config(cls, config, param_bytes: int = 4) -> ModelShape:
@@ -73,9 +75,11 @@ class ModelShape:
         return q_o + k_v + (3 if self.gated_mlp else 2) * self.hidden * self.intermediate
 
     @property
-    def qkv_params(self) -> int:
-        """Weights of one block's query, key and value projections."""
-        return self.hidden * (self.heads + 2 * self.kv_heads) * self.head_dim
+    def every_token_params(self) -> int:
+        """Weights of the last block's projections that run at every token when the rest of it runs at
+        the kept positions only (`last_block_at_kept`)."""
+        kv = 2 * self.hidden * self.kv_heads * self.head_dim
+        return kv + (self.hidden * self.heads * self.head_dim if self.last_block_at_kept == "qkv" else 0)
 
     @property
     def body_flops_per_token(self) -> int:
@@ -122,8 +126,8 @@ def forward_flops(shape: ModelShape, seq_lens: Iterable[int], lm_head_positions:
         return flops + (2 * shape.hidden * tokens if value_head else 0)
     kept = _ints(kept)
     layer = shape.attention_flops(1, 1) // shape.layers  # one block's QKᵀ and PV per query and key
-    flops += tokens * 2 * ((shape.layers - 1) * shape.layer_matmul_params + shape.qkv_params)
-    flops += sum(kept) * 2 * (shape.layer_matmul_params - shape.qkv_params)
+    flops += tokens * 2 * ((shape.layers - 1) * shape.layer_matmul_params + shape.every_token_params)
+    flops += sum(kept) * 2 * (shape.layer_matmul_params - shape.every_token_params)
     flops += sum((shape.layers - 1) * layer * n * shape.window(n) + layer * k * shape.window(n) for n, k in zip(lens, kept))
     return flops + (2 * shape.hidden * sum(kept) if value_head else 0)
 

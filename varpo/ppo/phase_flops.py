@@ -45,7 +45,7 @@ def shape_of(module: torch.nn.Module) -> ModelShape:
         raise ValueError(f"no HF config on {type(module).__name__}: cannot count its FLOPs")
     dtype = next((p.dtype for p in inner.parameters()), torch.float32)
     shape = ModelShape.from_config(config, param_bytes=_BYTES.get(dtype, 4))
-    return replace(shape, last_block_at_kept=last_block.trunk(inner) is not None)
+    return replace(shape, last_block_at_kept=last_block.every_token_projections(last_block.trunk(inner)))
 
 
 def role_shapes(roles) -> RoleShapes | None:
