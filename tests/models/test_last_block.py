@@ -242,3 +242,36 @@ def test_flop_formula_counts_what_the_kept_forward_runs(arch):
         forward.response_logits(model, exp, 1.0)
     assert fc.get_total_flops() == forward_flops(shape, [14], lm_head_positions=5, kept=[5])
     assert forward_flops(shape, [14], 5, kept=[5]) < forward_flops(shape, [14], 5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_reward_pooling_at_each_rows_last_token(arch):
+    """A reward backbone's "last" pooling runs the last block at each row's own last real token (left
+    and right padding in one batch): equal to the whole backbone's last hidden state there, values
+    and gradients."""
+    from transformers import AutoModel
+
+    from varpo.masks import last_token_index, position_ids_from_mask
+    from varpo.reward.ensemble import pool
+
+    torch.manual_seed(8)
+    backbone = AutoModel.from_config(causal_lm(arch).config).double().eval()
+    assert last_block.trunk(backbone) is backbone
+    g = torch.Generator().manual_seed(8)
+    ids = torch.randint(2, V, (4, 11), generator=g)
+    mask = torch.ones(4, 11, dtype=torch.long)
+    mask[0, :3] = 0  # left padding
+    mask[1, 7:] = 0  # right padding
+    mask[2, :2] = 0
+    mask[2, 9:] = 0  # both
+    w = torch.randn(4, causal_lm(arch).config.hidden_size, generator=g, dtype=torch.float64)
+
+    def whole():
+        h = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state
+        return h[torch.arange(4), last_token_index(mask)]
+
+    got, want = pool(backbone, ids, mask, "last", True), whole()
+    assert_close(got, want)
+    g_got, g_want = grads(backbone, got, w), grads(backbone, whole(), w)
+    for n in g_want:
+        assert_close(g_got[n], g_want[n])

@@ -85,22 +85,31 @@ def _without_last_block(base: nn.Module):
         setattr(base, norm_name, norm)
 
 
+def at(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """x [B, L, ...] at positions `keep`: [m], the same in every row, or [B, m], each row's own."""
+    if keep.dim() == 1:
+        return x[:, keep]
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], keep]
+
+
 def allowed_keys(keep: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
                  window: int | None = None) -> torch.Tensor:
-    """[B, 1, m, L] bool: which positions each kept position attends to, as HF masks them: earlier or
-    itself (and, with a sliding `window`, fewer than `window` positions back), not padding
-    (`attention_mask` [B, L]); without a mask (packed rows), within its own sample, whose start is
-    where the position ids restart at 0."""
-    L = position_ids.shape[-1]
-    key = torch.arange(L, device=keep.device)[None, :]
-    allowed = key <= keep[:, None]  # [m, L] causal
+    """[B, 1, m, L] bool: which positions each kept position ([m] or [B, m]) attends to, as HF masks
+    them: earlier or itself (and, with a sliding `window`, fewer than `window` positions back), not
+    padding (`attention_mask` [B, L]); without a mask (packed rows), within its own sample, whose
+    start is where the position ids restart at 0."""
+    B, L = position_ids.shape
+    query = keep.expand(B, -1)[:, :, None]  # [B, m, 1]
+    key = torch.arange(L, device=keep.device)
+    allowed = key <= query  # [B, m, L] causal
     if window is not None:
-        allowed &= key > keep[:, None] - window
+        allowed &= key > query - window
     if attention_mask is not None:
-        return allowed[None, None] & attention_mask.bool()[:, None, None, :]
-    sample = torch.cumsum(position_ids == 0, dim=-1)  # [B, L]
-    same = sample[:, keep][:, :, None] == sample[:, None, :]  # [B, m, L]
-    return (allowed[None] & same)[:, None]
+        allowed &= attention_mask.bool()[:, None, :]
+    else:
+        sample = torch.cumsum(position_ids == 0, dim=-1)  # [B, L]
+        allowed &= at(sample, keep)[:, :, None] == sample[:, None, :]
+    return allowed[:, None]
 
 
 def _attention(attn: nn.Module, q, k, v, allowed, scale: float, dropout: float, eager: bool,
@@ -130,11 +139,11 @@ def _gpt2_block_at(block, h, keep, attention_mask, position_ids, base):
     def split_heads(x):
         return x.view(B, x.shape[1], heads, d // heads).transpose(1, 2)
 
-    a = _attention(attn, split_heads(q[:, keep]), split_heads(k), split_heads(v),
+    a = _attention(attn, split_heads(at(q, keep)), split_heads(k), split_heads(v),
                    allowed_keys(keep, attention_mask, position_ids), (d // heads) ** -0.5,
                    attn.attn_dropout.p, _eager(attn.config))
-    a = attn.resid_dropout(attn.c_proj(a.transpose(1, 2).reshape(B, keep.numel(), d)))
-    x = h[:, keep] + a
+    a = attn.resid_dropout(attn.c_proj(a.transpose(1, 2).reshape(B, keep.shape[-1], d)))
+    x = at(h, keep) + a
     return x + block.mlp(block.ln_2(x))
 
 
@@ -145,12 +154,12 @@ def _llama_block_at(block, h, keep, attention_mask, position_ids, base):
     rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb  # the model's own rotary embedding
     cos, sin = base.rotary_emb(h, position_ids)  # [B, L, hd]
     x = block.input_layernorm(h)
-    q = attn.q_proj(x[:, keep]).view(B, keep.numel(), -1, hd)
+    q = attn.q_proj(at(x, keep)).view(B, keep.shape[-1], -1, hd)
     k = attn.k_proj(x).view(B, L, -1, hd)
     v = attn.v_proj(x).view(B, L, -1, hd).transpose(1, 2)
     if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's query and key
         q, k = attn.q_norm(q), attn.k_norm(k)
-    q = rope(q.transpose(1, 2), q.transpose(1, 2), cos[:, keep], sin[:, keep])[0]
+    q = rope(q.transpose(1, 2), q.transpose(1, 2), at(cos, keep), at(sin, keep))[0]
     k = rope(k.transpose(1, 2), k.transpose(1, 2), cos, sin)[0]
     groups = q.shape[1] // k.shape[1]  # grouped-query attention: each key/value head serves `groups` query heads
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -158,15 +167,15 @@ def _llama_block_at(block, h, keep, attention_mask, position_ids, base):
     window = getattr(attn, "sliding_window", getattr(attn.config, "sliding_window", None))
     a = _attention(attn, q, k, v, allowed_keys(keep, attention_mask, position_ids, window), attn.scaling,
                    attn.attention_dropout, _eager(attn.config), softmax_dtype=torch.float32)
-    y = h[:, keep] + attn.o_proj(a.transpose(1, 2).reshape(B, keep.numel(), -1))
+    y = at(h, keep) + attn.o_proj(a.transpose(1, 2).reshape(B, keep.shape[-1], -1))
     return y + block.mlp(block.post_attention_layernorm(y))
 
 
 def hidden_at(base: nn.Module, keep: torch.Tensor, input_ids: torch.Tensor,
               attention_mask: torch.Tensor | None, position_ids: torch.Tensor) -> torch.Tensor:
-    """The trunk's last hidden state (after its final norm) at positions `keep` [m] of every row:
-    [B, m, d], what `base(...).last_hidden_state[:, keep]` is, with the last block computing only
-    those positions. `attention_mask` None: packed rows (samples told apart by restarting
+    """The trunk's last hidden state (after its final norm) at positions `keep`, [m] in every row or
+    [B, m] per row: [B, m, d], what `base(...).last_hidden_state` is there, with the last block
+    computing only those positions. `attention_mask` None: packed rows (samples told apart by restarting
     position ids)."""
     import transformers as tf
 

@@ -18,6 +18,7 @@ from torch import nn
 from varpo_kernels import EnsembleStats, ensemble_stats
 
 from ..masks import last_token_index, position_ids_from_mask
+from ..models import last_block
 
 CONFIG_NAME = "config.json"
 HEADS_NAME = "heads.safetensors"
@@ -55,9 +56,15 @@ def takes_position_ids(backbone: nn.Module) -> bool:
 def pool(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
          with_position_ids: bool) -> torch.Tensor:
     """[B, T] → [B, hidden]: `backbone`'s last hidden state pooled over the real tokens ("last" or
-    "mean"); position ids come from the mask, so left and right padding give the same result."""
+    "mean"); position ids come from the mask, so left and right padding give the same result. "last"
+    runs the trunk's last block at each row's last real token only, where it can
+    (varpo.models.last_block)."""
     if not bool((attention_mask.sum(-1) > 0).all()):
         raise ValueError("reward model: a row of attention_mask has no real token")
+    base = last_block.trunk(backbone) if pooling == "last" else None
+    if base is not None:
+        last = last_token_index(attention_mask)[:, None]  # [B, 1]
+        return last_block.hidden_at(base, last, input_ids, attention_mask, position_ids_from_mask(attention_mask))[:, 0]
     kw = {"position_ids": position_ids_from_mask(attention_mask)} if with_position_ids else {}
     out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
