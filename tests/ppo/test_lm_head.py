@@ -182,3 +182,44 @@ def test_flop_counter_sees_the_head(path):
     with cpu_head(_LM(head)), FlopCounterMode(display=False) as fc:
         head(torch.randn(3, 5, 12))
     assert fc.get_total_flops() == 2 * 15 * 53 * 12
+
+
+@pytest.mark.skipif(not HAS_ONEDNN, reason="the frozen weight's kept reorder is oneDNN's (without it cpu_head is (W · hᵀ)ᵀ, tested above)")
+def test_a_frozen_weight_is_reordered_once_and_again_when_it_changes():
+    """A weight nothing trains (a reference's head) is reordered on first use and that copy kept:
+    later forwards equal the float64 product without reordering again, a gradient still reaches the
+    hidden states (a LoRA actor's frozen base head), and any change of the weight — in place, through
+    `.data` (no version bump), or a new tensor — is seen by the next forward."""
+    g = torch.Generator().manual_seed(17)
+    head = _head(1003, 24, True, g).requires_grad_(False)
+    lm = _LM(head)
+
+    def check(x):
+        with torch.no_grad(), cpu_head(lm):
+            got = head(x)
+        want = x.double() @ head.weight.double().t() + head.bias.double()
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+
+    x = torch.randn(6, 24, generator=g)
+    check(x)
+    first = lm_head._FROZEN_PACKS[head.weight][1]
+    check(torch.randn(9, 24, generator=g))  # other rows: the same copy
+    assert lm_head._FROZEN_PACKS[head.weight][1] is first
+    with torch.no_grad():
+        head.weight.mul_(1.5)  # in place: a version bump
+    check(x)
+    assert lm_head._FROZEN_PACKS[head.weight][1] is not first
+    second = lm_head._FROZEN_PACKS[head.weight][1]
+    head.weight.data.add_(torch.randn(1003, 24, generator=g))  # through .data: no version bump
+    check(x)
+    assert lm_head._FROZEN_PACKS[head.weight][1] is not second
+    head.weight = torch.nn.Parameter(torch.randn(1003, 24, generator=g), requires_grad=False)  # a new tensor
+    check(x)
+
+    leaf = torch.randn(5, 24, generator=g, requires_grad=True)  # frozen head, trained hidden states
+    upstream = torch.randn(5, 1003, generator=g)
+    with cpu_head(lm):
+        head(leaf).backward(upstream)
+    torch.testing.assert_close(leaf.grad.double(), upstream.double() @ head.weight.double(), rtol=1e-5, atol=1e-4)
+    assert head.weight.grad is None
+    assert lm_head.frozen_pack(head.weight.detach().clone().requires_grad_(), 5) is None  # a trained weight: never kept

@@ -9,8 +9,8 @@ update's in-place backward writes into them):
 - decoding (`decode_head`, no gradient, the weight fixed for the whole rollout) reorders once per
   rollout: 4.8 ms against 7.4 ms as W · hᵀ for 8 rows on one core of this machine;
 - every other forward (`cpu_head`: the update's, whose weight changes at every optimizer step, the
-  reference's, the rollout's) reorders once per call (11 ms at 50k × 256) and differentiates by two
-  plain products (dh = g · W, dW = gᵀ · h): 256 rows 96 → 74 ms, 512 rows 184 → 138 ms against
+  rollout's) reorders once per call (11 ms at 50k × 256), a frozen weight's (the reference's, a LoRA
+  actor's base head) once per run (`frozen_pack`), and differentiates by two plain products (dh = g · W, dW = gᵀ · h): 256 rows 96 → 74 ms, 512 rows 184 → 138 ms against
   (W · hᵀ)ᵀ and its copy (micro-benchmark at 50k × 256, one core of this machine, quiet).
 Without oneDNN (or for a non-float32 weight) `cpu_head` computes (W · hᵀ)ᵀ: W streamed as stored, the
 small hᵀ packed, one copy to make the logits contiguous (a 64-step rollout 1.55 → 1.46 s, the
@@ -25,6 +25,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..models.value_head import causal_lm
 
@@ -73,12 +74,14 @@ if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
 
 
 class _PackedLinear(torch.autograd.Function):
-    """h · Wᵀ (+ b) as oneDNN's linear on W reordered for this call; the gradients as plain products
-    (the reordered copy is a temporary, freed when the forward returns)."""
+    """h · Wᵀ (+ b) as oneDNN's linear on W reordered for this call (or on `packed`, W reordered
+    already); the gradients as plain products (a reordered copy made here is a temporary, freed
+    when the forward returns)."""
 
     @staticmethod
-    def forward(ctx, rows, weight, bias):
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows.shape[0])
+    def forward(ctx, rows, weight, bias, packed=None):
+        if packed is None:
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows.shape[0])
         ctx.save_for_backward(rows, weight)
         return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
 
@@ -86,25 +89,51 @@ class _PackedLinear(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         rows, weight = ctx.saved_tensors
-        need_rows, need_weight, need_bias = ctx.needs_input_grad
+        need_rows, need_weight, need_bias, _ = ctx.needs_input_grad
         return (g @ weight if need_rows else None, g.t() @ rows if need_weight else None,
-                g.sum(0) if need_bias else None)
+                g.sum(0) if need_bias else None, None)
+
+
+# frozen weight -> (its signature, its reordered copy); an entry goes with its weight
+_FROZEN_PACKS = WeakTensorKeyDictionary()
+
+
+def _signature(weight: torch.Tensor) -> tuple:
+    """What changes when a weight does: its storage, its version counter (every in-place op on it)
+    and, for a write through `.data` (which has a counter of its own), a strided sample of it."""
+    return weight.data_ptr(), weight._version, float(weight.detach().reshape(-1)[::4099].sum())
+
+
+def frozen_pack(weight: torch.Tensor, rows: int) -> torch.Tensor | None:
+    """The reordered copy of a weight nothing trains (requires_grad False: the reference's head, a LoRA
+    actor's base head), made on first use and kept while the weight lives and is unchanged
+    (`_signature`): the reorder (11 ms at 50k × 256) is paid once per run, not per forward, for one
+    more copy of the head in memory. None for a trained weight."""
+    if weight.requires_grad:
+        return None
+    sig = _signature(weight)
+    hit = _FROZEN_PACKS.get(weight)
+    if hit is None or hit[0] != sig:
+        hit = _FROZEN_PACKS[weight] = (sig, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows))
+    return hit[1]
 
 
 def _packed_forward(head: torch.nn.Linear, packed: torch.Tensor | None = None):
-    """oneDNN's linear: on `packed` (reordered once, by decode_head) where no gradient is needed,
-    else on the weight reordered per call, differentiable; (W · hᵀ)ᵀ for an input oneDNN's linear
-    does not take here (no rows, another dtype than the weight's)."""
+    """oneDNN's linear on the weight reordered: once per rollout (`packed`, by decode_head), once per
+    run for a frozen weight (`frozen_pack`), else per call; differentiable where a gradient is
+    needed; (W · hᵀ)ᵀ for an input oneDNN's linear does not take here (no rows, another dtype than
+    the weight's)."""
     transposed = _transposed_forward(head)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if x.dtype != head.weight.dtype or x.numel() == 0:
             return transposed(x)
         rows = x.reshape(-1, x.shape[-1]).contiguous()
-        if packed is not None and not (torch.is_grad_enabled() and (x.requires_grad or head.weight.requires_grad)):
-            out = torch.ops.mkldnn._linear_pointwise(rows, packed, head.bias, "none", [], "")
+        ready = packed if packed is not None else frozen_pack(head.weight, rows.shape[0])
+        if ready is not None and not (torch.is_grad_enabled() and (x.requires_grad or head.weight.requires_grad)):
+            out = torch.ops.mkldnn._linear_pointwise(rows, ready, head.bias, "none", [], "")
         else:
-            out = _PackedLinear.apply(rows, head.weight, head.bias)
+            out = _PackedLinear.apply(rows, head.weight, head.bias, ready)
         return out.reshape(*x.shape[:-1], head.weight.shape[0])
 
     return forward
