@@ -6,7 +6,9 @@ Layout (varpo.ppo.experience): prompts left-padded to P tokens, responses right-
 response token t sits at absolute position P + t. Its log-prob and its value are read at position
 P + t − 1 (the state before emitting it). Or padding-free (ppo.packing, varpo.ppo.packing): the
 real tokens of several samples in one row, position ids restarting per sample, outputs read at the
-row's `keep` positions (`packed_logits`, `packed_values`)."""
+row's `keep` positions (`packed_logits`, `packed_values`). Either way the trunk's last block runs at
+the kept positions only where varpo.models.last_block can (GPT-2, the Llama family), the model's own
+forward elsewhere."""
 from __future__ import annotations
 
 import torch
@@ -56,7 +58,7 @@ def _full(model, keep: torch.Tensor, kw: dict, with_values: bool):
 def _at_kept(model, keep: torch.Tensor, kw: dict, logits: bool, values: bool):
     """(logits [B, m, V] or None, values [B, m] or None) at positions `keep` [m], the trunk's last
     block computing only those (varpo.models.last_block); None where that does not apply (another
-    architecture, ZeRO-3, dropout). `model`: an actor or reference (causal LM, with or without a
+    architecture, ZeRO-3). `model`: an actor or reference (causal LM, with or without a
     value head) or a critic (ValueModel), or its engine; `kw`: its input_ids, attention_mask and
     position_ids (the mask None for a packed row)."""
     module = getattr(model, "module", model)
