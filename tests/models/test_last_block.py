@@ -275,3 +275,27 @@ def test_reward_pooling_at_each_rows_last_token(arch):
     g_got, g_want = grads(backbone, got, w), grads(backbone, whole(), w)
     for n in g_want:
         assert_close(g_got[n], g_want[n])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_packed_row_attends_sample_by_sample(arch):
+    """A packed row of three samples: in the kept forward's products (eager: the counter sees them)
+    the last block's attention is each sample's kept queries against its own keys (what forward_flops
+    counts with `kept`), not against the whole row. The blocks before it run HF's eager attention,
+    which over a packed row computes the whole row's L² scores (masked): that surplus is added here."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from varpo.models.flops import forward_flops
+    from varpo.ppo.phase_flops import shape_of
+
+    model = causal_lm(arch, attn="eager").float()
+    exp = rollout(9, B=3, P=6, T=5)
+    row = pack(exp, [0, 1, 2])
+    prompt_len, resp_len = exp.prompt_mask.sum(-1).tolist(), exp.response_mask.sum(-1).tolist()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        forward.packed_logits(model, row, 1.0)
+    seq = [p + r for p, r in zip(prompt_len, resp_len)]
+    shape = shape_of(model)
+    per_layer = shape.attention_flops(1, 1) // shape.layers  # one block's QKᵀ and PV per query and key
+    hf_surplus = (shape.layers - 1) * per_layer * (sum(seq) ** 2 - sum(n * n for n in seq))
+    assert fc.get_total_flops() == forward_flops(shape, seq, lm_head_positions=sum(resp_len), kept=resp_len) + hf_surplus

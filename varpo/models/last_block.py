@@ -130,6 +130,30 @@ def _eager(config) -> bool:
     return getattr(config, "_attn_implementation", None) in ("eager", None)
 
 
+def _attend(attn: nn.Module, q, k, v, keep, attention_mask, position_ids, scale: float, dropout: float,
+            window: int | None = None, softmax_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The kept queries q [B, H, m, hd] against keys and values [B, H, L, hd], masked as HF masks
+    them (`allowed_keys`). A packed row (no attention mask, one row) goes sample by sample, each
+    sample's kept queries against its own keys only: Σ kᵢ·nᵢ products as a variable-length kernel
+    does, not m·L of which all but those are masked."""
+    eager = _eager(attn.config)
+    if attention_mask is not None or keep.dim() != 1 or q.shape[0] != 1:
+        return _attention(attn, q, k, v, allowed_keys(keep, attention_mask, position_ids, window), scale,
+                          dropout, eager, softmax_dtype)
+    starts = (position_ids[0] == 0).nonzero().flatten()
+    sample = torch.searchsorted(starts, keep, right=True) - 1  # of each kept position
+    bounds = torch.cat([starts, starts.new_tensor([position_ids.shape[-1]])]).tolist()
+    parts, order = [], []
+    for s in sample.unique().tolist():
+        rows = (sample == s).nonzero().flatten()
+        a, b = bounds[s], bounds[s + 1]
+        parts.append(_attention(attn, q[:, :, rows], k[:, :, a:b], v[:, :, a:b],
+                                allowed_keys(keep[rows] - a, None, position_ids[:, a:b], window), scale, dropout,
+                                eager, softmax_dtype))
+        order.append(rows)
+    return torch.cat(parts, dim=2)[:, :, torch.argsort(torch.cat(order))]
+
+
 def _gpt2_block_at(block, h, keep, attention_mask, position_ids, base):
     attn = block.attn
     B, L, d = h.shape
@@ -139,9 +163,8 @@ def _gpt2_block_at(block, h, keep, attention_mask, position_ids, base):
     def split_heads(x):
         return x.view(B, x.shape[1], heads, d // heads).transpose(1, 2)
 
-    a = _attention(attn, split_heads(at(q, keep)), split_heads(k), split_heads(v),
-                   allowed_keys(keep, attention_mask, position_ids), (d // heads) ** -0.5,
-                   attn.attn_dropout.p, _eager(attn.config))
+    a = _attend(attn, split_heads(at(q, keep)), split_heads(k), split_heads(v), keep, attention_mask, position_ids,
+                (d // heads) ** -0.5, attn.attn_dropout.p)
     a = attn.resid_dropout(attn.c_proj(a.transpose(1, 2).reshape(B, keep.shape[-1], d)))
     x = at(h, keep) + a
     return x + block.mlp(block.ln_2(x))
@@ -165,8 +188,8 @@ def _llama_block_at(block, h, keep, attention_mask, position_ids, base):
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     # Qwen2/3 name the window on each attention (None on its full-attention layers), Mistral on its config
     window = getattr(attn, "sliding_window", getattr(attn.config, "sliding_window", None))
-    a = _attention(attn, q, k, v, allowed_keys(keep, attention_mask, position_ids, window), attn.scaling,
-                   attn.attention_dropout, _eager(attn.config), softmax_dtype=torch.float32)
+    a = _attend(attn, q, k, v, keep, attention_mask, position_ids, attn.scaling, attn.attention_dropout, window,
+                softmax_dtype=torch.float32)
     y = at(h, keep) + attn.o_proj(a.transpose(1, 2).reshape(B, keep.shape[-1], -1))
     return y + block.mlp(block.post_attention_layernorm(y))
 

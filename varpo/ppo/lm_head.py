@@ -10,8 +10,9 @@ update's in-place backward writes into them):
   rollout: 4.8 ms against 7.4 ms as W · hᵀ for 8 rows on one core of this machine;
 - every other forward (`cpu_head`: the update's, whose weight changes at every optimizer step, the
   rollout's) reorders once per call (11 ms at 50k × 256), a frozen weight's (the reference's, a LoRA
-  actor's base head) once per run (`frozen_pack`), and differentiates by two plain products (dh = g · W, dW = gᵀ · h): 256 rows 96 → 74 ms, 512 rows 184 → 138 ms against
-  (W · hᵀ)ᵀ and its copy (micro-benchmark at 50k × 256, one core of this machine, quiet).
+  actor's base head) once per run (`frozen_pack`), and differentiates by two plain products
+  (dh = g · W, dW = gᵀ · h): 256 rows 96 → 74 ms, 512 rows 184 → 138 ms against (W · hᵀ)ᵀ and its
+  copy (micro-benchmark at 50k × 256, one core of this machine, quiet).
 Without oneDNN (or for a non-float32 weight) `cpu_head` computes (W · hᵀ)ᵀ: W streamed as stored, the
 small hᵀ packed, one copy to make the logits contiguous (a 64-step rollout 1.55 → 1.46 s, the
 update's head 273 → 252 ms against h · Wᵀ). Each is the same product to float rounding; the
